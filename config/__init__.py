@@ -1,0 +1,5 @@
+"""Settings for every part of proxy-pool; plugins receive a ``Settings`` in ``create_plugin``."""
+
+from config.settings import ConfigError, Settings, parse_host_port
+
+__all__ = ["ConfigError", "Settings", "parse_host_port"]

@@ -1,0 +1,386 @@
+"""One validated settings model for the whole program.
+
+Precedence, lowest first: built-in defaults < TOML file < environment
+``PROXY_POOL_<SECTION>__<KEY>`` < command-line flags.  Everything is checked once
+at load time; after that the settings are read-only (like aiohttp's frozen app).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = [
+    "AdminSettings",
+    "CheckerSettings",
+    "ConfigError",
+    "CreditsSettings",
+    "GatewaySettings",
+    "LogSettings",
+    "NotifierSettings",
+    "PluginSettings",
+    "PoolSettings",
+    "Settings",
+    "SmtpSettings",
+    "SourceSettings",
+    "StorageSettings",
+    "WebhookSettings",
+    "parse_host_port",
+]
+
+ProtocolName = Literal["http", "https", "socks4", "socks5"]
+
+
+class ConfigError(Exception):
+    """A configuration mistake: reported as one line, exit code 2."""
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    """Split ``host:port`` / ``[v6]:port``; raises ValueError with a readable message."""
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"expected [IPv6]:PORT, got {value!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"invalid port in {value!r}")
+    return host, int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySettings(_Section):
+    listen: str = "127.0.0.1:8899"
+    auth: Literal["none", "users"] = "none"
+    strategy: Literal["round_robin", "random", "fastest"] = "round_robin"
+    max_retries: int = Field(default=3, ge=0, le=20)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    response_timeout: float = Field(default=60.0, gt=0, description="seconds an upstream may take to answer")
+    idle_timeout: float = Field(default=120.0, gt=0)
+    head_timeout: float = Field(default=15.0, gt=0, description="seconds for a client to send a whole head")
+    max_connections: int = Field(default=2048, ge=1)
+    max_header_bytes: int = Field(default=65536, ge=1024)
+    allowed_connect_ports: list[int] | Literal["*"] = Field(default_factory=lambda: [443, 80])
+    fallback: Literal["fail", "direct"] = "fail"
+    direct_allow: list[str] = Field(
+        default_factory=list, description="private/loopback networks the direct fallback may dial"
+    )
+    session_ttl: float = Field(default=600.0, gt=0)
+    max_sessions: int = Field(default=100_000, ge=1)
+    retry_on_status: list[int] = Field(default_factory=list)
+    retry_cooldown: float = Field(default=300.0, ge=0)
+    debug_headers: bool = False
+    allow_open: bool = False
+    drain_timeout: float = Field(default=10.0, ge=0)
+    upstream_pool_size: int = Field(default=8, ge=0, description="idle keep-alive connections per upstream")
+    upstream_idle_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_host_port(v)
+        return v
+
+    @field_validator("allowed_connect_ports")
+    @classmethod
+    def _ports(cls, v: list[int] | str) -> list[int] | str:
+        if isinstance(v, list):
+            for port in v:
+                if not 1 <= port <= 65535:
+                    raise ValueError(f"port {port} out of range 1-65535")
+        return v
+
+    @field_validator("retry_on_status")
+    @classmethod
+    def _statuses(cls, v: list[int]) -> list[int]:
+        for status in v:
+            if not 100 <= status <= 599:
+                raise ValueError(f"status {status} is not an HTTP status code")
+        return v
+
+    @field_validator("direct_allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            ipaddress.ip_network(net, strict=False)
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.listen)
+
+
+class AdminSettings(_Section):
+    listen: str = "127.0.0.1:8898"
+    token: SecretStr | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_host_port(v)
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.listen)
+
+
+class StorageSettings(_Section):
+    path: str = "proxy-pool.db"
+
+
+class CheckerSettings(_Section):
+    concurrency: int = Field(default=200, ge=1, le=10_000)
+    timeout: float = Field(default=10.0, gt=0)
+    recheck_interval: float = Field(default=600.0, gt=0, description="seconds between checks of an active proxy")
+    dead_backoff: float = Field(default=1800.0, gt=0, description="first wait before re-checking a dead proxy")
+    dead_backoff_max: float = Field(default=6 * 3600.0, gt=0)
+    remove_dead_after: float = Field(default=3 * 86400.0, gt=0, description="seconds dead before removal")
+    judges: list[str] = Field(
+        default_factory=lambda: [
+            "http://httpbin.org/get?show_env=1",
+            "http://azenv.net/",
+        ]
+    )
+    geoip_db: str | None = None
+    site_reach_targets: list[str] = Field(default_factory=list)
+    site_reach_min: int = Field(default=1, ge=1, description="targets that must answer for site_reach to pass")
+    tcp_target: str | None = Field(
+        default=None, description="host:port the SOCKS handshake asks for; default: the first judge"
+    )
+
+    @field_validator("judges", "site_reach_targets")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
+        return v
+
+
+class PoolSettings(_Section):
+    low_threshold: int = Field(default=5, ge=0)
+    stale_hours: float = Field(default=24.0, gt=0)
+    passive_failure_limit: int = Field(default=3, ge=1, description="consecutive gateway failures that bench a proxy")
+
+
+class CreditsSettings(_Section):
+    cost_per_request: int = Field(default=1, ge=0)
+    low_balance_threshold: int = Field(default=100, ge=0)
+    refund_gateway_failures: bool = True
+    flush_interval: float = Field(default=1.0, gt=0)
+
+
+class SourceSettings(_Section):
+    url: str
+    parser: str | None = None
+    schedule: str | None = None
+    default_protocol: ProtocolName = "http"
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is not None and not croniter.is_valid(v):
+            raise ValueError(f"{v!r} is not a valid cron expression")
+        return v
+
+
+class SmtpSettings(_Section):
+    host: str
+    port: int = 25
+    username: str | None = None
+    password: SecretStr | None = None
+    starttls: bool = False
+    use_tls: bool = False
+    from_addr: str = "proxy-pool@localhost"
+    ca_file: str | None = Field(default=None, description="PEM CA bundle to verify the server; default: system CAs")
+    to: list[str] = Field(default_factory=list)
+    subscribes_to: list[str] = Field(default_factory=lambda: ["*"])
+    timeout: float = Field(default=10.0, gt=0)
+
+
+class WebhookSettings(_Section):
+    url: str
+    secret: SecretStr | None = None
+    subscribes_to: list[str] = Field(default_factory=lambda: ["*"])
+    timeout: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=3, ge=0)
+
+
+class NotifierSettings(_Section):
+    smtp: SmtpSettings | None = None
+    webhook: WebhookSettings | None = None
+    health_interval: float = Field(default=60.0, gt=0)
+
+
+class PluginSettings(_Section):
+    contrib_dir: str = "plugins/contrib"
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    access_log: bool = False
+
+
+class SourcesFetchSettings(_Section):
+    timeout: float = Field(default=30.0, gt=0)
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_redirects: int = Field(default=5, ge=0)
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Feeds a TOML file's tables into the model below env and init values."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+_toml_data: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("toml_data", default={})
+
+
+class Settings(BaseSettings):
+    """Everything configurable.  Build directly in tests: ``Settings(gateway={"strategy": "random"})``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PROXY_POOL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        nested_model_default_partial_update=True,
+    )
+
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    checker: CheckerSettings = Field(default_factory=CheckerSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    credits: CreditsSettings = Field(default_factory=CreditsSettings)
+    sources: list[SourceSettings] = Field(default_factory=list)
+    default_sources: bool = True
+    fetch: SourcesFetchSettings = Field(default_factory=SourcesFetchSettings)
+    notifiers: NotifierSettings = Field(default_factory=NotifierSettings)
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _TomlSource(settings_cls, _toml_data.get()))
+
+    @model_validator(mode="after")
+    def _not_open_by_accident(self) -> Settings:
+        host, _ = self.gateway.host_port
+        if not is_loopback_host(host) and self.gateway.auth == "none" and not self.gateway.allow_open:
+            raise ValueError(
+                f"gateway.listen: {self.gateway.listen} is not loopback and gateway.auth is 'none': "
+                "that is an open proxy; set gateway.auth = \"users\" or gateway.allow_open = true"
+            )
+        admin_host, _ = self.admin.host_port
+        if not is_loopback_host(admin_host) and self.admin.token is None:
+            raise ValueError(
+                f"admin.listen: {self.admin.listen} is not loopback and admin.token is not set; "
+                "set a token or listen on 127.0.0.1"
+            )
+        return self
+
+    @classmethod
+    def load(cls, config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+        """Read file, environment and flags; raise ConfigError with one line naming the key."""
+        path = _find_config_file(config_file)
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ConfigError(f"config file {path} does not exist") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"config file {path}: {exc}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+        token = _toml_data.set(data)
+        try:
+            return cls(**_drop_none(overrides))
+        except ValidationError as exc:
+            raise ConfigError(describe_validation_error(exc)) from None
+        finally:
+            _toml_data.reset(token)
+
+
+def _find_config_file(config_file: str | os.PathLike[str] | None) -> Path | None:
+    if config_file is not None:
+        return Path(config_file)
+    env = os.environ.get("PROXY_POOL_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("proxy-pool.toml")
+    return default if default.is_file() else None
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if not value:
+                continue
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """The first error as ``config error: section.key: message``."""
+    err = exc.errors()[0]
+    loc = ".".join(str(part) for part in err["loc"] if not str(part).startswith(("function-", "literal[")))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    if not loc:
+        return f"config error: {msg}"
+    return f"config error: {loc}: {msg}"

@@ -1,0 +1,1 @@
+"""Gateway: the data plane (client connections, upstream dialing, relay, admin API, CLI)."""

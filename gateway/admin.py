@@ -1,0 +1,295 @@
+"""The admin API: JSON over aiohttp.web, ``/metrics``, ``/healthz`` and a judge at ``/judge``.
+
+State lives under typed ``AppKey``s; the app is served by ``AppRunner``/``TCPSite`` inside our own
+loop.  Answers come from the in-memory view where it is the freshest (proxies, stats) and from
+the store where history lives (check log, sources).  No answer ever carries a credential.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from pool.errors import DuplicateError, InvalidInputError, NotFoundError
+from pool.models import AnonymityLevel, ProxyProtocol, ProxyStatus
+from pool.selector import Route
+from pool.sources import add_source
+
+if TYPE_CHECKING:
+    from gateway.app import ProxyPool
+
+__all__ = ["POOL", "make_app", "start_admin"]
+
+POOL = web.AppKey("pool", "ProxyPool")
+OPEN_PATHS = frozenset({"/healthz", "/judge"})
+MAX_PAGE = 1000
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    token = request.app[POOL].settings.admin.token
+    if token is not None and request.path not in OPEN_PATHS:
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return web.json_response(
+                {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+    try:
+        return await handler(request)
+    except NotFoundError as exc:
+        return _error(404, str(exc))
+    except DuplicateError as exc:
+        return _error(409, str(exc))
+    except (InvalidInputError, ValueError) as exc:
+        return _error(400, str(exc))
+
+
+def _enum_param(request: web.Request, name: str, enum: type[Any]) -> Any:
+    value = request.query.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return enum(value.lower())
+    except ValueError:
+        allowed = ", ".join(e.value for e in enum)
+        raise InvalidInputError(f"{name}={value!r}: expected one of {allowed}") from None
+
+
+def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = request.query.get(name)
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidInputError(f"{name}={value!r}: expected an integer") from None
+    if not lo <= number <= hi:
+        raise InvalidInputError(f"{name}={number}: expected {lo}..{hi}")
+    return number
+
+
+def _country_param(request: web.Request) -> str | None:
+    value = request.query.get("country")
+    if value in (None, ""):
+        return None
+    if len(value) != 2 or not value.isalpha():
+        raise InvalidInputError(f"country={value!r}: expected a two-letter ISO code")
+    return value.upper()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[POOL].metrics.exposition(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def judge(request: web.Request) -> web.Response:
+    """Echo the caller's address and headers, httpbin-style, for self-hosted checking."""
+    return web.json_response({"origin": request.remote, "headers": dict(request.headers)})
+
+
+async def list_proxies(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    status = _enum_param(request, "status", ProxyStatus)
+    protocol = _enum_param(request, "protocol", ProxyProtocol)
+    anonymity = _enum_param(request, "anonymity", AnonymityLevel)
+    country = _country_param(request)
+    limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
+    offset = _int_param(request, "offset", 0, 0, 10**9) or 0
+    matching = [
+        p
+        for p in pool.selector.proxies()
+        if (status is None or p.status is status)
+        and (protocol is None or p.protocol is protocol)
+        and (anonymity is None or p.anonymity is anonymity)
+        and (country is None or (p.country or "").upper() == country)
+    ]
+    matching.sort(key=lambda p: p.id)
+    page = matching[offset : offset + (limit or MAX_PAGE)]
+    return web.json_response({"proxies": [p.public_dict() for p in page], "total": len(matching)})
+
+
+async def pick_proxy(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    route = Route(
+        protocol=_enum_param(request, "protocol", ProxyProtocol),
+        country=_country_param(request),
+        anonymity=_enum_param(request, "anonymity", AnonymityLevel),
+    )
+    proxy = pool.selector.pick(route)
+    if proxy is None:
+        return _error(404, f"no active proxy for {route.describe()}")
+    return web.json_response({"url": proxy.display_url, "proxy": proxy.public_dict()})
+
+
+async def proxy_checks(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    try:
+        proxy_id = int(request.match_info["id"])
+    except ValueError:
+        raise InvalidInputError("proxy id must be an integer") from None
+    await pool.pipeline.flush()
+    checks = await pool.store.get_checks(proxy_id)
+    return web.json_response({"checks": [c.public_dict() for c in checks]})
+
+
+async def stats(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    by: dict[str, dict[str, int]] = {"status": {}, "protocol": {}, "country": {}, "anonymity": {}}
+    for proxy in pool.selector.proxies():
+        for field, value in (
+            ("status", proxy.status.value),
+            ("protocol", proxy.protocol.value),
+            ("country", proxy.country or "unknown"),
+            ("anonymity", proxy.anonymity.value if proxy.anonymity else "unknown"),
+        ):
+            by[field][value] = by[field].get(value, 0) + 1
+    sources = [s.public_dict() for s in await pool.store.list_sources()]
+    notifiers = [
+        {"name": n.name, "subscribes_to": list(n.subscribes_to), **pool.notifier_health.get(n.name, {"up": None})}
+        for n in pool.registry.notifiers
+    ]
+    for item in notifiers:
+        failures = pool.events.delivery_failures.get(item["name"], 0)
+        item["delivery_failures"] = failures
+        if failures:
+            item["last_delivery_error"] = pool.events.last_error.get(item["name"])
+    return web.json_response(
+        {
+            "pool": {
+                "total": len(pool.selector),
+                "selectable": pool.selector.active_count,
+                "benched": len(pool.selector.benched),
+                "by_status": by["status"],
+                "by_protocol": by["protocol"],
+                "by_country": by["country"],
+                "by_anonymity": by["anonymity"],
+            },
+            "sources": sources,
+            "notifiers": notifiers,
+            "gateway": {
+                **pool.metrics.summary(),
+                "sessions": pool.selector.session_count,
+                "cooldowns": pool.selector.cooldown_count,
+                "pooled_upstream_connections": len(pool.gateway.pool),
+            },
+            "checker": {
+                "backlog": pool.pipeline.backlog,
+                "checked": pool.pipeline.checked_total,
+                "checkers": [c.name for c in pool.registry.checkers],
+            },
+        }
+    )
+
+
+async def list_sources(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    return web.json_response({"sources": [s.public_dict() for s in await pool.store.list_sources()]})
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise InvalidInputError("request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInputError("request body must be a JSON object")
+    return body
+
+
+def _opt_str(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInputError(f"{key} must be a string")
+    return value
+
+
+async def create_source(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    body = await _json_body(request)
+    url = body.get("url")
+    if not isinstance(url, str) or not url:
+        raise InvalidInputError("url is required")
+    source = await add_source(
+        pool.store,
+        pool.registry,
+        url,
+        parser=_opt_str(body, "parser"),
+        schedule=_opt_str(body, "schedule"),
+        protocol=_opt_str(body, "protocol") or _opt_str(body, "default_protocol"),
+        origin="api",
+    )
+    pool.metrics.register_source(source.id)
+    pool.scheduler.wake()
+    return web.json_response(source.public_dict(), status=201)
+
+
+def _source_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise InvalidInputError("source id must be an integer") from None
+
+
+async def delete_source(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    source_id = _source_id(request)
+    await pool.store.remove_source(source_id)
+    pool.metrics.forget_source(source_id)
+    return web.json_response({"deleted": source_id})
+
+
+async def scrape_source(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    source = await pool.store.get_source(_source_id(request))
+    result = await pool.scraper.scrape(source)
+    return web.json_response(
+        {
+            "source": result.source.public_dict(),
+            "found": result.found,
+            "new": len(result.new),
+            "error": result.error,
+        },
+        status=200 if result.error is None else 502,
+    )
+
+
+def make_app(pool: ProxyPool) -> web.Application:
+    app = web.Application(middlewares=[_errors_and_auth], client_max_size=1 << 20)
+    app[POOL] = pool
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/judge", judge)
+    app.router.add_get("/api/stats", stats)
+    app.router.add_get("/api/proxies", list_proxies)
+    app.router.add_get("/api/proxies/pick", pick_proxy)
+    app.router.add_get("/api/proxies/{id}/checks", proxy_checks)
+    app.router.add_get("/api/sources", list_sources)
+    app.router.add_post("/api/sources", create_source)
+    app.router.add_delete("/api/sources/{id}", delete_source)
+    app.router.add_post("/api/sources/{id}/scrape", scrape_source)
+    extra = getattr(pool, "admin_routes", None)
+    if extra is not None:
+        extra(app)
+    return app
+
+
+async def start_admin(pool: ProxyPool, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
+    runner = web.AppRunner(make_app(pool), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    server = site._server  # noqa: SLF001  (aiohttp exposes no public way to learn an ephemeral port)
+    assert server is not None
+    sockname = server.sockets[0].getsockname()  # type: ignore[union-attr]
+    return runner, (sockname[0], sockname[1])

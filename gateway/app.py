@@ -1,0 +1,238 @@
+"""The composition root: settings -> store -> plugins -> pool services -> servers.
+
+``ProxyPool`` owns every long-lived piece and starts and stops them in order (stop in reverse):
+nothing leaks past ``stop()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from config import ConfigError, Settings
+from gateway.metrics import Metrics
+from gateway.server import GatewayServer
+from plugins.discovery import load_all_plugins
+from plugins.registry import PluginConflictError, PluginRegistry
+from pool.errors import DuplicateError
+from pool.events import EventBus
+from pool.pipeline import Pipeline, PoolLowWatch
+from pool.scheduler import Scheduler
+from pool.scraper import ScrapeResult, Scraper
+from pool.selector import Selector
+from pool.sources import DEFAULT_SOURCES, add_source, normalise_source_url
+from pool.store import SqliteStore
+from pool.tasks import TaskSet
+
+__all__ = ["ProxyPool", "open_registry"]
+
+log = logging.getLogger("proxy_pool")
+
+
+async def open_registry(settings: Settings, events: EventBus | None = None) -> PluginRegistry:
+    """Discover plugins; a parser name conflict is a configuration error (one line, exit 2)."""
+    registry = PluginRegistry(events)
+    try:
+        await load_all_plugins(settings, registry)
+    except PluginConflictError as exc:
+        raise ConfigError(f"plugin conflict: {exc}") from None
+    return registry
+
+
+class ProxyPool:
+    def __init__(self, settings: Settings, *, extra_sources: list[str] | None = None) -> None:
+        self.settings = settings
+        self.extra_sources = list(extra_sources or [])
+        self._tasks = TaskSet()
+        self.started = False
+        self.gateway_address: tuple[str, int] | None = None
+        self.admin_address: tuple[str, int] | None = None
+        self.notifier_health: dict[str, dict[str, Any]] = {}
+        self.accounts: Any = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.store = await SqliteStore.open(settings.storage.path)
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        self.events = EventBus()
+        self.registry = await open_registry(settings, self.events)
+        self.selector = Selector(
+            settings.gateway.strategy,
+            failure_limit=settings.pool.passive_failure_limit,
+            session_ttl=settings.gateway.session_ttl,
+            max_sessions=settings.gateway.max_sessions,
+        )
+        self.selector.load(await self.store.all_proxies())
+        self.metrics = Metrics(pool_counts=self.selector.counts, country_counts=self._country_counts)
+        self.events.add_listener(self.metrics.on_event)
+        self.events.add_listener(_log_event)
+        for checker in self.registry.checkers:
+            self.metrics.register_checker(checker.name)
+        self.pool_low = PoolLowWatch(
+            settings.pool.low_threshold,
+            lambda type_, payload: self.registry.emit_event(type_, **payload),
+            self.selector.active_count,
+        )
+        self.selector.on_change = self._pool_changed
+
+        from gateway.admin import start_admin  # the admin needs the services built above
+
+        admin_host, admin_port = settings.admin.host_port
+        self.pipeline = Pipeline(
+            settings,
+            self.registry,
+            self.store,
+            self.selector,
+            observe=self.metrics.check_done,
+        )
+        self.selector.on_bench = lambda proxy: self.pipeline.submit([proxy])
+        self.scraper = Scraper(
+            self.store, self.registry, settings.fetch, on_new=self.pipeline.submit, on_scraped=self._scraped
+        )
+        self.scheduler = Scheduler(
+            settings, self.store, self.registry, self.scraper, self.pipeline, self.selector
+        )
+        self.gateway = GatewayServer(settings, self.selector, metrics=self.metrics, accounts=self.accounts)
+        self.admin_runner, self.admin_address = await start_admin(self, admin_host, admin_port)
+        self.gateway.add_own_address(*self.admin_address)
+        self.pipeline.self_judge = f"http://{_netloc(*self.admin_address)}/judge"
+        await self._sync_sources()
+        for source in await self.store.list_sources():
+            self.metrics.register_source(source.id)
+        await self.pipeline.start()
+        self.gateway_address = await self.gateway.start()
+        await self.scheduler.start()
+        self._tasks.spawn(self._notifier_health_loop(), name="notifier-health")
+        self.started = True
+        log.info(
+            "proxy-pool serving: gateway %s, admin %s, %d proxies known (%d active), %d sources",
+            _netloc(*self.gateway_address),
+            _netloc(*self.admin_address),
+            len(self.selector),
+            self.selector.active_count,
+            len(await self.store.list_sources()),
+        )
+
+    async def _sync_sources(self) -> None:
+        """Config, default and ``--proxies`` sources into the store; ``--proxies`` scraped at once."""
+        settings = self.settings
+        wanted: list[tuple[str, str | None, str | None, str, str]] = [
+            (s.url, s.parser, s.schedule, s.default_protocol, "config") for s in settings.sources
+        ]
+        if settings.default_sources:
+            wanted += [(url, "plaintext", None, proto.value, "default") for url, proto in DEFAULT_SOURCES]
+        for url, parser, schedule, protocol, origin in wanted:
+            try:
+                await add_source(
+                    self.store, self.registry, url, parser=parser, schedule=schedule, protocol=protocol, origin=origin
+                )
+            except DuplicateError:
+                pass
+            except ValueError as exc:
+                raise ConfigError(f"sources: {url}: {exc}") from None
+        for url in self.extra_sources:
+            try:
+                normalised = normalise_source_url(url)
+            except ValueError as exc:
+                raise ConfigError(f"--proxies {url}: {exc}") from None
+            source = await self.store.find_source(normalised)
+            if source is None:
+                source = await add_source(self.store, self.registry, normalised, origin="cli")
+            self._tasks.spawn(self.scraper.scrape(source), name=f"scrape-cli-{source.id}")
+
+    def _pool_changed(self) -> None:
+        self.pool_low.observe(self.selector.active_count)
+        self._changed.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Wait for a condition on the pool, woken by every change (for tests and tooling)."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+    def _scraped(self, result: ScrapeResult) -> None:
+        self.metrics.register_source(result.source.id)
+        self.metrics.scrape_done(result.source.id, result.error is None, result.found)
+
+    def _country_counts(self) -> dict[str | None, int]:
+        counts: dict[str | None, int] = {}
+        for proxy in self.selector.proxies():
+            if proxy.status.value == "active":
+                counts[proxy.country] = counts.get(proxy.country, 0) + 1
+        return counts
+
+    async def _notifier_health_loop(self) -> None:
+        while True:
+            await self.check_notifiers()
+            await asyncio.sleep(self.settings.notifiers.health_interval)
+
+    async def check_notifiers(self) -> None:
+        for notifier in self.registry.notifiers:
+            try:
+                up = bool(await asyncio.wait_for(notifier.health_check(), 15))
+                error = None if up else "health check failed"
+            except Exception as exc:
+                up, error = False, f"{type(exc).__name__}: {exc}"[:200]
+            was = self.notifier_health.get(notifier.name, {}).get("up")
+            self.notifier_health[notifier.name] = {"up": up, "error": error}
+            self.metrics.notifier_up(notifier.name, up)
+            if was is not False and not up:
+                log.warning("notifier %s is down: %s", notifier.name, error)
+
+    async def stop(self) -> None:
+        """Reverse order: stop taking requests, drain, stop background work, flush, close."""
+        for name in ("gateway",):
+            server = getattr(self, name, None)
+            if server is not None and self.started:
+                await server.stop()
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            await scheduler.stop()
+        await self._tasks.close()
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            await pipeline.stop()
+        scraper = getattr(self, "scraper", None)
+        if scraper is not None:
+            await scraper.close()
+        if self.accounts is not None and hasattr(self.accounts, "close"):
+            await self.accounts.close()
+        runner = getattr(self, "admin_runner", None)
+        if runner is not None:
+            await runner.cleanup()
+        events = getattr(self, "events", None)
+        if events is not None:
+            await events.drain(2.0)
+        registry = getattr(self, "registry", None)
+        if registry is not None:
+            for notifier in registry.notifiers:
+                close = getattr(notifier, "close", None)
+                if close is not None:
+                    try:
+                        await close()
+                    except Exception:
+                        log.debug("closing notifier %s failed", notifier.name, exc_info=True)
+        store = getattr(self, "store", None)
+        if store is not None:
+            await store.close()
+        self.started = False
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _log_event(event: Any) -> None:
+    if event.type in ("proxy.pool_low", "source.stale", "credits.exhausted"):
+        log.warning("event %s %s", event.type, event.payload)

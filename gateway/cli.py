@@ -1,0 +1,124 @@
+"""``proxy-pool``: the command line.  Parsing and error mapping here; the work in ``gateway.commands``.
+
+Exit codes: 0 done, 1 a runtime failure, 2 a usage or configuration mistake (one line on stderr,
+never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from config import ConfigError
+from pool.errors import PoolError
+
+__all__ = ["build_parser", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="F", help="TOML settings file (default: ./proxy-pool.toml if present)")
+    parser.add_argument("--db", metavar="PATH", help="SQLite database (default: storage.path)")
+    parser.add_argument("--log-format", choices=("text", "json"), help="log line format")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level")
+
+
+def _format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("table", "json")) -> None:
+    parser.add_argument("--format", choices=choices, default="table", help="output format")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="proxy-pool", description="Self-hosted rotating proxy gateway with its own validated pool.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway, the admin API, the scraper and the checker")
+    _common(serve)
+    serve.add_argument("--listen", metavar="H:P", help="gateway address (default 127.0.0.1:8899)")
+    serve.add_argument("--admin-listen", metavar="H:P", help="admin API address (default 127.0.0.1:8898)")
+    serve.add_argument(
+        "--proxies", metavar="F_OR_URL", action="append", default=[], help="a proxy list to serve from (repeatable)"
+    )
+    serve.add_argument("--no-default-sources", action="store_true", help="do not scrape the built-in public lists")
+
+    check = sub.add_parser("check", help="run the checker pipeline once on some proxies")
+    _common(check)
+    check.add_argument("proxies", nargs="*", metavar="PROXY_URL")
+    check.add_argument("--file", metavar="F", help="a file with one proxy URL a line")
+    check.add_argument("--judge", metavar="URL", action="append", help="judge URL (repeatable)")
+    _format(check)
+
+    proxies = sub.add_parser("proxies", help="list the pool from the database")
+    _common(proxies)
+    proxies.add_argument("--status", choices=("new", "active", "dead"))
+    proxies.add_argument("--protocol", choices=("http", "https", "socks4", "socks5"))
+    proxies.add_argument("--country", metavar="CC")
+    proxies.add_argument("--anonymity", choices=("transparent", "anonymous", "elite"))
+    _format(proxies, ("table", "json", "txt"))
+
+    sources = sub.add_parser("sources", help="manage proxy sources")
+    ssub = sources.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
+    s_list = ssub.add_parser("list", help="list sources and their last results")
+    _common(s_list)
+    _format(s_list)
+    s_add = ssub.add_parser("add", help="add a source")
+    _common(s_add)
+    s_add.add_argument("url", metavar="URL")
+    s_add.add_argument("--parser", metavar="NAME")
+    s_add.add_argument("--schedule", metavar="CRON")
+    s_add.add_argument("--protocol", metavar="P", help="protocol of bare host:port entries (default http)")
+    s_remove = ssub.add_parser("remove", help="remove a source")
+    _common(s_remove)
+    s_remove.add_argument("id", type=int, metavar="ID")
+    s_scrape = ssub.add_parser("scrape", help="scrape now (all sources, or one)")
+    _common(s_scrape)
+    s_scrape.add_argument("id", type=int, nargs="?", metavar="ID")
+    _format(s_scrape)
+
+    users = sub.add_parser("users", help="manage gateway users and credits")
+    usub = users.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="ACTION")
+    u_list = usub.add_parser("list", help="list users and balances")
+    _common(u_list)
+    _format(u_list)
+    u_add = usub.add_parser("add", help="add a user; prints the password once")
+    _common(u_add)
+    u_add.add_argument("name", metavar="NAME")
+    u_add.add_argument("--credits", type=int, default=0, metavar="N")
+    _format(u_add)
+    u_credit = usub.add_parser("credit", help="add credits to a user")
+    _common(u_credit)
+    u_credit.add_argument("name", metavar="NAME")
+    u_credit.add_argument("amount", metavar="AMOUNT")
+
+    plugins = sub.add_parser("plugins", help="list discovered plugins")
+    _common(plugins)
+    _format(plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from gateway import commands
+
+    try:
+        if args.command == "serve":
+            return commands.serve(args)
+        return asyncio.run(commands.run(args))
+    except (ConfigError, PoolError) as exc:
+        print(f"proxy-pool: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except commands.CommandFailed as exc:
+        print(f"proxy-pool: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

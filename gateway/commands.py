@@ -1,0 +1,333 @@
+"""What each ``proxy-pool`` command does.  Output for people (tables, progress) or machines (JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from config import Settings
+from gateway.app import ProxyPool, open_registry
+from gateway.logs import setup_logging
+from pool.errors import InvalidInputError
+from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus, UpstreamURL
+from pool.pipeline import CheckRun, Pipeline
+from pool.scraper import Scraper
+from pool.sources import add_source
+from pool.store import ProxyFilter, SqliteStore
+
+__all__ = ["CommandFailed", "run", "serve"]
+
+log = logging.getLogger("proxy_pool")
+
+
+class CommandFailed(Exception):
+    """A runtime failure (exit 1), reported as one line."""
+
+
+def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    storage = {"path": args.db} if getattr(args, "db", None) else {}
+    log_over = {k: v for k, v in (("format", args.log_format), ("level", args.log_level)) if v}
+    return Settings.load(args.config, storage=storage, log=log_over, **overrides)
+
+
+# serve ------------------------------------------------------------------------------------
+def serve(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        args,
+        gateway={"listen": args.listen} if args.listen else {},
+        admin={"listen": args.admin_listen} if args.admin_listen else {},
+        default_sources=False if args.no_default_sources else None,
+    )
+    setup_logging(settings.log.level, settings.log.format, settings.log.access_log)
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_serve(settings, args.proxies))
+    return uvloop.run(_serve(settings, args.proxies))
+
+
+async def _serve(settings: Settings, extra_sources: list[str]) -> int:
+    pool = ProxyPool(settings, extra_sources=extra_sources)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await pool.start()
+    except OSError as exc:
+        raise CommandFailed(f"cannot start: {exc.strerror or exc}") from None
+    try:
+        await stop.wait()
+        log.info("stopping: draining connections and flushing state")
+    finally:
+        await pool.stop()
+    log.info("stopped")
+    return 0
+
+
+# dispatch ---------------------------------------------------------------------------------
+async def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    setup_logging(settings.log.level if args.log_level else "warning", settings.log.format)
+    handler: Callable[[argparse.Namespace, Settings], Any] = {
+        "check": _check,
+        "proxies": _proxies,
+        "sources": _sources,
+        "users": _users,
+        "plugins": _plugins,
+    }[args.command]
+    result = await handler(args, settings)
+    return int(result or 0)
+
+
+@contextlib.asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[SqliteStore]:
+    try:
+        store = await SqliteStore.open(settings.storage.path)
+    except Exception as exc:
+        raise CommandFailed(f"cannot open database {settings.storage.path}: {exc}") from None
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    return "\n".join(lines)
+
+
+def _emit(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(_table(rows, columns))
+
+
+# check ------------------------------------------------------------------------------------
+class _Progress:
+    """A one-line progress bar on a terminal's stderr; silent otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.enabled = sys.stderr.isatty() and total > 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled:
+            width = 30
+            filled = int(width * self.done / self.total)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 60 + "\r")
+            sys.stderr.flush()
+
+
+@contextlib.asynccontextmanager
+async def _local_judge() -> AsyncIterator[str]:
+    """A judge on 127.0.0.1 for proxies on this machine (the same answer as the admin's /judge)."""
+    from gateway.admin import judge
+
+    app = web.Application()
+    app.router.add_route("*", "/judge", judge)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    try:
+        yield f"http://127.0.0.1:{port}/judge"
+    finally:
+        await runner.cleanup()
+
+
+def _check_row(run: CheckRun) -> dict[str, Any]:
+    proxy, verdict = run.proxy, run.verdict
+    assert verdict is not None
+    failed = run.failed
+    if verdict.passed is None:
+        skipped = next((c.name for c, r in run.results if r.skipped), None)
+        detail = next((r.detail for _, r in run.results if r.skipped), "no verdict")
+        status, failed_check, detail = "dead", skipped, f"no verdict: {detail}"
+    else:
+        status = "active" if verdict.passed else "dead"
+        failed_check = failed[0].name if failed else None
+        detail = failed[1].detail if failed else ""
+    return {
+        "proxy": proxy.display_url,
+        "status": status,
+        "protocol": proxy.protocol.value,
+        "latency_ms": None if proxy.latency_ms is None else round(proxy.latency_ms, 1),
+        "anonymity": proxy.anonymity.value if proxy.anonymity else None,
+        "exit_ip": proxy.exit_ip,
+        "country": proxy.country,
+        "failed_check": failed_check,
+        "detail": detail,
+    }
+
+
+def _read_proxy_lines(args: argparse.Namespace) -> list[str]:
+    lines = list(args.proxies)
+    if args.file:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                lines.append(line.split()[0])
+    if not lines:
+        raise InvalidInputError("give proxy URLs or --file F")
+    return lines
+
+
+async def _check(args: argparse.Namespace, settings: Settings) -> int:
+    upstreams: list[UpstreamURL] = []
+    for text in _read_proxy_lines(args):
+        try:
+            upstreams.append(UpstreamURL.parse(text, default_protocol=ProxyProtocol.HTTP))
+        except ValueError as exc:
+            raise InvalidInputError(f"{text!r}: {exc}") from None
+    if args.judge:
+        for url in args.judge:
+            if not url.startswith(("http://", "https://")):
+                raise InvalidInputError(f"--judge {url!r} is not an http(s) URL")
+        settings = settings.model_copy(
+            update={"checker": settings.checker.model_copy(update={"judges": list(args.judge)})}
+        )
+    registry = await open_registry(settings)
+    proxies = [Proxy(id=i + 1, upstream=u) for i, u in enumerate(upstreams)]
+    progress = _Progress(len(proxies))
+    async with _local_judge() as judge_url:
+        pipeline = Pipeline(settings, registry, None, None, self_judge=None if args.judge else judge_url)
+        await pipeline.start(workers=False)
+        limit = asyncio.Semaphore(settings.checker.concurrency)
+
+        async def one(proxy: Proxy) -> CheckRun:
+            async with limit:
+                run = await pipeline.check_one(proxy)
+            progress.step()
+            return run
+
+        try:
+            runs = await asyncio.gather(*(one(p) for p in proxies))
+        finally:
+            progress.close()
+            await pipeline.stop()
+    rows = [_check_row(r) for r in runs]
+    columns = ("proxy", "status", "protocol", "latency_ms", "anonymity", "exit_ip", "country", "failed_check", "detail")
+    _emit(rows, columns, args.format)
+    return 0
+
+
+# proxies ----------------------------------------------------------------------------------
+async def _proxies(args: argparse.Namespace, settings: Settings) -> int:
+    country = args.country
+    if country is not None and (len(country) != 2 or not country.isalpha()):
+        raise InvalidInputError(f"--country {country!r}: expected a two-letter ISO code")
+    flt = ProxyFilter(
+        status=ProxyStatus(args.status) if args.status else None,
+        protocol=ProxyProtocol(args.protocol) if args.protocol else None,
+        country=country.upper() if country else None,
+        anonymity=AnonymityLevel(args.anonymity) if args.anonymity else None,
+    )
+    async with _store(settings) as store:
+        proxies, _ = await store.list_proxies(flt)
+    if args.format == "txt":
+        for proxy in proxies:
+            print(proxy.url)  # with credentials: the user asked for a list to use elsewhere
+        return 0
+    rows = [p.public_dict() for p in proxies]
+    _emit(rows, ("id", "url", "status", "latency_ms", "anonymity", "country", "exit_ip", "last_checked"), args.format)
+    return 0
+
+
+# sources ----------------------------------------------------------------------------------
+async def _sources(args: argparse.Namespace, settings: Settings) -> int:
+    async with _store(settings) as store:
+        if args.action == "list":
+            rows = [s.public_dict() for s in await store.list_sources()]
+            _emit(
+                rows,
+                ("id", "url", "parser", "schedule", "default_protocol", "last_run_at", "last_found", "last_new", "last_error"),
+                args.format,
+            )
+            return 0
+        if args.action == "remove":
+            await store.remove_source(args.id)
+            print(f"removed source {args.id}")
+            return 0
+        registry = await open_registry(settings)
+        if args.action == "add":
+            source = await add_source(
+                store, registry, args.url, parser=args.parser, schedule=args.schedule, protocol=args.protocol
+            )
+            print(f"added source {source.id}: {source.url}")
+            return 0
+        # scrape
+        sources = [await store.get_source(args.id)] if args.id is not None else await store.list_sources()
+        if not sources:
+            raise InvalidInputError("no sources: add one with `proxy-pool sources add URL`")
+        scraper = Scraper(store, registry, settings.fetch)
+        progress = _Progress(len(sources))
+        rows = []
+        try:
+            for source in sources:
+                result = await scraper.scrape(source)
+                progress.step()
+                rows.append(
+                    {"id": source.id, "url": source.url, "found": result.found, "new": len(result.new), "error": result.error}
+                )
+        finally:
+            progress.close()
+            await scraper.close()
+        _emit(rows, ("id", "url", "found", "new", "error"), args.format)
+        return 1 if all(r["error"] for r in rows) else 0
+
+
+# users ------------------------------------------------------------------------------------
+async def _users(args: argparse.Namespace, settings: Settings) -> int:
+    from gateway.users_cli import users_command
+
+    return await users_command(args, settings)
+
+
+# plugins ----------------------------------------------------------------------------------
+async def _plugins(args: argparse.Namespace, settings: Settings) -> int:
+    registry = await open_registry(settings)
+    rows = []
+    for info in registry.describe():
+        stage = f"{info.stage}/{info.priority}" if info.stage is not None else ""
+        rows.append(
+            {
+                "kind": info.kind,
+                "name": info.name,
+                "module": info.module,
+                "stage": stage,
+                "health": "error: " + info.error if info.error else "ok",
+            }
+        )
+    _emit(rows, ("kind", "name", "module", "stage", "health"), args.format)
+    return 0
+

@@ -1,0 +1,588 @@
+"""The gateway: accept clients, read requests, choose an upstream per request, relay.
+
+A request costs: read and parse the head, ``selector.pick`` (in memory), optionally
+``accounts.charge`` (in memory), dial or reuse an upstream connection, stream.  No disk, no SQL,
+no log line at INFO.  Each client connection is one task; on shutdown, idle keep-alive clients
+are closed at once and busy ones get ``drain_timeout`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from config import Settings
+from gateway import http1
+from gateway.errors import BadRequest, GatewayError
+from gateway.relay import Tunnel
+from gateway.routing import Credentials, RouteError, parse_proxy_authorization, route_for
+from gateway.upstream import (
+    ConnectionPool,
+    PooledConnection,
+    UpstreamError,
+    UpstreamTimeout,
+    open_forward,
+    open_tunnel,
+    proxy_authorization,
+)
+from pool.models import Proxy, ProxyProtocol, UpstreamURL
+from pool.selector import Route, Selector
+from pool.tasks import TaskSet
+
+__all__ = ["GatewayServer", "Refusal"]
+
+log = logging.getLogger("proxy_pool.gateway")
+access_log = logging.getLogger("proxy_pool.access")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+KEEP_AFTER = frozenset({402, 403, 407, 503})
+AUTH_REALM = [("Proxy-Authenticate", 'Basic realm="proxy-pool"')]
+
+
+class Refusal(GatewayError):
+    """An answer of our own: a status and a one-line reason."""
+
+    def __init__(self, status: int, message: str, outcome: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.outcome = outcome
+        self.headers = headers or []
+
+
+class Accounts:  # the shape the gateway needs from pool.accounts (structural)
+    def authenticate(self, username: str, password: str) -> str | None: ...
+    def charge(self, user: str, cost: int) -> bool: ...
+    def refund(self, user: str, cost: int) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Client:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    peer: str
+    busy: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(slots=True)
+class _Attempts:
+    """Why each upstream failed, for the 502 body and the 504 decision."""
+
+    reasons: list[str] = field(default_factory=list)
+    timeouts: int = 0
+
+    def failed(self, proxy: Proxy | None, exc: UpstreamError) -> None:
+        label = f"upstream #{proxy.id}" if proxy else "direct"
+        self.reasons.append(f"{label}: {exc.message}")
+        if isinstance(exc, UpstreamTimeout):
+            self.timeouts += 1
+
+    def refusal(self) -> Refusal:
+        if self.reasons and self.timeouts == len(self.reasons):
+            return Refusal(504, f"upstream timed out ({len(self.reasons)} attempts)", "timeout")
+        summary = "; ".join(self.reasons[-5:])
+        return Refusal(502, f"all {len(self.reasons)} attempts failed: {summary}", "upstream_error")
+
+
+class GatewayServer:
+    def __init__(
+        self,
+        settings: Settings,
+        selector: Selector,
+        *,
+        metrics: object | None = None,
+        accounts: Accounts | None = None,
+        own_addresses: set[tuple[str, int]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.gw = settings.gateway
+        self.selector = selector
+        self.metrics = metrics
+        self.accounts = accounts if settings.gateway.auth == "users" else None
+        self.pool = ConnectionPool(per_key=self.gw.upstream_pool_size, idle_timeout=self.gw.upstream_idle_timeout)
+        self._own = set(own_addresses or ())
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[_Client] = set()
+        self._limit = asyncio.Semaphore(self.gw.max_connections)
+        self._closing = False
+        self._tasks = TaskSet()
+        self._allowed_ports = None if self.gw.allowed_connect_ports == "*" else frozenset(self.gw.allowed_connect_ports)
+        self._retry_status = frozenset(self.gw.retry_on_status)
+        self._direct_allow = [ipaddress.ip_network(n, strict=False) for n in self.gw.direct_allow]
+        self.requests_total = 0
+        self._on_bytes: Callable[[str, int], None] | None = getattr(metrics, "bytes", None)
+
+    # lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> tuple[str, int]:
+        host, port = self.gw.host_port
+        self._server = await asyncio.start_server(
+            self._accept, host, port, limit=self.gw.max_header_bytes + 1024, backlog=1024, reuse_address=True
+        )
+        bound = self._server.sockets[0].getsockname()
+        self._own.add((bound[0], bound[1]))
+        self._tasks.spawn(self._prune_loop(), name="gateway-pool-prune")
+        return bound[0], bound[1]
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        sock = self._server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    def add_own_address(self, host: str, port: int) -> None:
+        self._own.add((host, port))
+
+    async def stop(self, drain_timeout: float | None = None) -> None:
+        """Stop accepting, close idle clients, give busy ones ``drain_timeout``, then cut."""
+        timeout = self.gw.drain_timeout if drain_timeout is None else drain_timeout
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        for client in list(self._clients):
+            if not client.busy and client.task is not None:
+                client.task.cancel()
+        busy = [c.task for c in self._clients if c.task is not None and not c.task.done()]
+        if busy:
+            await asyncio.wait(busy, timeout=timeout)
+        for client in list(self._clients):
+            if client.task is not None:
+                client.task.cancel()
+        remaining = [c.task for c in self._clients if c.task is not None]
+        if remaining:
+            await asyncio.gather(*remaining, return_exceptions=True)
+        await self._tasks.close()
+        self.pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(max(1.0, self.gw.upstream_idle_timeout / 2))
+            self.pool.prune()
+
+    # connections --------------------------------------------------------------------------
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        client = _Client(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
+        client.task = asyncio.current_task()  # type: ignore[assignment]
+        if self._limit.locked():
+            try:
+                await asyncio.wait_for(self._limit.acquire(), 1.0)
+            except TimeoutError:
+                self._send_refusal(writer, Refusal(503, "gateway busy: too many connections", "overloaded"))
+                writer.close()
+                return
+        else:
+            await self._limit.acquire()
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self._clients.add(client)
+        if self.metrics is not None:
+            self.metrics.connection_opened()  # type: ignore[attr-defined]
+        try:
+            await self._serve(client)
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("unexpected error on client %s", client.peer)
+        finally:
+            self._clients.discard(client)
+            self._limit.release()
+            if self.metrics is not None:
+                self.metrics.connection_closed()  # type: ignore[attr-defined]
+            if not writer.is_closing():
+                writer.close()
+
+    async def _serve(self, client: _Client) -> None:
+        first = True
+        while not self._closing:
+            timeout = self.gw.head_timeout if first else self.gw.idle_timeout
+            client.busy = False
+            try:
+                raw = await asyncio.wait_for(http1.read_head(client.reader, self.gw.max_header_bytes), timeout)
+            except TimeoutError:
+                if first:
+                    self._send_refusal(client.writer, Refusal(408, "request head not received in time", "timeout"))
+                return
+            except BadRequest as exc:
+                self._send_refusal(client.writer, Refusal(exc.status, exc.message, "bad_request"))
+                return
+            if raw is None:
+                return
+            client.busy = True
+            first = False
+            started = time.perf_counter()
+            method = "?"
+            head: http1.RequestHead | None = None
+            try:
+                head = http1.parse_request_head(raw)
+                method = head.method
+                keep = await self._request(client, head)
+                outcome = "ok"
+            except Refusal as refusal:
+                # our own answer; the connection survives it only when no unread body follows
+                keep = (
+                    refusal.status in KEEP_AFTER
+                    and head is not None
+                    and head.keep_alive
+                    and not head.is_connect
+                    and http1.request_body_framing(head) is http1.Framing.NONE
+                )
+                self._send_refusal(client.writer, refusal, close=not keep)
+                outcome = refusal.outcome
+            except BadRequest as exc:
+                self._send_refusal(client.writer, Refusal(exc.status, exc.message, "bad_request"))
+                outcome, keep = "bad_request", False
+            except _ClientGone:
+                outcome, keep = "client_closed", False
+            self.requests_total += 1
+            if self.metrics is not None:
+                self.metrics.request_done(method, outcome, time.perf_counter() - started)  # type: ignore[attr-defined]
+            if self.settings.log.access_log:
+                access_log.info("%s %s %s %.1fms", client.peer, method, outcome, (time.perf_counter() - started) * 1000)
+            if not keep:
+                return
+            await client.writer.drain()
+
+    def _send_refusal(self, writer: asyncio.StreamWriter, refusal: Refusal, close: bool = True) -> None:
+        if writer.is_closing():
+            return
+        writer.write(http1.simple_response(refusal.status, refusal.message, headers=refusal.headers, close=close))
+
+    # one request --------------------------------------------------------------------------
+    async def _request(self, client: _Client, head: http1.RequestHead) -> bool:
+        """Serve one request; True when the client connection stays open for the next."""
+        self._check_target(head)
+        user, route = self._authorize(head)
+        cost = self.settings.credits.cost_per_request if user is not None else 0
+        if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
+            raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
+        try:
+            if head.is_connect:
+                return await self._connect(client, head, route)
+            return await self._forward(client, head, route)
+        except Refusal as refusal:
+            if user is not None and cost and refusal.status >= 500 and self.settings.credits.refund_gateway_failures:
+                self.accounts.refund(user, cost)  # type: ignore[union-attr]
+            raise
+
+    def _check_target(self, head: http1.RequestHead) -> None:
+        if head.is_connect and self._allowed_ports is not None and head.port not in self._allowed_ports:
+            raise Refusal(403, f"CONNECT to port {head.port} is not allowed", "forbidden")
+        if self._is_own_address(head.host, head.port):
+            raise Refusal(403, "request loops back to the gateway itself", "forbidden")
+
+    def _is_own_address(self, host: str, port: int) -> bool:
+        for own_host, own_port in self._own:
+            if port != own_port:
+                continue
+            if host == own_host or host == "localhost" or _is_any(own_host) and _is_local(host):
+                return True
+            if _is_local(host) and _is_local(own_host):
+                return True
+        return False
+
+    def _authorize(self, head: http1.RequestHead) -> tuple[str | None, Route]:
+        creds: Credentials | None = parse_proxy_authorization(head.proxy_authorization)
+        if self.gw.auth == "users":
+            if creds is None:
+                raise Refusal(407, "proxy authentication required", "auth_required", AUTH_REALM)
+            try:
+                name, route = route_for(creds.username, head.pool_params, with_name=True)
+            except RouteError:
+                raise Refusal(407, "proxy authentication failed", "auth_required", AUTH_REALM) from None
+            assert self.accounts is not None
+            user = self.accounts.authenticate(name or "", creds.password)
+            if user is None:
+                raise Refusal(407, "proxy authentication failed", "auth_required", AUTH_REALM)
+            return user, route
+        try:
+            _, route = route_for(creds.username if creds else None, head.pool_params, with_name=False)
+        except RouteError as exc:
+            raise Refusal(400, exc.message, "bad_request") from None
+        return None, route
+
+    def _pick(self, route: Route, tried: set[int], host: str) -> Proxy | None:
+        return self.selector.pick(route, exclude=tried, host=host)
+
+    def _no_proxy(self, route: Route) -> Refusal:
+        what = route.describe()
+        if what == "any":
+            return Refusal(503, "no active proxy in the pool yet", "no_proxy")
+        return Refusal(503, f"no active proxy for {what}", "no_proxy")
+
+    def _report(self, proxy: Proxy | None, ok: bool, exc: UpstreamError | None = None) -> None:
+        if proxy is not None:
+            self.selector.report(proxy, ok)
+        if exc is not None and self.metrics is not None:
+            self.metrics.upstream_failure(exc.reason)  # type: ignore[attr-defined]
+
+    def _debug_headers(self, proxy: Proxy | None) -> list[tuple[str, str]]:
+        if not self.gw.debug_headers:
+            return []
+        return [("X-Proxy-Pool-Upstream", str(proxy.id) if proxy else "direct")]
+
+    # CONNECT ------------------------------------------------------------------------------
+    async def _connect(self, client: _Client, head: http1.RequestHead, route: Route) -> bool:
+        attempts = _Attempts()
+        tried: set[int] = set()
+        for _ in range(self.gw.max_retries + 1):
+            proxy = self._pick(route, tried, head.host)
+            if proxy is None:
+                if tried:
+                    break
+                if self.gw.fallback != "direct":
+                    raise self._no_proxy(route)
+            else:
+                tried.add(proxy.id)
+            try:
+                upstream = await self._dial_tunnel(proxy, head.host, head.port)
+            except UpstreamError as exc:
+                attempts.failed(proxy, exc)
+                self._report(proxy, False, exc)
+                if proxy is None:
+                    break
+                continue
+            self._report(proxy, True)
+            established = http1.CONNECT_ESTABLISHED
+            if self.gw.debug_headers:
+                established = established[:-2] + b"".join(
+                    f"{k}: {v}\r\n".encode() for k, v in self._debug_headers(proxy)
+                ) + b"\r\n"
+            client.writer.write(established)
+            tunnel = Tunnel((client.reader, client.writer), upstream, idle_timeout=self.gw.idle_timeout, on_bytes=self._on_bytes)
+            await tunnel.run()
+            return False
+        raise attempts.refusal()
+
+    async def _dial_tunnel(
+        self, proxy: Proxy | None, host: str, port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if proxy is None:
+            return await self._dial_direct(host, port)
+        return await open_tunnel(proxy.upstream, host, port, self.gw.connect_timeout)
+
+    async def _dial_direct(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The ``fallback = "direct"`` path: never to loopback, link-local or private targets."""
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self.gw.connect_timeout)
+        except (OSError, TimeoutError):
+            raise UpstreamError(f"cannot resolve {host}", "dns") from None
+        address = infos[0][4][0]
+        ip = ipaddress.ip_address(address)
+        if (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast) and not any(
+            ip in net for net in self._direct_allow
+        ):
+            raise Refusal(403, f"direct connection to {host} ({address}) is not allowed", "forbidden")
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(address, port, limit=1 << 17), self.gw.connect_timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(f"direct connection to {host} timed out") from None
+        except OSError as exc:
+            raise UpstreamError(f"direct connection to {host} failed: {exc.strerror or exc}", "refused") from None
+
+    # plain HTTP ---------------------------------------------------------------------------
+    async def _forward(self, client: _Client, head: http1.RequestHead, route: Route) -> bool:
+        body = http1.request_body_framing(head)
+        has_body = body is not http1.Framing.NONE
+        retryable = head.method in IDEMPOTENT and not has_body
+        attempts = _Attempts()
+        tried: set[int] = set()
+        continued = False
+        for attempt in range(self.gw.max_retries + 1):
+            proxy = self._pick(route, tried, head.host)
+            if proxy is None:
+                if tried:
+                    break
+                if self.gw.fallback != "direct":
+                    raise self._no_proxy(route)
+            else:
+                tried.add(proxy.id)
+            try:
+                conn, key, absolute = await self._http_connection(proxy, head)
+            except UpstreamError as exc:
+                attempts.failed(proxy, exc)
+                self._report(proxy, False, exc)
+                if proxy is None:
+                    break
+                continue
+            extra = proxy_authorization(proxy.upstream) if absolute and proxy is not None else []
+            extra.append(("Connection", "keep-alive"))
+            out = http1.forward_request_head(head, absolute=absolute, extra=extra)
+            try:
+                resp, raw_resp = await self._exchange(client, conn, out, head, body, continued)
+                continued = continued or head.expect_continue
+            except _StaleConnection:
+                # a pooled connection the upstream had closed: once more on a fresh one
+                conn.close()
+                self.pool.discard_key(key)
+                try:
+                    conn = await self._fresh_http_connection(proxy, head)
+                    resp, raw_resp = await self._exchange(client, conn, out, head, body, continued)
+                except (UpstreamError, _StaleConnection) as exc:
+                    err = exc if isinstance(exc, UpstreamError) else UpstreamError("upstream closed the connection", "reset")
+                    attempts.failed(proxy, err)
+                    self._report(proxy, False, err)
+                    conn.close()
+                    if has_body:
+                        break
+                    continue
+            except UpstreamError as exc:
+                conn.close()
+                attempts.failed(proxy, exc)
+                self._report(proxy, False, exc)
+                if has_body and exc.reason != "refused":
+                    break  # the body is gone; it cannot be sent again
+                continue
+            if (
+                resp.status in self._retry_status
+                and retryable
+                and proxy is not None
+                and attempt < self.gw.max_retries
+            ):
+                conn.close()
+                self.selector.cooldown(proxy, head.host, self.gw.retry_cooldown)
+                self._report(proxy, True)
+                attempts.reasons.append(f"upstream #{proxy.id}: answered {resp.status}")
+                if self.metrics is not None:
+                    self.metrics.upstream_failure("http_status")  # type: ignore[attr-defined]
+                continue
+            return await self._respond(client, head, proxy, conn, key, resp)
+        raise attempts.refusal()
+
+    async def _http_connection(
+        self, proxy: Proxy | None, head: http1.RequestHead
+    ) -> tuple[PooledConnection, object, bool]:
+        key = self._pool_key(proxy, head)
+        conn = self.pool.acquire(key)
+        absolute = proxy is not None and not proxy.protocol.is_socks
+        if conn is None:
+            conn = await self._fresh_http_connection(proxy, head)
+        return conn, key, absolute
+
+    def _pool_key(self, proxy: Proxy | None, head: http1.RequestHead) -> object:
+        if proxy is not None and not proxy.protocol.is_socks:
+            return proxy.id
+        return (proxy.id if proxy else None, head.host, head.port)
+
+    async def _fresh_http_connection(self, proxy: Proxy | None, head: http1.RequestHead) -> PooledConnection:
+        if proxy is not None and not proxy.protocol.is_socks:
+            reader, writer = await open_forward(proxy.upstream, self.gw.connect_timeout)
+        else:
+            reader, writer = await self._dial_tunnel(proxy, head.host, head.port)
+        return PooledConnection(reader, writer)
+
+    async def _exchange(
+        self,
+        client: _Client,
+        conn: PooledConnection,
+        out: bytes,
+        head: http1.RequestHead,
+        body: http1.Framing,
+        continued: bool,
+    ) -> tuple[http1.ResponseHead, bytes]:
+        """Send the head (and body) upstream, read the response head."""
+        reused = conn.uses > 0
+        try:
+            conn.writer.write(out)
+            if body is not http1.Framing.NONE:
+                if head.expect_continue and not continued:
+                    client.writer.write(http1.CONTINUE_100)
+                try:
+                    await http1.copy_body(client.reader, conn.writer, body, on_bytes=self._count_up)
+                except http1.IncompleteBody:
+                    raise _ClientGone() from None
+            await conn.writer.drain()
+            while True:
+                raw = await asyncio.wait_for(
+                    http1.read_response_head(conn.reader, self.gw.max_header_bytes), self.gw.response_timeout
+                )
+                if raw is None:
+                    if reused:
+                        raise _StaleConnection()
+                    raise UpstreamError("upstream closed the connection without answering", "reset")
+                resp = http1.parse_response_head(raw)
+                if 100 <= resp.status < 200 and resp.status != 101:
+                    continue  # interim answers: we sent our own 100 Continue already
+                return resp, raw
+        except TimeoutError:
+            raise UpstreamTimeout("upstream did not answer in time") from None
+        except (ConnectionError, OSError) as exc:
+            if reused and body is http1.Framing.NONE:
+                raise _StaleConnection() from None
+            raise UpstreamError(f"upstream connection failed: {type(exc).__name__}", "reset") from None
+        except http1.BadResponse as exc:
+            raise UpstreamError(f"upstream sent a malformed answer: {exc}", "bad_response") from None
+        except BadRequest as exc:  # read_head limits apply to the response too
+            raise UpstreamError(f"upstream answer unusable: {exc.message}", "bad_response") from None
+
+    def _count_up(self, n: int) -> None:
+        if self._on_bytes is not None:
+            self._on_bytes("client_to_upstream", n)
+
+    def _count_down(self, n: int) -> None:
+        if self._on_bytes is not None:
+            self._on_bytes("upstream_to_client", n)
+
+    async def _respond(
+        self,
+        client: _Client,
+        head: http1.RequestHead,
+        proxy: Proxy | None,
+        conn: PooledConnection,
+        key: object,
+        resp: http1.ResponseHead,
+    ) -> bool:
+        framing = http1.response_body_framing(resp, head.method)
+        keep = head.keep_alive and framing is not http1.Framing.UNTIL_CLOSE and not self._closing
+        client.writer.write(http1.forward_response_head(resp, keep_alive=keep, extra=self._debug_headers(proxy)))
+        try:
+            await http1.copy_body(conn.reader, client.writer, framing, on_bytes=self._count_down)
+        except http1.IncompleteBody:
+            conn.close()
+            self._report(proxy, False, UpstreamError("upstream cut the answer short", "reset"))
+            return False
+        except (ConnectionError, OSError):
+            conn.close()
+            raise _ClientGone() from None
+        self._report(proxy, True)
+        if resp.keep_alive and framing is not http1.Framing.UNTIL_CLOSE:
+            self.pool.release(key, conn)
+        else:
+            conn.close()
+        return keep
+
+
+class _ClientGone(Exception):
+    """The client went away mid-request: nothing to answer."""
+
+
+class _StaleConnection(Exception):
+    """A reused keep-alive connection turned out closed before any answer."""
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _is_any(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")

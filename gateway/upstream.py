@@ -1,0 +1,263 @@
+"""Dialing an upstream proxy: one way in per protocol, errors mapped per phase.
+
+* tunnels (CONNECT from the client, or plain HTTP through a SOCKS upstream): python-socks does the
+  SOCKS4/SOCKS5/HTTP-CONNECT handshake and hands over a connected socket;
+* plain HTTP through an HTTP upstream: a TCP connection to the proxy that carries absolute-form
+  requests, kept alive in a small pool per upstream.
+
+The socket is closed when a handshake fails (glider's dialers do the same).  Errors leave as
+``UpstreamError`` subclasses with a ``reason`` for metrics and passive health, and never mention
+credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+from python_socks import ProxyType
+from python_socks.async_.asyncio import Proxy as SocksProxy
+
+from gateway.errors import GatewayError
+from pool.models import ProxyProtocol, UpstreamURL
+
+__all__ = [
+    "ConnectionPool",
+    "PooledConnection",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamRefused",
+    "UpstreamTimeout",
+    "open_forward",
+    "open_tunnel",
+    "proxy_authorization",
+]
+
+STREAM_LIMIT = 1 << 17
+
+
+class UpstreamError(GatewayError):
+    """An upstream could not carry the request.  ``reason`` is a bounded label."""
+
+    reason = "error"
+    status = 502
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UpstreamTimeout(UpstreamError, TimeoutError):
+    reason = "timeout"
+    status = 504
+
+
+class UpstreamConnectError(UpstreamError, OSError):
+    reason = "refused"
+
+
+class UpstreamRefused(UpstreamError):
+    """The upstream answered, but said no (CONNECT 407/5xx, SOCKS rejection)."""
+
+    def __init__(self, message: str, reason: str = "socks_error", status_code: int | None = None) -> None:
+        super().__init__(message, reason)
+        self.status_code = status_code
+
+
+_SOCKS_TYPES = {
+    ProxyProtocol.SOCKS4: ProxyType.SOCKS4,
+    ProxyProtocol.SOCKS5: ProxyType.SOCKS5,
+    ProxyProtocol.HTTP: ProxyType.HTTP,
+    ProxyProtocol.HTTPS: ProxyType.HTTP,
+}
+
+
+def proxy_authorization(up: UpstreamURL) -> list[tuple[str, str]]:
+    """The header an HTTP upstream wants for its credentials, if it has any."""
+    if up.username is None:
+        return []
+    token = base64.b64encode(f"{up.username}:{up.password or ''}".encode()).decode("ascii")
+    return [("Proxy-Authorization", f"Basic {token}")]
+
+
+def _tune(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
+async def open_tunnel(
+    up: UpstreamURL, host: str, port: int, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A byte stream to ``host:port`` through ``up`` (CONNECT or SOCKS handshake done)."""
+    proxy = SocksProxy(
+        _SOCKS_TYPES[up.protocol],
+        up.host,
+        up.port,
+        username=up.username,
+        password=up.password,
+        rdns=True,
+    )
+    try:
+        sock = await proxy.connect(host, port, timeout=timeout)
+    except ProxyTimeoutError:
+        raise UpstreamTimeout(f"{up.protocol} upstream timed out") from None
+    except ProxyConnectionError as exc:
+        raise UpstreamConnectError(f"{up.protocol} upstream unreachable: {_os_reason(exc)}", _errno_reason(exc)) from None
+    except ProxyError as exc:
+        code = getattr(exc, "error_code", None)
+        if up.protocol in (ProxyProtocol.HTTP, ProxyProtocol.HTTPS):
+            raise UpstreamRefused(
+                f"upstream answered CONNECT with {code or 'an error'}", "http_status", code if isinstance(code, int) else None
+            ) from None
+        raise UpstreamRefused(f"{up.protocol} upstream refused: {exc}", "socks_error") from None
+    except TimeoutError:
+        raise UpstreamTimeout(f"{up.protocol} upstream timed out") from None
+    except OSError as exc:
+        raise UpstreamConnectError(f"{up.protocol} upstream failed: {_os_reason(exc)}", _errno_reason(exc)) from None
+    _tune(sock)
+    try:
+        return await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def open_forward(up: UpstreamURL, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to an HTTP upstream, for absolute-form requests."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(up.host, up.port, limit=STREAM_LIMIT), timeout
+        )
+    except TimeoutError:
+        raise UpstreamTimeout("http upstream timed out") from None
+    except OSError as exc:
+        raise UpstreamConnectError(f"http upstream unreachable: {_os_reason(exc)}", _errno_reason(exc)) from None
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        _tune(sock)
+    return reader, writer
+
+
+def _os_reason(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__ or exc
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    text = str(exc)
+    return text.split(":")[-1].strip().lower() or type(exc).__name__
+
+
+def _errno_reason(exc: BaseException) -> str:
+    text = f"{exc} {exc.__cause__ or ''}".lower()
+    if "reset" in text:
+        return "reset"
+    if "timed out" in text or "timeout" in text:
+        return "timeout"
+    return "refused"
+
+
+@dataclass(eq=False)
+class PooledConnection:
+    """A kept-alive upstream connection.  ``uses`` > 0 means it has served before (may be stale)."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    uses: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
+
+    def is_usable(self, now: float, idle_timeout: float) -> bool:
+        return (
+            not self.writer.is_closing()
+            and not self.reader.at_eof()
+            and now - self.idle_since < idle_timeout
+        )
+
+    def close(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per key (an upstream, or an upstream and a target).
+
+    Bookkeeping is synchronous; closing happens on the transport, never awaited by the caller
+    (httpcore's pool decides first and does I/O afterwards).
+    """
+
+    def __init__(self, per_key: int = 8, idle_timeout: float = 30.0, max_keys: int = 4096) -> None:
+        self.per_key = per_key
+        self.idle_timeout = idle_timeout
+        self.max_keys = max_keys
+        self._idle: OrderedDict[object, list[PooledConnection]] = OrderedDict()
+
+    def acquire(self, key: object) -> PooledConnection | None:
+        conns = self._idle.get(key)
+        if not conns:
+            return None
+        now = time.monotonic()
+        while conns:
+            conn = conns.pop()
+            if conn.is_usable(now, self.idle_timeout):
+                if not conns:
+                    del self._idle[key]
+                return conn
+            conn.close()
+        del self._idle[key]
+        return None
+
+    def release(self, key: object, conn: PooledConnection) -> None:
+        if self.per_key == 0 or conn.writer.is_closing() or conn.reader.at_eof():
+            conn.close()
+            return
+        conn.uses += 1
+        conn.idle_since = time.monotonic()
+        conns = self._idle.setdefault(key, [])
+        self._idle.move_to_end(key)
+        conns.append(conn)
+        if len(conns) > self.per_key:
+            conns.pop(0).close()
+        while len(self._idle) > self.max_keys:
+            _, old = self._idle.popitem(last=False)
+            for c in old:
+                c.close()
+
+    def discard_key(self, key: object) -> None:
+        for conn in self._idle.pop(key, []):
+            conn.close()
+
+    def prune(self) -> int:
+        """Close connections idle too long; returns how many (called from a background loop)."""
+        now = time.monotonic()
+        closed = 0
+        for key in list(self._idle):
+            conns = self._idle[key]
+            keep = [c for c in conns if c.is_usable(now, self.idle_timeout)]
+            for c in conns:
+                if c not in keep:
+                    c.close()
+                    closed += 1
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        return closed
+
+    def close(self) -> None:
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._idle.values())

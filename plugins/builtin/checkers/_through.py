@@ -1,0 +1,142 @@
+"""One way to send an aiohttp request through any kind of upstream proxy.
+
+HTTP and HTTPS-capable proxies go through the shared session with aiohttp's ``proxy=`` (absolute-form
+requests, credentials as ``proxy_auth``); SOCKS4/5 proxies get a session of their own over an
+aiohttp-socks connector, closed on exit.  Used by ``http_anonymity`` and ``site_reach``; the leading
+underscore keeps plugin discovery away from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+import time
+from dataclasses import dataclass
+from types import TracebackType
+
+import aiohttp
+from aiohttp_socks import ProxyConnector
+from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+
+from plugins import Proxy
+
+__all__ = ["NETWORK_ERRORS", "Reply", "Through", "describe_failure"]
+
+# What a request through a proxy raises when the network, the proxy or the target misbehaves.
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    ProxyError,
+    ProxyConnectionError,
+    ProxyTimeoutError,
+    ssl.SSLError,
+    OSError,
+    ValueError,  # aiohttp raises it for a malformed answer in a few places
+)
+
+MAX_BODY = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    elapsed_ms: float
+
+
+class Through:
+    """``async with Through(proxy, shared) as via: await via.get(url, timeout=5)``."""
+
+    def __init__(self, proxy: Proxy, shared: aiohttp.ClientSession) -> None:
+        self._proxy = proxy
+        self._shared = shared
+        self._own: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Through:
+        if self._proxy.protocol.is_socks:
+            connector = ProxyConnector.from_url(self._proxy.url, limit=0)
+            self._own = aiohttp.ClientSession(connector=connector, trust_env=False)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._own is not None:
+            await self._own.close()
+            self._own = None
+
+    async def get(self, url: str, *, timeout: float, read_body: bool = True) -> Reply:
+        """GET ``url`` through the proxy; raises one of NETWORK_ERRORS on failure."""
+        session = self._own or self._shared
+        headers = {"Connection": "close"}  # one request per check: hold no idle sockets
+        kwargs: dict[str, object] = {}
+        if self._own is None:
+            up = self._proxy.upstream
+            kwargs["proxy"] = f"http://{up.netloc}"
+            if up.username is not None:
+                # aiohttp sends proxy_headers only on CONNECT; a plain request carries them itself
+                credentials = _basic(up.username, up.password or "")
+                if url.startswith("https://"):
+                    kwargs["proxy_headers"] = {"Proxy-Authorization": credentials}
+                else:
+                    headers["Proxy-Authorization"] = credentials
+        started = time.monotonic()
+        async with session.get(
+            url,
+            timeout=aiohttp.ClientTimeout(total=max(timeout, 0.001)),
+            headers=headers,
+            allow_redirects=False,
+            **kwargs,  # type: ignore[arg-type]
+        ) as resp:
+            body = b""
+            if read_body:
+                body = await _read_capped(resp, MAX_BODY)
+            return Reply(resp.status, body, (time.monotonic() - started) * 1000)
+
+
+def _basic(user: str, password: str) -> str:
+    """A ``Basic`` credentials value (aiohttp 3.14 deprecates ``proxy_auth=BasicAuth``)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(16384):
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)[:limit]
+
+
+def describe_failure(exc: BaseException, timeout: float) -> str:
+    """A short reason naming the cause, never the proxy's credentials."""
+    if isinstance(exc, (asyncio.TimeoutError, ProxyTimeoutError, aiohttp.ServerTimeoutError)):
+        return f"timed out after {timeout:g}s"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"proxy answered {exc.status} {exc.message}".strip()
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"cannot connect to proxy: {_os_reason(exc.os_error)}"
+    if isinstance(exc, ProxyConnectionError):
+        return f"cannot connect to proxy: {exc}"
+    if isinstance(exc, ProxyError):
+        return f"proxy refused: {exc}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "proxy closed the connection without an answer"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connection failed: {_os_reason(exc.os_error)}"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"bad answer: {exc.message}"
+    if isinstance(exc, OSError):
+        return _os_reason(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    return exc.strerror or str(exc) or type(exc).__name__

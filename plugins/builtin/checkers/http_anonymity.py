@@ -1,0 +1,195 @@
+"""Stage 2: fetch a judge through the proxy and grade what the judge saw.
+
+Judges come from ``context.judges`` (else ``checker.judges``) and are taken in turn across calls.
+Before a judge is used it is called directly (no proxy); that call proves the judge is up and tells
+the host's own address, which a transparent proxy would leak.  The verdict is cached
+(``judge_ttl``), so a batch of checks costs one direct call per judge.
+
+Whose fault is a failure?  When the request through the proxy fails, the judge is re-verified
+(unless it was verified moments ago): a judge that still answers directly means the proxy failed;
+a judge that does not is marked unhealthy for ``judge_retry_after`` and the next one is tried.
+When no judge is healthy the check is *skipped* (no verdict), so a judge outage never kills proxies.
+
+Fills ``context.exit_ip``, ``anonymity_level``, ``headers_forwarded``, ``http_latency_ms`` and,
+when unset, ``real_ip``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from config import Settings
+from plugins import CheckContext, CheckResult, Proxy
+
+from ._judge import JudgeFormatError, JudgeReply, grade, parse_judge_reply
+from ._through import NETWORK_ERRORS, Through, describe_failure
+
+__all__ = ["HttpAnonymityChecker", "JudgeHealth", "create_plugin"]
+
+log = logging.getLogger("proxy_pool.checkers.http_anonymity")
+
+
+@dataclass
+class _JudgeState:
+    healthy: bool
+    at: float  # monotonic time of the last direct call
+    origin: list[str]  # our own address(es) as this judge saw them
+    reason: str = ""
+
+
+class JudgeHealth:
+    """What the last direct call to each judge showed; clock is ``time.monotonic``."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        self._state: dict[str, _JudgeState] = {}
+
+    def is_down(self, judge: str) -> bool:
+        state = self._state.get(judge)
+        return state is not None and not state.healthy and time.monotonic() - state.at < self.retry_after
+
+    def verified_within(self, judge: str, seconds: float) -> bool:
+        state = self._state.get(judge)
+        return state is not None and state.healthy and time.monotonic() - state.at < seconds
+
+    def mark_up(self, judge: str, reply: JudgeReply) -> None:
+        previous = self._state.get(judge)
+        if previous is not None and not previous.healthy:
+            log.info("judge %s answers again", judge)
+        self._state[judge] = _JudgeState(True, time.monotonic(), list(reply.origin))
+
+    def mark_down(self, judge: str, reason: str) -> None:
+        previous = self._state.get(judge)
+        if previous is None or previous.healthy:
+            log.warning("judge %s is unhealthy (%s); skipped for %gs", judge, reason, self.retry_after)
+        origin = previous.origin if previous else []
+        self._state[judge] = _JudgeState(False, time.monotonic(), origin, reason)
+
+    def own_addresses(self) -> set[str]:
+        """Every address any judge reported for our direct calls."""
+        return {ip for state in self._state.values() for ip in state.origin}
+
+    def origin_seen_by(self, judge: str) -> str | None:
+        state = self._state.get(judge)
+        return state.origin[-1] if state and state.origin else None
+
+
+class HttpAnonymityChecker:
+    name = "http_anonymity"
+    stage = 2
+    priority = 0
+    judge_ttl = 30.0  # a direct "judge is up" verdict is trusted this long
+    reprobe_after = 5.0  # after a failure through a proxy, re-verify a judge last seen longer ago
+    judge_retry_after = 60.0  # an unhealthy judge is left alone this long
+
+    def __init__(self, timeout: float, judges: list[str]) -> None:
+        self.timeout = timeout
+        self._judges = list(judges)
+        self._turn = itertools.count()
+        self.health = JudgeHealth(self.judge_retry_after)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks_loop: asyncio.AbstractEventLoop | None = None
+
+    def should_skip(self, proxy: Proxy) -> bool:
+        return False
+
+    def _lock(self, judge: str) -> asyncio.Lock:
+        """One lock per judge and event loop, so concurrent checks share one direct call."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._locks_loop:
+            self._locks, self._locks_loop = {}, loop
+        return self._locks.setdefault(judge, asyncio.Lock())
+
+    async def judge_is_up(self, judge: str, client: aiohttp.ClientSession, timeout: float, max_age: float) -> bool:
+        """True when ``judge`` answered a direct call in the last ``max_age`` seconds (calling it if needed)."""
+        async with self._lock(judge):
+            if self.health.verified_within(judge, max_age):
+                return True
+            if self.health.is_down(judge):
+                return False
+            try:
+                async with client.get(
+                    judge, timeout=aiohttp.ClientTimeout(total=max(timeout, 0.001)), allow_redirects=False
+                ) as resp:
+                    if resp.status != 200:
+                        raise JudgeFormatError(f"answered {resp.status}")
+                    reply = parse_judge_reply(await resp.content.read(256 * 1024))
+            except (*NETWORK_ERRORS, JudgeFormatError) as exc:
+                reason = str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, timeout)
+                self.health.mark_down(judge, reason)
+                return False
+            self.health.mark_up(judge, reply)
+            return True
+
+    def _order(self, judges: list[str]) -> list[str]:
+        start = next(self._turn) % len(judges)
+        return judges[start:] + judges[:start]
+
+    async def check(self, proxy: Proxy, context: CheckContext) -> CheckResult:
+        judges = context.judges or self._judges
+        if not judges:
+            return CheckResult(False, "no judge configured", skipped=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        client = context.http_client
+        async with Through(proxy, client) as via:
+            for judge in self._order(judges):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if self.health.is_down(judge):
+                    continue
+                if not await self.judge_is_up(judge, client, remaining / 2, self.judge_ttl):
+                    continue
+                remaining = deadline - loop.time()
+                try:
+                    reply = await via.get(judge, timeout=remaining)
+                    if reply.status != 200:
+                        raise JudgeFormatError(f"answered {reply.status}")
+                    parsed = parse_judge_reply(reply.body)
+                except (*NETWORK_ERRORS, JudgeFormatError) as exc:
+                    reason = str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, remaining)
+                    left = deadline - loop.time()
+                    if self.health.is_down(judge) or (
+                        left > 0 and not await self.judge_is_up(judge, client, left, self.reprobe_after)
+                    ):
+                        continue  # the judge, not the proxy: try the next one
+                    return CheckResult(False, f"{judge} through proxy: {reason}", metadata={"judge": judge})
+                return self._graded(judge, parsed, reply.elapsed_ms, context)
+        return CheckResult(False, "no healthy judge", skipped=True)
+
+    def _graded(self, judge: str, reply: JudgeReply, elapsed_ms: float, context: CheckContext) -> CheckResult:
+        if context.real_ip is None:
+            context.real_ip = self.health.origin_seen_by(judge)
+        real = self.health.own_addresses()
+        if context.real_ip is not None:
+            real.add(context.real_ip)
+        verdict = grade(reply, real)
+        context.exit_ip = verdict.exit_ip
+        context.anonymity_level = verdict.level
+        context.headers_forwarded = list(verdict.signs)
+        context.http_latency_ms = elapsed_ms
+        detail = f"{verdict.level} via {judge}, exit {verdict.exit_ip}"
+        if verdict.signs:
+            detail += f", reveals {', '.join(verdict.signs)}"
+        return CheckResult(
+            True,
+            detail,
+            latency_ms=elapsed_ms,
+            metadata={
+                "judge": judge,
+                "exit_ip": verdict.exit_ip,
+                "anonymity": verdict.level.value,
+                "headers_forwarded": list(verdict.signs),
+            },
+        )
+
+
+def create_plugin(settings: Settings) -> HttpAnonymityChecker:
+    return HttpAnonymityChecker(settings.checker.timeout, list(settings.checker.judges))

@@ -1,0 +1,1 @@
+"""Pool: the control plane (models, store, selector, scraping, checking, accounts, events)."""

@@ -1,0 +1,254 @@
+"""Runs the checker plugins over proxies, stage by stage, and acts on what they say.
+
+Within a stage the checkers run together (``asyncio.gather``); the first stage with a failure ends
+the run.  A checker that raises or overruns its timeout is a failed check with the reason as
+detail (mitmproxy's ``safecall``); one that returns ``skipped`` gives no verdict.  Every result goes
+to the check log, written behind in batches: the selector learns the new state at once, the
+database a moment later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import aiohttp
+
+from config import Settings
+from plugins.protocols import CheckContext, CheckResult, ProxyChecker
+from plugins.registry import PluginRegistry
+from pool.lifecycle import RunVerdict, apply_run
+from pool.models import Proxy, ProxyCheck, ProxyStatus
+from pool.selector import Selector
+from pool.store import Store
+from pool.tasks import TaskSet
+
+__all__ = ["CheckRun", "Pipeline", "PoolLowWatch", "run_checkers"]
+
+log = logging.getLogger("proxy_pool.pipeline")
+
+CheckObserver = Callable[[str, str, float], None]  # checker, result (passed|failed|skipped), seconds
+
+
+@dataclass
+class CheckRun:
+    proxy: Proxy
+    results: list[tuple[ProxyChecker, CheckResult]] = field(default_factory=list)
+    verdict: RunVerdict | None = None
+
+    @property
+    def failed(self) -> tuple[ProxyChecker, CheckResult] | None:
+        for checker, result in self.results:
+            if not result.passed and not result.skipped:
+                return checker, result
+        return None
+
+
+async def _run_one(
+    checker: ProxyChecker, proxy: Proxy, context: CheckContext, observe: CheckObserver | None
+) -> CheckResult:
+    started = time.monotonic()
+    try:
+        result = await asyncio.wait_for(checker.check(proxy, context), checker.timeout)
+        if not isinstance(result, CheckResult):
+            result = CheckResult(False, f"checker returned {type(result).__name__}, not CheckResult")
+    except TimeoutError:
+        result = CheckResult(False, f"timed out after {checker.timeout:g} s")
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a crashing plugin fails this check, never the pipeline
+        log.debug("checker %s raised on %s", checker.name, proxy.display_url, exc_info=True)
+        result = CheckResult(False, f"{checker.name} raised {type(exc).__name__}: {exc}"[:300])
+    seconds = time.monotonic() - started
+    if result.latency_ms is None and result.passed:
+        result.latency_ms = seconds * 1000
+    if observe is not None:
+        observe(checker.name, "skipped" if result.skipped else "passed" if result.passed else "failed", seconds)
+    return result
+
+
+async def run_checkers(
+    checkers: Sequence[ProxyChecker], proxy: Proxy, context: CheckContext, observe: CheckObserver | None = None
+) -> CheckRun:
+    """One proxy through every stage; stops after the first stage with a failure."""
+    run = CheckRun(proxy)
+    stages: dict[int, list[ProxyChecker]] = {}
+    for checker in checkers:
+        if not checker.should_skip(proxy):
+            stages.setdefault(checker.stage, []).append(checker)
+    no_verdict = False
+    for stage in sorted(stages):
+        group = sorted(stages[stage], key=lambda c: c.priority)
+        results = await asyncio.gather(*(_run_one(c, proxy, context, observe) for c in group))
+        run.results.extend(zip(group, results, strict=True))
+        if any(not r.passed and not r.skipped for r in results):
+            break
+        if any(r.skipped for r in results):
+            no_verdict = True
+    failed = run.failed
+    latency = context.http_latency_ms if context.http_latency_ms is not None else context.tcp_latency_ms
+    run.verdict = RunVerdict(
+        passed=False if failed else (None if no_verdict else True),
+        at=datetime.now(UTC),
+        latency_ms=latency,
+        exit_ip=context.exit_ip,
+        anonymity=context.anonymity_level,
+        country=context.country,
+        failed_check=failed[0].name if failed else None,
+        detail=failed[1].detail if failed else "",
+    )
+    return run
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class PoolLowWatch:
+    """Emits ``proxy.pool_low`` once per downward crossing of the threshold."""
+
+    def __init__(self, threshold: int, emit: Callable[[str, dict[str, object]], None], initial: int) -> None:
+        self.threshold = threshold
+        self._emit = emit
+        self._low = initial < threshold  # a pool that starts low has not "fallen"; it must recover first
+
+    def observe(self, active: int) -> None:
+        if active >= self.threshold:
+            self._low = False
+        elif not self._low:
+            self._low = True
+            self._emit("proxy.pool_low", {"active_count": active, "threshold": self.threshold})
+
+
+class Pipeline:
+    """Background checking: a queue, ``checker.concurrency`` workers, and a write-behind log."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: PluginRegistry,
+        store: Store | None,
+        selector: Selector | None,
+        *,
+        self_judge: str | None = None,
+        observe: CheckObserver | None = None,
+        flush_interval: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.selector = selector
+        self.self_judge = self_judge
+        self.observe = observe
+        self.flush_interval = flush_interval
+        self._queue: asyncio.Queue[Proxy] = asyncio.Queue()
+        self._queued: set[int] = set()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._pending: list[tuple[Proxy, list[ProxyCheck]]] = []
+        self._flushed = asyncio.Event()
+        self._tasks = TaskSet()
+        self._session: aiohttp.ClientSession | None = None
+        self.checked_total = 0
+        self.on_run: Callable[[CheckRun], None] | None = None
+
+    # lifecycle ----------------------------------------------------------------------------
+    async def start(self, *, workers: bool = True) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.checker.timeout))
+        for n in range(self.settings.checker.concurrency if workers else 0):
+            self._tasks.spawn(self._worker(), name=f"checker-{n}")
+        if self.store is not None:
+            self._tasks.spawn(self._writer(), name="check-log-writer")
+
+    async def stop(self) -> None:
+        await self._tasks.close()
+        await self.flush()
+        if self._session is not None:
+            await self._session.close()
+
+    # asking for checks --------------------------------------------------------------------
+    def submit(self, proxies: Iterable[Proxy]) -> int:
+        """Queue proxies for a check (each at most once at a time); returns how many were queued."""
+        added = 0
+        for proxy in proxies:
+            if proxy.id in self._queued:
+                continue
+            self._queued.add(proxy.id)
+            self._queue.put_nowait(proxy)
+            added += 1
+        if added:
+            self._idle.clear()
+        return added
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize() + self._in_flight
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def judges_for(self, proxy: Proxy) -> list[str]:
+        """Configured judges; a proxy on loopback can also reach our own ``/judge``."""
+        judges = list(self.settings.checker.judges)
+        if self.self_judge and _is_loopback(proxy.host):
+            judges.insert(0, self.self_judge)
+        return judges
+
+    async def check_one(self, proxy: Proxy) -> CheckRun:
+        """Run the pipeline on one proxy and apply the verdict (no queue; used by the CLI too)."""
+        assert self._session is not None, "start() the pipeline first"
+        context = CheckContext(http_client=self._session, judges=self.judges_for(proxy))
+        run = await run_checkers(self.registry.get_checker_pipeline(), proxy, context, self.observe)
+        assert run.verdict is not None
+        apply_run(proxy, run.verdict)
+        self.checked_total += 1
+        at = run.verdict.at
+        checks = [
+            ProxyCheck(proxy.id, c.name, c.stage, r.passed, r.detail, r.latency_ms, at) for c, r in run.results
+        ]
+        if self.selector is not None:
+            self.selector.update(proxy)
+        if self.store is not None:
+            self._pending.append((proxy, checks))
+        if self.on_run is not None:
+            self.on_run(run)
+        return run
+
+    async def _worker(self) -> None:
+        while True:
+            proxy = await self._queue.get()
+            self._in_flight += 1
+            try:
+                await self.check_one(proxy)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pipeline failed on %s", proxy.display_url)
+            finally:
+                self._in_flight -= 1
+                self._queued.discard(proxy.id)
+                if self._queue.empty() and self._in_flight == 0:
+                    self._idle.set()
+
+    async def _writer(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending or self.store is None:
+            return
+        batch, self._pending = self._pending, []
+        try:
+            await self.store.save_results(batch)
+        except Exception:
+            log.exception("could not write %d check results", len(batch))

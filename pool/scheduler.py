@@ -1,0 +1,162 @@
+"""The control plane's clock: which source is due, which proxy needs a re-check, what went stale.
+
+The decisions are pure functions of a ``now`` (so tests drive them with a fixed clock); the loop
+around them is one task owned by ``Scheduler``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from croniter import croniter
+
+from config import Settings
+from plugins.registry import PluginRegistry, UnknownParserError
+from pool.lifecycle import is_due, should_remove
+from pool.models import Event, ProxySource
+from pool.pipeline import Pipeline
+from pool.scraper import Scraper
+from pool.selector import Selector
+from pool.store import Store
+from pool.tasks import TaskSet
+
+__all__ = ["DEFAULT_SCHEDULE", "Scheduler", "is_stale", "next_run", "source_due"]
+
+log = logging.getLogger("proxy_pool.scheduler")
+
+DEFAULT_SCHEDULE = "*/30 * * * *"
+
+
+def next_run(schedule: str, last_run: datetime | None, now: datetime) -> datetime:
+    """When a source with ``schedule`` that last ran at ``last_run`` runs next (now if never)."""
+    if last_run is None:
+        return now
+    return croniter(schedule, last_run).get_next(datetime)
+
+
+def source_due(schedule: str, last_run: datetime | None, now: datetime) -> bool:
+    return next_run(schedule, last_run, now) <= now
+
+
+def is_stale(source: ProxySource, stale_hours: float, now: datetime) -> float | None:
+    """Hours since the last success when that is more than ``stale_hours``, else None."""
+    since = source.last_success_at or source.created_at
+    hours = (now - since).total_seconds() / 3600
+    return hours if hours >= stale_hours else None
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: PluginRegistry,
+        scraper: Scraper,
+        pipeline: Pipeline,
+        selector: Selector,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tick: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.scraper = scraper
+        self.pipeline = pipeline
+        self.selector = selector
+        self.clock = clock
+        self.tick = tick
+        self._tasks = TaskSet()
+        self._stale_announced: set[int] = set()
+        self._last_recheck_scan: datetime | None = None
+        self._wake = asyncio.Event()
+        self._scraping: set[int] = set()
+
+    async def _scrape(self, source: ProxySource) -> None:
+        try:
+            await self.scraper.scrape(source)
+        finally:
+            self._scraping.discard(source.id)
+
+    def schedule_of(self, source: ProxySource) -> str:
+        if source.schedule:
+            return source.schedule
+        try:
+            parser = self.scraper.parser_for(source)
+            return parser.default_schedule() or DEFAULT_SCHEDULE
+        except UnknownParserError:
+            return DEFAULT_SCHEDULE
+
+    async def start(self) -> None:
+        self._tasks.spawn(self._loop(), name="scheduler")
+
+    async def stop(self) -> None:
+        await self._tasks.close()
+
+    def wake(self) -> None:
+        """Look at the sources now (e.g. one was just added)."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scheduler pass failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def run_once(self) -> None:
+        now = self.clock()
+        sources = await self.store.list_sources()
+        due = [s for s in sources if source_due(self.schedule_of(s), s.last_run_at, now)]
+        for source in due:
+            if source.origin == "default" and not self.settings.default_sources:
+                continue
+            if source.id not in self._scraping:
+                self._scraping.add(source.id)
+                self._tasks.spawn(self._scrape(source), name=f"scrape-{source.id}")
+        self._announce_stale(sources, now)
+        self._recheck(now)
+        await self._remove_dead(now)
+
+    def _announce_stale(self, sources: list[ProxySource], now: datetime) -> None:
+        for source in sources:
+            hours = is_stale(source, self.settings.pool.stale_hours, now)
+            if hours is None:
+                self._stale_announced.discard(source.id)
+            elif source.id not in self._stale_announced:
+                self._stale_announced.add(source.id)
+                self.registry.emit_nowait(
+                    Event(
+                        "source.stale",
+                        {"source_id": source.id, "source": source.url, "hours_since_success": round(hours, 1)},
+                    )
+                )
+
+    def _recheck(self, now: datetime) -> None:
+        interval = timedelta(seconds=min(30.0, self.settings.checker.recheck_interval / 4))
+        if self._last_recheck_scan is not None and now - self._last_recheck_scan < interval:
+            return
+        self._last_recheck_scan = now
+        checker = self.settings.checker
+        due = [p for p in self.selector.proxies() if is_due(p, checker, now)]
+        if due:
+            self.pipeline.submit(due)
+
+    async def _remove_dead(self, now: datetime) -> None:
+        checker = self.settings.checker
+        gone = [p.id for p in self.selector.proxies() if should_remove(p, checker, now)]
+        if gone:
+            await self.store.delete_proxies(gone)
+            for proxy_id in gone:
+                self.selector.remove(proxy_id)
+            log.info("removed %d proxies dead for more than %g s", len(gone), checker.remove_dead_after)

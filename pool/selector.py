@@ -1,0 +1,330 @@
+"""The in-memory view of the pool and the choice of an upstream per request.
+
+``pick()`` is synchronous and does no I/O: the gateway calls it while a client waits.  Every active,
+non-benched proxy sits in eight buckets, one per subset of (protocol, country, anonymity), so a
+filtered pick is a list index, never a scan of the pool.  Strategies live here, apart from dialing
+(glider's ``rule/``); the pipeline tells the selector of every change with ``update()``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import product
+from typing import Literal
+
+from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus
+
+__all__ = ["Route", "Selector"]
+
+Strategy = Literal["round_robin", "random", "fastest"]
+BucketKey = tuple[str | None, str | None, str | None]
+
+FASTEST_SPREAD = 5  # "fastest" spreads load over this many of the quickest
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a request asks of its upstream; None means any."""
+
+    protocol: ProxyProtocol | None = None
+    country: str | None = None
+    anonymity: AnonymityLevel | None = None
+    session: str | None = None
+
+    @property
+    def key(self) -> BucketKey:
+        return (
+            self.protocol.value if self.protocol else None,
+            self.country.upper() if self.country else None,
+            self.anonymity.value if self.anonymity else None,
+        )
+
+    def describe(self) -> str:
+        parts = [
+            f"{name}={value}"
+            for name, value in zip(("protocol", "country", "anonymity"), self.key, strict=True)
+            if value is not None
+        ]
+        return ", ".join(parts) or "any"
+
+
+class _Bucket:
+    __slots__ = ("items", "where", "cursor", "_fastest")
+
+    def __init__(self) -> None:
+        self.items: list[Proxy] = []
+        self.where: dict[int, int] = {}
+        self.cursor = 0
+        self._fastest: list[Proxy] | None = None
+
+    def add(self, proxy: Proxy) -> None:
+        if proxy.id in self.where:
+            return
+        self.where[proxy.id] = len(self.items)
+        self.items.append(proxy)
+        self._fastest = None
+
+    def remove(self, proxy: Proxy) -> None:
+        index = self.where.pop(proxy.id, None)
+        if index is None:
+            return
+        last = self.items.pop()
+        if last is not proxy:
+            self.items[index] = last
+            self.where[last.id] = index
+        self._fastest = None
+
+    def fastest(self) -> list[Proxy]:
+        if self._fastest is None:
+            self._fastest = heapq.nsmallest(
+                FASTEST_SPREAD, self.items, key=lambda p: p.latency_ms if p.latency_ms is not None else 1e12
+            )
+        return self._fastest
+
+
+def _bucket_keys(proxy: Proxy) -> Iterable[BucketKey]:
+    protocol = proxy.protocol.value
+    country = proxy.country.upper() if proxy.country else None
+    anonymity = proxy.anonymity.value if proxy.anonymity else None
+    return product((None, protocol), (None, country) if country else (None,), (None, anonymity) if anonymity else (None,))
+
+
+class Selector:
+    def __init__(
+        self,
+        strategy: Strategy = "round_robin",
+        *,
+        failure_limit: int = 3,
+        session_ttl: float = 600.0,
+        max_sessions: int = 100_000,
+        max_cooldowns: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if strategy not in ("round_robin", "random", "fastest"):
+            raise ValueError(f"unknown strategy {strategy!r}")
+        self.strategy: Strategy = strategy
+        self.failure_limit = failure_limit
+        self.session_ttl = session_ttl
+        self.max_sessions = max_sessions
+        self.max_cooldowns = max_cooldowns
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._proxies: dict[int, Proxy] = {}
+        self._indexed: dict[int, tuple[BucketKey, ...]] = {}
+        self._buckets: dict[BucketKey, _Bucket] = {}
+        self._passive_failures: dict[int, int] = {}
+        self.benched: set[int] = set()
+        self._sessions: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._cooldowns: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._counted: dict[int, tuple[str, str]] = {}
+        self.on_bench: Callable[[Proxy], None] | None = None
+        self.on_change: Callable[[], None] | None = None
+
+    # the view ----------------------------------------------------------------------------
+    def load(self, proxies: Iterable[Proxy]) -> None:
+        for proxy in proxies:
+            self.update(proxy, notify=False)
+        if self.on_change:
+            self.on_change()
+
+    def update(self, proxy: Proxy, *, notify: bool = True) -> None:
+        """Learn a proxy's new state (after a check, a scrape, or a load)."""
+        # proxies are mutated in place by the pipeline, so remember what each was counted as
+        old_key = self._counted.get(proxy.id)
+        if old_key is not None:
+            self._counts[old_key] -= 1
+        new_key = (proxy.status.value, proxy.protocol.value)
+        self._counts[new_key] += 1
+        self._counted[proxy.id] = new_key
+        self._proxies[proxy.id] = proxy
+        if proxy.status is ProxyStatus.ACTIVE and proxy.consecutive_failures == 0:
+            # a passing check lifts a passive bench
+            self.benched.discard(proxy.id)
+            self._passive_failures.pop(proxy.id, None)
+        if proxy.status is ProxyStatus.ACTIVE and proxy.id not in self.benched:
+            self._index(proxy)
+        else:
+            self._unindex(proxy)
+        if notify and self.on_change:
+            self.on_change()
+
+    def remove(self, proxy_id: int) -> None:
+        proxy = self._proxies.pop(proxy_id, None)
+        if proxy is None:
+            return
+        old_key = self._counted.pop(proxy_id, None)
+        if old_key is not None:
+            self._counts[old_key] -= 1
+        self._unindex(proxy)
+        self.benched.discard(proxy_id)
+        self._passive_failures.pop(proxy_id, None)
+        if self.on_change:
+            self.on_change()
+
+    def _index(self, proxy: Proxy) -> None:
+        keys = tuple(_bucket_keys(proxy))
+        current = self._indexed.get(proxy.id)
+        if current == keys:
+            for key in keys:  # same buckets; cached orderings may have changed
+                self._buckets[key]._fastest = None
+            return
+        if current is not None:
+            self._unindex(proxy)
+        for key in keys:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = _Bucket()
+            bucket.add(proxy)
+        self._indexed[proxy.id] = keys
+
+    def _unindex(self, proxy: Proxy) -> None:
+        keys = self._indexed.pop(proxy.id, None)
+        if keys is None:
+            return
+        for key in keys:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                bucket.remove(proxy)
+                if not bucket.items:
+                    del self._buckets[key]
+
+    def get(self, proxy_id: int) -> Proxy | None:
+        return self._proxies.get(proxy_id)
+
+    def __len__(self) -> int:
+        return len(self._proxies)
+
+    def proxies(self) -> list[Proxy]:
+        return list(self._proxies.values())
+
+    @property
+    def active_count(self) -> int:
+        """Proxies a request could use now."""
+        bucket = self._buckets.get((None, None, None))
+        return len(bucket.items) if bucket else 0
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(status, protocol) -> count, for the proxies gauge; O(number of pairs)."""
+        return {key: n for key, n in self._counts.items() if n > 0}
+
+    def candidates(self, route: Route) -> int:
+        bucket = self._buckets.get(route.key)
+        return len(bucket.items) if bucket else 0
+
+    # the choice --------------------------------------------------------------------------
+    def pick(self, route: Route = Route(), *, exclude: frozenset[int] | set[int] = frozenset(), host: str | None = None) -> Proxy | None:
+        """An upstream for one request, or None when nothing matches."""
+        bucket = self._buckets.get(route.key)
+        if bucket is None:
+            return None
+        now = self._clock()
+        if route.session is not None:
+            sticky = self._sticky(route.session, bucket, exclude, host, now)
+            if sticky is not None:
+                return sticky
+        proxy = self._choose(bucket, exclude, host, now)
+        if proxy is not None and route.session is not None:
+            self._remember(route.session, proxy, now)
+        return proxy
+
+    def _usable(self, proxy: Proxy, exclude: frozenset[int] | set[int], host: str | None, now: float) -> bool:
+        if proxy.id in exclude:
+            return False
+        if host is not None and self._cooldowns:
+            until = self._cooldowns.get((host, proxy.id))
+            if until is not None:
+                if until > now:
+                    return False
+                del self._cooldowns[(host, proxy.id)]
+        return True
+
+    def _choose(self, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float) -> Proxy | None:
+        items = bucket.items
+        n = len(items)
+        if self.strategy == "fastest":
+            best = bucket.fastest()
+            usable = [p for p in best if self._usable(p, exclude, host, now)]
+            if usable:
+                return self._rng.choice(usable)
+            # all of the best few are excluded: fall back to any usable one
+        if self.strategy == "random" or self.strategy == "fastest":
+            start = self._rng.randrange(n)
+        else:
+            start = bucket.cursor % n
+            bucket.cursor = start + 1
+        for step in range(n):
+            proxy = items[(start + step) % n]
+            if self._usable(proxy, exclude, host, now):
+                if self.strategy == "round_robin":
+                    bucket.cursor = start + step + 1
+                return proxy
+        return None
+
+    def _sticky(self, session: str, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float) -> Proxy | None:
+        entry = self._sessions.get(session)
+        if entry is None:
+            return None
+        proxy_id, last_used = entry
+        if now - last_used > self.session_ttl:
+            del self._sessions[session]
+            return None
+        if proxy_id not in bucket.where:  # gone, dead, benched, or no longer matching
+            return None
+        proxy = bucket.items[bucket.where[proxy_id]]
+        if not self._usable(proxy, exclude, host, now):
+            return None
+        self._sessions[session] = (proxy_id, now)
+        self._sessions.move_to_end(session)
+        return proxy
+
+    def _remember(self, session: str, proxy: Proxy, now: float) -> None:
+        self._sessions[session] = (proxy.id, now)
+        self._sessions.move_to_end(session)
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+
+    def session_upstream(self, session: str) -> int | None:
+        entry = self._sessions.get(session)
+        return entry[0] if entry else None
+
+    # what the gateway learned ----------------------------------------------------------
+    def report(self, proxy: Proxy, ok: bool) -> None:
+        """Passive health: a real request's outcome.  Benches a proxy after a run of failures."""
+        if ok:
+            if self._passive_failures:
+                self._passive_failures.pop(proxy.id, None)
+            return
+        count = self._passive_failures.get(proxy.id, 0) + 1
+        self._passive_failures[proxy.id] = count
+        if count >= self.failure_limit and proxy.id not in self.benched and proxy.id in self._proxies:
+            self.benched.add(proxy.id)
+            self._unindex(proxy)
+            if self.on_bench:
+                self.on_bench(proxy)
+            if self.on_change:
+                self.on_change()
+
+    def cooldown(self, proxy: Proxy, host: str, seconds: float) -> None:
+        """Rest ``proxy`` for ``host`` only (it was banned there); other hosts still use it."""
+        if seconds <= 0:
+            return
+        key = (host, proxy.id)
+        self._cooldowns[key] = self._clock() + seconds
+        self._cooldowns.move_to_end(key)
+        while len(self._cooldowns) > self.max_cooldowns:
+            self._cooldowns.popitem(last=False)
+
+    @property
+    def cooldown_count(self) -> int:
+        return len(self._cooldowns)
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)

@@ -1,0 +1,443 @@
+"""Storage: the only module that writes SQL.
+
+``Store`` is the seam (a small async interface); ``SqliteStore`` is the embedded default (aiosqlite,
+WAL).  A PostgreSQL implementation for several gateways sharing one pool takes the same seam.
+Rows go in and out as the typed models of ``pool.models``; no policy lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+
+from pool.errors import DuplicateError, NotFoundError
+from pool.models import (
+    AnonymityLevel,
+    Proxy,
+    ProxyCheck,
+    ProxyProtocol,
+    ProxySource,
+    ProxyStatus,
+    UpstreamURL,
+)
+
+__all__ = ["MIGRATIONS", "ProxyFilter", "SqliteStore", "Store", "UpsertResult"]
+
+
+MIGRATIONS: list[str] = [
+    # 1: sources, proxies, the check log
+    """
+    CREATE TABLE sources (
+        id INTEGER PRIMARY KEY,
+        url TEXT NOT NULL UNIQUE,
+        parser TEXT,
+        schedule TEXT,
+        default_protocol TEXT NOT NULL DEFAULT 'http',
+        origin TEXT NOT NULL DEFAULT 'user',
+        created_at REAL NOT NULL,
+        last_run_at REAL,
+        last_success_at REAL,
+        last_found INTEGER,
+        last_new INTEGER,
+        last_error TEXT,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE proxies (
+        id INTEGER PRIMARY KEY,
+        protocol TEXT NOT NULL,
+        host TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        username TEXT,
+        password TEXT,
+        status TEXT NOT NULL DEFAULT 'new',
+        source_id INTEGER REFERENCES sources(id) ON DELETE SET NULL,
+        latency_ms REAL,
+        success_ratio REAL,
+        last_checked REAL,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        exit_ip TEXT,
+        anonymity TEXT,
+        country TEXT,
+        created_at REAL NOT NULL,
+        dead_since REAL,
+        check_history TEXT NOT NULL DEFAULT '',
+        UNIQUE (protocol, host, port)
+    );
+    CREATE INDEX proxies_status ON proxies(status);
+    CREATE TABLE proxy_checks (
+        id INTEGER PRIMARY KEY,
+        proxy_id INTEGER NOT NULL REFERENCES proxies(id) ON DELETE CASCADE,
+        checker TEXT NOT NULL,
+        stage INTEGER NOT NULL,
+        passed INTEGER NOT NULL,
+        detail TEXT NOT NULL,
+        latency_ms REAL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX proxy_checks_proxy ON proxy_checks(proxy_id, id);
+    """,
+]
+
+CHECK_LOG_KEEP = 50  # check rows kept per proxy
+
+
+@dataclass(frozen=True)
+class ProxyFilter:
+    status: ProxyStatus | None = None
+    protocol: ProxyProtocol | None = None
+    country: str | None = None
+    anonymity: AnonymityLevel | None = None
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    found: int
+    new: list[Proxy]
+
+
+class Store(Protocol):
+    """The storage seam.  Everything the rest of the program may ask of a database."""
+
+    async def close(self) -> None: ...
+
+    async def add_source(
+        self, url: str, *, parser: str | None, schedule: str | None, default_protocol: ProxyProtocol, origin: str
+    ) -> ProxySource: ...
+    async def get_source(self, source_id: int) -> ProxySource: ...
+    async def find_source(self, url: str) -> ProxySource | None: ...
+    async def list_sources(self) -> list[ProxySource]: ...
+    async def remove_source(self, source_id: int) -> None: ...
+    async def record_scrape(
+        self, source_id: int, *, at: datetime, found: int | None, new: int | None, error: str | None
+    ) -> ProxySource: ...
+
+    async def upsert_proxies(self, source_id: int | None, upstreams: Sequence[UpstreamURL]) -> UpsertResult: ...
+    async def insert_proxies_bulk(self, upstreams: Iterable[UpstreamURL], status: ProxyStatus) -> int: ...
+    async def all_proxies(self) -> list[Proxy]: ...
+    async def get_proxy(self, proxy_id: int) -> Proxy: ...
+    async def list_proxies(self, flt: ProxyFilter, limit: int | None, offset: int) -> tuple[list[Proxy], int]: ...
+    async def save_results(self, results: Sequence[tuple[Proxy, Sequence[ProxyCheck]]]) -> None: ...
+    async def delete_proxies(self, ids: Sequence[int]) -> None: ...
+    async def get_checks(self, proxy_id: int, limit: int = CHECK_LOG_KEEP) -> list[ProxyCheck]: ...
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+_PROXY_COLUMNS = (
+    "id, protocol, host, port, username, password, status, source_id, latency_ms, success_ratio, "
+    "last_checked, consecutive_failures, exit_ip, anonymity, country, created_at, dead_since, check_history"
+)
+
+
+def _proxy(row: sqlite3.Row | tuple[Any, ...]) -> Proxy:
+    return Proxy(
+        id=row[0],
+        upstream=UpstreamURL(ProxyProtocol(row[1]), row[2], row[3], row[4], row[5]),
+        status=ProxyStatus(row[6]),
+        source_id=row[7],
+        latency_ms=row[8],
+        success_ratio=row[9],
+        last_checked=_dt(row[10]),
+        consecutive_failures=row[11],
+        exit_ip=row[12],
+        anonymity=AnonymityLevel(row[13]) if row[13] else None,
+        country=row[14],
+        created_at=_dt(row[15]) or datetime.now(UTC),
+        dead_since=_dt(row[16]),
+        check_history=row[17],
+    )
+
+
+_SOURCE_COLUMNS = (
+    "id, url, parser, schedule, default_protocol, origin, created_at, last_run_at, last_success_at, "
+    "last_found, last_new, last_error, consecutive_failures"
+)
+
+
+def _source(row: sqlite3.Row | tuple[Any, ...]) -> ProxySource:
+    return ProxySource(
+        id=row[0],
+        url=row[1],
+        parser=row[2],
+        schedule=row[3],
+        default_protocol=ProxyProtocol(row[4]),
+        origin=row[5],
+        created_at=_dt(row[6]) or datetime.now(UTC),
+        last_run_at=_dt(row[7]),
+        last_success_at=_dt(row[8]),
+        last_found=row[9],
+        last_new=row[10],
+        last_error=row[11],
+        consecutive_failures=row[12],
+    )
+
+
+class SqliteStore:
+    """The embedded store.  One connection; aiosqlite runs it on its own thread."""
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        self._db = db
+        self.path = path
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | Path) -> SqliteStore:
+        path = str(path)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+            await db.execute("PRAGMA busy_timeout=5000")
+            store = cls(db, path)
+            await store._migrate()
+        except BaseException:
+            await db.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def schema_version(self) -> int:
+        async with self._db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _migrate(self) -> None:
+        version = await self.schema_version()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database {self.path} has schema version {version}, newer than this program knows "
+                f"({len(MIGRATIONS)}); upgrade proxy-pool"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            await self._db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+
+    # sources ------------------------------------------------------------------------------
+    async def add_source(
+        self,
+        url: str,
+        *,
+        parser: str | None = None,
+        schedule: str | None = None,
+        default_protocol: ProxyProtocol = ProxyProtocol.HTTP,
+        origin: str = "user",
+    ) -> ProxySource:
+        now = datetime.now(UTC)
+        async with self._write_lock:
+            try:
+                cur = await self._db.execute(
+                    "INSERT INTO sources (url, parser, schedule, default_protocol, origin, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (url, parser, schedule, ProxyProtocol(default_protocol).value, origin, now.timestamp()),
+                )
+            except sqlite3.IntegrityError:
+                raise DuplicateError(f"source {url} already exists") from None
+            await self._db.commit()
+        assert cur.lastrowid is not None
+        return await self.get_source(cur.lastrowid)
+
+    async def get_source(self, source_id: int) -> ProxySource:
+        async with self._db.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE id = ?", (source_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"no source with id {source_id}")
+        return _source(row)
+
+    async def find_source(self, url: str) -> ProxySource | None:
+        async with self._db.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE url = ?", (url,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _source(row)
+
+    async def list_sources(self) -> list[ProxySource]:
+        async with self._db.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY id") as cur:
+            return [_source(row) for row in await cur.fetchall()]
+
+    async def remove_source(self, source_id: int) -> None:
+        async with self._write_lock:
+            cur = await self._db.execute("DELETE FROM sources WHERE id = ?", (source_id,))
+            await self._db.commit()
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no source with id {source_id}")
+
+    async def record_scrape(
+        self, source_id: int, *, at: datetime, found: int | None, new: int | None, error: str | None
+    ) -> ProxySource:
+        async with self._write_lock:
+            if error is None:
+                await self._db.execute(
+                    "UPDATE sources SET last_run_at = ?, last_success_at = ?, last_found = ?, last_new = ?, "
+                    "last_error = NULL, consecutive_failures = 0 WHERE id = ?",
+                    (at.timestamp(), at.timestamp(), found, new, source_id),
+                )
+            else:
+                await self._db.execute(
+                    "UPDATE sources SET last_run_at = ?, last_error = ?, "
+                    "consecutive_failures = consecutive_failures + 1 WHERE id = ?",
+                    (at.timestamp(), error, source_id),
+                )
+            await self._db.commit()
+        return await self.get_source(source_id)
+
+    # proxies ------------------------------------------------------------------------------
+    async def upsert_proxies(self, source_id: int | None, upstreams: Sequence[UpstreamURL]) -> UpsertResult:
+        """Insert what is new (deduplicated on protocol, host, port) in one transaction."""
+        unique: dict[tuple[str, str, int], UpstreamURL] = {}
+        for up in upstreams:
+            unique.setdefault(up.key, up)
+        now = datetime.now(UTC).timestamp()
+        rows = [(u.protocol.value, u.host, u.port, u.username, u.password, source_id, now) for u in unique.values()]
+        async with self._write_lock:
+            try:
+                # rowids grow past the old maximum, so "id > before" is exactly what this call inserted
+                async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM proxies") as cur:
+                    row = await cur.fetchone()
+                before = int(row[0]) if row else 0
+                await self._db.executemany(
+                    "INSERT OR IGNORE INTO proxies (protocol, host, port, username, password, source_id, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                async with self._db.execute(
+                    f"SELECT {_PROXY_COLUMNS} FROM proxies WHERE id > ? ORDER BY id", (before,)
+                ) as cur:
+                    new = [_proxy(r) for r in await cur.fetchall()]
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return UpsertResult(found=len(unique), new=new)
+
+    async def insert_proxies_bulk(self, upstreams: Iterable[UpstreamURL], status: ProxyStatus) -> int:
+        """For loading large lists fast (benches, imports): one executemany, existing rows kept."""
+        now = datetime.now(UTC).timestamp()
+        rows = [
+            (u.protocol.value, u.host, u.port, u.username, u.password, status.value, now) for u in upstreams
+        ]
+        async with self._write_lock:
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO proxies (protocol, host, port, username, password, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            await self._db.commit()
+        return len(rows)
+
+    async def all_proxies(self) -> list[Proxy]:
+        async with self._db.execute(f"SELECT {_PROXY_COLUMNS} FROM proxies ORDER BY id") as cur:
+            return [_proxy(row) for row in await cur.fetchall()]
+
+    async def get_proxy(self, proxy_id: int) -> Proxy:
+        async with self._db.execute(f"SELECT {_PROXY_COLUMNS} FROM proxies WHERE id = ?", (proxy_id,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"no proxy with id {proxy_id}")
+        return _proxy(row)
+
+    async def list_proxies(
+        self, flt: ProxyFilter = ProxyFilter(), limit: int | None = None, offset: int = 0
+    ) -> tuple[list[Proxy], int]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("status", flt.status),
+            ("protocol", flt.protocol),
+            ("anonymity", flt.anonymity),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(str(value))
+        if flt.country is not None:
+            where.append("country = ? COLLATE NOCASE")
+            args.append(flt.country)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        async with self._db.execute(f"SELECT COUNT(*) FROM proxies{clause}", args) as cur:
+            row = await cur.fetchone()
+        total = int(row[0]) if row else 0
+        page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else (
+            f" LIMIT -1 OFFSET {int(offset)}" if offset else ""
+        )
+        async with self._db.execute(f"SELECT {_PROXY_COLUMNS} FROM proxies{clause} ORDER BY id{page}", args) as cur:
+            return [_proxy(row) for row in await cur.fetchall()], total
+
+    async def save_results(self, results: Sequence[tuple[Proxy, Sequence[ProxyCheck]]]) -> None:
+        """Write the figures of checked proxies and their check-log rows in one transaction."""
+        if not results:
+            return
+        async with self._write_lock:
+            try:
+                await self._db.executemany(
+                    "UPDATE proxies SET status = ?, latency_ms = ?, success_ratio = ?, last_checked = ?, "
+                    "consecutive_failures = ?, exit_ip = ?, anonymity = ?, country = ?, dead_since = ?, "
+                    "check_history = ? WHERE id = ?",
+                    [
+                        (
+                            p.status.value,
+                            p.latency_ms,
+                            p.success_ratio,
+                            _ts(p.last_checked),
+                            p.consecutive_failures,
+                            p.exit_ip,
+                            p.anonymity.value if p.anonymity else None,
+                            p.country,
+                            _ts(p.dead_since),
+                            p.check_history,
+                            p.id,
+                        )
+                        for p, _ in results
+                    ],
+                )
+                await self._db.executemany(
+                    "INSERT INTO proxy_checks (proxy_id, checker, stage, passed, detail, latency_ms, at) "
+                    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM proxies WHERE id = ?)",
+                    [
+                        (c.proxy_id, c.checker, c.stage, int(c.passed), c.detail, c.latency_ms, c.at.timestamp(),
+                         c.proxy_id)
+                        for _, checks in results
+                        for c in checks
+                    ],
+                )
+                await self._db.executemany(
+                    "DELETE FROM proxy_checks WHERE proxy_id = ? AND id <= ("
+                    "SELECT id FROM proxy_checks WHERE proxy_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    [(p.id, p.id, CHECK_LOG_KEEP) for p, _ in results],
+                )
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+
+    async def delete_proxies(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        async with self._write_lock:
+            await self._db.executemany("DELETE FROM proxies WHERE id = ?", [(i,) for i in ids])
+            await self._db.commit()
+
+    async def get_checks(self, proxy_id: int, limit: int = CHECK_LOG_KEEP) -> list[ProxyCheck]:
+        await self.get_proxy(proxy_id)  # 404 for an unknown id
+        async with self._db.execute(
+            "SELECT proxy_id, checker, stage, passed, detail, latency_ms, at FROM proxy_checks "
+            "WHERE proxy_id = ? ORDER BY id DESC LIMIT ?",
+            (proxy_id, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            ProxyCheck(r[0], r[1], r[2], bool(r[3]), r[4], r[5], _dt(r[6]) or datetime.now(UTC)) for r in rows
+        ]
