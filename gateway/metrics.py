@@ -32,6 +32,7 @@ scrapes.  Hot-path methods are one dict lookup of a pre-created child plus ``inc
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -39,8 +40,8 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    GCCollector,
     Gauge,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -165,7 +166,9 @@ class _PoolCollector(Collector):
             else:
                 for status in ProxyStatus:
                     for protocol in ProxyProtocol:
-                        proxies.add_metric([status.value, protocol.value], counts.pop((status.value, protocol.value), 0))
+                        proxies.add_metric(
+                            [status.value, protocol.value], counts.pop((status.value, protocol.value), 0)
+                        )
                 for (status_text, protocol_text), n in sorted(counts.items()):
                     proxies.add_metric([status_text, protocol_text], n)
         yield proxies
@@ -212,45 +215,61 @@ class Metrics:
         reg.register(_PoolCollector(self))
 
         self._requests_family = Counter(
-            PREFIX + "gateway_requests", "Gateway requests (each CONNECT counts once) by method and outcome.",
-            ["method", "outcome"], registry=reg,
+            PREFIX + "gateway_requests",
+            "Gateway requests (each CONNECT counts once) by method and outcome.",
+            ["method", "outcome"],
+            registry=reg,
         )
         self._duration = Histogram(
             PREFIX + "gateway_request_duration_seconds",
             "Seconds from a request's head to its response head or established tunnel.",
-            buckets=REQUEST_BUCKETS, registry=reg,
+            buckets=REQUEST_BUCKETS,
+            registry=reg,
         )
         self._active = Gauge(
             PREFIX + "gateway_active_connections", "Client connections open on the gateway.", registry=reg
         )
         bytes_family = Counter(
-            PREFIX + "gateway_bytes", "Bytes relayed by the gateway by direction.", ["direction"], registry=reg
+            PREFIX + "gateway_bytes",
+            "Bytes relayed by the gateway by direction.",
+            ["direction"],
+            registry=reg,
         )
         self._failures_family = Counter(
-            PREFIX + "upstream_failures", "Failed attempts to use an upstream proxy by reason.", ["reason"],
+            PREFIX + "upstream_failures",
+            "Failed attempts to use an upstream proxy by reason.",
+            ["reason"],
             registry=reg,
         )
         self._checks_family = Counter(
-            PREFIX + "checks", "Checker plugin runs by checker and result.", ["checker", "result"], registry=reg
+            PREFIX + "checks",
+            "Checker plugin runs by checker and result.",
+            ["checker", "result"],
+            registry=reg,
         )
         self._check_duration_family = Histogram(
-            PREFIX + "check_duration_seconds", "Seconds one checker plugin took on one proxy.", ["checker"],
-            buckets=CHECK_BUCKETS, registry=reg,
+            PREFIX + "check_duration_seconds",
+            "Seconds one checker plugin took on one proxy.",
+            ["checker"],
+            buckets=CHECK_BUCKETS,
+            registry=reg,
         )
         self._scrapes_family = Counter(
             PREFIX + "scrapes", "Source scrapes by source id and result.", ["source", "result"], registry=reg
         )
         self._discovered_family = Counter(
-            PREFIX + "scrape_discovered", "Proxies found by scrapes (before dedupe) by source id.", ["source"],
+            PREFIX + "scrape_discovered",
+            "Proxies found by scrapes (before dedupe) by source id.",
+            ["source"],
             registry=reg,
         )
         self._notifier_family = Gauge(
-            PREFIX + "notifier_up", "1 when the notifier's last health check passed, else 0.", ["notifier"],
+            PREFIX + "notifier_up",
+            "1 when the notifier's last health check passed, else 0.",
+            ["notifier"],
             registry=reg,
         )
-        self._events_family = Counter(
-            PREFIX + "events", "Events emitted by type.", ["type"], registry=reg
-        )
+        self._events_family = Counter(PREFIX + "events", "Events emitted by type.", ["type"], registry=reg)
         self._credits = Counter(PREFIX + "credits_spent", "Credits charged to gateway users.", registry=reg)
 
         # Children cached by label values: after first use the hot path is a dict lookup, no .labels().
@@ -369,7 +388,7 @@ class Metrics:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+    def exposition(self, accept: str | None = None) -> tuple[builtins.bytes, str]:
         """The body and Content-Type for ``GET /metrics`` (OpenMetrics when the scraper asks for it)."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type

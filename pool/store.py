@@ -28,7 +28,7 @@ from pool.models import (
     UpstreamURL,
 )
 
-__all__ = ["MIGRATIONS", "ProxyFilter", "SqliteStore", "Store", "UpsertResult"]
+__all__ = ["MIGRATIONS", "LedgerEntry", "ProxyFilter", "SqliteStore", "Store", "UpsertResult", "UserRecord"]
 
 
 MIGRATIONS: list[str] = [
@@ -83,6 +83,28 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX proxy_checks_proxy ON proxy_checks(proxy_id, id);
     """,
+    # 2: gateway users and their credit ledger (balance = SUM(delta); rev orders user changes)
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        password_changed_at REAL NOT NULL,
+        rev INTEGER NOT NULL
+    );
+    CREATE INDEX users_rev ON users(rev);
+    CREATE TABLE credit_ledger (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        delta INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (
+            (kind = 'credit' AND delta > 0) OR (kind = 'spend' AND delta < 0) OR (kind = 'refund' AND delta > 0)
+        ),
+        at REAL NOT NULL
+    );
+    CREATE INDEX credit_ledger_user ON credit_ledger(user_id);
+    """,
 ]
 
 CHECK_LOG_KEEP = 50  # check rows kept per proxy
@@ -126,6 +148,16 @@ class Store(Protocol):
     async def save_results(self, results: Sequence[tuple[Proxy, Sequence[ProxyCheck]]]) -> None: ...
     async def delete_proxies(self, ids: Sequence[int]) -> None: ...
     async def get_checks(self, proxy_id: int, limit: int = CHECK_LOG_KEEP) -> list[ProxyCheck]: ...
+
+    # users and credits
+    async def add_user(self, name: str, password_hash: str, credits: int) -> UserRecord: ...
+    async def get_user(self, name: str) -> UserRecord: ...
+    async def list_users(self) -> list[UserRecord]: ...
+    async def set_password(self, name: str, password_hash: str) -> UserRecord: ...
+    async def users_since(self, rev: int) -> list[UserRecord]: ...
+    async def append_ledger(self, entries: Sequence[tuple[int, int, str]]) -> list[int]: ...
+    async def ledger_since(self, after_id: int) -> list[LedgerEntry]: ...
+    async def ledger_state(self) -> tuple[list[UserRecord], int]: ...
 
 
 def _ts(value: datetime | None) -> float | None:

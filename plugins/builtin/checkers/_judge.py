@@ -84,8 +84,16 @@ SIGN_HEADERS = frozenset(
 
 # Signs that name no address: always a sign, never scanned for the real address (Via lists proxies).
 _ADDRESSLESS = frozenset(
-    {"via", "x-via", "x-bluecoat-via", "proxy-connection", "x-proxy-connection", "xroxy-connection",
-     "x-proxy-id", "proxy-id"}
+    {
+        "via",
+        "x-via",
+        "x-bluecoat-via",
+        "proxy-connection",
+        "x-proxy-connection",
+        "xroxy-connection",
+        "x-proxy-id",
+        "proxy-id",
+    }
 )
 
 # Added by the judge's own front end or describing the judge itself: never a sign.

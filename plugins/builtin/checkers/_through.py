@@ -14,6 +14,7 @@ import ssl
 import time
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 import aiohttp
 from aiohttp_socks import ProxyConnector
@@ -24,7 +25,7 @@ from plugins import Proxy
 __all__ = ["NETWORK_ERRORS", "Reply", "Through", "describe_failure"]
 
 # What a request through a proxy raises when the network, the proxy or the target misbehaves.
-NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+NETWORK_ERRORS: tuple[type[Exception], ...] = (
     aiohttp.ClientError,
     asyncio.TimeoutError,
     ProxyError,
@@ -53,7 +54,7 @@ class Through:
         self._shared = shared
         self._own: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> Through:
+    async def __aenter__(self) -> Self:
         if self._proxy.protocol.is_socks:
             connector = ProxyConnector.from_url(self._proxy.url, limit=0)
             self._own = aiohttp.ClientSession(connector=connector, trust_env=False)

@@ -77,7 +77,7 @@ class GeoipLookupChecker:
                 asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM),
                 min(self.resolve_timeout, self.timeout),
             )
-        except (OSError, TimeoutError, asyncio.TimeoutError):
+        except (OSError, TimeoutError):
             return None
         return str(infos[0][4][0]) if infos else None
 
@@ -90,7 +90,9 @@ class GeoipLookupChecker:
         if country is None:
             return CheckResult(True, f"country unknown for {source} address {ip}", metadata={"ip": ip})
         context.country = country
-        return CheckResult(True, f"{country} ({source} address {ip})", metadata={"country": country, "ip": ip})
+        return CheckResult(
+            True, f"{country} ({source} address {ip})", metadata={"country": country, "ip": ip}
+        )
 
     def close(self) -> None:
         self._reader.close()

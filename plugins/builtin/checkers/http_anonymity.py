@@ -34,6 +34,9 @@ __all__ = ["HttpAnonymityChecker", "JudgeHealth", "create_plugin"]
 
 log = logging.getLogger("proxy_pool.checkers.http_anonymity")
 
+# A judge call that went wrong, through a proxy or not: the network, or an answer of neither format.
+_JUDGE_ERRORS: tuple[type[Exception], ...] = (*NETWORK_ERRORS, JudgeFormatError)
+
 
 @dataclass
 class _JudgeState:
@@ -106,7 +109,9 @@ class HttpAnonymityChecker:
             self._locks, self._locks_loop = {}, loop
         return self._locks.setdefault(judge, asyncio.Lock())
 
-    async def judge_is_up(self, judge: str, client: aiohttp.ClientSession, timeout: float, max_age: float) -> bool:
+    async def judge_is_up(
+        self, judge: str, client: aiohttp.ClientSession, timeout: float, max_age: float
+    ) -> bool:
         """True when ``judge`` answered a direct call in the last ``max_age`` seconds (calling it if needed)."""
         async with self._lock(judge):
             if self.health.verified_within(judge, max_age):
@@ -120,7 +125,7 @@ class HttpAnonymityChecker:
                     if resp.status != 200:
                         raise JudgeFormatError(f"answered {resp.status}")
                     reply = parse_judge_reply(await resp.content.read(256 * 1024))
-            except (*NETWORK_ERRORS, JudgeFormatError) as exc:
+            except _JUDGE_ERRORS as exc:
                 reason = str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, timeout)
                 self.health.mark_down(judge, reason)
                 return False
@@ -153,8 +158,10 @@ class HttpAnonymityChecker:
                     if reply.status != 200:
                         raise JudgeFormatError(f"answered {reply.status}")
                     parsed = parse_judge_reply(reply.body)
-                except (*NETWORK_ERRORS, JudgeFormatError) as exc:
-                    reason = str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, remaining)
+                except _JUDGE_ERRORS as exc:
+                    reason = (
+                        str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, self.timeout)
+                    )
                     left = deadline - loop.time()
                     if self.health.is_down(judge) or (
                         left > 0 and not await self.judge_is_up(judge, client, left, self.reprobe_after)

@@ -29,7 +29,7 @@ class TcpConnectChecker:
         started = time.monotonic()
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(proxy.host, proxy.port), self.timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return CheckResult(False, f"connect timed out after {self.timeout:g}s")
         except ConnectionRefusedError:
             return CheckResult(False, "connection refused")
@@ -39,7 +39,7 @@ class TcpConnectChecker:
         writer.close()
         try:
             await asyncio.wait_for(writer.wait_closed(), 1.0)
-        except (OSError, TimeoutError, asyncio.TimeoutError):
+        except (OSError, TimeoutError):
             pass  # the verdict is in; a slow close changes nothing
         context.tcp_latency_ms = latency
         return CheckResult(True, f"connected in {latency:.0f} ms", latency_ms=latency)

@@ -107,7 +107,7 @@ class WebhookNotifier:
                     )
                     if resp.status < 500 and resp.status not in _RETRY_STATUSES:
                         raise error
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 error = WebhookDeliveryError(
                     f"webhook {self._shown_url}: {type(exc).__name__} (attempt {attempt}/{attempts})",
                     attempts=attempt,
@@ -121,7 +121,7 @@ class WebhookNotifier:
         try:
             async with self._client().head(self._url, allow_redirects=False) as resp:
                 return resp.status < 500
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     async def close(self) -> None:

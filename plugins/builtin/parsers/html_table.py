@@ -74,7 +74,7 @@ class ParseOutcome(NamedTuple):
 class _Columns:
     """Where the interesting columns of one table are (indexes after colspan expansion)."""
 
-    address: int
+    address: tuple[int, ...]  # several when the header cell spans columns: the first valid one wins
     port: int | None
     protocol: int | None
     https: int | None
@@ -110,27 +110,40 @@ def _rows(table: LexborNode) -> Iterator[LexborNode]:
                     yield row
 
 
-def _cells(row: LexborNode) -> tuple[list[str], bool]:
-    """Cell texts with colspan expanded, and whether every cell is a ``<th>``."""
+class _Row(NamedTuple):
+    texts: list[str]  # one per column, colspan expanded
+    origins: list[int]  # for each column, the ordinal of the cell it came from
+    all_th: bool
+
+
+def _cells(row: LexborNode) -> _Row:
+    """Cell texts with colspan expanded, as a browser lays the columns out."""
     texts: list[str] = []
+    origins: list[int] = []
     all_th = True
+    ordinal = 0
     for cell in row.iter():
         if cell.tag not in ("td", "th"):
             continue
         all_th = all_th and cell.tag == "th"
         span_text = cell.attributes.get("colspan") or "1"
-        span = int(span_text) if span_text.isdigit() else 1
-        text = cell.text(deep=True).strip()
-        texts.extend([text] * max(1, min(span, _MAX_COLSPAN)))
-    return texts, all_th
+        span = max(1, min(int(span_text) if span_text.isdigit() else 1, _MAX_COLSPAN))
+        texts.extend([cell.text(deep=True).strip()] * span)
+        origins.extend([ordinal] * span)
+        ordinal += 1
+    return _Row(texts, origins, all_th)
 
 
-def _find_columns(header: list[str]) -> _Columns | None:
-    address = port = protocol = https = None
-    for index, text in enumerate(header):
+def _find_columns(header: _Row) -> _Columns | None:
+    address: tuple[int, ...] | None = None
+    port = protocol = https = None
+    for index, text in enumerate(header.texts):
         key = _header_key(text)
         if address is None and key in _ADDRESS_HEADERS:
-            address = index
+            origin = header.origins[index]
+            address = tuple(i for i, o in enumerate(header.origins) if o == origin)
+        elif address is not None and index in address:
+            continue
         elif port is None and key in _PORT_HEADERS:
             port = index
         elif protocol is None and key in _PROTOCOL_HEADERS:
@@ -155,21 +168,28 @@ def _candidate(address: str, port: str | None) -> str:
     return f"{token}:{port}"
 
 
-def _row_proxies(cells: list[str], columns: _Columns) -> list[DiscoveredProxy]:
-    """The entries one data row stands for (one per listed protocol); [] if it is not a proxy."""
-    if len(cells) <= columns.address:
-        return []
-    port_text = None
-    if columns.port is not None and columns.port < len(cells) and cells[columns.port]:
-        port_text = cells[columns.port].split()[0]
-    text = _candidate(cells[columns.address], port_text)
-    explicit = "://" in text
+def _address(cell: str, port: str | None) -> UpstreamURL | None:
+    text = _candidate(cell, port)
     try:
         url = UpstreamURL.parse(text, default_protocol="http")
     except ValueError:
-        return []
+        return None
     if ":" in url.host and "[" not in text:
-        return []  # "2001:db8::1:80" in one cell: is 80 a port or the last group?  Only brackets say.
+        return None  # "2001:db8::1:80" in one cell: is 80 a port or the last group?  Only brackets say.
+    return url
+
+
+def _row_proxies(cells: list[str], columns: _Columns) -> list[DiscoveredProxy]:
+    """The entries one data row stands for (one per listed protocol); [] if it is not a proxy."""
+    port_text = None
+    if columns.port is not None and columns.port < len(cells) and cells[columns.port]:
+        port_text = cells[columns.port].split()[0]
+    for index in columns.address:
+        if index < len(cells) and (url := _address(cells[index], port_text)) is not None:
+            break
+    else:
+        return []
+    explicit = "://" in cells[index]
     protocols: list[ProxyProtocol | None]
     if explicit:
         protocols = [url.protocol]
@@ -197,11 +217,12 @@ def _table_proxies(table: LexborNode) -> tuple[list[DiscoveredProxy], int] | Non
     skipped = 0
     rows_before_header = 0
     for row in _rows(table):
-        cells, all_th = _cells(row)
+        parsed = _cells(row)
+        cells = parsed.texts
         if not any(cells):
             continue
         if columns is None:
-            columns = _find_columns(cells)
+            columns = _find_columns(parsed)
             if columns is None:
                 rows_before_header += 1
                 if rows_before_header >= _HEADER_SEARCH_ROWS:
@@ -209,7 +230,7 @@ def _table_proxies(table: LexborNode) -> tuple[list[DiscoveredProxy], int] | Non
                 continue  # a caption-like row above the header
             header_seen = cells
             continue
-        if all_th or cells == header_seen:
+        if parsed.all_th or cells == header_seen:
             continue  # a repeated header or a footer
         found = _row_proxies(cells, columns)
         if found:

@@ -216,19 +216,24 @@ def _loads(raw: bytes) -> Any:
     except RecursionError:
         raise ValueError(f"{NAME}: JSON nested too deeply") from None
     except json.JSONDecodeError as exc:
-        if exc.msg != "Extra data":
+        if exc.msg != "Extra data" or not raw.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
             raise ValueError(f"{NAME}: {_describe(raw)}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{NAME}: {_describe(raw)}") from None
     except ValueError as exc:  # e.g. an integer literal too long to convert
         raise ValueError(f"{NAME}: body is not valid JSON ({str(exc).splitlines()[0][:160]})") from None
-    lines = [line for line in raw.splitlines() if line.strip()]
-    try:
-        return [json.loads(line) for line in lines]
-    except RecursionError:
-        raise ValueError(f"{NAME}: JSON nested too deeply") from None
-    except ValueError:
-        raise ValueError(f"{NAME}: body is neither JSON nor JSON lines") from None
+    documents: list[Any] = []  # JSON lines: one object a line
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            documents.append(json.loads(line))
+        except RecursionError:
+            raise ValueError(f"{NAME}: JSON nested too deeply") from None
+        except ValueError:
+            start = line.strip()[:20].decode("utf-8", errors="replace")
+            raise ValueError(f"{NAME}: body is neither JSON nor JSON lines (line {number}: {start!r})") from None
+    return documents
 
 
 def _count(n: int, noun: str, plural: str | None = None) -> str:

@@ -39,7 +39,7 @@ _THREAD_THRESHOLD = 256 * 1024  # bodies above this are parsed off the event loo
 
 # A dotted-quad IPv4 octet without leading zeros, exactly as ``ipaddress`` accepts it, so the fast
 # path and ``UpstreamURL.parse`` agree on every input (a test holds them to it).
-_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|\d?\d)"
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 # The common case in one regex: ``a.b.c.d:port`` at the start of a line, followed by the end of the
 # line, a column separator or an inline comment.
 _FAST = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}}):([1-9]\d{{0,4}})(?=[\s,;|#]|$)")

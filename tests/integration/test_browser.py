@@ -1,0 +1,123 @@
+"""A real browser (headless Chromium) through the gateway: plain HTTP, HTTPS, and per-request rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import ssl
+
+import pytest
+import trustme
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed"),
+    pytest.mark.timeout(120),
+]
+
+PAGE = """<!doctype html><html><body><h1 id="title">proxy-pool browser page</h1>
+<pre id="peer">{peer}</pre><pre id="out">pending</pre>
+<script>
+(async () => {{
+  const peers = [];
+  for (let i = 0; i < {count}; i++) {{
+    const r = await fetch('/echo?i=' + i, {{cache: 'no-store'}});
+    peers.push((await r.json()).peer);
+  }}
+  document.getElementById('out').textContent = 'PEERS=' + JSON.stringify(peers);
+}})();
+</script></body></html>"""
+
+
+def browser_app(count: int) -> web.Application:
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=PAGE.format(peer=request.remote, count=count), content_type="text/html")
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"peer": request.remote}, headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    app.router.add_get("/echo", echo)
+    return app
+
+
+async def dump_dom(gateway: tuple[str, int], url: str, tmp_path) -> str:
+    host, port = gateway
+    proc = await asyncio.create_subprocess_exec(
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--ignore-certificate-errors",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        f"--proxy-server=http://{host}:{port}",
+        "--proxy-bypass-list=<-loopback>",
+        "--virtual-time-budget=20000",
+        "--dump-dom",
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return out.decode("utf-8", "replace")
+
+
+def peers_of(dom: str) -> list[str]:
+    match = re.search(r"PEERS=(\[.*?\])", dom)
+    assert match, f"the page script did not finish: {dom[:500]}"
+    return json.loads(match.group(1))
+
+
+async def test_browser_loads_http_and_https_pages_through_gateway(make_pool, upstreams, tmp_path):
+    """Chromium loads a plain-HTTP and an HTTPS page from local origins through the gateway."""
+    http_origin = TestServer(browser_app(2), host="127.0.0.1")
+    await http_origin.start_server()
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    https_origin = TestServer(browser_app(2), host="127.0.0.1")
+    await https_origin.start_server(ssl=ctx)
+    try:
+        pool = await make_pool([u.url() for u in upstreams], gateway={"allowed_connect_ports": "*"})
+        await pool.wait_until(lambda: pool.selector.active_count == 3)
+        upstream_hosts = {u.host for u in upstreams}
+        dom = await dump_dom(pool.gateway_address, f"http://127.0.0.1:{http_origin.port}/", tmp_path)
+        assert "proxy-pool browser page" in dom
+        assert set(peers_of(dom)) <= upstream_hosts
+        dom = await dump_dom(pool.gateway_address, f"https://127.0.0.1:{https_origin.port}/", tmp_path)
+        assert "proxy-pool browser page" in dom
+        assert set(peers_of(dom)) <= upstream_hosts
+    finally:
+        await http_origin.close()
+        await https_origin.close()
+
+
+async def test_browser_requests_rotate_per_request(make_pool, upstreams, tmp_path):
+    """A page whose script makes 24 requests: they leave through at least 3 upstreams."""
+    origin = TestServer(browser_app(24), host="127.0.0.1")
+    await origin.start_server()
+    try:
+        pool = await make_pool([u.url() for u in upstreams])
+        await pool.wait_until(lambda: pool.selector.active_count == 3)
+        dom = await dump_dom(pool.gateway_address, f"http://127.0.0.1:{origin.port}/", tmp_path)
+        peers = peers_of(dom)
+        assert len(peers) == 24
+        assert len(set(peers)) >= 3
+    finally:
+        await origin.close()
