@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["POOL", "make_app", "start_admin"]
 
 POOL = web.AppKey("pool", "ProxyPool")
-OPEN_PATHS = frozenset({"/healthz", "/judge"})
+# No secrets behind these: health for orchestrators, metrics for Prometheus, the judge for checkers.
+OPEN_PATHS = frozenset({"/healthz", "/metrics", "/judge"})
 MAX_PAGE = 1000
 
 
@@ -278,6 +279,9 @@ def make_app(pool: ProxyPool) -> web.Application:
     app.router.add_post("/api/sources", create_source)
     app.router.add_delete("/api/sources/{id}", delete_source)
     app.router.add_post("/api/sources/{id}/scrape", scrape_source)
+    from gateway.admin_users import add_user_routes  # imports POOL from here
+
+    add_user_routes(app)
     extra = getattr(pool, "admin_routes", None)
     if extra is not None:
         extra(app)

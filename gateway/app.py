@@ -16,6 +16,7 @@ from gateway.metrics import Metrics
 from gateway.server import GatewayServer
 from plugins.discovery import load_all_plugins
 from plugins.registry import PluginConflictError, PluginRegistry
+from pool.accounts import Accounts
 from pool.errors import DuplicateError
 from pool.events import EventBus
 from pool.pipeline import Pipeline, PoolLowWatch
@@ -102,6 +103,13 @@ class ProxyPool:
         self.scheduler = Scheduler(
             settings, self.store, self.registry, self.scraper, self.pipeline, self.selector
         )
+        self.accounts = await Accounts.open(
+            self.store,
+            settings.credits,
+            on_event=lambda type_, payload: self.registry.emit_event(type_, **payload),
+            on_spent=self.metrics.credits_spent,
+        )
+        self.accounts.start()
         self.gateway = GatewayServer(settings, self.selector, metrics=self.metrics, accounts=self.accounts)
         self.admin_runner, self.admin_address = await start_admin(self, admin_host, admin_port)
         self.gateway.add_own_address(*self.admin_address)

@@ -300,6 +300,8 @@ def parse_request_head(data: bytes) -> RequestHead:
     """
     if data[:2] == b"\r\n":
         data = _strip_leading_crlf(data)
+        if not data:
+            raise BadRequest(400, "empty request head")
     if data[-4:] != b"\r\n\r\n":
         raise BadRequest(400, "request head does not end with an empty line (CRLF CRLF)")
     text = data.decode("latin-1")
@@ -595,10 +597,10 @@ def forward_response_head(
     status = resp.status
     parts = ["HTTP/1.1 ", str(status), " ", resp.reason or REASONS.get(status, ""), "\r\n"]
     drop = _RESPONSE_DROP
-    if status == 101:
-        drop = drop - {"upgrade"}
     if resp.connection_tokens:
         drop = drop.union(t for t in resp.connection_tokens if t not in _NEVER_CONNECTION_OPTION)
+    if status == 101:
+        drop = drop - {"upgrade"}
     for name, value in resp.headers:
         lname = name.lower()
         if lname in drop or lname.startswith(_POOL_PREFIX):

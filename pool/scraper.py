@@ -155,11 +155,11 @@ class Scraper:
             return await asyncio.shield(running)
         task = asyncio.ensure_future(self._scrape(source))
         self._running[source.id] = task
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._running.pop(source.id, None)
+        # forget it when it ends, even if every caller was cancelled meanwhile
+        task.add_done_callback(
+            lambda t: self._running.pop(source.id, None) if self._running.get(source.id) is t else None
+        )
+        return await asyncio.shield(task)
 
     async def _scrape(self, source: ProxySource) -> ScrapeResult:
         at = datetime.now(UTC)

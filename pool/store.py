@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import aiosqlite
 
-from pool.errors import DuplicateError, NotFoundError
+from pool.errors import DuplicateError, InvalidInputError, NotFoundError
 from pool.models import (
     AnonymityLevel,
     Proxy,
@@ -124,6 +124,28 @@ class UpsertResult:
     new: list[Proxy]
 
 
+@dataclass(frozen=True)
+class UserRecord:
+    """A gateway user as stored; ``balance`` is the sum of the user's ledger rows when read."""
+
+    id: int
+    name: str
+    password_hash: str
+    created_at: datetime
+    password_changed_at: datetime
+    rev: int
+    balance: int
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    id: int
+    user_id: int
+    delta: int
+    kind: str  # credit | spend | refund
+    at: datetime
+
+
 class Store(Protocol):
     """The storage seam.  Everything the rest of the program may ask of a database."""
 
@@ -154,9 +176,9 @@ class Store(Protocol):
     async def get_user(self, name: str) -> UserRecord: ...
     async def list_users(self) -> list[UserRecord]: ...
     async def set_password(self, name: str, password_hash: str) -> UserRecord: ...
-    async def users_since(self, rev: int) -> list[UserRecord]: ...
+    async def users_since(self, rev: int, ledger_upto: int | None = None) -> list[UserRecord]: ...
     async def append_ledger(self, entries: Sequence[tuple[int, int, str]]) -> list[int]: ...
-    async def ledger_since(self, after_id: int) -> list[LedgerEntry]: ...
+    async def ledger_since(self, after_id: int, user_id: int | None = None) -> list[LedgerEntry]: ...
     async def ledger_state(self) -> tuple[list[UserRecord], int]: ...
 
 
@@ -473,3 +495,129 @@ class SqliteStore:
         return [
             ProxyCheck(r[0], r[1], r[2], bool(r[3]), r[4], r[5], _dt(r[6]) or datetime.now(UTC)) for r in rows
         ]
+
+    # users and credits --------------------------------------------------------------------
+    # ``rev`` grows with every insert and password change, so a running gateway can pick up
+    # users changed by another process (``users_since``) without trusting clocks.
+
+    _USER_SELECT = (
+        "SELECT u.id, u.name, u.password_hash, u.created_at, u.password_changed_at, u.rev, "
+        "COALESCE((SELECT SUM(l.delta) FROM credit_ledger l WHERE l.user_id = u.id AND l.id <= ?), 0) "
+        "FROM users u"
+    )
+    _ALL = 2**62  # "every ledger row" for the l.id <= ? bound above
+
+    @staticmethod
+    def _user(row: sqlite3.Row | tuple[Any, ...]) -> UserRecord:
+        return UserRecord(
+            id=row[0],
+            name=row[1],
+            password_hash=row[2],
+            created_at=_dt(row[3]) or datetime.now(UTC),
+            password_changed_at=_dt(row[4]) or datetime.now(UTC),
+            rev=row[5],
+            balance=int(row[6]),
+        )
+
+    async def add_user(self, name: str, password_hash: str, credits: int) -> UserRecord:
+        """The user and, when ``credits`` > 0, its first ledger row, in one transaction."""
+        now = datetime.now(UTC).timestamp()
+        async with self._write_lock:
+            try:
+                cur = await self._db.execute(
+                    "INSERT INTO users (name, password_hash, created_at, password_changed_at, rev) "
+                    "VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(rev), 0) + 1 FROM users))",
+                    (name, password_hash, now, now),
+                )
+                if credits > 0:
+                    await self._db.execute(
+                        "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, 'credit', ?)",
+                        (cur.lastrowid, credits, now),
+                    )
+                await self._db.commit()
+            except sqlite3.IntegrityError:
+                await self._db.rollback()
+                raise DuplicateError(f"user {name!r} already exists") from None
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return await self.get_user(name)
+
+    async def get_user(self, name: str) -> UserRecord:
+        async with self._db.execute(f"{self._USER_SELECT} WHERE u.name = ?", (self._ALL, name)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"no user named {name!r}")
+        return self._user(row)
+
+    async def list_users(self) -> list[UserRecord]:
+        async with self._db.execute(f"{self._USER_SELECT} ORDER BY u.id", (self._ALL,)) as cur:
+            return [self._user(row) for row in await cur.fetchall()]
+
+    async def set_password(self, name: str, password_hash: str) -> UserRecord:
+        now = datetime.now(UTC).timestamp()
+        async with self._write_lock:
+            cur = await self._db.execute(
+                "UPDATE users SET password_hash = ?, password_changed_at = ?, "
+                "rev = (SELECT COALESCE(MAX(rev), 0) + 1 FROM users) WHERE name = ?",
+                (password_hash, now, name),
+            )
+            await self._db.commit()
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no user named {name!r}")
+        return await self.get_user(name)
+
+    async def users_since(self, rev: int, ledger_upto: int | None = None) -> list[UserRecord]:
+        """Users added or changed after ``rev``, oldest change first; balances summed up to a row id."""
+        bound = self._ALL if ledger_upto is None else ledger_upto
+        async with self._db.execute(f"{self._USER_SELECT} WHERE u.rev > ? ORDER BY u.rev", (bound, rev)) as cur:
+            return [self._user(row) for row in await cur.fetchall()]
+
+    async def append_ledger(self, entries: Sequence[tuple[int, int, str]]) -> list[int]:
+        """Insert ``(user_id, delta, kind)`` rows in one transaction; returns their ids."""
+        if not entries:
+            return []
+        now = datetime.now(UTC).timestamp()
+        async with self._write_lock:
+            try:
+                # IMMEDIATE takes the write lock first, so no other process inserts between
+                # reading the last id and our rows: "id > before" is exactly ours
+                await self._db.execute("BEGIN IMMEDIATE")
+                async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM credit_ledger") as cur:
+                    row = await cur.fetchone()
+                before = int(row[0]) if row else 0
+                await self._db.executemany(
+                    "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, ?, ?)",
+                    [(user_id, delta, kind, now) for user_id, delta, kind in entries],
+                )
+                async with self._db.execute("SELECT id FROM credit_ledger WHERE id > ? ORDER BY id", (before,)) as cur:
+                    ids = [int(r[0]) for r in await cur.fetchall()]
+                await self._db.commit()
+            except sqlite3.IntegrityError as exc:
+                await self._db.rollback()
+                raise InvalidInputError(f"ledger row rejected: {exc}") from None
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return ids
+
+    async def ledger_since(self, after_id: int, user_id: int | None = None) -> list[LedgerEntry]:
+        """Ledger rows after ``after_id`` (all of one user's with ``user_id``), oldest first."""
+        where, args = "id > ?", [after_id]
+        if user_id is not None:
+            where += " AND user_id = ?"
+            args.append(user_id)
+        async with self._db.execute(
+            f"SELECT id, user_id, delta, kind, at FROM credit_ledger WHERE {where} ORDER BY id", args
+        ) as cur:
+            rows = await cur.fetchall()
+        return [LedgerEntry(r[0], r[1], r[2], r[3], _dt(r[4]) or datetime.now(UTC)) for r in rows]
+
+    async def ledger_state(self) -> tuple[list[UserRecord], int]:
+        """Every user with the balance rebuilt from the ledger up to the returned last row id."""
+        async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM credit_ledger") as cur:
+            row = await cur.fetchone()
+        last = int(row[0]) if row else 0
+        async with self._db.execute(f"{self._USER_SELECT} ORDER BY u.id", (last,)) as cur:
+            users = [self._user(r) for r in await cur.fetchall()]
+        return users, last

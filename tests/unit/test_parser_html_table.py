@@ -48,7 +48,7 @@ async def test_free_proxy_list_net_page():
 
 
 def test_hidemy_style_page_with_decoys_scripts_and_several_tables():
-    """A hidemy-style list: menu and stats tables ignored, hidden decoy digits and scripts dropped, multi-type cells."""
+    """hidemy-style: menu/stats tables ignored, hidden decoys and scripts dropped, multi-type cells split."""
     outcome = parse_body(_fixture("hidemy_like.html"))
     assert outcome.proxies == [
         DP("203.0.113.20", 3128, "http"),
@@ -99,29 +99,53 @@ def test_header_spellings_in_thead_or_first_row(header):
     ("header", "row", "expected"),
     [
         ("<th>Proxy</th><th>Country</th>", "<td>1.2.3.4:8080</td><td>US</td>", [DP("1.2.3.4", 8080)]),
-        ("<th>IP:Port</th><th>Type</th>", "<td>1.2.3.4:1080</td><td>Socks5</td>", [DP("1.2.3.4", 1080, "socks5")]),
+        (
+            "<th>IP:Port</th><th>Type</th>",
+            "<td>1.2.3.4:1080</td><td>Socks5</td>",
+            [DP("1.2.3.4", 1080, "socks5")],
+        ),
         ("<th>Proxy</th>", "<td>socks4://1.2.3.4:4145</td>", [DP("1.2.3.4", 4145, "socks4")]),
-        ("<th>IP</th><th>Port</th><th>Type</th>", "<td>1.2.3.4</td><td>1080</td><td>SOCKS4/5</td>",
-         [DP("1.2.3.4", 1080, "socks4"), DP("1.2.3.4", 1080, "socks5")]),
-        ("<th>IP</th><th>Port</th><th>Type</th>", "<td>1.2.3.4</td><td>80</td><td>elite proxy</td>",
-         [DP("1.2.3.4", 80)]),
-        ("<th>IP</th><th>Port</th><th>Protocol</th><th>Https</th>",
-         "<td>1.2.3.4</td><td>80</td><td>HTTP</td><td>yes</td>", [DP("1.2.3.4", 80, "http")]),
-        ("<th>IP</th><th>Port</th><th>SSL</th>", "<td>1.2.3.4</td><td>443</td><td>+</td>",
-         [DP("1.2.3.4", 443, "https")]),
+        (
+            "<th>IP</th><th>Port</th><th>Type</th>",
+            "<td>1.2.3.4</td><td>1080</td><td>SOCKS4/5</td>",
+            [DP("1.2.3.4", 1080, "socks4"), DP("1.2.3.4", 1080, "socks5")],
+        ),
+        (
+            "<th>IP</th><th>Port</th><th>Type</th>",
+            "<td>1.2.3.4</td><td>80</td><td>elite proxy</td>",
+            [DP("1.2.3.4", 80)],
+        ),
+        (
+            "<th>IP</th><th>Port</th><th>Protocol</th><th>Https</th>",
+            "<td>1.2.3.4</td><td>80</td><td>HTTP</td><td>yes</td>",
+            [DP("1.2.3.4", 80, "http")],
+        ),
+        (
+            "<th>IP</th><th>Port</th><th>SSL</th>",
+            "<td>1.2.3.4</td><td>443</td><td>+</td>",
+            [DP("1.2.3.4", 443, "https")],
+        ),
         ("<th>IP</th><th>Port</th>", "<td>2001:DB8::5</td><td>3128</td>", [DP("2001:db8::5", 3128)]),
         ("<th>IP</th><th>Port</th>", "<td>[2001:db8::6]:3128</td><td></td>", [DP("2001:db8::6", 3128)]),
-        ("<th>IP</th><th>Port</th>", "<td>1.2.3.4</td><td>8080 <small>(fast)</small></td>", [DP("1.2.3.4", 8080)]),
-        ("<th>IP</th><th>Port</th>", "<td>proxy.Example.com</td><td>3128</td>", [DP("proxy.example.com", 3128)]),
+        (
+            "<th>IP</th><th>Port</th>",
+            "<td>1.2.3.4</td><td>8080 <small>(fast)</small></td>",
+            [DP("1.2.3.4", 8080)],
+        ),
+        (
+            "<th>IP</th><th>Port</th>",
+            "<td>proxy.Example.com</td><td>3128</td>",
+            [DP("proxy.example.com", 3128)],
+        ),
     ],
-)  # fmt: skip
+)
 def test_cell_variants(header, row, expected):
     """ip:port in one cell, URLs, protocol lists, Https/SSL flags, IPv6, colspan and port-cell noise."""
     assert parse_html(_table(f"<tr>{header}</tr>", row)).proxies == expected
 
 
 def test_colspan_in_header_keeps_columns_aligned():
-    """An address header spanning a row-number and an IP column: the IP column is found, the port stays aligned."""
+    """An address header spanning a row-number and an IP column: the IP is found, the port stays aligned."""
     page = _table(
         "<tr><th colspan=2>Proxy IP</th><th>Port</th><th>Type</th></tr>",
         "<td>1</td><td>1.2.3.4</td><td>80</td><td>socks5</td>",
@@ -133,14 +157,18 @@ def test_colspan_in_header_keeps_columns_aligned():
 def test_nested_table_rows_belong_to_their_own_table():
     """Rows of a table nested in a cell are not read as rows of the outer proxy table."""
     inner = "<table><tr><td>9.9.9.9</td><td>99</td></tr></table>"
-    page = _table("<tr><th>IP</th><th>Port</th><th>Speed</th></tr>", f"<td>1.2.3.4</td><td>80</td><td>{inner}</td>")
+    page = _table(
+        "<tr><th>IP</th><th>Port</th><th>Speed</th></tr>", f"<td>1.2.3.4</td><td>80</td><td>{inner}</td>"
+    )
     assert parse_html(page).proxies == [DP("1.2.3.4", 80)]
 
 
 def test_several_proxy_tables_on_one_page_are_all_read():
     """Two proxy tables (say HTTP and SOCKS sections) both contribute, in page order."""
     first = _table("<tr><th>IP</th><th>Port</th></tr>", "<td>1.2.3.4</td><td>80</td>")
-    second = _table("<tr><th>Host</th><th>Port</th><th>Type</th></tr>", "<td>5.6.7.8</td><td>1080</td><td>socks5</td>")
+    second = _table(
+        "<tr><th>Host</th><th>Port</th><th>Type</th></tr>", "<td>5.6.7.8</td><td>1080</td><td>socks5</td>"
+    )
     assert parse_html(first + second).proxies == [DP("1.2.3.4", 80), DP("5.6.7.8", 1080, "socks5")]
 
 
@@ -160,12 +188,18 @@ def test_header_only_table_is_a_valid_empty_list():
         (bytes(range(256)) * 16, "binary"),
         (b"", "empty"),
         (b"<html><body><p>Access denied</p></body></html>", "no <table>"),
-        (_table("<tr><th>Country</th><th>Proxies</th></tr>", "<td>US</td><td>12</td>").encode(), "address column"),
-        (_table("<tr><th>IP</th><th>Port</th></tr>", "<td>999.1.1.1</td><td>80</td>").encode(), "valid proxy"),
+        (
+            _table("<tr><th>Country</th><th>Proxies</th></tr>", "<td>US</td><td>12</td>").encode(),
+            "address column",
+        ),
+        (
+            _table("<tr><th>IP</th><th>Port</th></tr>", "<td>999.1.1.1</td><td>80</td>").encode(),
+            "valid proxy",
+        ),
     ],
 )
 async def test_wrong_or_hostile_bodies_raise_one_clear_line(body, words):
-    """JSON, a text list, binary junk, an empty body, a table-less or proxy-less page: a one-line ValueError."""
+    """JSON, a text list, binary junk, an empty body, a table-less or proxy-less page: one-line ValueError."""
     with pytest.raises(ValueError, match=words) as info:
         await HtmlTableParser().parse(body, _source())
     assert str(info.value).startswith("html_table: ") and "\n" not in str(info.value)

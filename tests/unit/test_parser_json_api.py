@@ -48,7 +48,7 @@ async def test_geonode_api_answer():
 
 
 def test_proxyscrape_v3_answer():
-    """proxyscrape v3: {"proxies": [...]} with int ports, a protocol string and a proxy URL; port 0 skipped."""
+    """proxyscrape v3: {"proxies": [...]}, int ports, a protocol string and a proxy URL; port 0 skipped."""
     outcome = parse_body(_fixture("proxyscrape_v3.json"))
     assert outcome.proxies == [
         DP("203.0.113.60", 8080, "http"),
@@ -67,7 +67,7 @@ def test_pubproxy_answer():
 
 
 def test_json_lines_dump():
-    """A fate0/proxylist-style JSON-lines dump (one object a line, blank lines between) is read line by line."""
+    """A fate0/proxylist-style JSON-lines dump (one object a line, blank lines between) is read."""
     assert parse_body(_fixture("fate0_proxylist.jsonl")) == (
         [DP("203.0.113.80", 8080, "http"), DP("198.51.100.81", 3128, "https"), DP("192.0.2.82", 80, "http")],
         0,
@@ -119,18 +119,27 @@ def test_nested_single_and_pair_shapes(doc):
         ({"addr": "1.2.3.4:8080"}, [DP("1.2.3.4", 8080)]),
         ({"proxy": "socks5://u:p@1.2.3.4:1080"}, [DP("1.2.3.4", 1080, "socks5", "u", "p")]),
         ({"IP": "1.2.3.4", "Port": 1080, "Type": "SOCKS4"}, [DP("1.2.3.4", 1080, "socks4")]),
-        ({"ip": "1.2.3.4", "port": 80, "protocol": "HTTP, HTTPS"}, [DP("1.2.3.4", 80, "http"), DP("1.2.3.4", 80, "https")]),
+        (
+            {"ip": "1.2.3.4", "port": 80, "protocol": "HTTP, HTTPS"},
+            [DP("1.2.3.4", 80, "http"), DP("1.2.3.4", 80, "https")],
+        ),
         ({"ip": "1.2.3.4", "port": 80, "type": "elite", "protocol": "socks5"}, [DP("1.2.3.4", 80, "socks5")]),
         ({"ip": "1.2.3.4", "port": 80, "type": "transparent"}, [DP("1.2.3.4", 80)]),
         ({"ip": "1.2.3.4", "port": 80, "protocols": []}, [DP("1.2.3.4", 80)]),
         ({"ip": "1.2.3.4", "port": 443, "https": True}, [DP("1.2.3.4", 443, "https")]),
         ({"ip": "1.2.3.4", "port": 80, "https": "no"}, [DP("1.2.3.4", 80)]),
-        ({"ip": "1.2.3.4", "port": 80, "username": "bob", "password": "pw"}, [DP("1.2.3.4", 80, None, "bob", "pw")]),
+        (
+            {"ip": "1.2.3.4", "port": 80, "username": "bob", "password": "pw"},
+            [DP("1.2.3.4", 80, None, "bob", "pw")],
+        ),
         ({"ip": "1.2.3.4", "port": 80, "user": "bob", "pass": "pw"}, [DP("1.2.3.4", 80, None, "bob", "pw")]),
         ({"ip": "2001:DB8::1", "port": 3128}, [DP("2001:db8::1", 3128)]),
-        ({"ip": "1.2.3.4", "port": 80, "protocols": ["socks4", "socks4a", "SOCKS4"]}, [DP("1.2.3.4", 80, "socks4")]),
+        (
+            {"ip": "1.2.3.4", "port": 80, "protocols": ["socks4", "socks4a", "SOCKS4"]},
+            [DP("1.2.3.4", 80, "socks4")],
+        ),
     ],
-)  # fmt: skip
+)
 def test_entry_key_spellings(entry, expected):
     """Address, port, protocol and credential keys in their common spellings; protocol only when stated."""
     assert extract([entry]).proxies == expected
@@ -192,7 +201,9 @@ async def test_wrong_or_hostile_bodies_raise_one_clear_line(body, words):
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -219,7 +230,9 @@ def test_any_bytes_give_proxies_or_a_json_api_value_error(raw):
 
 async def test_large_body_is_parsed_off_the_loop_with_the_same_result():
     """A body above the thread threshold gives the same proxies as the pure function."""
-    body = _body({"data": [{"ip": f"10.2.{i // 250}.{i % 250 + 1}", "port": 1024 + i} for i in range(10_000)]})
+    body = _body(
+        {"data": [{"ip": f"10.2.{i // 250}.{i % 250 + 1}", "port": 1024 + i} for i in range(10_000)]}
+    )
     assert len(body) > 256 * 1024
     proxies = await JsonApiParser().parse(body, _source())
     assert proxies == parse_body(body).proxies and len(proxies) == 10_000

@@ -124,9 +124,22 @@ def test_one_address_in_many_spellings(line):
 
 @pytest.mark.parametrize(
     "line",
-    ["01.2.3.4:80", "1.2.3.256:80", "1.2.3.4:0", "1.2.3.4:65536", "1.2.3.4", "1.2.3.4:http", "2001:db8::1:80",
-     "Updated 20 Jan", "gopher://1.2.3.4:70", "[1.2.3.4]:80", "[::1]80", "a..b:80", "-bad.example:80"],
-)  # fmt: skip
+    [
+        "01.2.3.4:80",
+        "1.2.3.256:80",
+        "1.2.3.4:0",
+        "1.2.3.4:65536",
+        "1.2.3.4",
+        "1.2.3.4:http",
+        "2001:db8::1:80",
+        "Updated 20 Jan",
+        "gopher://1.2.3.4:70",
+        "[1.2.3.4]:80",
+        "[::1]80",
+        "a..b:80",
+        "-bad.example:80",
+    ],
+)
 def test_invalid_lines_are_skipped_and_counted(line):
     """Broken octets, ports, schemes and hosts are skipped one by one and counted, never fatal."""
     assert parse_text(f"{line}\n5.6.7.8:3128\n") == plaintext.ParseOutcome([DP("5.6.7.8", 3128)], 1)
@@ -178,6 +191,24 @@ async def test_large_body_is_parsed_off_the_loop_with_the_same_result():
     assert len(proxies) == 20_000 and proxies[-1] == DP("10.0.79.250", 1024 + 19_999)
 
 
+@pytest.mark.parametrize(
+    ("scheme", "protocol"),
+    [
+        ("http", "http"),
+        ("HTTPS", "https"),
+        ("socks4", "socks4"),
+        ("socks4a", "socks4"),
+        ("SOCKS5", "socks5"),
+        ("socks5h", "socks5"),
+    ],
+)
+def test_scheme_aliases(scheme, protocol):
+    """socks4a and socks5h are read as socks4 and socks5, in any case, with or without columns."""
+    text = f"{scheme}://1.2.3.4:1080\n{scheme}://5.6.7.8:1080 US\n{scheme}://h.example:1080\n"
+    assert parse_text(text).proxies == [DP("1.2.3.4", 1080, protocol), DP("5.6.7.8", 1080, protocol),
+                                        DP("h.example", 1080, protocol)]  # fmt: skip
+
+
 # -- the plugin surface ------------------------------------------------------------------------------
 
 
@@ -213,8 +244,10 @@ _ipv4 = st.ip_addresses(v=4).map(str)
 _ipv6 = st.ip_addresses(v=6).map(lambda a: a.compressed)
 _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
 _hostname = st.builds(
-    lambda labels, tld: ".".join([*labels, tld]), st.lists(_label, min_size=1, max_size=3), st.from_regex(r"[a-z]{2,6}", fullmatch=True)
-)  # fmt: skip
+    lambda labels, tld: ".".join([*labels, tld]),
+    st.lists(_label, min_size=1, max_size=3),
+    st.from_regex(r"[a-z]{2,6}", fullmatch=True),
+)
 _secret = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 
 
@@ -223,7 +256,9 @@ def _entries(draw):
     """A proxy and the way one list line spells it; returns (line, expected DiscoveredProxy)."""
     kind = draw(st.sampled_from(["v4", "v6", "name"]))
     host = draw({"v4": _ipv4, "v6": _ipv6, "name": _hostname}[kind])
-    mixed_case_host = "".join(c.upper() if draw(st.booleans()) else c for c in host) if kind == "name" else host
+    mixed_case_host = (
+        "".join(c.upper() if draw(st.booleans()) else c for c in host) if kind == "name" else host
+    )
     port = draw(st.integers(1, 65535))
     netloc = f"[{mixed_case_host}]:{port}" if kind == "v6" else f"{mixed_case_host}:{port}"
     style = draw(st.sampled_from(["bare", "scheme", "creds", "bare_creds", "colon_creds"]))
@@ -248,7 +283,9 @@ def _entries(draw):
         user = draw(st.from_regex(r"[A-Za-z0-9_.-]{1,10}", fullmatch=True))
         password = draw(st.from_regex(r"[A-Za-z0-9_.!*-]{1,10}", fullmatch=True))
         line = f"{netloc}:{user}:{password}"
-    extra = draw(st.sampled_from(["", "   ", "\tUS\telite", " US elite", ",DE,anonymous", ";FR", " | GB", " # ok"]))
+    extra = draw(
+        st.sampled_from(["", "   ", "\tUS\telite", " US elite", ",DE,anonymous", ";FR", " | GB", " # ok"])
+    )
     return line + extra, DP(host.lower(), port, protocol, user, password)
 
 
@@ -262,7 +299,7 @@ _noise = st.sampled_from(["", "   ", "# comment 1.2.3.4:80", "// comment", "#", 
     st.booleans(),
 )
 def test_generated_lists_round_trip_exactly(items, newline, bom):
-    """Valid proxies rendered in mixed spellings, with comments and blank lines between, all come back in order."""
+    """Valid proxies in mixed spellings, with comments and blank lines between, all come back in order."""
     lines: list[str] = []
     for (line, _), noise in items:
         lines.extend(noise)
@@ -296,19 +333,50 @@ def test_any_bytes_give_proxies_or_a_plaintext_value_error(raw):
         assert str(exc).startswith("plaintext: ")
 
 
-_octet_text = st.one_of(st.integers(0, 300).map(str), st.from_regex(r"0[0-9]{1,2}", fullmatch=True))
+_valid_octet = st.integers(0, 255).map(str)
+# four valid octets in five, so about four addresses in ten are valid and both paths are exercised
+_octet_text = st.one_of(
+    _valid_octet,
+    _valid_octet,
+    _valid_octet,
+    _valid_octet,
+    st.sampled_from(["256", "300", "999", "00", "01", "012", "0255", "1e1", "", "-1"]),
+)
+
+
+_scheme_text = st.sampled_from(
+    [
+        "",
+        "http://",
+        "HTTPS://",
+        "socks4://",
+        "Socks4a://",
+        "socks5://",
+        "socks5H://",
+        "ftp://",
+        "socks://",
+        "http:/",
+    ]
+)
 
 
 @settings(max_examples=300)
-@given(st.lists(_octet_text, min_size=4, max_size=4), st.one_of(st.integers(0, 70000).map(str), st.just("080")))
-def test_fast_path_agrees_with_upstream_url_parse(octets, port):
-    """The IPv4 fast path accepts exactly what UpstreamURL.parse accepts, with the same values."""
-    token = f"{'.'.join(octets)}:{port}"
+@given(
+    _scheme_text,
+    st.lists(_octet_text, min_size=4, max_size=4),
+    st.one_of(st.integers(0, 70000).map(str), st.just("080")),
+    st.sampled_from(["", " US", "\tx", ",x", "/", "#c", ":u:p"]),
+)
+def test_fast_path_agrees_with_upstream_url_parse(scheme, octets, port, tail):
+    """The [scheme://]IPv4:port fast path accepts exactly what the slow path accepts, with the same values."""
+    token = f"{scheme}{'.'.join(octets)}:{port}"
     try:
         url = UpstreamURL.parse(token, default_protocol="http")
-        expected = [DP(url.host, url.port)]
+        expected = [DP(url.host, url.port, url.protocol if scheme else None)]
     except ValueError:
         expected = []
-    assert parse_text(token).proxies == expected
-    if expected:
+    if tail == ":u:p" and expected:
+        expected = [] if scheme else [DP(expected[0].ip, expected[0].port, None, "u", "p")]
+    assert parse_text(token + tail).proxies == expected
+    if expected and all(octet.isdigit() for octet in octets):
         assert ipaddress.ip_address(expected[0].ip).version == 4

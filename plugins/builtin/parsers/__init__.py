@@ -1,0 +1,1 @@
+"""Built-in source parsers: plaintext lists, HTML tables, JSON APIs."""

@@ -54,7 +54,9 @@ _ADDRESS_HEADERS = frozenset(
     }
 )  # fmt: skip
 _PORT_HEADERS = frozenset({"port", "proxy port", "port number", "ports"})
-_PROTOCOL_HEADERS = frozenset({"protocol", "protocols", "type", "types", "proxy type", "proxy protocol", "scheme"})
+_PROTOCOL_HEADERS = frozenset(
+    {"protocol", "protocols", "type", "types", "proxy type", "proxy protocol", "scheme"}
+)
 _HTTPS_HEADERS = frozenset({"https", "ssl", "https support", "ssl support", "supports https"})
 _YES = frozenset({"yes", "y", "true", "1", "+", "✓", "✔"})
 
@@ -206,7 +208,9 @@ def _row_proxies(cells: list[str], columns: _Columns) -> list[DiscoveredProxy]:
             protocols.append(ProxyProtocol.HTTPS)
         if not protocols:
             protocols.append(None)
-    return [DiscoveredProxy(url.host, url.port, protocol, url.username, url.password) for protocol in protocols]
+    return [
+        DiscoveredProxy(url.host, url.port, protocol, url.username, url.password) for protocol in protocols
+    ]
 
 
 def _table_proxies(table: LexborNode) -> tuple[list[DiscoveredProxy], int] | None:
@@ -309,7 +313,9 @@ def parse_body(raw: bytes) -> ParseOutcome:
         tables = _count(page.tables, "table")
         raise ValueError(f"{NAME}: none of {tables} has an address column (IP, Host, Proxy ...)")
     if page.outcome.skipped:
-        raise ValueError(f"{NAME}: none of {_count(page.outcome.skipped, 'table row')} holds a valid proxy address")
+        raise ValueError(
+            f"{NAME}: none of {_count(page.outcome.skipped, 'table row')} holds a valid proxy address"
+        )
     return page.outcome  # proxy tables with a header and no rows: a valid, empty list
 
 

@@ -36,7 +36,18 @@ NAME = "json_api"
 _THREAD_THRESHOLD = 256 * 1024
 
 _LIST_KEYS = ("data", "proxies", "results", "result", "list", "items", "proxy_list", "proxylist")
-_ADDRESS_KEYS = ("ip", "host", "address", "addr", "ip_address", "ipaddress", "ipport", "ip_port", "proxy", "server")
+_ADDRESS_KEYS = (
+    "ip",
+    "host",
+    "address",
+    "addr",
+    "ip_address",
+    "ipaddress",
+    "ipport",
+    "ip_port",
+    "proxy",
+    "server",
+)
 _PORT_KEYS = ("port",)
 _PROTOCOL_KEYS = ("protocols", "protocol", "type", "types", "proxy_type", "scheme")
 _USER_KEYS = ("username", "user", "login")
@@ -158,7 +169,8 @@ def _find_list(doc: Any) -> list[Any]:
     if isinstance(doc, list):
         return doc
     if not isinstance(doc, dict):
-        raise ValueError(f"{NAME}: JSON body is a {type(doc).__name__}, not a list or an object")
+        kind = type(doc).__name__
+        raise ValueError(f"{NAME}: JSON body is a {kind}, not a list or an object")  # noqa: TRY004
     lowered = {str(key).lower(): value for key, value in doc.items()}
     for key in _LIST_KEYS:
         value = lowered.get(key)
@@ -232,7 +244,9 @@ def _loads(raw: bytes) -> Any:
             raise ValueError(f"{NAME}: JSON nested too deeply") from None
         except ValueError:
             start = line.strip()[:20].decode("utf-8", errors="replace")
-            raise ValueError(f"{NAME}: body is neither JSON nor JSON lines (line {number}: {start!r})") from None
+            raise ValueError(
+                f"{NAME}: body is neither JSON nor JSON lines (line {number}: {start!r})"
+            ) from None
     return documents
 
 
@@ -244,7 +258,9 @@ def parse_body(raw: bytes) -> ParseOutcome:
     """Decode and read a fetched body; ValueError (one line) for anything that is not a proxy list."""
     outcome = extract(_loads(raw))
     if not outcome.proxies and outcome.skipped:
-        raise ValueError(f"{NAME}: none of {_count(outcome.skipped, 'list entry', 'list entries')} is a proxy")
+        raise ValueError(
+            f"{NAME}: none of {_count(outcome.skipped, 'list entry', 'list entries')} is a proxy"
+        )
     return outcome
 
 
@@ -263,7 +279,9 @@ class JsonApiParser:
             outcome = await asyncio.to_thread(parse_body, raw)
         else:
             outcome = parse_body(raw)
-        log.debug("source %s: %d proxies, %d entries skipped", source.id, len(outcome.proxies), outcome.skipped)
+        log.debug(
+            "source %s: %d proxies, %d entries skipped", source.id, len(outcome.proxies), outcome.skipped
+        )
         return outcome.proxies
 
     def default_schedule(self) -> str | None:

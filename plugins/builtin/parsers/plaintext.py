@@ -28,7 +28,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from config import Settings
-from plugins import DiscoveredProxy, ProxySource, UpstreamURL
+from plugins import DiscoveredProxy, ProxyProtocol, ProxySource, UpstreamURL
 
 __all__ = ["ParseOutcome", "PlaintextParser", "create_plugin", "parse_body", "parse_text"]
 
@@ -40,10 +40,20 @@ _THREAD_THRESHOLD = 256 * 1024  # bodies above this are parsed off the event loo
 # A dotted-quad IPv4 octet without leading zeros, exactly as ``ipaddress`` accepts it, so the fast
 # path and ``UpstreamURL.parse`` agree on every input (a test holds them to it).
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-# The common case in one regex: ``a.b.c.d:port`` at the start of a line, followed by the end of the
-# line, a column separator or an inline comment.
-_FAST = re.compile(rf"({_OCTET}(?:\.{_OCTET}){{3}}):([1-9]\d{{0,4}})(?=[\s,;|#]|$)")
-_SEPARATORS = re.compile(r"[,;|]")
+# The common cases in one regex: ``[scheme://]a.b.c.d:port`` at the start of a line, followed by the
+# end of the line, a column separator or an inline comment.  Anything else takes the slow path.
+_FAST = re.compile(
+    rf"(?:((?i:https?|socks4a?|socks5h?))://)?({_OCTET}(?:\.{_OCTET}){{3}}):([1-9]\d{{0,4}})(?=[\s,;|#]|$)"
+)
+_SCHEMES: dict[str, ProxyProtocol] = {
+    "http": ProxyProtocol.HTTP,
+    "https": ProxyProtocol.HTTPS,
+    "socks4": ProxyProtocol.SOCKS4,
+    "socks4a": ProxyProtocol.SOCKS4,
+    "socks5": ProxyProtocol.SOCKS5,
+    "socks5h": ProxyProtocol.SOCKS5,
+}
+_SEPARATORS = re.compile(r"[,;|#]")  # column separators, and an inline comment
 
 
 class ParseOutcome(NamedTuple):
@@ -93,7 +103,7 @@ def _parse_line(line: str) -> DiscoveredProxy | None:
     found = _parse_token(first)
     if found is not None:
         return found
-    if _SEPARATORS.search(first):  # "1.2.3.4:8080,US" or "host:port;elite"
+    if _SEPARATORS.search(first):  # "1.2.3.4:8080,US", "host:port;elite", "host:port#comment"
         found = _parse_token(_SEPARATORS.split(first, 1)[0])
         if found is not None:
             return found
@@ -119,18 +129,19 @@ def parse_text(text: str) -> ParseOutcome:
     proxies: list[DiscoveredProxy] = []
     append = proxies.append
     fast_match = _FAST.match
+    schemes = _SCHEMES
     skipped = 0
-    if text.startswith("\ufeff"):
-        text = text[1:]
+    text = text.removeprefix("\ufeff")
     for raw_line in text.splitlines():
         line = raw_line.strip()
         if not line or line[0] == "#" or line.startswith("//"):
             continue
         fast = fast_match(line)  # inlined: this loop is the whole cost of a 100k-line list
         if fast is not None:
-            port = int(fast[2])
+            port = int(fast[3])
             if port <= 65535:
-                append(DiscoveredProxy(fast[1], port))
+                scheme = fast[1]
+                append(DiscoveredProxy(fast[2], port, schemes[scheme.lower()] if scheme else None))
                 continue
         found = _parse_line(line)
         if found is None:

@@ -1,0 +1,601 @@
+"""Gateway bench: proxy-pool against pproxy and against its own upstreams, same run, same upstreams.
+
+Starts real local software (nginx origin; tinyproxy x2 and squid as HTTP upstreams, each on its own
+127.0.0.x and leaving from it), ``proxy-pool serve`` over those three, and pproxy as the comparison
+(``-r URL1 -r URL2 -r URL3 -s rr``, on the default asyncio loop and, through a wrapper, on uvloop), then
+measures with wrk (absolute-URI requests, ``bench/wrk_absolute.lua``):
+
+  (a) keep-alive clients: req/s, p50, p99  (proxy-pool rotates per request; pproxy per connection)
+  (b) ``Connection: close`` clients: req/s, p50, p99
+  (c) CONNECT download of a large file: MB/s through each upstream straight, via proxy-pool, via pproxy
+  (d) (a) and (b) sent straight to one upstream of each software: the ceiling
+  (e) RSS of ``proxy-pool serve`` with 100,000 proxies (half active), and the time of a filtered pick
+
+Run:  python bench/gateway_bench.py [--duration 6] [--format json]
+Needs Debian packages: nginx-light (or nginx), tinyproxy, squid, wrk, curl; Python: pproxy (uvloop optional).
+Every process it starts is killed at the end, even on error.  All traffic stays on 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.upstreams import Origin, Service, Services, free_port, have  # noqa: E402
+
+LUA = Path(__file__).resolve().parent / "wrk_absolute.lua"
+RESULTS = Path(__file__).resolve().parent / "results" / "gateway.md"
+COUNTRIES = ["US", "DE", "FR", "GB", "NL", "RU", "CN", "BR", "IN", "JP",
+             "KR", "CA", "AU", "IT", "ES", "PL", "UA", "SE", "TR", "ID"]  # fmt: skip
+
+
+def say(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# wrk -------------------------------------------------------------------------------------
+@dataclass
+class WrkResult:
+    case: str
+    target: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: dict[str, int]
+    note: str = ""
+
+
+def run_wrk(proxy: tuple[str, int], target_url: str, *, close: bool, duration: float, connections: int,
+            threads: int) -> dict[str, Any]:
+    """One wrk run against ``proxy`` asking for ``target_url``; the Lua script's JSON summary."""
+    env = {**os.environ, "WRK_TARGET": target_url, "WRK_CLOSE": "1" if close else "0"}
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
+            "-s", str(LUA), f"http://{proxy[0]}:{proxy[1]}/"]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration + 30)
+    for line in proc.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            return json.loads(line[len("WRK_JSON "):])
+    raise RuntimeError(f"wrk gave no summary (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-500:]}")
+
+
+def wrk_case(case: str, name: str, proxy: tuple[str, int], target: str, args: argparse.Namespace, *,
+             close: bool, note: str = "") -> WrkResult:
+    raw = run_wrk(proxy, target, close=close, duration=args.duration, connections=args.connections,
+                  threads=args.threads)
+    errors = {k: raw[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "bad_status") if raw[k]}
+    result = WrkResult(case, name, raw["rps"], raw["p50_us"] / 1000, raw["p99_us"] / 1000, raw["requests"],
+                       errors, note)
+    say(f"{case:<12} {name:<32} {result.rps:>9.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
+        + (f"  errors {errors}" if errors else ""))
+    return result
+
+
+# the gateway -----------------------------------------------------------------------------
+class Gateway:
+    """``proxy-pool serve`` as a subprocess in its own process group, with its admin API."""
+
+    def __init__(self, services: Services, work: Path, *, proxies: list[str] | None, db: Path,
+                 extra_config: str = "") -> None:
+        self.work = work
+        work.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.admin_port = free_port()
+        config = work / "proxy-pool.toml"
+        config.write_text('[gateway]\nallowed_connect_ports = "*"\n' + extra_config)
+        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--no-default-sources",
+                "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                "--db", str(db)]
+        if proxies:
+            listing = work / "proxies.txt"
+            listing.write_text("\n".join(proxies) + "\n")
+            argv += ["--proxies", str(listing)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_POOL_")}
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        self.proc = services.spawn(argv, work, env)
+        # registered with the services so their close() kills it too
+        services.services.append(
+            Service("proxy-pool", "proxy-pool", "127.0.0.1", self.port, "http", self.proc, work)
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+    def admin(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def wait_active(self, count: int, timeout: float = 60.0) -> float:
+        """Poll the admin API until ``count`` proxies are active; returns the seconds it took."""
+        start = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                log = (self.work / "stdout.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"proxy-pool serve exited with {self.proc.returncode}:\n{log}")
+            try:
+                total = self.admin("/api/proxies?status=active&limit=1")["total"]
+                if total >= count:
+                    return time.monotonic() - start
+            except OSError:
+                pass
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"fewer than {count} active proxies after {timeout} s")
+            time.sleep(0.1)
+
+    def rss_mb(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) in MB of the serve process."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        return rss / 1024, hwm / 1024
+
+
+# (c) CONNECT downloads -------------------------------------------------------------------
+def curl_tunnel(proxy_url: str, url: str) -> tuple[float, int]:
+    """Download ``url`` through a CONNECT tunnel of ``proxy_url``: (bytes/s, bytes)."""
+    proc = subprocess.run(
+        ["curl", "-s", "-S", "-p", "-x", proxy_url, "-o", "/dev/null", "--max-time", "120",
+         "-w", "%{speed_download} %{size_download} %{http_code}", url],
+        capture_output=True, text=True, timeout=150,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"curl via {proxy_url} failed: {proc.stderr.strip()}")
+    speed, size, code = proc.stdout.split()
+    if code != "200":
+        raise RuntimeError(f"curl via {proxy_url}: HTTP {code}")
+    return float(speed), int(float(size))
+
+
+def bulk_downloads(origin: Origin, upstreams: list[Service], fronts: dict[str, str], reps: int) -> dict[str, Any]:
+    """MB/s through each upstream: straight, and via each rotating front (which upstream carried a
+    download is read from the origin's access log: each upstream leaves from its own address)."""
+    by_exit = {u.exit_host: u for u in upstreams}
+    speeds: dict[str, dict[str, list[float]]] = {u.name: {} for u in upstreams}
+    seq = 0
+
+    def fetch(path_name: str, proxy_url: str) -> str | None:
+        nonlocal seq
+        seq += 1
+        tag = f"{re.sub(r'[^a-z0-9]+', '-', path_name.lower()).strip('-')}-{seq}"
+        speed, size = curl_tunnel(proxy_url, f"{origin.base()}/big.bin?via={tag}")
+        if size != origin.big_size:
+            raise RuntimeError(f"{path_name}: got {size} bytes of {origin.big_size}")
+        peer = origin.peers_by_uri().get(f"/big.bin?via={tag}")
+        upstream = by_exit.get(peer)
+        if upstream is None:
+            raise RuntimeError(f"{path_name}: download left from {peer}, not from a known upstream")
+        speeds[upstream.name].setdefault(path_name, []).append(speed / 1e6)
+        return upstream.name
+
+    for upstream in upstreams:
+        for _ in range(reps):
+            fetch("straight", upstream.url)
+    for name, url in fronts.items():
+        # a rotating front picks the upstream: download until each was used `reps` times (bounded)
+        for _ in range(3 * len(upstreams) * reps):
+            if all(len(speeds[u.name].get(name, [])) >= reps for u in upstreams):
+                break
+            fetch(name, url)
+    out: dict[str, Any] = {}
+    for upstream in upstreams:
+        row = {"software": upstream.software, "exit": upstream.exit_host}
+        for path_name, values in speeds[upstream.name].items():
+            row[path_name] = round(statistics.mean(values), 1)
+        out[upstream.name] = row
+        say(f"(c) {upstream.name:<12} " + "  ".join(f"{k} {v} MB/s" for k, v in row.items() if isinstance(v, float)))
+    return out
+
+
+# (e) memory with a big pool, and the filtered pick -----------------------------------------
+def generated_pool(count: int, seed: int = 7) -> list[tuple[str, int, str, str, str]]:
+    """``count`` distinct (host, port, protocol, country, anonymity) on 127.0.0.0/8 (never dialled
+    during the bench, but even a check would stay on loopback)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        host = f"127.{10 + i // 60000}.{(i // 250) % 240 + 1}.{i % 250 + 1}"
+        out.append((host, 1024 + rng.randrange(60000), rng.choice(["http", "http", "socks5", "socks4"]),
+                    rng.choice(COUNTRIES), rng.choice(["transparent", "anonymous", "elite"])))
+    return out
+
+
+async def write_big_db(path: Path, count: int) -> None:
+    """The generated pool into a fresh store, half active and half dead, all just checked (so the
+    scheduler has nothing due while memory is measured); only the store writes SQL."""
+    from pool.models import AnonymityLevel, ProxyProtocol, ProxyStatus, UpstreamURL
+    from pool.store import SqliteStore
+
+    rows = generated_pool(count)
+    store = await SqliteStore.open(path)
+    try:
+        half = count // 2
+        urls = [UpstreamURL(ProxyProtocol(p), h, port) for h, port, p, _, _ in rows]
+        await store.insert_proxies_bulk(urls[:half], ProxyStatus.ACTIVE)
+        await store.insert_proxies_bulk(urls[half:], ProxyStatus.DEAD)
+        facts = {(h, port, p): (c, a) for h, port, p, c, a in rows}
+        now = datetime.now(UTC)
+        proxies = await store.all_proxies()
+        rng = random.Random(11)
+        for proxy in proxies:
+            country, anonymity = facts[(proxy.host, proxy.port, proxy.protocol.value)]
+            proxy.country = country
+            proxy.anonymity = AnonymityLevel(anonymity)
+            proxy.last_checked = now
+            proxy.latency_ms = rng.uniform(50, 2000)
+            proxy.success_ratio = 1.0
+            proxy.check_history = "1"
+            if proxy.status is ProxyStatus.DEAD:
+                proxy.dead_since = now
+                proxy.consecutive_failures = 1
+                proxy.check_history = "0"
+        await store.save_results([(p, ()) for p in proxies])
+    finally:
+        await store.close()
+
+
+def pick_timings(count: int) -> dict[str, float]:
+    """µs per ``Selector.pick`` on ``count`` proxies (and on 5,000, to show it does not scan)."""
+    from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus, UpstreamURL
+    from pool.selector import Route, Selector
+
+    def selector(n: int) -> Selector:
+        sel = Selector("round_robin")
+        sel.load(
+            Proxy(i + 1, UpstreamURL(ProxyProtocol(p), h, port), status=ProxyStatus.ACTIVE, country=c,
+                  anonymity=AnonymityLevel(a), latency_ms=100.0)
+            for i, (h, port, p, c, a) in enumerate(generated_pool(n))
+        )
+        return sel
+
+    routes = {
+        "any": Route(),
+        "country+protocol": Route(protocol=ProxyProtocol.HTTP, country="DE"),
+        "country+protocol+anonymity": Route(protocol=ProxyProtocol.SOCKS5, country="JP",
+                                            anonymity=AnonymityLevel.ELITE),
+    }
+    out: dict[str, float] = {}
+    for n in (count, 5000):
+        sel = selector(n)
+        for label, route in routes.items():
+            assert sel.pick(route) is not None, f"nothing matches {label} in {n}"
+            number = 200_000
+            best = min(timeit.repeat(lambda: sel.pick(route), number=number, repeat=5))
+            out[f"{label} @ {n}"] = best / number * 1e6
+        # the gateway builds a Route per request: that cost too
+        number = 100_000
+        best = min(timeit.repeat(lambda: sel.pick(Route(protocol=ProxyProtocol.HTTP, country="de")),
+                                 number=number, repeat=5))
+        out[f"Route() + country+protocol pick @ {n}"] = best / number * 1e6
+    for k, v in out.items():
+        say(f"(e) pick {k}: {v:.2f} µs")
+    return out
+
+
+def memory_case(services: Services, work: Path, count: int) -> dict[str, Any]:
+    db = work / "big.db"
+    start = time.monotonic()
+    asyncio.run(write_big_db(db, count))
+    say(f"(e) wrote {count} proxies to {db.name} in {time.monotonic() - start:.1f} s")
+    gw = Gateway(services, work / "gw-big", proxies=None, db=db)
+    took = gw.wait_active(count // 2, timeout=90)
+    # let start-up allocations settle, then sample
+    samples = []
+    for _ in range(10):
+        samples.append(gw.rss_mb()[0])
+        time.sleep(0.2)
+    stats = gw.admin("/api/stats")
+    rss, hwm = gw.rss_mb()
+    result = {
+        "proxies": count,
+        "active": gw.admin("/api/proxies?status=active&limit=1")["total"],
+        "ready_s": round(took, 1),
+        "rss_mb": round(max(samples), 1),
+        "peak_rss_mb": round(hwm, 1),
+        "stats_keys": sorted(stats)[:12],
+    }
+    say(f"(e) serve with {count} proxies: RSS {result['rss_mb']} MB (peak {result['peak_rss_mb']} MB)")
+    _stop_process(gw.proc)
+    return result
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+# profile ---------------------------------------------------------------------------------
+def profile_gateway(gw: Gateway, target: str, args: argparse.Namespace, out: Path) -> list[tuple[str, float]]:
+    """py-spy during one more keep-alive run (not a measured one): the functions with the most own time."""
+    raw = out.with_suffix(".txt")
+    spy = subprocess.Popen(
+        ["py-spy", "record", "--pid", str(gw.proc.pid), "--duration", str(max(2, round(args.duration))),
+         "--rate", "200", "--format", "raw", "--output", str(raw), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        time.sleep(0.5)  # py-spy attaches
+        run_wrk(gw.address, target, close=False, duration=args.duration, connections=args.connections,
+                threads=args.threads)
+        spy.wait(30)
+    finally:
+        if spy.poll() is None:
+            os.killpg(spy.pid, signal.SIGKILL)
+            spy.wait(5)
+    err = spy.stderr.read().decode(errors="replace") if spy.stderr else ""
+    if not raw.exists():
+        say(f"py-spy wrote nothing: {err.strip()[-500:]}")
+        return []
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        count = int(n)
+        total += count
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:25]
+    with open(out.with_name(out.stem + "-top.txt"), "w") as f:
+        f.write(f"{total} samples\n\nown time:\n")
+        for frame, n in top:
+            f.write(f"{100 * n / total:6.2f}%  {frame}\n")
+        f.write("\ninclusive time:\n")
+        for frame, n in sorted(inclusive.items(), key=lambda kv: -kv[1])[:40]:
+            f.write(f"{100 * n / total:6.2f}%  {frame}\n")
+    say(f"profile: {raw} and {out.with_name(out.stem + '-top.txt')}")
+    return [(frame, round(100 * n / total, 2)) for frame, n in top]
+
+
+# report ----------------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        text = (proc.stdout + proc.stderr).strip().splitlines()
+        return text[0] if text else "?"
+
+    try:
+        import uvloop  # noqa: F401
+
+        uv = "yes"
+    except ImportError:
+        uv = "no"
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    import pproxy
+
+    return {
+        "python": platform.python_version(),
+        "uvloop_in_gateway": uv,
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "tinyproxy": first_line(["tinyproxy", "-v"]),
+        "squid": first_line([shutil.which("squid") or "/usr/sbin/squid", "-v"]),
+        "nginx": first_line([shutil.which("nginx") or "/usr/sbin/nginx", "-v"]),
+        "wrk": first_line(["wrk", "-v"]),
+        "pproxy": getattr(pproxy, "__version__", "?"),
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    cfg = data["config"]
+    lines = [
+        f"# Gateway bench ({data['at']})",
+        "",
+        f"Machine: {data['versions']['cpu']}; Python {data['versions']['python']}, uvloop in proxy-pool: "
+        f"{data['versions']['uvloop_in_gateway']}. Origin: {data['versions']['nginx']} (a {cfg['small_bytes']}-byte "
+        f"page, a {cfg['big_mb']} MB file). Upstreams: {', '.join(cfg['upstreams'])}. "
+        f"wrk: {cfg['threads']} threads, {cfg['connections']} connections, {cfg['duration']} s a run; "
+        "everything (wrk, origin, upstreams, proxies) shares the same cores.",
+        "",
+        "| case | target | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in data["wrk"]:
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
+        if r["note"]:
+            errors += f" ({r['note']})"
+        lines.append(f"| {r['case']} | {r['target']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {errors} |")
+    if data.get("bulk"):
+        fronts = [k for k in data["bulk_paths"] if k != "straight"]
+        lines += ["", f"(c) CONNECT download of {cfg['big_mb']} MB (curl -p), MB/s, by the upstream that carried it:", "",
+                  "| upstream | straight | " + " | ".join(fronts) + " |",
+                  "|---|---:|" + "---:|" * len(fronts)]
+        for name, row in data["bulk"].items():
+            straight = row.get("straight")
+            cells = []
+            for front in fronts:
+                v = row.get(front)
+                if v is None:
+                    cells.append("-")
+                elif straight:
+                    cells.append(f"{v:.0f} ({100 * v / straight:.0f} %)")
+                else:
+                    cells.append(f"{v:.0f}")
+            lines.append(f"| {name} ({row['exit']}) | {straight:.0f} | " + " | ".join(cells) + " |")
+    if data.get("memory"):
+        m = data["memory"]
+        lines += ["", "(e) memory and pick:", "", "| figure | value |", "|---|---:|",
+                  f"| RSS of `proxy-pool serve`, {m['proxies']:,} proxies ({m['active']:,} active), idle | {m['rss_mb']:.0f} MB |",
+                  f"| peak RSS of that process (VmHWM, includes start-up) | {m['peak_rss_mb']:.0f} MB |",
+                  f"| start until all {m['active']:,} active are served | {m['ready_s']} s |"]
+        for k, v in data.get("pick_us", {}).items():
+            lines.append(f"| `Selector.pick` {k} | {v:.2f} µs |")
+    if data.get("summary"):
+        lines += ["", "Against the targets of issue 6:", ""]
+        lines += [f"- {s}" for s in data["summary"]]
+    if data.get("profile"):
+        lines += ["", "py-spy, own time during an extra keep-alive run (top 12):", ""]
+        lines += [f"- {pct:.1f} % {frame}" for frame, pct in data["profile"][:12]]
+    return "\n".join(lines) + "\n"
+
+
+def summarise(data: dict[str, Any]) -> list[str]:
+    by = {(r["case"], r["target"]): r for r in data["wrk"]}
+    out = []
+
+    def get(case: str, target: str) -> dict[str, Any] | None:
+        return by.get((case, target))
+
+    for case, goal in (("(a) keep-alive", 1.0), ("(b) close", 2.0)):
+        gw = get(case, "proxy-pool")
+        for front in ("pproxy (asyncio)", "pproxy (uvloop)"):
+            pp = get(case, front)
+            if gw and pp and pp["rps"]:
+                ratio = gw["rps"] / pp["rps"]
+                out.append(f"{case}: proxy-pool {ratio:.2f}x {front} req/s (goal >= {goal:g}x): "
+                           f"{'met' if ratio >= goal else 'NOT met'}")
+    gw = get("(a) keep-alive", "proxy-pool")
+    for r in data["wrk"]:
+        if r["case"] == "(d) keep-alive" and gw:
+            out.append(f"(a) vs {r['target']}: added p50 {gw['p50_ms'] - r['p50_ms']:+.2f} ms (goal <= 1 ms)")
+    for name, row in data.get("bulk", {}).items():
+        if row.get("straight") and row.get("proxy-pool"):
+            pct = 100 * row["proxy-pool"] / row["straight"]
+            out.append(f"(c) through {name}: proxy-pool at {pct:.0f} % of straight (goal >= 70 %): "
+                       f"{'met' if pct >= 70 else 'NOT met'}")
+    m = data.get("memory")
+    if m:
+        out.append(f"(e) RSS {m['rss_mb']:.0f} MB with {m['proxies']:,} proxies (goal < 200 MB): "
+                   f"{'met' if m['rss_mb'] < 200 else 'NOT met'}")
+    return out
+
+
+# main ------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run (default 6)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--big-mb", type=int, default=200, help="size of the CONNECT download")
+    parser.add_argument("--bulk-reps", type=int, default=1, help="downloads per upstream and path")
+    parser.add_argument("--pool-size", type=int, default=100_000, help="proxies for the memory case")
+    parser.add_argument("--skip", action="append", default=[], choices=["a", "b", "c", "d", "e", "uvloop"],
+                        help="leave out a case (repeatable); 'uvloop' leaves out pproxy on uvloop")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the gateway during one extra keep-alive run (needs py-spy)")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file (default bench/results/gateway.md)")
+    args = parser.parse_args(argv)
+
+    missing = [b for b in ("wrk", "curl") if shutil.which(b) is None]
+    missing += [s for s in ("tinyproxy", "squid", "nginx") if not have(s)]
+    if missing:
+        print(f"gateway_bench: missing {', '.join(missing)} (apt-get install wrk curl tinyproxy squid nginx-light)",
+              file=sys.stderr)
+        return 2
+
+    started = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="proxy-pool-bench-"))
+    data: dict[str, Any] = {"at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(),
+                            "wrk": [], "bulk": {}, "bulk_paths": [], "memory": None, "pick_us": {}}
+    try:
+        with Services(log=say) as services:  # its own 0755 temp root: nginx/squid drop privileges
+            origin = services.nginx("127.0.0.1", big_mb=args.big_mb)
+            upstreams = [services.tinyproxy("127.0.0.2"), services.tinyproxy("127.0.0.3"),
+                         services.squid("127.0.0.4")]
+            urls = [u.url for u in upstreams]
+            gw = Gateway(services, work / "gw", proxies=urls, db=work / "gw.db")
+            fronts: dict[str, Service] = {"pproxy (asyncio)": services.pproxy("127.0.0.1", remotes=urls)}
+            if "uvloop" not in args.skip:
+                try:
+                    import uvloop  # noqa: F401
+
+                    fronts["pproxy (uvloop)"] = services.pproxy("127.0.0.1", remotes=urls, uvloop=True)
+                except ImportError:
+                    say("uvloop is not installed: pproxy runs on asyncio only")
+            took = gw.wait_active(len(upstreams))
+            say(f"proxy-pool: {len(upstreams)} upstreams active after {took:.1f} s")
+            data["config"] = {
+                "duration": args.duration, "connections": args.connections, "threads": args.threads,
+                "big_mb": args.big_mb, "small_bytes": origin.small_size,
+                "upstreams": [f"{u.name} on {u.host}" for u in upstreams],
+            }
+            page = f"{origin.base()}/"
+            targets: list[tuple[str, tuple[str, int], str]] = [("proxy-pool", gw.address, "rotates per request")]
+            targets += [(name, (s.host, s.port), "rotates per client connection") for name, s in fronts.items()]
+            for name, address, _ in targets:  # warm-up: pools, caches, first allocations
+                run_wrk(address, page, close=False, duration=1, connections=args.connections, threads=args.threads)
+            for case, close in (("(a) keep-alive", False), ("(b) close", True)):
+                if case[1] in args.skip:
+                    continue
+                for name, address, note in targets:
+                    data["wrk"].append(asdict(wrk_case(case, name, address, page, args, close=close, note=note)))
+            if "d" not in args.skip:
+                seen: set[str] = set()
+                for upstream in upstreams:
+                    if upstream.software in seen:
+                        continue
+                    seen.add(upstream.software)
+                    note = "closes after each answer" if upstream.software == "tinyproxy" else ""
+                    for case, close in (("(d) keep-alive", False), ("(d) close", True)):
+                        data["wrk"].append(asdict(wrk_case(case, f"{upstream.name} straight",
+                                                           (upstream.host, upstream.port), page, args,
+                                                           close=close, note=note)))
+            if "c" not in args.skip:
+                front_urls = {"proxy-pool": f"http://127.0.0.1:{gw.port}"}
+                front_urls.update({name: s.url for name, s in fronts.items()})
+                data["bulk"] = bulk_downloads(origin, upstreams, front_urls, args.bulk_reps)
+                data["bulk_paths"] = ["straight", *front_urls]
+            gw_rss, gw_hwm = gw.rss_mb()
+            data["gateway_rss_after_load_mb"] = round(gw_rss, 1)
+            if args.profile:
+                if shutil.which("py-spy"):
+                    data["profile"] = profile_gateway(gw, page, args, args.output.with_name("gateway-profile"))
+                else:
+                    say("py-spy is not installed: no profile")
+            _stop_process(gw.proc)
+            if "e" not in args.skip:
+                data["memory"] = memory_case(services, work, args.pool_size)
+                data["pick_us"] = pick_timings(args.pool_size)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    data["summary"] = summarise(data)
+    data["seconds"] = round(time.monotonic() - started, 1)
+    text = render(data)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    if args.format == "json":
+        print(json.dumps(data, indent=2))
+    else:
+        print(text)
+    say(f"done in {data['seconds']} s; written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

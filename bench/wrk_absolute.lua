@@ -1,0 +1,35 @@
+-- wrk script: absolute-URI requests (`GET http://ORIGIN/ HTTP/1.1`) sent to a proxy port.
+--
+-- Environment:
+--   WRK_TARGET  the absolute URI to request (required), e.g. http://127.0.0.1:8080/
+--   WRK_CLOSE   "1" to send `Connection: close` (a new client connection per request)
+-- At the end it prints one line `WRK_JSON {...}` with requests, req/s, latency percentiles (µs),
+-- errors and non-2xx/3xx answers, so the caller needs no parsing of wrk's human output.
+
+local target = os.getenv("WRK_TARGET")
+if target == nil or target == "" then
+  error("WRK_TARGET is not set")
+end
+local host = string.match(target, "^%a+://([^/]+)")
+local headers = { ["Host"] = host }
+if os.getenv("WRK_CLOSE") == "1" then
+  headers["Connection"] = "close"
+end
+
+local req = wrk.format("GET", target, headers)
+
+request = function()
+  return req
+end
+
+done = function(summary, latency, requests)
+  local secs = summary.duration / 1e6
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %d, "duration_s": %.3f, "rps": %.1f, "bytes": %d, ' ..
+    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %.1f, ' ..
+    '"connect_errors": %d, "read_errors": %d, "write_errors": %d, "bad_status": %d, "timeouts": %d}\n',
+    summary.requests, secs, summary.requests / secs, summary.bytes,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end

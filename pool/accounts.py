@@ -1,0 +1,464 @@
+"""Gateway users and their credits: passwords, an in-memory balance, a write-behind ledger.
+
+The gateway asks three synchronous questions per request and none touches the disk:
+
+- ``authenticate(name, password)``: the slow salted hash (scrypt) is paid once per user and
+  password; after that a keyed digest of the password is compared in constant time.  A password
+  change drops the cached digest.  Slow verifications that fail are rate limited (per user and in
+  total) so wrong passwords cannot keep the event loop busy hashing.
+- ``charge(user, cost)``: balance check and decrement in one synchronous step (no ``await``), so
+  under any concurrency the balance never goes below zero and no credit is spent twice.
+- ``refund(user, cost)``: gives a charge back (the gateway's own 5xx answers).
+
+Durability: spends and refunds are summed in memory and written as one ledger row per user and
+kind at least every ``credits.flush_interval`` seconds and at ``close()``.  Top-ups are written
+first and applied in memory after the commit.  At start every balance is rebuilt as the sum of
+the user's ledger rows, so "balance = sum of the ledger" holds after each flush.  A clean stop
+loses nothing; a crash (SIGKILL, power loss) loses the spends of at most the last flush interval,
+in the users' favour: credits are never taken twice.
+
+The same flush also reads ledger rows and users written by someone else (``proxy-pool users
+credit`` / ``users add`` run while the gateway serves), so those take effect within one interval.
+
+Events: ``credits.low_balance`` once when a balance drops below the threshold, ``credits.exhausted``
+once when it can no longer pay a request (zero with the default cost 1); both are re-armed only by a
+top-up.  Payloads carry the numeric user id, never the name: names and passwords appear in no log
+and no metric.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.settings import CreditsSettings
+from pool.errors import InvalidInputError, NotFoundError
+from pool.store import Store, UserRecord
+from pool.tasks import TaskSet
+
+__all__ = [
+    "MAX_AMOUNT",
+    "Accounts",
+    "NewUser",
+    "UserView",
+    "add_credits",
+    "create_user",
+    "generate_password",
+    "hash_password",
+    "parse_amount",
+    "validate_name",
+    "verify_password",
+]
+
+log = logging.getLogger("proxy_pool.accounts")
+
+ROUTING_KEYWORDS = frozenset({"country", "session", "protocol", "anonymity"})
+_NAME = re.compile(r"^[A-Za-z0-9_.@+]{1,64}$")
+MAX_AMOUNT = 10**12  # far below SQLite's 2**63, far above any sensible budget
+
+# scrypt: 16 MiB of memory per hash (n * r * 128 bytes), the cost the Python docs suggest for logins
+SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_LEN = 2**14, 8, 1, 32
+_SCRYPT_MAXMEM = 64 * 1024 * 1024
+
+
+# names, amounts, passwords ------------------------------------------------------------------
+def validate_name(name: str) -> str:
+    """A user name usable in ``NAME-country-de:PASSWORD``; raises InvalidInputError saying why."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError("user name must not be empty")
+    if "-" in name:
+        raise InvalidInputError("user name must not contain '-' (it separates routing parameters)")
+    if ":" in name:
+        raise InvalidInputError("user name must not contain ':' (it separates the password)")
+    if name.lower() in ROUTING_KEYWORDS:
+        raise InvalidInputError(f"user name must not be a routing keyword ({', '.join(sorted(ROUTING_KEYWORDS))})")
+    if not _NAME.match(name):
+        raise InvalidInputError("user name: use 1-64 letters, digits, '_', '.', '@' or '+'")
+    return name
+
+
+def parse_amount(value: object, *, what: str = "amount", allow_zero: bool = False) -> int:
+    """An integer credit amount from a CLI string or a JSON value; raises InvalidInputError."""
+    if isinstance(value, bool):
+        raise InvalidInputError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,20}", text):
+            raise InvalidInputError(f"{what} must be an integer, got {value!r}")
+        number = int(text)
+    elif isinstance(value, int):
+        number = value
+    else:
+        raise InvalidInputError(f"{what} must be an integer, got {value!r}")
+    if number < 0 or (number == 0 and not allow_zero):
+        raise InvalidInputError(f"{what} must be {'zero or more' if allow_zero else 'positive'}, got {number}")
+    if number > MAX_AMOUNT:
+        raise InvalidInputError(f"{what} must be at most {MAX_AMOUNT}, got {number}")
+    return number
+
+
+def generate_password() -> str:
+    """192 random bits, URL-safe: no ':' so it fits in ``user:password``."""
+    return secrets.token_urlsafe(24)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$n=16384,r=8,p=1$<salt>$<hash>`` (base64): self-describing, so costs can change later."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_LEN, maxmem=_SCRYPT_MAXMEM
+    )
+    return f"scrypt$n={SCRYPT_N},r={SCRYPT_R},p={SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Recompute the hash with the stored salt and costs; constant-time comparison."""
+    try:
+        scheme, params, salt_b64, digest_b64 = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        costs = dict(part.split("=", 1) for part in params.split(","))
+        n, r, p = int(costs["n"]), int(costs["r"]), int(costs["p"])
+        salt, expected = base64.b64decode(salt_b64), base64.b64decode(digest_b64)
+    except (ValueError, KeyError):
+        return False
+    actual = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(expected), maxmem=max(_SCRYPT_MAXMEM, 256 * n * r)
+    )
+    return hmac.compare_digest(actual, expected)
+
+
+# storage-level operations (the CLI uses these directly; Accounts wraps them) ----------------
+@dataclass(frozen=True)
+class NewUser:
+    record: UserRecord
+    password: str  # shown once, never stored
+
+
+async def create_user(store: Store, name: str, credits: int = 0) -> NewUser:
+    validate_name(name)
+    credits = parse_amount(credits, what="credits", allow_zero=True)
+    password = generate_password()
+    # scrypt releases the GIL: hashing in a thread keeps a serving gateway's loop free
+    record = await store.add_user(name, await asyncio.to_thread(hash_password, password), credits)
+    return NewUser(record, password)
+
+
+async def add_credits(store: Store, name: str, amount: object) -> int:
+    """Write a top-up to the ledger; returns the stored balance."""
+    value = parse_amount(amount)
+    user = await store.get_user(name)
+    await store.append_ledger([(user.id, value, "credit")])
+    return (await store.get_user(name)).balance
+
+
+# the in-memory view -------------------------------------------------------------------------
+class _Bucket:
+    """A token bucket: ``take()`` is False when the budget for slow verifications is spent."""
+
+    __slots__ = ("capacity", "rate", "tokens", "stamp")
+
+    def __init__(self, capacity: float, rate: float) -> None:
+        self.capacity, self.rate = capacity, rate
+        self.tokens, self.stamp = capacity, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+@dataclass(slots=True, eq=False)
+class _Account:
+    id: int
+    name: str
+    password_hash: str
+    balance: int
+    spent: int = 0  # charged since the last flush
+    refunded: int = 0  # refunded since the last flush
+    verified: bytes | None = None  # keyed digest of the password that passed scrypt
+    rejected: list[bytes] = field(default_factory=list)  # digests that failed it (bounded)
+    failures: _Bucket = field(default_factory=lambda: _Bucket(5, 0.5))
+    low_armed: bool = True
+    exhausted_armed: bool = True
+
+    def forget_password(self, password_hash: str) -> None:
+        self.password_hash = password_hash
+        self.verified = None
+        self.rejected.clear()
+
+
+@dataclass(frozen=True)
+class UserView:
+    """What the admin API and the CLI show about a user (no hash, no password)."""
+
+    id: int
+    name: str
+    credits: int
+
+    def public_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "credits": self.credits}
+
+
+class Accounts:
+    """Users and balances in memory, the ledger in the store; see the module docstring."""
+
+    REJECTED_KEEP = 8
+
+    def __init__(
+        self,
+        store: Store,
+        settings: CreditsSettings,
+        *,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_spent: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.on_event = on_event
+        self.on_spent = on_spent
+        self._by_name: dict[str, _Account] = {}
+        self._by_id: dict[int, _Account] = {}
+        self._key = secrets.token_bytes(32)  # keys the cached digests; never leaves this process
+        self._slow_budget = _Bucket(20, 10.0)  # failing scrypt verifications, all users together
+        self._ledger_cursor = 0
+        self._user_rev = 0
+        self._own_rows: set[int] = set()
+        self._unreported = 0  # spent minus refunded, not yet given to on_spent
+        self._lock = asyncio.Lock()
+        self._tasks = TaskSet()
+        self.slow_verifications = 0  # scrypt runs on the request path (tests, stats)
+
+    # lifecycle ------------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, store: Store, settings: CreditsSettings, **kwargs: Any) -> Accounts:
+        accounts = cls(store, settings, **kwargs)
+        await accounts.load()
+        return accounts
+
+    async def load(self) -> None:
+        """Rebuild every balance from the ledger."""
+        users, cursor = await self.store.ledger_state()
+        self._by_name.clear()
+        self._by_id.clear()
+        for record in users:
+            self._remember(record, record.balance)
+        self._ledger_cursor = cursor
+        self._user_rev = max((u.rev for u in users), default=0)
+
+    def start(self) -> None:
+        self._tasks.spawn(self._flush_loop(), name="accounts-flush")
+
+    async def close(self) -> None:
+        """Stop the loop and write what is pending: a clean stop loses nothing."""
+        await self._tasks.close()
+        await self.flush()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.flush_interval)
+            try:
+                # shielded: a stop during a write lets it finish, then close() flushes the rest
+                await asyncio.shield(self.flush())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next round tries again with everything still pending
+                log.error("credit ledger flush failed: %s: %s", type(exc).__name__, exc)
+
+    # the hot path (synchronous, in memory) --------------------------------------------------
+    def _digest(self, password: str) -> bytes:
+        return hmac.digest(self._key, password.encode(), "sha256")
+
+    def authenticate(self, name: str, password: str) -> str | None:
+        account = self._by_name.get(name)
+        if account is None:
+            return None
+        digest = self._digest(password)
+        if account.verified is not None and hmac.compare_digest(digest, account.verified):
+            return account.name
+        if any(hmac.compare_digest(digest, seen) for seen in account.rejected):
+            return None
+        if not account.failures.take() or not self._slow_budget.take():
+            return None  # too many wrong passwords lately: refuse without hashing
+        self.slow_verifications += 1
+        if verify_password(password, account.password_hash):
+            account.verified = digest
+            account.failures.tokens += 1  # a success does not use up the failure budget
+            self._slow_budget.tokens += 1
+            return account.name
+        account.rejected.append(digest)
+        del account.rejected[: -self.REJECTED_KEEP]
+        return None
+
+    def charge(self, user: str, cost: int) -> bool:
+        account = self._by_name.get(user)
+        if account is None:
+            return False
+        before = account.balance
+        if before < cost:
+            self._exhausted(account)
+            return False
+        after = account.balance = before - cost
+        account.spent += cost
+        threshold = self.settings.low_balance_threshold
+        if account.low_armed and after < threshold <= before:
+            account.low_armed = False
+            self._emit("credits.low_balance", user_id=account.id, balance=after, threshold=threshold)
+        if after < max(cost, 1):
+            self._exhausted(account)
+        return True
+
+    def refund(self, user: str, cost: int) -> None:
+        account = self._by_name.get(user)
+        if account is None or cost <= 0:
+            return
+        account.balance += cost
+        account.refunded += cost
+
+    def _exhausted(self, account: _Account) -> None:
+        if account.exhausted_armed:
+            account.exhausted_armed = False
+            self._emit("credits.exhausted", user_id=account.id)
+
+    def _emit(self, type_: str, **payload: Any) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(type_, payload)
+            except Exception:
+                log.exception("credit event %s could not be emitted", type_)
+
+    # reading --------------------------------------------------------------------------------
+    def balance(self, name: str) -> int:
+        account = self._by_name.get(name)
+        if account is None:
+            raise NotFoundError(f"no user named {name!r}")
+        return account.balance
+
+    def users(self) -> list[UserView]:
+        return [UserView(a.id, a.name, a.balance) for a in sorted(self._by_id.values(), key=lambda a: a.id)]
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    # changes (admin API) --------------------------------------------------------------------
+    async def add_user(self, name: str, credits: int = 0) -> NewUser:
+        new = await create_user(self.store, name, credits)
+        async with self._lock:
+            await self._sync()
+        account = self._by_name.get(name)
+        if account is not None and account.password_hash == new.record.password_hash:
+            account.verified = self._digest(new.password)  # we know it: no scrypt on first use
+        return new
+
+    async def credit(self, name: str, amount: object) -> int:
+        """A top-up: written to the ledger first, then applied; returns the new balance."""
+        value = parse_amount(amount)
+        account = self._by_name.get(name)
+        if account is None:
+            record = await self.store.get_user(name)  # NotFoundError, or a user added elsewhere
+            user_id = record.id
+        else:
+            user_id = account.id
+        async with self._lock:
+            await self.store.append_ledger([(user_id, value, "credit")])
+            await self._sync()
+        return self.balance(name)
+
+    async def set_password(self, name: str) -> str:
+        """A new generated password (shown once); the old one stops working at once."""
+        password = generate_password()
+        record = await self.store.set_password(name, await asyncio.to_thread(hash_password, password))
+        async with self._lock:
+            await self._sync()
+        account = self._by_name.get(name)
+        if account is not None and account.password_hash == record.password_hash:
+            account.verified = self._digest(password)
+        return password
+
+    # write-behind ---------------------------------------------------------------------------
+    async def flush(self) -> None:
+        """Write pending spends and refunds as batched ledger rows, then read others' changes."""
+        async with self._lock:
+            batch: list[tuple[int, int, str]] = []
+            taken: list[tuple[_Account, int, int]] = []
+            for account in self._by_id.values():  # no await in this loop: nothing slips between
+                if account.spent or account.refunded:
+                    taken.append((account, account.spent, account.refunded))
+                    if account.spent:
+                        batch.append((account.id, -account.spent, "spend"))
+                    if account.refunded:
+                        batch.append((account.id, account.refunded, "refund"))
+                    account.spent = account.refunded = 0
+            try:
+                ids = await self.store.append_ledger(batch)
+            except BaseException:
+                for account, spent, refunded in taken:  # kept for the next round
+                    account.spent += spent
+                    account.refunded += refunded
+                raise
+            self._own_rows.update(ids)
+            self._unreported += sum(s - r for _, s, r in taken)
+            if self._unreported > 0 and self.on_spent is not None:
+                self.on_spent(self._unreported)
+                self._unreported = 0
+            await self._sync()
+
+    async def _sync(self) -> None:
+        """Apply users and ledger rows written by anyone but this object's flushes."""
+        await self._sync_users()
+        rows = await self.store.ledger_since(self._ledger_cursor)
+        if any(r.user_id not in self._by_id for r in rows):
+            await self._sync_users()  # a user added between the two reads
+        for row in rows:
+            self._ledger_cursor = max(self._ledger_cursor, row.id)
+            if row.id in self._own_rows:
+                self._own_rows.discard(row.id)
+                continue
+            account = self._by_id.get(row.user_id)
+            if account is None:
+                continue
+            account.balance += row.delta
+            if row.kind == "credit":
+                self._rearm(account)
+
+    async def _sync_users(self) -> None:
+        for record in await self.store.users_since(self._user_rev, ledger_upto=self._ledger_cursor):
+            self._user_rev = max(self._user_rev, record.rev)
+            known = self._by_id.get(record.id)
+            if known is None:
+                # balance up to our cursor; the rows after it arrive through ledger_since
+                self._remember(record, record.balance)
+            elif known.password_hash != record.password_hash:
+                known.forget_password(record.password_hash)
+
+    def _remember(self, record: UserRecord, balance: int) -> None:
+        account = _Account(record.id, record.name, record.password_hash, balance)
+        # armed only when there is something to cross: a user loaded (or created) below the
+        # threshold, or broke, gets no event until a top-up lifts the balance
+        account.low_armed = balance >= self.settings.low_balance_threshold
+        account.exhausted_armed = balance >= max(self.settings.cost_per_request, 1)
+        self._by_name[record.name] = account
+        self._by_id[record.id] = account
+
+    def _rearm(self, account: _Account) -> None:
+        if account.balance >= self.settings.low_balance_threshold:
+            account.low_armed = True
+        if account.balance >= max(self.settings.cost_per_request, 1):
+            account.exhausted_armed = True
