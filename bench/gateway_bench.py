@@ -306,7 +306,7 @@ def memory_case(services: Services, work: Path, count: int) -> dict[str, Any]:
     for _ in range(10):
         samples.append(gw.rss_mb()[0])
         time.sleep(0.2)
-    stats = gw.admin("/api/stats")
+    gw.admin("/api/stats")  # the admin answers with the whole pool loaded
     rss, hwm = gw.rss_mb()
     result = {
         "proxies": count,
@@ -314,7 +314,6 @@ def memory_case(services: Services, work: Path, count: int) -> dict[str, Any]:
         "ready_s": round(took, 1),
         "rss_mb": round(max(samples), 1),
         "peak_rss_mb": round(hwm, 1),
-        "stats_keys": sorted(stats)[:12],
     }
     say(f"(e) serve with {count} proxies: RSS {result['rss_mb']} MB (peak {result['peak_rss_mb']} MB)")
     _stop_process(gw.proc)
@@ -335,6 +334,18 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
 def profile_gateway(gw: Gateway, target: str, args: argparse.Namespace, out: Path) -> list[tuple[str, float]]:
     """py-spy during one more keep-alive run (not a measured one): the functions with the most own time."""
     raw = out.with_suffix(".txt")
+    for _ in range(2):  # py-spy sometimes fails to attach to a busy process: once more
+        raw.unlink(missing_ok=True)
+        err = _spy_run(gw, target, args, raw)
+        if raw.exists():
+            break
+    if not raw.exists():
+        say(f"py-spy wrote nothing: {err.strip()[-500:]}")
+        return []
+    return _spy_summary(raw, out)
+
+
+def _spy_run(gw: Gateway, target: str, args: argparse.Namespace, raw: Path) -> str:
     spy = subprocess.Popen(
         ["py-spy", "record", "--pid", str(gw.proc.pid), "--duration", str(max(2, round(args.duration))),
          "--rate", "200", "--format", "raw", "--output", str(raw), "--nonblocking"],
@@ -349,10 +360,10 @@ def profile_gateway(gw: Gateway, target: str, args: argparse.Namespace, out: Pat
         if spy.poll() is None:
             os.killpg(spy.pid, signal.SIGKILL)
             spy.wait(5)
-    err = spy.stderr.read().decode(errors="replace") if spy.stderr else ""
-    if not raw.exists():
-        say(f"py-spy wrote nothing: {err.strip()[-500:]}")
-        return []
+    return spy.stderr.read().decode(errors="replace") if spy.stderr else ""
+
+
+def _spy_summary(raw: Path, out: Path) -> list[tuple[str, float]]:
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0
@@ -420,7 +431,10 @@ def render(data: dict[str, Any]) -> str:
         f"{data['versions']['uvloop_in_gateway']}. Origin: {data['versions']['nginx']} (a {cfg['small_bytes']}-byte "
         f"page, a {cfg['big_mb']} MB file). Upstreams: {', '.join(cfg['upstreams'])}. "
         f"wrk: {cfg['threads']} threads, {cfg['connections']} connections, {cfg['duration']} s a run; "
-        "everything (wrk, origin, upstreams, proxies) shares the same cores.",
+        "everything (wrk, origin, upstreams, proxies) shares the same cores; load average before the run: "
+        f"{data.get('loadavg_before', '?')}. pproxy forwards plain HTTP through an HTTP upstream as one CONNECT "
+        "tunnel per client connection (so in (a) it relays 32 long-lived tunnels); proxy-pool parses every "
+        "request and picks an upstream per request.",
         "",
         "| case | target | req/s | p50 ms | p99 ms | errors |",
         "|---|---|---:|---:|---:|---|",
@@ -496,6 +510,14 @@ def summarise(data: dict[str, Any]) -> list[str]:
 
 
 # main ------------------------------------------------------------------------------------
+def _software_list(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in ("tinyproxy", "squid")]
+    if bad or len(items) < 1:
+        raise argparse.ArgumentTypeError(f"HTTP upstreams are tinyproxy and squid, not {', '.join(bad) or 'nothing'}")
+    return items
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run (default 6)")
@@ -504,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-mb", type=int, default=200, help="size of the CONNECT download")
     parser.add_argument("--bulk-reps", type=int, default=1, help="downloads per upstream and path")
     parser.add_argument("--pool-size", type=int, default=100_000, help="proxies for the memory case")
+    parser.add_argument("--upstreams", type=_software_list, default=["tinyproxy", "tinyproxy", "squid"],
+                        help="comma-separated HTTP upstream software, one process each (default tinyproxy,tinyproxy,squid)")
     parser.add_argument("--skip", action="append", default=[], choices=["a", "b", "c", "d", "e", "uvloop"],
                         help="leave out a case (repeatable); 'uvloop' leaves out pproxy on uvloop")
     parser.add_argument("--profile", action="store_true",
@@ -513,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     missing = [b for b in ("wrk", "curl") if shutil.which(b) is None]
-    missing += [s for s in ("tinyproxy", "squid", "nginx") if not have(s)]
+    missing += [s for s in sorted({*args.upstreams, "nginx"}) if not have(s)]
     if missing:
         print(f"gateway_bench: missing {', '.join(missing)} (apt-get install wrk curl tinyproxy squid nginx-light)",
               file=sys.stderr)
@@ -522,12 +546,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="proxy-pool-bench-"))
     data: dict[str, Any] = {"at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(),
+                            "loadavg_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
                             "wrk": [], "bulk": {}, "bulk_paths": [], "memory": None, "pick_us": {}}
     try:
         with Services(log=say) as services:  # its own 0755 temp root: nginx/squid drop privileges
             origin = services.nginx("127.0.0.1", big_mb=args.big_mb)
-            upstreams = [services.tinyproxy("127.0.0.2"), services.tinyproxy("127.0.0.3"),
-                         services.squid("127.0.0.4")]
+            upstreams = [getattr(services, software)(f"127.0.0.{2 + i}") for i, software in enumerate(args.upstreams)]
             urls = [u.url for u in upstreams]
             gw = Gateway(services, work / "gw", proxies=urls, db=work / "gw.db")
             fronts: dict[str, Service] = {"pproxy (asyncio)": services.pproxy("127.0.0.1", remotes=urls)}

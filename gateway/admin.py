@@ -293,7 +293,5 @@ async def start_admin(pool: ProxyPool, host: str, port: int) -> tuple[web.AppRun
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    server = site._server  # noqa: SLF001  (aiohttp exposes no public way to learn an ephemeral port)
-    assert server is not None
-    sockname = server.sockets[0].getsockname()  # type: ignore[union-attr]
+    sockname = runner.addresses[0]
     return runner, (sockname[0], sockname[1])

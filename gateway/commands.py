@@ -154,7 +154,7 @@ async def _local_judge() -> AsyncIterator[str]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    port = runner.addresses[0][1]
     try:
         yield f"http://127.0.0.1:{port}/judge"
     finally:

@@ -30,9 +30,7 @@ class OriginFormRequest(BadRequest):
     """``GET / HTTP/1.1`` sent to the proxy port: a browser or curl pointed at us as if we were a site."""
 
     def __init__(self) -> None:
-        super().__init__(
-            400, "this is a proxy: send absolute-form requests (GET http://host/...) or CONNECT"
-        )
+        super().__init__(400, "this is a proxy: send absolute-form requests (GET http://host/...) or CONNECT")
 
 
 class BadResponse(GatewayError):

@@ -195,10 +195,7 @@ _REQUEST_DROP = frozenset(
         "host",
     }
 )
-_RESPONSE_DROP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te",
-     "trailer", "upgrade"}
-)
+_RESPONSE_DROP = _REQUEST_DROP - {"host"}
 # A header named in Connection is hop-by-hop too (RFC 9110 7.6.1), except these: dropping the
 # framing or the Host because the client said "Connection: content-length" would desynchronise the
 # upstream from the body we send (request smuggling).
@@ -250,7 +247,8 @@ class Framing:
     UNTIL_CLOSE: ClassVar[Framing]
 
     @staticmethod
-    def LENGTH(n: int) -> Framing:  # noqa: N802 - reads like the other constants
+    def LENGTH(n: int) -> Framing:
+        """Framing by Content-Length (named like the constants it sits beside)."""
         return Framing(FramingKind.LENGTH, n) if n else Framing.NONE
 
 
@@ -506,7 +504,7 @@ def parse_response_head(data: bytes) -> ResponseHead:
     end = text.index("\r\n")
     m = _STATUS_LINE.fullmatch(text, 0, end)
     if m is None:
-        raise BadResponse(f"invalid status line {text[:min(end, 60)]!r}")
+        raise BadResponse(f"invalid status line {text[: min(end, 60)]!r}")
     major, minor, code, reason = m.groups()
     if major != "1" or (minor != "1" and minor != "0"):
         raise BadResponse(f"unsupported HTTP version {major}.{minor} in the response")
@@ -632,8 +630,8 @@ def simple_response(
     """A complete response with a one-line text/plain body (``message`` + "\\n")."""
     body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8")
     parts = [
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
-        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n",
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n",
     ]
     for name, value in headers:
         if "\r" in value or "\n" in value or not _TOKEN.fullmatch(name):
@@ -768,7 +766,7 @@ async def _copy_exact(
 ) -> None:
     remaining = n
     while remaining:
-        data = await reader.read(remaining if remaining < _READ_SIZE else _READ_SIZE)
+        data = await reader.read(min(remaining, _READ_SIZE))
         if not data:
             raise IncompleteBody(f"body ended after {n - remaining} of {n} bytes")
         writer.write(data)

@@ -163,7 +163,13 @@ class Pipeline:
 
     # lifecycle ----------------------------------------------------------------------------
     async def start(self, *, workers: bool = True) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.checker.timeout))
+        # no connector limit: checker.concurrency already bounds the work, and a shared cap of 100
+        # would let black-hole proxies starve live ones of sockets
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            timeout=aiohttp.ClientTimeout(total=self.settings.checker.timeout),
+            trust_env=False,
+        )
         for n in range(self.settings.checker.concurrency if workers else 0):
             self._tasks.spawn(self._worker(), name=f"checker-{n}")
         if self.store is not None:

@@ -74,6 +74,7 @@ class Scheduler:
         self._last_recheck_scan: datetime | None = None
         self._wake = asyncio.Event()
         self._scraping: set[int] = set()
+        self._bad_schedules: set[str] = set()
 
     async def _scrape(self, source: ProxySource) -> None:
         try:
@@ -86,9 +87,15 @@ class Scheduler:
             return source.schedule
         try:
             parser = self.scraper.parser_for(source)
-            return parser.default_schedule() or DEFAULT_SCHEDULE
+            schedule = parser.default_schedule() or DEFAULT_SCHEDULE
         except UnknownParserError:
             return DEFAULT_SCHEDULE
+        if not croniter.is_valid(schedule):  # a plugin's bad default must not stop every source
+            if parser.name not in self._bad_schedules:
+                self._bad_schedules.add(parser.name)
+                log.warning("parser %s: default_schedule %r is not cron, ignored", parser.name, schedule)
+            return DEFAULT_SCHEDULE
+        return schedule
 
     async def start(self) -> None:
         self._tasks.spawn(self._loop(), name="scheduler")
@@ -117,10 +124,10 @@ class Scheduler:
     async def run_once(self) -> None:
         now = self.clock()
         sources = await self.store.list_sources()
+        if not self.settings.default_sources:  # turned off: neither scraped nor reported stale
+            sources = [s for s in sources if s.origin != "default"]
         due = [s for s in sources if source_due(self.schedule_of(s), s.last_run_at, now)]
         for source in due:
-            if source.origin == "default" and not self.settings.default_sources:
-                continue
             if source.id not in self._scraping:
                 self._scraping.add(source.id)
                 self._tasks.spawn(self._scrape(source), name=f"scrape-{source.id}")

@@ -365,6 +365,7 @@ async def cli(*args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.timeout(120)  # a dozen interpreter start-ups
 async def test_cli_users_add_list_credit_and_bad_input(tmp_path: Path):
     """`users add` prints the password once, `list` shows balances, `credit` tops up; mistakes exit 2 in one line."""
     db = str(tmp_path / "cli.db")
@@ -378,7 +379,7 @@ async def test_cli_users_add_list_credit_and_bad_input(tmp_path: Path):
     assert json.loads(out) == [{"id": added["id"], "name": "dave", "credits": 7}]
     code, out, _ = await cli("users", "list", "--db", db)
     assert "dave" in out and "7" in out and added["password"] not in out
-    for bad in (
+    bad_inputs = (
         ("users", "credit", "dave", "-1"),
         ("users", "credit", "dave", "0"),
         ("users", "credit", "dave", "2.5"),
@@ -388,8 +389,9 @@ async def test_cli_users_add_list_credit_and_bad_input(tmp_path: Path):
         ("users", "add", "da-ve"),
         ("users", "add", "protocol"),
         ("users", "add", "erin", "--credits", "-5"),
-    ):
-        code, out, err = await cli(*bad, "--db", db)
+    )
+    results = await asyncio.gather(*(cli(*bad, "--db", db) for bad in bad_inputs))
+    for bad, (code, _, err) in zip(bad_inputs, results, strict=True):
         assert code == 2, bad
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (bad, err)
     code, out, _ = await cli("users", "list", "--format", "json", "--db", db)

@@ -170,7 +170,11 @@ def test_every_key_has_a_one_line_comment_above_it():
 
 def test_sections_follow_the_contract_order():
     """Sections appear in the order the contract lists them."""
-    headers = [m["name"] for line in EXAMPLE.read_text(encoding="utf-8").splitlines() if (m := HEADER_LINE.match(line))]
+    headers = [
+        m["name"]
+        for line in EXAMPLE.read_text(encoding="utf-8").splitlines()
+        if (m := HEADER_LINE.match(line))
+    ]
     positions = [headers.index(name) for name in CONTRACT_ORDER]
     assert positions == sorted(positions), headers
 
@@ -178,7 +182,7 @@ def test_sections_follow_the_contract_order():
 @pytest.mark.parametrize("broken_key", ["gateway.listen", "checker.concurrency"])
 def test_the_walker_notices_a_missing_key(tmp_path, broken_key):
     """Self-check of the test: deleting a documented key from a copy makes it count as missing."""
-    section, key = broken_key.split(".")
+    _, key = broken_key.split(".")
     text = EXAMPLE.read_text(encoding="utf-8")
     copy = "\n".join(line for line in text.splitlines() if not line.startswith(f"{key} = "))
     assert broken_key not in documented_keys(copy)

@@ -49,13 +49,31 @@ def get(*headers: str, target: str = "http://example.org/a?b=1", version: str = 
 def test_absolute_form_fields() -> None:
     """A browser-style absolute-form GET yields host, port, origin-form path and its headers in order."""
     head = parse_request_head(
-        raw("GET http://Example.ORG:8080/p/q?x=1&y=%20 HTTP/1.1", "Host: example.org", "User-Agent:  curl/8.5  ",
-            "accept: */*")
+        raw(
+            "GET http://Example.ORG:8080/p/q?x=1&y=%20 HTTP/1.1",
+            "Host: example.org",
+            "User-Agent:  curl/8.5  ",
+            "accept: */*",
+        )
     )
-    assert (head.method, head.target, head.version) == ("GET", "http://Example.ORG:8080/p/q?x=1&y=%20", "HTTP/1.1")
-    assert (head.host, head.port, head.path, head.is_connect) == ("example.org", 8080, "/p/q?x=1&y=%20", False)
+    assert (head.method, head.target, head.version) == (
+        "GET",
+        "http://Example.ORG:8080/p/q?x=1&y=%20",
+        "HTTP/1.1",
+    )
+    assert (head.host, head.port, head.path, head.is_connect) == (
+        "example.org",
+        8080,
+        "/p/q?x=1&y=%20",
+        False,
+    )
     assert head.headers == [("Host", "example.org"), ("User-Agent", "curl/8.5"), ("accept", "*/*")]
-    assert (head.content_length, head.chunked, head.keep_alive, head.expect_continue) == (None, False, True, False)
+    assert (head.content_length, head.chunked, head.keep_alive, head.expect_continue) == (
+        None,
+        False,
+        True,
+        False,
+    )
     assert (head.proxy_authorization, head.pool_params, head.upgrade) == (None, {}, None)
 
 
@@ -78,7 +96,11 @@ def test_absolute_form_variants(target: str, host: str, port: int, path: str) ->
 
 @pytest.mark.parametrize(
     ("target", "host", "port"),
-    [("example.org:443", "example.org", 443), ("[2001:db8::2]:8443", "2001:db8::2", 8443), ("10.0.0.1:1", "10.0.0.1", 1)],
+    [
+        ("example.org:443", "example.org", 443),
+        ("[2001:db8::2]:8443", "2001:db8::2", 8443),
+        ("10.0.0.1:1", "10.0.0.1", 1),
+    ],
 )
 def test_connect_target(target: str, host: str, port: int) -> None:
     """CONNECT takes authority-form host:port, IPv6 in brackets, and has an empty path."""
@@ -108,8 +130,12 @@ def test_keep_alive(version: str, headers: list[str], keep_alive: bool) -> None:
 def test_routing_and_auth_headers() -> None:
     """X-Proxy-Pool-* become pool_params by lower-case suffix; Proxy-Authorization and Upgrade are kept."""
     head = parse_request_head(
-        get("X-Proxy-Pool-Country: DE", "x-proxy-pool-SESSION: s1", "Proxy-Authorization: Basic YTpi",
-            "Upgrade: websocket")
+        get(
+            "X-Proxy-Pool-Country: DE",
+            "x-proxy-pool-SESSION: s1",
+            "Proxy-Authorization: Basic YTpi",
+            "Upgrade: websocket",
+        )
     )
     assert head.pool_params == {"country": "DE", "session": "s1"}
     assert head.proxy_authorization == "Basic YTpi"
@@ -180,7 +206,11 @@ MALFORMED = [
     (b"GET http://example.org/ HTTP/1.1\r\nHost: x\nX-A: 1\r\n\r\n", 400, "bare LF"),
     (get("Host: again"), 400, "more than one Host"),
     # framing
-    (get("Content-Length: 5", "Transfer-Encoding: chunked"), 400, "both Content-Length and Transfer-Encoding"),
+    (
+        get("Content-Length: 5", "Transfer-Encoding: chunked"),
+        400,
+        "both Content-Length and Transfer-Encoding",
+    ),
     (get("Content-Length: 5", "Content-Length: 6"), 400, "repeated Content-Length"),
     (get("Content-Length: 5", "Content-Length: 5"), 400, "repeated Content-Length"),
     (get("Content-Length: 5, 5"), 400, "invalid Content-Length"),
@@ -217,7 +247,11 @@ MALFORMED = [
     (raw("CONNECT u@example.org:443 HTTP/1.1"), 400, "userinfo"),
     (raw("CONNECT http://example.org:443/ HTTP/1.1"), 400, "malformed CONNECT target"),
     (raw("CONNECT example.org:443 HTTP/1.1", "Content-Length: 3"), 400, "CONNECT request with a body"),
-    (raw("CONNECT example.org:443 HTTP/1.1", "Transfer-Encoding: chunked"), 400, "CONNECT request with a body"),
+    (
+        raw("CONNECT example.org:443 HTTP/1.1", "Transfer-Encoding: chunked"),
+        400,
+        "CONNECT request with a body",
+    ),
     # duplicates that would make routing or auth ambiguous
     (get("X-Proxy-Pool-Country: de", "X-Proxy-Pool-Country: fr"), 400, "X-Proxy-Pool-Country"),
     (get("X-Proxy-Pool-: x"), 400, "X-Proxy-Pool-"),
@@ -291,7 +325,10 @@ def test_connection_cannot_strip_framing() -> None:
 def test_forward_version_and_host_forms() -> None:
     """HTTP/1.0 requests go out as HTTP/1.1; IPv6 hosts are bracketed; the default port is omitted."""
     head = parse_request_head(raw("GET http://[::1]:8000/ HTTP/1.0"))
-    assert forward_request_head(head, absolute=True) == b"GET http://[::1]:8000/ HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n"
+    assert (
+        forward_request_head(head, absolute=True)
+        == b"GET http://[::1]:8000/ HTTP/1.1\r\nHost: [::1]:8000\r\n\r\n"
+    )
     head = parse_request_head(raw("HEAD http://example.org:80 HTTP/1.1", "Host: example.org:80"))
     assert forward_request_head(head, absolute=False) == b"HEAD / HTTP/1.1\r\nHost: example.org\r\n\r\n"
 
@@ -301,7 +338,9 @@ def test_connect_helpers() -> None:
     assert connect_request_head("::1", 443, extra=[("Proxy-Authorization", "Basic x")]) == (
         b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\nProxy-Authorization: Basic x\r\n\r\n"
     )
-    head = parse_request_head(raw("CONNECT example.org:443 HTTP/1.1", "Host: example.org:443", "User-Agent: c"))
+    head = parse_request_head(
+        raw("CONNECT example.org:443 HTTP/1.1", "Host: example.org:443", "User-Agent: c")
+    )
     assert forward_request_head(head, absolute=True) == (
         b"CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\nUser-Agent: c\r\n\r\n"
     )
@@ -317,7 +356,12 @@ def test_parse_response_head() -> None:
     """A status line, headers in order, length and persistence come out; a missing reason is tolerated."""
     resp = parse_response_head(raw("HTTP/1.1 200 OK", "Content-Length: 12", "Set-Cookie: a=\x01b", "X: y"))
     assert (resp.version, resp.status, resp.reason, resp.content_length, resp.chunked, resp.keep_alive) == (
-        "HTTP/1.1", 200, "OK", 12, False, True
+        "HTTP/1.1",
+        200,
+        "OK",
+        12,
+        False,
+        True,
     )
     assert resp.headers[1] == ("Set-Cookie", "a=\x01b")
     resp = parse_response_head(raw("HTTP/1.0 404", "Content-Length: 3, 3", "Content-Length: 3"))
@@ -364,7 +408,11 @@ def test_malformed_responses(data: bytes) -> None:
         (raw("HTTP/1.1 204 No Content", "Content-Length: 5"), "GET", Framing.NONE),
         (raw("HTTP/1.1 304 Not Modified", "Transfer-Encoding: chunked"), "GET", Framing.NONE),
         (raw("HTTP/1.1 200 Connection established"), "CONNECT", Framing.NONE),
-        (raw("HTTP/1.1 407 Proxy Authentication Required", "Content-Length: 4"), "CONNECT", Framing.LENGTH(4)),
+        (
+            raw("HTTP/1.1 407 Proxy Authentication Required", "Content-Length: 4"),
+            "CONNECT",
+            Framing.LENGTH(4),
+        ),
     ],
 )
 def test_response_body_framing(head: bytes, method: str, framing: Framing) -> None:
@@ -375,11 +423,19 @@ def test_response_body_framing(head: bytes, method: str, framing: Framing) -> No
 def test_forward_response_head() -> None:
     """Hop-by-hop, Proxy-* and spoofed X-Proxy-Pool-* headers go; our Connection and extras are added."""
     resp = parse_response_head(
-        raw("HTTP/1.1 200 Fine", "Connection: X-Hop, keep-alive", "X-Hop: 1", "Keep-Alive: timeout=4",
-            "Proxy-Authenticate: Basic", "X-Proxy-Pool-Upstream: spoof", "Content-Length: 2", "ETag: \"x\"")
+        raw(
+            "HTTP/1.1 200 Fine",
+            "Connection: X-Hop, keep-alive",
+            "X-Hop: 1",
+            "Keep-Alive: timeout=4",
+            "Proxy-Authenticate: Basic",
+            "X-Proxy-Pool-Upstream: spoof",
+            "Content-Length: 2",
+            'ETag: "x"',
+        )
     )
     assert forward_response_head(resp, keep_alive=True, extra=[("X-Proxy-Pool-Upstream", "7")]) == (
-        b"HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nETag: \"x\"\r\nX-Proxy-Pool-Upstream: 7\r\n"
+        b'HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nETag: "x"\r\nX-Proxy-Pool-Upstream: 7\r\n'
         b"Connection: keep-alive\r\n\r\n"
     )
     resp = parse_response_head(raw("HTTP/1.0 404", "Content-Length: 0"))
@@ -403,7 +459,9 @@ def test_forward_response_head_dechunked_for_http10() -> None:
 
 def test_forward_switching_protocols() -> None:
     """A 101 keeps Upgrade and says Connection: upgrade."""
-    resp = parse_response_head(raw("HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade"))
+    resp = parse_response_head(
+        raw("HTTP/1.1 101 Switching Protocols", "Upgrade: websocket", "Connection: Upgrade")
+    )
     assert forward_response_head(resp, keep_alive=True) == (
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
     )
@@ -416,7 +474,9 @@ def test_forward_switching_protocols() -> None:
 
 def test_simple_response_round_trips() -> None:
     """Our 407 parses as a valid response with its one-line body, length and extra header."""
-    data = simple_response(407, "proxy authentication required", headers=[("Proxy-Authenticate", 'Basic realm="proxy-pool"')])
+    data = simple_response(
+        407, "proxy authentication required", headers=[("Proxy-Authenticate", 'Basic realm="proxy-pool"')]
+    )
     head, _, body = data.partition(b"\r\n\r\n")
     resp = parse_response_head(head + b"\r\n\r\n")
     assert (resp.status, resp.reason, resp.keep_alive) == (407, "Proxy Authentication Required", False)
@@ -654,7 +714,9 @@ async def test_copy_chunked_verbatim_with_extensions_and_trailers() -> None:
 async def test_copy_chunked_dechunk() -> None:
     """dechunk=True writes only the data (for an HTTP/1.0 client)."""
     pieces = [payload(n, seed=n) for n in (5, 65536, 1, 200000)]
-    received, _, _, error, _ = await pump(chunked(pieces, ext=True, trailers=b"A: b\r\n"), Framing.CHUNKED, dechunk=True)
+    received, _, _, error, _ = await pump(
+        chunked(pieces, ext=True, trailers=b"A: b\r\n"), Framing.CHUNKED, dechunk=True
+    )
     assert error is None and received == b"".join(pieces)
 
 

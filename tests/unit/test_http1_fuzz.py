@@ -27,7 +27,7 @@ VALID = (
     b"POST http://example.org:8080/p?q=1 HTTP/1.1\r\nHost: example.org\r\nUser-Agent: curl/8\r\n"
     b"Connection: keep-alive, X-A\r\nX-A: 1\r\nX-Proxy-Pool-Country: de\r\nContent-Length: 3\r\n\r\n"
 )
-HEAD_BYTES = st.sampled_from(list(b"\r\n\t :;,/?#@[]\"\x00\x01\x7f\x80\xff0aZ-") + list(range(256)))
+HEAD_BYTES = st.sampled_from(list(b'\r\n\t :;,/?#@[]"\x00\x01\x7f\x80\xff0aZ-') + list(range(256)))
 
 
 def _only_bad_request(data: bytes) -> RequestHead | None:
@@ -52,9 +52,13 @@ def test_arbitrary_bytes_only_raise_bad_request(data: bytes) -> None:
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, len(VALID) - 5), st.binary(min_size=0, max_size=4)), max_size=4),
-       st.lists(st.integers(0, len(VALID) - 5), max_size=3))
-def test_mutated_valid_head_only_raises_bad_request(inserts: list[tuple[int, bytes]], deletes: list[int]) -> None:
+@given(
+    st.lists(st.tuples(st.integers(0, len(VALID) - 5), st.binary(min_size=0, max_size=4)), max_size=4),
+    st.lists(st.integers(0, len(VALID) - 5), max_size=3),
+)
+def test_mutated_valid_head_only_raises_bad_request(
+    inserts: list[tuple[int, bytes]], deletes: list[int]
+) -> None:
     """A valid head with bytes inserted and deleted near the structure parses or raises BadRequest."""
     data = bytearray(VALID)
     for at in deletes:
@@ -91,8 +95,17 @@ def test_arbitrary_response_bytes_only_raise_bad_response(data: bytes) -> None:
 # round trip of valid requests
 # --------------------------------------------------------------------------------------------
 
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authorization", "proxy-authenticate", "te",
-              "trailer", "upgrade", "host"}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+    "host",
+}
 RESERVED = HOP_BY_HOP | {"content-length", "transfer-encoding", "expect"}
 
 TCHARS = "-!#$%&'*+.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -116,9 +129,16 @@ paths = st.builds(
 )
 methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "PURGE", "M-SEARCH"])
 hop_headers = st.sampled_from(
-    [("Connection", "keep-alive"), ("Proxy-Connection", "keep-alive"), ("Keep-Alive", "timeout=5"),
-     ("TE", "trailers"), ("Proxy-Authorization", "Basic YTpi"), ("X-Proxy-Pool-Session", "s1"),
-     ("Upgrade", "h2c"), ("Trailer", "X-Sum")]
+    [
+        ("Connection", "keep-alive"),
+        ("Proxy-Connection", "keep-alive"),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("Proxy-Authorization", "Basic YTpi"),
+        ("X-Proxy-Pool-Session", "s1"),
+        ("Upgrade", "h2c"),
+        ("Trailer", "X-Sum"),
+    ]
 )
 
 
@@ -142,8 +162,12 @@ def requests(draw: st.DrawFn) -> tuple[bytes, str, str, int, str, list[tuple[str
         lines.append(f"{name}:{draw(ows)}{value}{draw(ows)}")
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     dropped = {n.lower() for n in named}
-    expected = [mixed[i] for i in order if mixed[i][0].lower() not in HOP_BY_HOP | dropped
-                and not mixed[i][0].lower().startswith("x-proxy-pool-")]
+    expected = [
+        mixed[i]
+        for i in order
+        if mixed[i][0].lower() not in HOP_BY_HOP | dropped
+        and not mixed[i][0].lower().startswith("x-proxy-pool-")
+    ]
     return data, method, host, port, path, expected
 
 
@@ -168,13 +192,22 @@ def test_valid_requests_round_trip(case: tuple[bytes, str, str, int, str, list[t
 # --------------------------------------------------------------------------------------------
 
 extensions = st.lists(
-    st.tuples(ows, tokens, st.one_of(st.none(), tokens, st.text(VCHARS.replace('"', "").replace("\\", "") + " ",
-                                                                  max_size=10).map(lambda v: f'"{v}"'))),
+    st.tuples(
+        ows,
+        tokens,
+        st.one_of(
+            st.none(),
+            tokens,
+            st.text(VCHARS.replace('"', "").replace("\\", "") + " ", max_size=10).map(lambda v: f'"{v}"'),
+        ),
+    ),
     max_size=2,
 )
 
 
-def _encode(pieces: list[tuple[bytes, list[tuple[str, str, str | None]]]], trailers: list[tuple[str, str]]) -> bytes:
+def _encode(
+    pieces: list[tuple[bytes, list[tuple[str, str, str | None]]]], trailers: list[tuple[str, str]]
+) -> bytes:
     out = []
     for data, exts in pieces:
         ext = "".join(f"{sp};{name}" + (f"={val}" if val is not None else "") for sp, name, val in exts)
@@ -183,7 +216,7 @@ def _encode(pieces: list[tuple[bytes, list[tuple[str, str, str | None]]]], trail
     return b"".join(out)
 
 
-async def _copy_through_sockets(data: bytes, **kwargs: bool) -> tuple[bytes, bytes]:
+async def _copy_through_sockets(data: bytes, *, dechunk: bool = False) -> tuple[bytes, bytes]:
     a, b = socket.socketpair()
     c, d = socket.socketpair()
     writers = []
@@ -196,7 +229,7 @@ async def _copy_through_sockets(data: bytes, **kwargs: bool) -> tuple[bytes, byt
         feed_w.write(data + b"REST")
         feed_w.write_eof()
         sink = asyncio.ensure_future(sink_r.read())
-        await copy_body(src_r, dst_w, Framing.CHUNKED, **kwargs)
+        await copy_body(src_r, dst_w, Framing.CHUNKED, dechunk=dechunk)
         dst_w.write_eof()
         return await sink, await src_r.read()
     finally:

@@ -9,11 +9,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from config.settings import CheckerSettings
-from pool.lifecycle import HISTORY, LATENCY_WEIGHT, LEGAL, RunVerdict, apply_run, is_due, next_check_at, should_remove
+from pool.lifecycle import (
+    HISTORY,
+    LATENCY_WEIGHT,
+    LEGAL,
+    RunVerdict,
+    apply_run,
+    is_due,
+    next_check_at,
+    should_remove,
+)
 from pool.models import AnonymityLevel, Proxy, ProxyStatus, UpstreamURL
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
-CHECKER = CheckerSettings(recheck_interval=600, dead_backoff=100, dead_backoff_max=1000, remove_dead_after=3600)
+CHECKER = CheckerSettings(
+    recheck_interval=600, dead_backoff=100, dead_backoff_max=1000, remove_dead_after=3600
+)
 
 
 def proxy(**kwargs) -> Proxy:

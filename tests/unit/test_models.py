@@ -28,8 +28,8 @@ ports = st.integers(min_value=1, max_value=65535)
 ipv4 = st.ip_addresses(v=4).map(str)
 ipv6 = st.ip_addresses(v=6).map(str)
 label = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?\Z")
-hostnames = st.lists(label, min_size=1, max_size=4).map(".".join).filter(
-    lambda h: not h.split(".")[-1].isdigit()
+hostnames = (
+    st.lists(label, min_size=1, max_size=4).map(".".join).filter(lambda h: not h.split(".")[-1].isdigit())
 )
 hosts = st.one_of(ipv4, ipv6, hostnames)
 secrets_text = st.text(
@@ -137,7 +137,9 @@ def test_roundtrip_with_any_credentials(protocol, host, port, user, password):
     assert UpstreamURL.parse(up.url) == up
 
 
-@given(protocols, hosts, ports, secrets_text, st.text(alphabet="abcdefghijk0123456789", min_size=6, max_size=12))
+@given(
+    protocols, hosts, ports, secrets_text, st.text(alphabet="abcdefghijk0123456789", min_size=6, max_size=12)
+)
 def test_display_never_shows_the_password(protocol, host, port, user, password):
     """Property: the display form masks the password as *** and keeps the rest."""
     up = UpstreamURL(protocol, host, port, user, password)
@@ -153,7 +155,8 @@ def test_display_masks_password_example():
 
 
 @pytest.mark.xfail(
-    strict=True, reason="BUG: UpstreamURL.parse accepts an unbracketed IPv6 host, guessing where the port starts"
+    strict=True,
+    reason="BUG: UpstreamURL.parse accepts an unbracketed IPv6 host, guessing where the port starts",
 )
 @pytest.mark.parametrize("text", ["http://2001:db8::1:80", "2001:db8::1:80", "socks5://u:p@::1:1080"])
 def test_unbracketed_ipv6_is_refused(text):
@@ -162,7 +165,9 @@ def test_unbracketed_ipv6_is_refused(text):
         UpstreamURL.parse(text, default_protocol="http")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: UpstreamURL.parse accepts non-ASCII digits in the port (str.isdigit)")
+@pytest.mark.xfail(
+    strict=True, reason="BUG: UpstreamURL.parse accepts non-ASCII digits in the port (str.isdigit)"
+)
 @pytest.mark.parametrize("text", ["1.2.3.4:８０８０", "1.2.3.4:٨٠"])
 def test_port_must_be_ascii_digits(text):
     """A port written in full-width or Arabic-Indic digits is not a port."""
@@ -186,14 +191,18 @@ def test_partial_credentials_roundtrip(text):
 
 def test_discovered_proxy_to_upstream():
     """A parser's find becomes an UpstreamURL: its protocol, else the source default; credentials kept."""
-    assert DiscoveredProxy("1.2.3.4", 80).to_upstream("socks5") == UpstreamURL(ProxyProtocol.SOCKS5, "1.2.3.4", 80)
+    assert DiscoveredProxy("1.2.3.4", 80).to_upstream("socks5") == UpstreamURL(
+        ProxyProtocol.SOCKS5, "1.2.3.4", 80
+    )
     assert DiscoveredProxy("1.2.3.4", 80, "http").to_upstream("socks5").protocol is ProxyProtocol.HTTP
     assert DiscoveredProxy("2001:DB8::1", 1, username="u", password="p").to_upstream("http") == UpstreamURL(
         ProxyProtocol.HTTP, "2001:db8::1", 1, "u", "p"
     )
 
 
-@pytest.mark.parametrize(("ip", "port"), [("1.2.3.4", 0), ("1.2.3.4", 70000), ("not a host", 80), ("1.2.3", 80)])
+@pytest.mark.parametrize(
+    ("ip", "port"), [("1.2.3.4", 0), ("1.2.3.4", 70000), ("not a host", 80), ("1.2.3", 80)]
+)
 def test_discovered_proxy_invalid_is_value_error(ip, port):
     """An invalid find raises ValueError so a parser can skip and count it."""
     with pytest.raises(ValueError):
@@ -226,8 +235,19 @@ def test_proxy_public_dict_has_no_credentials():
     )
     d = p.public_dict()
     assert set(d) == {
-        "id", "url", "protocol", "host", "port", "status", "anonymity", "country", "exit_ip",
-        "latency_ms", "success_ratio", "last_checked", "source_id",
+        "id",
+        "url",
+        "protocol",
+        "host",
+        "port",
+        "status",
+        "anonymity",
+        "country",
+        "exit_ip",
+        "latency_ms",
+        "success_ratio",
+        "last_checked",
+        "source_id",
     }
     assert d["url"] == "socks5://bob:***@10.1.2.3:1080"
     assert "pa55word" not in repr(d)
@@ -248,7 +268,7 @@ def test_proxy_identity_is_its_id():
     up = UpstreamURL.parse("http://1.2.3.4:80")
     a, b = Proxy(1, up), Proxy(1, up)
     assert hash(a) == hash(b) == 1
-    assert a != b and a == a
+    assert a != b  # identity, not field equality
     assert a.protocol is ProxyProtocol.HTTP and a.host == "1.2.3.4" and a.port == 80
 
 
@@ -264,8 +284,14 @@ def test_check_public_dict():
     """A check-log row's API shape."""
     at = datetime(2024, 5, 1, tzinfo=UTC)
     d = ProxyCheck(1, "tcp_connect", 1, True, "ok", 3.14159, at).public_dict()
-    assert d == {"checker": "tcp_connect", "stage": 1, "passed": True, "detail": "ok", "latency_ms": 3.1,
-                 "at": at.isoformat()}
+    assert d == {
+        "checker": "tcp_connect",
+        "stage": 1,
+        "passed": True,
+        "detail": "ok",
+        "latency_ms": 3.1,
+        "at": at.isoformat(),
+    }
 
 
 def test_event_wire_shape():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from plugins import CheckResult, Event, PluginConflictError, PluginRegistry, PluginValidationError
-from plugins.registry import PluginInfo, UnknownParserError, kind_of
 from plugins.protocols import Notifier, ProxyChecker, SourceParser
+from plugins.registry import PluginInfo, UnknownParserError, kind_of
 
 
 class Parser:
@@ -190,7 +190,12 @@ def test_parser_for_url_first_supporting_one_wins_and_broken_supports_is_skipped
             raise RuntimeError("boom")
 
     reg = PluginRegistry()
-    broken, txt, txt2, js = Broken("broken", ""), Parser("txt", ".txt"), Parser("txt2", ".txt"), Parser("js", ".json")
+    broken, txt, txt2, js = (
+        Broken("broken", ""),
+        Parser("txt", ".txt"),
+        Parser("txt2", ".txt"),
+        Parser("js", ".json"),
+    )
     for p in (broken, txt, txt2, js):
         reg.register(p)
     assert reg.get_parser_for_url("https://x.test/list.txt") is txt

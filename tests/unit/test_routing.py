@@ -43,7 +43,9 @@ def test_contract_example_with_user_name():
 
 def test_all_parameters_in_any_order():
     """Each parameter once, in any order; values normalised (country upper, enums lower)."""
-    name, route = route_for("bob-anonymity-ELITE-protocol-SOCKS5-session-s.1_a-country-us", {}, with_name=True)
+    name, route = route_for(
+        "bob-anonymity-ELITE-protocol-SOCKS5-session-s.1_a-country-us", {}, with_name=True
+    )
     assert name == "bob"
     assert route == Route(
         protocol=ProxyProtocol.SOCKS5, country="US", anonymity=AnonymityLevel.ELITE, session="s.1_a"
@@ -115,7 +117,9 @@ def test_malformed_value_names_the_part(params, part):
 
 
 @given(
-    name=st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z").filter(lambda n: n not in ("country", "session", "protocol", "anonymity")),
+    name=st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z").filter(
+        lambda n: n not in ("country", "session", "protocol", "anonymity")
+    ),
     country=st.none() | st.from_regex(r"\A[A-Za-z]{2}\Z"),
     session=st.none() | st.from_regex(r"\A[A-Za-z0-9_.]{1,64}\Z"),
     protocol=st.none() | st.sampled_from(list(ProxyProtocol)),
@@ -154,7 +158,12 @@ def test_headers_alone_give_the_route():
         "x-proxy-pool-protocol: socks4",
         "X-PROXY-POOL-ANONYMITY: anonymous",
     )
-    assert h.pool_params == {"country": "fr", "session": "abc", "protocol": "socks4", "anonymity": "anonymous"}
+    assert h.pool_params == {
+        "country": "fr",
+        "session": "abc",
+        "protocol": "socks4",
+        "anonymity": "anonymous",
+    }
     _, route = route_for(None, h.pool_params, with_name=False)
     assert route == Route(
         protocol=ProxyProtocol.SOCKS4, country="FR", anonymity=AnonymityLevel.ANONYMOUS, session="abc"
@@ -202,14 +211,23 @@ def test_routing_headers_are_not_forwarded():
 
 def test_basic_credentials_decode():
     """Basic user:pass; the password may contain colons."""
-    assert parse_proxy_authorization(basic("alice-country-de", "pa:ss")) == Credentials("alice-country-de", "pa:ss")
+    assert parse_proxy_authorization(basic("alice-country-de", "pa:ss")) == Credentials(
+        "alice-country-de", "pa:ss"
+    )
     assert parse_proxy_authorization("basic " + base64.b64encode(b"u:p").decode()) == Credentials("u", "p")
 
 
 @pytest.mark.parametrize(
     "value",
-    [None, "", "Bearer abc", "Basic", "Basic !!!notbase64", "Basic " + base64.b64encode(b"nocolon").decode(),
-     "Basic " + base64.b64encode(b"\xff\xfe:x").decode()],
+    [
+        None,
+        "",
+        "Bearer abc",
+        "Basic",
+        "Basic !!!notbase64",
+        "Basic " + base64.b64encode(b"nocolon").decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:x").decode(),
+    ],
 )
 def test_unusable_proxy_authorization_is_none(value):
     """Absent, not Basic, not base64, no colon, not UTF-8: no credentials (the server answers 407 if needed)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from itertools import count
+from itertools import count, pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -156,7 +156,9 @@ def test_index_stays_exact_through_updates_removals_and_benching(ops, route, str
             sel.report(live[pid], ok)
     assert sel.benched == benched
     usable = {
-        p.id for p in live.values() if p.status is ProxyStatus.ACTIVE and p.id not in benched and matches(p, route)
+        p.id
+        for p in live.values()
+        if p.status is ProxyStatus.ACTIVE and p.id not in benched and matches(p, route)
     }
     assert sel.candidates(route) == len(usable)
     assert len(sel) == len(live)
@@ -171,7 +173,9 @@ def test_index_stays_exact_through_updates_removals_and_benching(ops, route, str
 
 def test_new_and_dead_proxies_are_never_chosen():
     """Only validated (active) proxies are selectable: new ones wait for their first passing check."""
-    new, dead, active = (make_proxy(status=s) for s in (ProxyStatus.NEW, ProxyStatus.DEAD, ProxyStatus.ACTIVE))
+    new, dead, active = (
+        make_proxy(status=s) for s in (ProxyStatus.NEW, ProxyStatus.DEAD, ProxyStatus.ACTIVE)
+    )
     sel = selector(new, dead, active)
     assert {sel.pick().id for _ in range(10)} == {active.id}
     assert sel.active_count == 1 and len(sel) == 3
@@ -233,7 +237,7 @@ def test_round_robin_consecutive_picks_differ():
     """Per-request rotation: two picks in a row never repeat while there are two choices."""
     sel = selector(make_proxy(), make_proxy(), strategy="round_robin")
     picks = [sel.pick().id for _ in range(10)]
-    assert all(x != y for x, y in zip(picks, picks[1:]))
+    assert all(x != y for x, y in pairwise(picks))
 
 
 def test_random_spreads_over_all_matches():

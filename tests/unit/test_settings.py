@@ -20,7 +20,7 @@ def toml(tmp_path: Path) -> Path:
     return write(
         tmp_path / "pp.toml",
         '[gateway]\nlisten = "127.0.0.1:9001"\nstrategy = "random"\nmax_retries = 5\n'
-        '[checker]\nconcurrency = 50\n',
+        "[checker]\nconcurrency = 50\n",
     )
 
 
@@ -124,7 +124,7 @@ def test_explicit_file_beats_env_variable(tmp_path, monkeypatch):
 
 def test_proxy_pool_toml_in_working_directory_is_used(tmp_path):
     """Without --config or the env variable, ./proxy-pool.toml is read when present."""
-    write(tmp_path / "proxy-pool.toml", '[pool]\nlow_threshold = 42\n')  # cwd is tmp_path (conftest)
+    write(tmp_path / "proxy-pool.toml", "[pool]\nlow_threshold = 42\n")  # cwd is tmp_path (conftest)
     assert Settings.load().pool.low_threshold == 42
 
 
@@ -141,7 +141,11 @@ def test_sources_and_optional_notifiers_from_toml(tmp_path):
     assert [src.url for src in s.sources] == ["https://example.test/a.txt", "/srv/list.txt"]
     assert s.sources[0].default_protocol == "http" and s.sources[1].default_protocol == "socks5"
     assert s.sources[0].schedule == "*/5 * * * *" and s.sources[1].schedule is None
-    assert s.notifiers.smtp is not None and s.notifiers.smtp.port == 25 and s.notifiers.smtp.subscribes_to == ["*"]
+    assert (
+        s.notifiers.smtp is not None
+        and s.notifiers.smtp.port == 25
+        and s.notifiers.smtp.subscribes_to == ["*"]
+    )
     assert s.notifiers.webhook is not None and s.notifiers.webhook.subscribes_to == ["proxy.*"]
 
 
@@ -167,15 +171,15 @@ def test_settings_built_directly_for_plugin_tests():
     [
         ('[gateway]\nstrategy = "fast"\n', "gateway.strategy"),
         ('[gateway]\nlisten = "nope"\n', "gateway.listen"),
-        ('[gateway]\nmax_retries = -1\n', "gateway.max_retries"),
-        ('[gateway]\nallowed_connect_ports = [0]\n', "gateway.allowed_connect_ports"),
-        ('[gateway]\nretry_on_status = [999]\n', "gateway.retry_on_status"),
+        ("[gateway]\nmax_retries = -1\n", "gateway.max_retries"),
+        ("[gateway]\nallowed_connect_ports = [0]\n", "gateway.allowed_connect_ports"),
+        ("[gateway]\nretry_on_status = [999]\n", "gateway.retry_on_status"),
         ('[gateway]\ndirect_allow = ["10.0.0.0/33"]\n', "gateway.direct_allow"),
-        ('[checker]\nconcurrency = 0\n', "checker.concurrency"),
+        ("[checker]\nconcurrency = 0\n", "checker.concurrency"),
         ('[checker]\njudges = ["ftp://judge.example/"]\n', "checker.judges"),
         ('[[sources]]\nurl = "https://x.test/"\nschedule = "every day"\n', "sources.0.schedule"),
         ('[[sources]]\nurl = "https://x.test/"\ndefault_protocol = "gopher"\n', "sources.0.default_protocol"),
-        ('[notifiers.smtp]\nport = 25\n', "notifiers.smtp.host"),
+        ("[notifiers.smtp]\nport = 25\n", "notifiers.smtp.host"),
     ],
 )
 def test_invalid_value_names_the_key(tmp_path, text, key):
@@ -211,7 +215,7 @@ def test_invalid_flag_value_names_the_key():
     [
         ('[gateway]\nlisten = "127.0.0.1:1"\nlissten = "x"\n', "gateway.lissten"),
         ('[gatewy]\nlisten = "127.0.0.1:1"\n', "gatewy"),
-        ('bogus = 1\n', "bogus"),
+        ("bogus = 1\n", "bogus"),
         ('[notifiers.webhook]\nurl = "http://127.0.0.1:1/"\nsecrett = "x"\n', "notifiers.webhook.secrett"),
     ],
 )
@@ -306,7 +310,9 @@ def test_parse_host_port(text, expected):
     assert parse_host_port(text) == expected
 
 
-@pytest.mark.parametrize("text", ["8899", ":8899", "host:", "host:port", "host:65536", "[::1]8899", "[::1", "::1:80x"])
+@pytest.mark.parametrize(
+    "text", ["8899", ":8899", "host:", "host:port", "host:65536", "[::1]8899", "[::1", "::1:80x"]
+)
 def test_parse_host_port_rejects(text):
     """Malformed addresses raise ValueError."""
     with pytest.raises(ValueError):

@@ -70,7 +70,9 @@ async def test_a_new_migration_step_upgrades_an_old_database(tmp_path, monkeypat
     s = await SqliteStore.open(path)
     await s.upsert_proxies(None, [up("1.2.3.4:80")])
     await s.close()
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, "ALTER TABLE proxies ADD COLUMN note TEXT;"])
+    monkeypatch.setattr(
+        store_module, "MIGRATIONS", [*MIGRATIONS, "ALTER TABLE proxies ADD COLUMN note TEXT;"]
+    )
     s = await SqliteStore.open(path)
     try:
         assert await s.schema_version() == len(MIGRATIONS) + 1
@@ -110,11 +112,19 @@ async def test_database_from_a_newer_program_is_refused(tmp_path):
 
 async def test_source_crud(store):
     """Add, get, find, list and remove sources; ids are stable and listed in order."""
-    a = await store.add_source("https://example.test/a.txt", parser="plaintext", schedule="*/5 * * * *",
-                               default_protocol=ProxyProtocol.SOCKS5, origin="config")
+    a = await store.add_source(
+        "https://example.test/a.txt",
+        parser="plaintext",
+        schedule="*/5 * * * *",
+        default_protocol=ProxyProtocol.SOCKS5,
+        origin="config",
+    )
     b = await store.add_source("/srv/list.txt")
     assert (a.parser, a.schedule, a.default_protocol, a.origin) == (
-        "plaintext", "*/5 * * * *", ProxyProtocol.SOCKS5, "config"
+        "plaintext",
+        "*/5 * * * *",
+        ProxyProtocol.SOCKS5,
+        "config",
     )
     assert (b.parser, b.default_protocol, b.origin) == (None, ProxyProtocol.HTTP, "user")
     assert await store.get_source(a.id) == a
@@ -233,8 +243,18 @@ async def test_save_results_writes_figures_and_check_log(store):
     p.exit_ip, p.anonymity, p.country, p.check_history = "5.5.5.5", AnonymityLevel.ELITE, "NL", "0111"
     await store.save_results([(p, [check(p.id, 1), check(p.id, 2, passed=False)])])
     got = await store.get_proxy(p.id)
-    assert (got.status, got.latency_ms, got.success_ratio, got.last_checked) == (ProxyStatus.ACTIVE, 12.5, 0.75, T0)
-    assert (got.exit_ip, got.anonymity, got.country, got.check_history) == ("5.5.5.5", AnonymityLevel.ELITE, "NL", "0111")
+    assert (got.status, got.latency_ms, got.success_ratio, got.last_checked) == (
+        ProxyStatus.ACTIVE,
+        12.5,
+        0.75,
+        T0,
+    )
+    assert (got.exit_ip, got.anonymity, got.country, got.check_history) == (
+        "5.5.5.5",
+        AnonymityLevel.ELITE,
+        "NL",
+        "0111",
+    )
     checks = await store.get_checks(p.id)
     assert [c.checker for c in checks] == ["checker2", "checker1"]
     assert checks[0] == check(p.id, 2, passed=False)
@@ -318,7 +338,9 @@ async def test_list_filters(store, listed):
         (ProxyFilter(anonymity=AnonymityLevel.ELITE), lambda p: p.anonymity is AnonymityLevel.ELITE),
         (
             ProxyFilter(status=ProxyStatus.ACTIVE, protocol=ProxyProtocol.HTTP, country="DE"),
-            lambda p: p.status is ProxyStatus.ACTIVE and p.protocol is ProxyProtocol.HTTP and p.country == "DE",
+            lambda p: (
+                p.status is ProxyStatus.ACTIVE and p.protocol is ProxyProtocol.HTTP and p.country == "DE"
+            ),
         ),
     ]
     for flt, pred in cases:

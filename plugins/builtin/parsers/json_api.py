@@ -272,7 +272,15 @@ class JsonApiParser:
     def supports(self, url: str) -> bool:
         parts = urlsplit(url)
         path = parts.path.lower()
-        return path.endswith(".json") or "api" in path or "format=json" in parts.query.lower()
+        if path.endswith((".txt", ".list", ".html", ".htm", ".csv")):
+            return False
+        api_segment = any(seg == "api" or seg.startswith(("api.", "api-", "api_")) for seg in path.split("/"))
+        return (
+            path.endswith(".json")
+            or api_segment
+            or (parts.hostname or "").startswith("api.")
+            or "format=json" in parts.query.lower()
+        )
 
     async def parse(self, raw: bytes, source: ProxySource) -> list[DiscoveredProxy]:
         if len(raw) > _THREAD_THRESHOLD:
