@@ -104,25 +104,34 @@ class Gateway:
         self.password: str | None = None
         self.proc: asyncio.subprocess.Process | None = None
 
-    async def __aenter__(self) -> Gateway:
+    async def __aenter__(self) -> Gateway:  # noqa: PYI034
         config = self.dir / "proxy-pool.toml"
         config.write_text(
             f'[gateway]\nlisten = "127.0.0.1:{self.port}"\nauth = "{self.mode}"\n'
             f'[admin]\nlisten = "127.0.0.1:{self.admin_port}"\n'
             f'[storage]\npath = "{self.db}"\n'
             "[checker]\njudges = []\n"
-            "[log]\nlevel = \"warning\"\n"
+            '[log]\nlevel = "warning"\n'
         )
         listing = self.dir / "upstreams.txt"
         listing.write_text("\n".join(self.upstreams) + "\n")
         if self.mode == "users":
-            added = json.loads(await cli("users", "add", "bench", "--credits", str(CREDITS), "--format", "json",
-                                         "--db", self.db))
+            out = await cli(
+                "users", "add", "bench", "--credits", str(CREDITS), "--format", "json", "--db", self.db
+            )
+            added = json.loads(out)
             self.password = added["password"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_POOL_")}
+        serve = ["serve", "--config", str(config), "--proxies", str(listing), "--no-default-sources"]
         self.proc = await asyncio.create_subprocess_exec(
-            PY, "-m", "gateway", "serve", "--config", str(config), "--proxies", str(listing), "--no-default-sources",
-            cwd=self.dir, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            PY,
+            "-m",
+            "gateway",
+            *serve,
+            cwd=self.dir,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         await wait_ready(f"http://127.0.0.1:{self.admin_port}", len(self.upstreams))
         return self
@@ -155,8 +164,18 @@ async def load_wrk(gw: Gateway, target: str, seconds: float, connections: int) -
         lines.append(f'wrk.headers["Proxy-Authorization"] = "{gw.auth_header}"')
     script.write_text("\n".join(lines) + "\n")
     proc = await asyncio.create_subprocess_exec(
-        "wrk", "-t", "2", "-c", str(connections), "-d", f"{max(1, round(seconds))}s", "-s", str(script),
-        f"http://127.0.0.1:{gw.port}/", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "wrk",
+        "-t",
+        "2",
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{gw.port}/",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, _ = await proc.communicate()
     text = out.decode()
@@ -169,7 +188,9 @@ async def load_wrk(gw: Gateway, target: str, seconds: float, connections: int) -
     return total - errors, errors
 
 
-async def _aiohttp_clients(proxy: str, target: str, auth: str | None, seconds: float, connections: int) -> list[int]:
+async def _aiohttp_clients(
+    proxy: str, target: str, auth: str | None, seconds: float, connections: int
+) -> list[int]:
     import aiohttp
 
     headers = {"Proxy-Authorization": auth} if auth else {}
@@ -232,14 +253,23 @@ async def micro(n: int = 200_000) -> dict[str, float]:
             await accounts.close()
         finally:
             await store.close()
-    return {"us_header_route_auth_charge": round(per_request, 2), "us_authenticate_and_charge": round(accounts_only, 2)}
+    return {
+        "us_header_route_auth_charge": round(per_request, 2),
+        "us_authenticate_and_charge": round(accounts_only, 2),
+    }
 
 
 # main ----------------------------------------------------------------------------------------
 async def bench(opts: argparse.Namespace) -> dict[str, Any]:
     infra = await asyncio.create_subprocess_exec(
-        PY, __file__, "--infra", str(opts.upstreams), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, cwd=ROOT,  # pproxy complains about tasks cut at exit
+        PY,
+        __file__,
+        "--infra",
+        str(opts.upstreams),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,  # pproxy complains about tasks cut at exit
     )
     assert infra.stdout is not None and infra.stdin is not None
     info = json.loads(await asyncio.wait_for(infra.stdout.readline(), 30))

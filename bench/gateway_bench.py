@@ -12,7 +12,7 @@ measures with wrk (absolute-URI requests, ``bench/wrk_absolute.lua``):
   (e) RSS of ``proxy-pool serve`` with 100,000 proxies (half active), and the time of a filtered pick
 
 Run:  python bench/gateway_bench.py [--duration 6] [--format json]
-Needs Debian packages: nginx-light (or nginx), tinyproxy, squid, wrk, curl; Python: pproxy (uvloop optional).
+Needs Debian packages: nginx-light (or nginx), tinyproxy, squid, wrk; Python: pproxy (uvloop optional).
 Every process it starts is killed at the end, even on error.  All traffic stays on 127.0.0.0/8.
 """
 
@@ -27,6 +27,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,7 @@ import tempfile
 import time
 import timeit
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.upstreams import Origin, Service, Services, free_port, have  # noqa: E402
+from bench.upstreams import Origin, Service, Services, free_port, have
 
 LUA = Path(__file__).resolve().parent / "wrk_absolute.lua"
 RESULTS = Path(__file__).resolve().parent / "results" / "gateway.md"
@@ -66,6 +67,7 @@ class WrkResult:
     requests: int
     errors: dict[str, int]
     note: str = ""
+    cpu_us_per_request: float = 0.0
 
 
 def run_wrk(proxy: tuple[str, int], target_url: str, *, close: bool, duration: float, connections: int,
@@ -74,22 +76,31 @@ def run_wrk(proxy: tuple[str, int], target_url: str, *, close: bool, duration: f
     env = {**os.environ, "WRK_TARGET": target_url, "WRK_CLOSE": "1" if close else "0"}
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
             "-s", str(LUA), f"http://{proxy[0]}:{proxy[1]}/"]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration + 30)
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration + 30, check=False)
     for line in proc.stdout.splitlines():
         if line.startswith("WRK_JSON "):
             return json.loads(line[len("WRK_JSON "):])
     raise RuntimeError(f"wrk gave no summary (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-500:]}")
 
 
-def wrk_case(case: str, name: str, proxy: tuple[str, int], target: str, args: argparse.Namespace, *,
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (threads included; children not)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_case(case: str, name: str, proxy: tuple[str, int], pid: int, target: str, args: argparse.Namespace, *,
              close: bool, note: str = "") -> WrkResult:
+    """One measured wrk run; also the CPU the proxy process spent per request (robust to a busy machine)."""
+    before = cpu_seconds(pid)
     raw = run_wrk(proxy, target, close=close, duration=args.duration, connections=args.connections,
                   threads=args.threads)
+    spent = cpu_seconds(pid) - before
     errors = {k: raw[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "bad_status") if raw[k]}
     result = WrkResult(case, name, raw["rps"], raw["p50_us"] / 1000, raw["p99_us"] / 1000, raw["requests"],
-                       errors, note)
-    say(f"{case:<12} {name:<32} {result.rps:>9.0f} req/s  p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms"
-        + (f"  errors {errors}" if errors else ""))
+                       errors, note, cpu_us_per_request=1e6 * spent / max(1, raw["requests"]))
+    say(f"{case:<14} {name:<24} {result.rps:>7.0f} req/s  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+        f"  cpu {result.cpu_us_per_request:5.0f} us/req" + (f"  errors {errors}" if errors else ""))
     return result
 
 
@@ -154,33 +165,60 @@ class Gateway:
 
 
 # (c) CONNECT downloads -------------------------------------------------------------------
-def curl_tunnel(proxy_url: str, url: str) -> tuple[float, int]:
-    """Download ``url`` through a CONNECT tunnel of ``proxy_url``: (bytes/s, bytes)."""
-    proc = subprocess.run(
-        ["curl", "-s", "-S", "-p", "-x", proxy_url, "-o", "/dev/null", "--max-time", "120",
-         "-w", "%{speed_download} %{size_download} %{http_code}", url],
-        capture_output=True, text=True, timeout=150,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"curl via {proxy_url} failed: {proc.stderr.strip()}")
-    speed, size, code = proc.stdout.split()
-    if code != "200":
-        raise RuntimeError(f"curl via {proxy_url}: HTTP {code}")
-    return float(speed), int(float(size))
+def tunnel_download(proxy: tuple[str, int], origin: tuple[str, int], path: str) -> tuple[float, int]:
+    """GET ``path`` from ``origin`` through a CONNECT tunnel of ``proxy``: (bytes/s, body bytes).
+
+    A plain socket reading into one 1 MiB buffer, so the client is never the bottleneck (curl reads
+    16 KiB at a time and caps a fast path well below what squid delivers)."""
+    host, port = origin
+    with socket.create_connection(proxy, timeout=30) as sock:
+        sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise RuntimeError(f"{proxy} closed the CONNECT")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        if head.split(b" ", 2)[1:2] != [b"200"]:
+            raise RuntimeError(f"CONNECT via {proxy}: {head[:80]!r}")
+        started = time.perf_counter()
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        view = memoryview(bytearray(1 << 20))
+        total = len(rest)
+        first = rest  # the response head (and the start of the body), to check the status
+        while True:
+            n = sock.recv_into(view)
+            if not n:
+                break
+            if len(first) < 4096:
+                first += bytes(view[: min(n, 4096)])
+            total += n
+        elapsed = time.perf_counter() - started
+    head_end = first.find(b"\r\n\r\n")
+    if head_end < 0 or first.split(b" ", 2)[1:2] != [b"200"]:
+        raise RuntimeError(f"GET {path} via {proxy}: {first[:80]!r}")
+    body = total - head_end - 4
+    return body / elapsed, body
 
 
-def bulk_downloads(origin: Origin, upstreams: list[Service], fronts: dict[str, str], reps: int) -> dict[str, Any]:
+def bulk_downloads(origin: Origin, upstreams: list[Service], fronts: dict[str, tuple[tuple[str, int], int]],
+                   reps: int) -> dict[str, Any]:
     """MB/s through each upstream: straight, and via each rotating front (which upstream carried a
-    download is read from the origin's access log: each upstream leaves from its own address)."""
+    download is read from the origin's access log: each upstream leaves from its own address).
+    Also the CPU the relaying process spent per MB."""
     by_exit = {u.exit_host: u for u in upstreams}
     speeds: dict[str, dict[str, list[float]]] = {u.name: {} for u in upstreams}
+    cpu: dict[str, list[float]] = {}
     seq = 0
 
-    def fetch(path_name: str, proxy_url: str) -> str | None:
+    def fetch(path_name: str, proxy: tuple[str, int], pid: int) -> None:
         nonlocal seq
         seq += 1
         tag = f"{re.sub(r'[^a-z0-9]+', '-', path_name.lower()).strip('-')}-{seq}"
-        speed, size = curl_tunnel(proxy_url, f"{origin.base()}/big.bin?via={tag}")
+        before = cpu_seconds(pid)
+        speed, size = tunnel_download(proxy, (origin.host, origin.port), f"/big.bin?via={tag}")
+        cpu.setdefault(path_name, []).append((cpu_seconds(pid) - before) / (size / 1e6) * 1000)
         if size != origin.big_size:
             raise RuntimeError(f"{path_name}: got {size} bytes of {origin.big_size}")
         peer = origin.peers_by_uri().get(f"/big.bin?via={tag}")
@@ -188,24 +226,25 @@ def bulk_downloads(origin: Origin, upstreams: list[Service], fronts: dict[str, s
         if upstream is None:
             raise RuntimeError(f"{path_name}: download left from {peer}, not from a known upstream")
         speeds[upstream.name].setdefault(path_name, []).append(speed / 1e6)
-        return upstream.name
 
     for upstream in upstreams:
         for _ in range(reps):
-            fetch("straight", upstream.url)
-    for name, url in fronts.items():
+            fetch("straight", (upstream.host, upstream.port), upstream.pid)
+    for name, (address, pid) in fronts.items():
         # a rotating front picks the upstream: download until each was used `reps` times (bounded)
         for _ in range(3 * len(upstreams) * reps):
             if all(len(speeds[u.name].get(name, [])) >= reps for u in upstreams):
                 break
-            fetch(name, url)
+            fetch(name, address, pid)
     out: dict[str, Any] = {}
     for upstream in upstreams:
-        row = {"software": upstream.software, "exit": upstream.exit_host}
+        row: dict[str, Any] = {"software": upstream.software, "exit": upstream.exit_host}
         for path_name, values in speeds[upstream.name].items():
             row[path_name] = round(statistics.mean(values), 1)
         out[upstream.name] = row
         say(f"(c) {upstream.name:<12} " + "  ".join(f"{k} {v} MB/s" for k, v in row.items() if isinstance(v, float)))
+    out["_cpu_ms_per_mb"] = {k: round(statistics.mean(v), 2) for k, v in cpu.items()}
+    say(f"(c) CPU ms per MB of the relaying process: {out['_cpu_ms_per_mb']}")
     return out
 
 
@@ -281,13 +320,13 @@ def pick_timings(count: int) -> dict[str, float]:
         sel = selector(n)
         for label, route in routes.items():
             assert sel.pick(route) is not None, f"nothing matches {label} in {n}"
-            number = 200_000
-            best = min(timeit.repeat(lambda: sel.pick(route), number=number, repeat=5))
+            number = 50_000
+            best = min(timeit.repeat(lambda sel=sel, route=route: sel.pick(route), number=number, repeat=3))
             out[f"{label} @ {n}"] = best / number * 1e6
         # the gateway builds a Route per request: that cost too
-        number = 100_000
-        best = min(timeit.repeat(lambda: sel.pick(Route(protocol=ProxyProtocol.HTTP, country="de")),
-                                 number=number, repeat=5))
+        number = 50_000
+        best = min(timeit.repeat(lambda sel=sel: sel.pick(Route(protocol=ProxyProtocol.HTTP, country="de")),
+                                 number=number, repeat=3))
         out[f"Route() + country+protocol pick @ {n}"] = best / number * 1e6
     for k, v in out.items():
         say(f"(e) pick {k}: {v:.2f} µs")
@@ -307,7 +346,7 @@ def memory_case(services: Services, work: Path, count: int) -> dict[str, Any]:
         samples.append(gw.rss_mb()[0])
         time.sleep(0.2)
     gw.admin("/api/stats")  # the admin answers with the whole pool loaded
-    rss, hwm = gw.rss_mb()
+    hwm = gw.rss_mb()[1]
     result = {
         "proxies": count,
         "active": gw.admin("/api/proxies?status=active&limit=1")["total"],
@@ -391,7 +430,7 @@ def _spy_summary(raw: Path, out: Path) -> list[tuple[str, float]]:
 def versions() -> dict[str, str]:
     def first_line(argv: list[str]) -> str:
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
         except (OSError, subprocess.TimeoutExpired):
             return "?"
         text = (proc.stdout + proc.stderr).strip().splitlines()
@@ -427,27 +466,39 @@ def render(data: dict[str, Any]) -> str:
     lines = [
         f"# Gateway bench ({data['at']})",
         "",
-        f"Machine: {data['versions']['cpu']}; Python {data['versions']['python']}, uvloop in proxy-pool: "
-        f"{data['versions']['uvloop_in_gateway']}. Origin: {data['versions']['nginx']} (a {cfg['small_bytes']}-byte "
-        f"page, a {cfg['big_mb']} MB file). Upstreams: {', '.join(cfg['upstreams'])}. "
-        f"wrk: {cfg['threads']} threads, {cfg['connections']} connections, {cfg['duration']} s a run; "
-        "everything (wrk, origin, upstreams, proxies) shares the same cores; load average before the run: "
-        f"{data.get('loadavg_before', '?')}. pproxy forwards plain HTTP through an HTTP upstream as one CONNECT "
-        "tunnel per client connection (so in (a) it relays 32 long-lived tunnels); proxy-pool parses every "
-        "request and picks an upstream per request.",
+        (
+            f"Machine: {data['versions']['cpu']}; Python {data['versions']['python']}, uvloop in proxy-pool: "
+            f"{data['versions']['uvloop_in_gateway']}. Origin: {data['versions']['nginx']} (a "
+            f"{cfg['small_bytes']}-byte page, a {cfg['big_mb']} MB file). Upstreams: {', '.join(cfg['upstreams'])}. "
+            f"wrk: {cfg['threads']} threads, {cfg['connections']} connections, {cfg['duration']} s a run; "
+            "everything (wrk, origin, upstreams, proxies) shares the same cores; load average before the run: "
+            f"{data.get('loadavg_before', '?')}. pproxy forwards plain HTTP through an HTTP upstream as one "
+            "CONNECT tunnel per client connection (so in (a) it relays 32 long-lived tunnels); proxy-pool parses "
+            "every request and picks an upstream per request."
+        ),
         "",
-        "| case | target | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---|",
+        "| case | target | req/s | p50 ms | p99 ms | CPU µs/req | errors |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
     for r in data["wrk"]:
         errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
         if r["note"]:
             errors += f" ({r['note']})"
-        lines.append(f"| {r['case']} | {r['target']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {errors} |")
+        lines.append(f"| {r['case']} | {r['target']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+                     f"| {r['cpu_us_per_request']:.0f} | {errors} |")
+    cpu_note = (
+        "CPU µs/req: user + system CPU time of the proxy's own process divided by the requests of that "
+        "run; it depends far less than req/s on how busy the machine is. Straight squid/tinyproxy rows count "
+        "the upstream itself; proxy-pool and pproxy rows count only the front, not the upstreams behind it."
+    )
+    lines += ["", cpu_note]
     if data.get("bulk"):
         fronts = [k for k in data["bulk_paths"] if k != "straight"]
-        lines += ["", f"(c) CONNECT download of {cfg['big_mb']} MB (curl -p), MB/s, by the upstream that carried it:", "",
-                  "| upstream | straight | " + " | ".join(fronts) + " |",
+        title = (
+            f"(c) CONNECT download of {cfg['big_mb']} MB (a socket client reading 1 MiB at a time), MB/s, "
+            "by the upstream that carried it:"
+        )
+        lines += ["", title, "", "| upstream | straight | " + " | ".join(fronts) + " |",
                   "|---|---:|" + "---:|" * len(fronts)]
         for name, row in data["bulk"].items():
             straight = row.get("straight")
@@ -461,12 +512,18 @@ def render(data: dict[str, Any]) -> str:
                 else:
                     cells.append(f"{v:.0f}")
             lines.append(f"| {name} ({row['exit']}) | {straight:.0f} | " + " | ".join(cells) + " |")
+        if data.get("bulk_cpu_ms_per_mb"):
+            lines += ["", "CPU of the relaying process per MB: " + ", ".join(
+                f"{k} {v:.1f} ms" for k, v in data["bulk_cpu_ms_per_mb"].items()) + "."]
     if data.get("memory"):
         m = data["memory"]
         lines += ["", "(e) memory and pick:", "", "| figure | value |", "|---|---:|",
                   f"| RSS of `proxy-pool serve`, {m['proxies']:,} proxies ({m['active']:,} active), idle | {m['rss_mb']:.0f} MB |",
                   f"| peak RSS of that process (VmHWM, includes start-up) | {m['peak_rss_mb']:.0f} MB |",
                   f"| start until all {m['active']:,} active are served | {m['ready_s']} s |"]
+        if data.get("gateway_rss_after_load_mb"):
+            lines.append(f"| RSS of the bench's `proxy-pool serve` (3 proxies) after (a)-(d) | "
+                         f"{data['gateway_rss_after_load_mb']:.0f} MB |")
         for k, v in data.get("pick_us", {}).items():
             lines.append(f"| `Selector.pick` {k} | {v:.2f} µs |")
     if data.get("summary"):
@@ -536,13 +593,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file (default bench/results/gateway.md)")
     args = parser.parse_args(argv)
 
-    missing = [b for b in ("wrk", "curl") if shutil.which(b) is None]
+    missing = [b for b in ("wrk",) if shutil.which(b) is None]
     missing += [s for s in sorted({*args.upstreams, "nginx"}) if not have(s)]
     if missing:
-        print(f"gateway_bench: missing {', '.join(missing)} (apt-get install wrk curl tinyproxy squid nginx-light)",
+        print(f"gateway_bench: missing {', '.join(missing)} (apt-get install wrk tinyproxy squid nginx-light)",
               file=sys.stderr)
         return 2
 
+    # SIGTERM unwinds like Ctrl-C, so every process started below is still killed (a second one,
+    # e.g. from `timeout` passing it on, must not interrupt that clean-up)
+    def on_term(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="proxy-pool-bench-"))
     data: dict[str, Any] = {"at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(),
@@ -570,15 +634,17 @@ def main(argv: list[str] | None = None) -> int:
                 "upstreams": [f"{u.name} on {u.host}" for u in upstreams],
             }
             page = f"{origin.base()}/"
-            targets: list[tuple[str, tuple[str, int], str]] = [("proxy-pool", gw.address, "rotates per request")]
-            targets += [(name, (s.host, s.port), "rotates per client connection") for name, s in fronts.items()]
-            for name, address, _ in targets:  # warm-up: pools, caches, first allocations
+            targets: list[tuple[str, tuple[str, int], int, str]] = [
+                ("proxy-pool", gw.address, gw.proc.pid, "rotates per request")
+            ]
+            targets += [(name, (s.host, s.port), s.pid, "rotates per client connection") for name, s in fronts.items()]
+            for name, address, _, _ in targets:  # warm-up: pools, caches, first allocations
                 run_wrk(address, page, close=False, duration=1, connections=args.connections, threads=args.threads)
             for case, close in (("(a) keep-alive", False), ("(b) close", True)):
                 if case[1] in args.skip:
                     continue
-                for name, address, note in targets:
-                    data["wrk"].append(asdict(wrk_case(case, name, address, page, args, close=close, note=note)))
+                for name, address, pid, note in targets:
+                    data["wrk"].append(asdict(wrk_case(case, name, address, pid, page, args, close=close, note=note)))
             if "d" not in args.skip:
                 seen: set[str] = set()
                 for upstream in upstreams:
@@ -588,14 +654,15 @@ def main(argv: list[str] | None = None) -> int:
                     note = "closes after each answer" if upstream.software == "tinyproxy" else ""
                     for case, close in (("(d) keep-alive", False), ("(d) close", True)):
                         data["wrk"].append(asdict(wrk_case(case, f"{upstream.name} straight",
-                                                           (upstream.host, upstream.port), page, args,
-                                                           close=close, note=note)))
+                                                           (upstream.host, upstream.port), upstream.pid, page,
+                                                           args, close=close, note=note)))
             if "c" not in args.skip:
-                front_urls = {"proxy-pool": f"http://127.0.0.1:{gw.port}"}
-                front_urls.update({name: s.url for name, s in fronts.items()})
-                data["bulk"] = bulk_downloads(origin, upstreams, front_urls, args.bulk_reps)
-                data["bulk_paths"] = ["straight", *front_urls]
-            gw_rss, gw_hwm = gw.rss_mb()
+                front_addrs = {"proxy-pool": (gw.address, gw.proc.pid)}
+                front_addrs.update({name: ((s.host, s.port), s.pid) for name, s in fronts.items()})
+                data["bulk"] = bulk_downloads(origin, upstreams, front_addrs, args.bulk_reps)
+                data["bulk_cpu_ms_per_mb"] = data["bulk"].pop("_cpu_ms_per_mb")
+                data["bulk_paths"] = ["straight", *front_addrs]
+            gw_rss = gw.rss_mb()[0]
             data["gateway_rss_after_load_mb"] = round(gw_rss, 1)
             if args.profile:
                 if shutil.which("py-spy"):

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 __all__ = [
     "PPROXY_WRAPPER_ASYNCIO",
@@ -137,7 +138,7 @@ class Services:
         self._counts: dict[str, int] = {}
         self._log = log or (lambda msg: None)
 
-    def __enter__(self) -> Services:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

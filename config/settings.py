@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 __all__ = [
     "AdminSettings",
@@ -180,6 +181,13 @@ class CheckerSettings(_Section):
     tcp_target: str | None = Field(
         default=None, description="host:port the SOCKS handshake asks for; default: the first judge"
     )
+
+    @field_validator("tcp_target")
+    @classmethod
+    def _target(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_host_port(v)
+        return v
 
     @field_validator("judges", "site_reach_targets")
     @classmethod
@@ -348,6 +356,8 @@ class Settings(BaseSettings):
             return cls(**_drop_none(overrides))
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
+        except SettingsError as exc:
+            raise ConfigError(describe_settings_error(exc)) from None
         finally:
             _toml_data.reset(token)
 
@@ -372,6 +382,17 @@ def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
         if value is not None:
             out[key] = value
     return out
+
+
+def describe_settings_error(exc: SettingsError) -> str:
+    """pydantic-settings could not read an environment value (lists and tables must be JSON)."""
+    text = str(exc)
+    section = text.split('"')[1] if text.count('"') >= 2 else "?"
+    prefix = f"PROXY_POOL_{section.upper()}__"
+    names = sorted(k for k in os.environ if k.upper().startswith(prefix))
+    keys = [f"{section}.{k[len(prefix):].lower()}" for k in names] or [f"{section}.*"]
+    which = ", ".join(f"{key} ({name})" for key, name in zip(keys, names, strict=False)) or keys[0]
+    return f"config error: {which}: value is not valid JSON (lists must be JSON, e.g. [403, 429] or [\"http://a/\"])"
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -56,10 +56,8 @@ async def create_user(request: web.Request) -> web.Response:
     if not isinstance(name, str):
         raise InvalidInputError("name is required (a string)")
     new = await accounts.add_user(name, _integer(body, "credits", 0))
-    return web.json_response(
-        {"id": new.record.id, "name": new.record.name, "password": new.password, "credits": accounts.balance(name)},
-        status=201,
-    )
+    answer = {"id": new.record.id, "name": new.record.name, "password": new.password}
+    return web.json_response({**answer, "credits": accounts.balance(name)}, status=201)
 
 
 async def credit_user(request: web.Request) -> web.Response:

@@ -299,14 +299,15 @@ class GatewayServer:
         if self.gw.auth == "users":
             if creds is None:
                 raise Refusal(407, "proxy authentication required", "auth_required", AUTH_REALM)
-            try:
-                name, route = route_for(creds.username, head.pool_params, with_name=True)
-            except RouteError:
-                raise Refusal(407, "proxy authentication failed", "auth_required", AUTH_REALM) from None
             assert self.accounts is not None
-            user = self.accounts.authenticate(name or "", creds.password)
+            # who first (407 for strangers, whatever they ask), then what they ask (400 naming the part)
+            user = self.accounts.authenticate(creds.username.split("-", 1)[0], creds.password)
             if user is None:
                 raise Refusal(407, "proxy authentication failed", "auth_required", AUTH_REALM)
+            try:
+                _, route = route_for(creds.username, head.pool_params, with_name=True)
+            except RouteError as exc:
+                raise Refusal(400, exc.message, "bad_request") from None
             return user, route
         try:
             _, route = route_for(creds.username if creds else None, head.pool_params, with_name=False)
@@ -425,6 +426,9 @@ class GatewayServer:
             try:
                 resp, raw_resp = await self._exchange(client, conn, out, head, body, continued)
                 continued = continued or head.expect_continue
+            except (BadRequest, _ClientGone):
+                conn.close()  # the client's body was broken or cut: nothing more goes upstream
+                raise
             except _StaleConnection:
                 # a pooled connection the upstream had closed: once more on a fresh one
                 conn.close()
@@ -525,9 +529,7 @@ class GatewayServer:
                 raise _StaleConnection() from None
             raise UpstreamError(f"upstream connection failed: {type(exc).__name__}", "reset") from None
         except http1.BadResponse as exc:
-            raise UpstreamError(f"upstream sent a malformed answer: {exc}", "bad_response") from None
-        except BadRequest as exc:  # read_head limits apply to the response too
-            raise UpstreamError(f"upstream answer unusable: {exc.message}", "bad_response") from None
+            raise UpstreamError(f"upstream sent a malformed answer: {exc.message}", "bad_response") from None
 
     def _count_up(self, n: int) -> None:
         if self._on_bytes is not None:
@@ -547,11 +549,16 @@ class GatewayServer:
         resp: http1.ResponseHead,
     ) -> bool:
         framing = http1.response_body_framing(resp, head.method)
-        keep = head.keep_alive and framing is not http1.Framing.UNTIL_CLOSE and not self._closing
-        client.writer.write(http1.forward_response_head(resp, keep_alive=keep, extra=self._debug_headers(proxy)))
+        dechunk = head.version == "HTTP/1.0"  # a 1.0 client cannot read chunked framing
+        keep = head.keep_alive and framing is not http1.Framing.UNTIL_CLOSE and not self._closing and not dechunk
+        client.writer.write(
+            http1.forward_response_head(resp, keep_alive=keep, extra=self._debug_headers(proxy), dechunk=dechunk)
+        )
         try:
-            await http1.copy_body(conn.reader, client.writer, framing, on_bytes=self._count_down)
-        except http1.IncompleteBody:
+            await http1.copy_body(
+                conn.reader, client.writer, framing, on_bytes=self._count_down, response=True, dechunk=dechunk
+            )
+        except (http1.IncompleteBody, http1.BadResponse):
             conn.close()
             self._report(proxy, False, UpstreamError("upstream cut the answer short", "reset"))
             return False

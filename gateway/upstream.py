@@ -84,7 +84,7 @@ _SOCKS_TYPES = {
 
 def proxy_authorization(up: UpstreamURL) -> list[tuple[str, str]]:
     """The header an HTTP upstream wants for its credentials, if it has any."""
-    if up.username is None:
+    if not up.has_credentials:
         return []
     token = base64.b64encode(f"{up.username}:{up.password or ''}".encode()).decode("ascii")
     return [("Proxy-Authorization", f"Basic {token}")]
@@ -105,8 +105,8 @@ async def open_tunnel(
         _SOCKS_TYPES[up.protocol],
         up.host,
         up.port,
-        username=up.username,
-        password=up.password,
+        username=up.username if up.has_credentials else None,
+        password=(up.password or "") if up.has_credentials else None,
         rdns=True,
     )
     try:

@@ -28,8 +28,12 @@ async def users_command(args: argparse.Namespace, settings: Settings) -> int:
             if args.format == "json":
                 print(
                     json.dumps(
-                        {"id": new.record.id, "name": new.record.name, "password": new.password,
-                         "credits": new.record.balance}
+                        {
+                            "id": new.record.id,
+                            "name": new.record.name,
+                            "password": new.password,
+                            "credits": new.record.balance,
+                        }
                     )
                 )
             else:

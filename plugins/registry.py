@@ -72,7 +72,7 @@ def _validate(plugin: object, kind: type) -> None:
                 problems.append("timeout must be a positive number")
         if kind is Notifier:
             subs = plugin.subscribes_to  # type: ignore[attr-defined]
-            if isinstance(subs, str) or not all(isinstance(s, str) for s in subs):
+            if not isinstance(subs, (list, tuple)) or not all(isinstance(s, str) for s in subs):
                 problems.append("subscribes_to must be a list of glob strings")
     if problems:
         raise PluginValidationError(f"{type(plugin).__name__} is not a valid {kind.__name__}: {', '.join(problems)}")

@@ -80,7 +80,8 @@ def validate_name(name: str) -> str:
     if ":" in name:
         raise InvalidInputError("user name must not contain ':' (it separates the password)")
     if name.lower() in ROUTING_KEYWORDS:
-        raise InvalidInputError(f"user name must not be a routing keyword ({', '.join(sorted(ROUTING_KEYWORDS))})")
+        keywords = ", ".join(sorted(ROUTING_KEYWORDS))
+        raise InvalidInputError(f"user name must not be a routing keyword ({keywords})")
     if not _NAME.match(name):
         raise InvalidInputError("user name: use 1-64 letters, digits, '_', '.', '@' or '+'")
     return name
@@ -100,7 +101,8 @@ def parse_amount(value: object, *, what: str = "amount", allow_zero: bool = Fals
     else:
         raise InvalidInputError(f"{what} must be an integer, got {value!r}")
     if number < 0 or (number == 0 and not allow_zero):
-        raise InvalidInputError(f"{what} must be {'zero or more' if allow_zero else 'positive'}, got {number}")
+        wanted = "zero or more" if allow_zero else "positive"
+        raise InvalidInputError(f"{what} must be {wanted}, got {number}")
     if number > MAX_AMOUNT:
         raise InvalidInputError(f"{what} must be at most {MAX_AMOUNT}, got {number}")
     return number
@@ -116,10 +118,16 @@ def _b64(raw: bytes) -> str:
 
 
 def hash_password(password: str) -> str:
-    """``scrypt$n=16384,r=8,p=1$<salt>$<hash>`` (base64): self-describing, so costs can change later."""
+    """``scrypt$n=16384,r=8,p=1$<salt>$<hash>`` (base64): self-describing, costs can change later."""
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(
-        password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_LEN, maxmem=_SCRYPT_MAXMEM
+        password.encode(),
+        salt=salt,
+        n=SCRYPT_N,
+        r=SCRYPT_R,
+        p=SCRYPT_P,
+        dklen=SCRYPT_LEN,
+        maxmem=_SCRYPT_MAXMEM,
     )
     return f"scrypt$n={SCRYPT_N},r={SCRYPT_R},p={SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
@@ -135,9 +143,8 @@ def verify_password(password: str, stored: str) -> bool:
         salt, expected = base64.b64decode(salt_b64), base64.b64decode(digest_b64)
     except (ValueError, KeyError):
         return False
-    actual = hashlib.scrypt(
-        password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(expected), maxmem=max(_SCRYPT_MAXMEM, 256 * n * r)
-    )
+    maxmem = max(_SCRYPT_MAXMEM, 256 * n * r)
+    actual = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(expected), maxmem=maxmem)
     return hmac.compare_digest(actual, expected)
 
 
@@ -169,7 +176,7 @@ async def add_credits(store: Store, name: str, amount: object) -> int:
 class _Bucket:
     """A token bucket: ``take()`` is False when the budget for slow verifications is spent."""
 
-    __slots__ = ("capacity", "rate", "tokens", "stamp")
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
 
     def __init__(self, capacity: float, rate: float) -> None:
         self.capacity, self.rate = capacity, rate
@@ -269,7 +276,11 @@ class Accounts:
     async def close(self) -> None:
         """Stop the loop and write what is pending: a clean stop loses nothing."""
         await self._tasks.close()
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:  # noqa: BLE001  (shutdown goes on; say what is lost)
+            pending = sum(a.spent - a.refunded for a in self._by_id.values())
+            log.error("final credit flush failed, %d spent credits not recorded: %s", pending, exc)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -279,7 +290,7 @@ class Accounts:
                 await asyncio.shield(self.flush())
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the next round tries again with everything still pending
+            except Exception as exc:  # noqa: BLE001  (the next round retries: everything is still pending)
                 log.error("credit ledger flush failed: %s: %s", type(exc).__name__, exc)
 
     # the hot path (synchronous, in memory) --------------------------------------------------
@@ -341,7 +352,7 @@ class Accounts:
         if self.on_event is not None:
             try:
                 self.on_event(type_, payload)
-            except Exception:
+            except Exception:  # a broken observer must not fail a charge
                 log.exception("credit event %s could not be emitted", type_)
 
     # reading --------------------------------------------------------------------------------

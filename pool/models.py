@@ -119,6 +119,8 @@ class UpstreamURL:
             user, sep, pw = userinfo.partition(":")
             username = unquote(user)
             password = unquote(pw) if sep else None
+            if not username and not password:
+                username = password = None
         if rest.startswith("["):
             host, sep, tail = rest[1:].partition("]")
             if not sep or not tail.startswith(":"):
@@ -133,31 +135,38 @@ class UpstreamURL:
             host, sep, port_text = rest.rpartition(":")
             if not sep:
                 raise ValueError(f"{text!r} has no port")
+            if ":" in host:
+                raise ValueError(f"IPv6 address {host!r} must be in brackets: [addr]:port")
             if not _valid_host(host):
                 raise ValueError(f"invalid host {host!r}")
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
             raise ValueError(f"invalid port {port_text!r}")
-        return cls(protocol, host.lower(), int(port_text), username or None, password)
+        return cls(protocol, host.lower(), int(port_text), username, password)
 
     @property
     def netloc(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
-    def _with_userinfo(self, password: str) -> str:
-        if self.username is None:
+    def _with_userinfo(self, password: str | None) -> str:
+        if self.username is None and self.password is None:
             return f"{self.protocol}://{self.netloc}"
-        user = quote(self.username, safe="")
-        return f"{self.protocol}://{user}:{password}@{self.netloc}"
+        user = quote(self.username or "", safe="")
+        secret = "" if password is None else f":{password}"
+        return f"{self.protocol}://{user}{secret}@{self.netloc}"
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.username is not None or self.password is not None
 
     @property
     def url(self) -> str:
         """With credentials: for dialing and for ``txt`` exports the user asked for."""
-        return self._with_userinfo(quote(self.password or "", safe=""))
+        return self._with_userinfo(None if self.password is None else quote(self.password, safe=""))
 
     @property
     def display(self) -> str:
-        """Safe to log or show: the password is always ``***``."""
-        return self._with_userinfo("***")
+        """Safe to log or show: a password is always ``***``."""
+        return self._with_userinfo(None if self.password is None else "***")
 
     @property
     def key(self) -> tuple[str, str, int]:

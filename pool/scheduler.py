@@ -15,6 +15,7 @@ from croniter import croniter
 
 from config import Settings
 from plugins.registry import PluginRegistry, UnknownParserError
+from pool.errors import NotFoundError
 from pool.lifecycle import is_due, should_remove
 from pool.models import Event, ProxySource
 from pool.pipeline import Pipeline
@@ -79,6 +80,8 @@ class Scheduler:
     async def _scrape(self, source: ProxySource) -> None:
         try:
             await self.scraper.scrape(source)
+        except NotFoundError:  # removed (CLI, API) while it was being scraped: nothing to record
+            log.info("source #%d was removed during its scrape", source.id)
         finally:
             self._scraping.discard(source.id)
 
@@ -96,6 +99,16 @@ class Scheduler:
                 log.warning("parser %s: default_schedule %r is not cron, ignored", parser.name, schedule)
             return DEFAULT_SCHEDULE
         return schedule
+
+    def _due(self, source: ProxySource, now: datetime) -> bool:
+        schedule = self.schedule_of(source)
+        try:
+            return source_due(schedule, source.last_run_at, now)
+        except ValueError as exc:  # croniter: e.g. "0 0 31 2 *" never fires; skip it, not every source
+            if schedule not in self._bad_schedules:
+                self._bad_schedules.add(schedule)
+                log.warning("source #%d: schedule %r has no next run (%s)", source.id, schedule, exc)
+            return False
 
     async def start(self) -> None:
         self._tasks.spawn(self._loop(), name="scheduler")
@@ -126,7 +139,7 @@ class Scheduler:
         sources = await self.store.list_sources()
         if not self.settings.default_sources:  # turned off: neither scraped nor reported stale
             sources = [s for s in sources if s.origin != "default"]
-        due = [s for s in sources if source_due(self.schedule_of(s), s.last_run_at, now)]
+        due = [s for s in sources if self._due(s, now)]
         for source in due:
             if source.id not in self._scraping:
                 self._scraping.add(source.id)

@@ -136,6 +136,11 @@ class Scraper:
         self._running: dict[int, asyncio.Task[ScrapeResult]] = {}
 
     async def close(self) -> None:
+        running = list(self._running.values())  # scrapes nobody waits for any more (their callers stopped)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None

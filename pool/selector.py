@@ -140,6 +140,9 @@ class Selector:
         old_key = self._counted.get(proxy.id)
         if old_key is not None:
             self._counts[old_key] -= 1
+        previous = self._proxies.get(proxy.id)
+        if previous is not None and previous is not proxy:
+            self._unindex(previous)  # a fresh object for a known id (e.g. reloaded from the store)
         new_key = (proxy.status.value, proxy.protocol.value)
         self._counts[new_key] += 1
         self._counted[proxy.id] = new_key

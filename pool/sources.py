@@ -39,6 +39,17 @@ def normalise_source_url(url: str, *, must_exist: bool = True) -> str:
     return path.as_uri()
 
 
+def _fires(schedule: str) -> bool:
+    """Valid cron that also has a next run ("0 0 31 2 *" is valid syntax but never fires)."""
+    if not croniter.is_valid(schedule):
+        return False
+    try:
+        croniter(schedule).get_next(float)
+    except ValueError:
+        return False
+    return True
+
+
 async def add_source(
     store: Store,
     registry: PluginRegistry,
@@ -54,7 +65,7 @@ async def add_source(
     if parser is not None and parser not in registry.parsers:
         known = ", ".join(sorted(registry.parsers)) or "none"
         raise InvalidInputError(f"unknown parser {parser!r} (known: {known})")
-    if schedule is not None and not croniter.is_valid(schedule):
+    if schedule is not None and not _fires(schedule):
         raise InvalidInputError(f"{schedule!r} is not a valid cron expression")
     try:
         default_protocol = ProxyProtocol((protocol or "http").lower())

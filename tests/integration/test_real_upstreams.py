@@ -62,11 +62,11 @@ class Serve:
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_POOL_")}
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-        self.log = open(self.tmp / "serve.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-            env=env, cwd=self.tmp, start_new_session=True,
-        )  # fmt: skip
+        with (self.tmp / "serve.log").open("wb") as log:  # the child keeps its own descriptor
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, cwd=self.tmp, start_new_session=True,
+            )  # fmt: skip
 
     async def wait_active(self, count: int) -> list[dict]:
         """Poll the admin API until ``count`` proxies are active (bounded by the timeout)."""
@@ -93,8 +93,6 @@ class Serve:
             except TimeoutError:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 await self.proc.wait()
-        if hasattr(self, "log"):
-            self.log.close()
 
 
 @pytest.fixture

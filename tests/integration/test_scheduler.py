@@ -84,7 +84,7 @@ class Harness:
         self.clock.now = at
         await self.scheduler.run_once()
         # the scrapes run as tasks of the scheduler; every one is bounded by fetch.timeout
-        await asyncio.wait_for(self.scheduler._tasks.wait(), 30)  # noqa: SLF001
+        await asyncio.wait_for(self.scheduler._tasks.wait(), 30)
 
     def of_type(self, type_: str) -> list[dict[str, Any]]:
         return [e.payload for e in self.events if e.type == type_]
@@ -117,7 +117,9 @@ async def harness(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         selector = Selector()
         pipeline = Pipeline(settings, registry, None, selector)
         h = Harness(settings, store, registry, None, pipeline, selector, None, Clock(T0))  # type: ignore[arg-type]
-        h.scraper = Scraper(store, registry, settings.fetch, on_scraped=lambda r: h.scraped.append(r.source.id))
+        h.scraper = Scraper(
+            store, registry, settings.fetch, on_scraped=lambda r: h.scraped.append(r.source.id)
+        )
         h.scheduler = Scheduler(settings, store, registry, h.scraper, pipeline, selector, clock=h.clock)
         registry.events.add_listener(h.events.append)
         built.append(h)
@@ -138,7 +140,9 @@ def listing(tmp_path: Path) -> Path:
 
 
 # due sources ------------------------------------------------------------------------------
-async def test_never_run_sources_are_scraped_on_the_first_pass(harness: HarnessFactory, listing: Path) -> None:
+async def test_never_run_sources_are_scraped_on_the_first_pass(
+    harness: HarnessFactory, listing: Path
+) -> None:
     """A pass scrapes every source that never ran, and they record their results."""
     h = await harness()
     a = await h.add(listing.as_uri())
@@ -261,6 +265,36 @@ async def test_a_source_being_scraped_is_not_started_twice(
     assert len(h.scraped) == 1
 
 
+async def test_a_source_removed_during_its_scrape_is_dropped_quietly(
+    harness: HarnessFactory, aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Removing a source while the scheduler scrapes it: no task error, no orphan proxies, other sources fine."""
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    async def slow_list(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(body=LIST)
+
+    app = web.Application()
+    app.router.add_get("/list.txt", slow_list)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    h = await harness()
+    source = await h.add(str(server.make_url("/list.txt")))
+
+    h.clock.now = T0
+    await h.scheduler.run_once()
+    await asyncio.wait_for(arrived.wait(), 10)
+    await h.store.remove_source(source.id)
+    release.set()
+    await h.run(T0)
+
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    assert await h.store.all_proxies() == []
+    assert await h.store.list_sources() == []
+
+
 async def test_a_parser_with_a_broken_default_schedule_does_not_stop_other_sources(
     harness: HarnessFactory, listing: Path, tmp_path: Path
 ) -> None:
@@ -281,6 +315,24 @@ async def test_a_parser_with_a_broken_default_schedule_does_not_stop_other_sourc
 
     assert h.scheduler.schedule_of(broken) == DEFAULT_SCHEDULE
     assert sorted(h.scraped) == [broken.id, good.id]
+
+
+async def test_a_schedule_that_never_fires_does_not_stop_other_sources(
+    harness: HarnessFactory, listing: Path
+) -> None:
+    """A stored source whose cron has no next date ("0 0 31 2 *") is skipped; the others keep running."""
+    h = await harness()
+    never = await h.add(listing.as_uri() + "?never", schedule="0 0 31 2 *")
+    good = await h.add(listing.as_uri(), schedule="0 * * * *")
+    await h.run(T0)
+    assert sorted(h.scraped) == [never.id, good.id]  # a source that never ran runs at once
+    for source in (never, good):
+        await h.store.record_scrape(source.id, at=T0, found=2, new=0, error=None)
+    h.scraped.clear()
+
+    await h.run(T0 + timedelta(hours=1))
+
+    assert h.scraped == [good.id]
 
 
 # stale sources ----------------------------------------------------------------------------
@@ -336,7 +388,9 @@ async def test_stale_is_per_source(harness: HarnessFactory, listing: Path, tmp_p
     assert [p["source_id"] for p in stale] == [dead.id]
 
 
-async def test_skipped_default_sources_are_not_announced_stale(harness: HarnessFactory, listing: Path) -> None:
+async def test_skipped_default_sources_are_not_announced_stale(
+    harness: HarnessFactory, listing: Path
+) -> None:
     """A default source the user turned off is neither scraped nor reported stale."""
     h = await harness(default_sources=False, pool={"stale_hours": 1})
     source = await h.add(listing.as_uri(), origin="default")
@@ -348,7 +402,9 @@ async def test_skipped_default_sources_are_not_announced_stale(harness: HarnessF
 
 
 # re-checks and removals -------------------------------------------------------------------
-async def _proxies_in(h: Harness, states: list[tuple[ProxyStatus, datetime | None, datetime | None]]) -> list[int]:
+async def _proxies_in(
+    h: Harness, states: list[tuple[ProxyStatus, datetime | None, datetime | None]]
+) -> list[int]:
     """Insert proxies and give each (status, last_checked, dead_since); load them into the selector."""
     ups = [UpstreamURL.parse(f"192.0.2.{i + 1}:8080", default_protocol="http") for i in range(len(states))]
     result = await h.store.upsert_proxies(None, ups)

@@ -167,7 +167,10 @@ async def test_explicit_parser_and_default_protocol(
 ) -> None:
     """A named parser wins over the URL, and bare host:port entries take the source's protocol."""
     server, bodies = lists
-    bodies.by_path["/download"] = (b"192.0.2.50:1080\n192.0.2.51:1080\nsocks4://192.0.2.52:4145\n", "text/plain")
+    bodies.by_path["/download"] = (
+        b"192.0.2.50:1080\n192.0.2.51:1080\nsocks4://192.0.2.52:4145\n",
+        "text/plain",
+    )
     source = await add(store, str(server.make_url("/download")), parser="plaintext", protocol="socks5")
 
     result = await scraper.scrape(source)
@@ -259,7 +262,10 @@ async def test_dedupe_across_sources_and_repeated_scrapes(
     assert (again.found, len(again.new)) == (3, 0)
     assert (table.found, len(table.new)) == (3, 2)  # 192.0.2.2:3128 came from the list already
     assert (api_result.found, len(api_result.new)) == (3, 2)  # socks5 198.51.100.3 known, http one is not
-    assert {p.upstream.key for p in api_result.new} == {("http", "198.51.100.3", 1080), ("http", "203.0.113.20", 80)}
+    assert {p.upstream.key for p in api_result.new} == {
+        ("http", "198.51.100.3", 1080),
+        ("http", "203.0.113.20", 80),
+    }
     proxies = await store.all_proxies()
     assert len(proxies) == 7
     assert {p.upstream.key for p in proxies} == PLAIN_KEYS | HTML_KEYS | JSON_KEYS
@@ -282,7 +288,9 @@ async def test_new_proxies_go_to_on_new_at_once(
         assert [p.id for p in handed[0]] == [p.id for p in result.new]
         assert {p.upstream.key for p in handed[0]} == PLAIN_KEYS
         stored = {p.id: p for p in await store.all_proxies()}
-        assert all(p.id in stored and p.status is ProxyStatus.NEW and p.source_id == source.id for p in handed[0])
+        assert all(
+            p.id in stored and p.status is ProxyStatus.NEW and p.source_id == source.id for p in handed[0]
+        )
 
         await scraper.scrape(source)  # nothing new: on_new is not called
         assert len(handed) == 1
@@ -525,7 +533,11 @@ async def test_hostile_source_fails_cleanly_and_upserts_nothing(
     }
     assert not [e for e in events if e.type == "proxy.new_batch"]
     recorded = await store.get_source(source.id)
-    assert (recorded.last_error, recorded.consecutive_failures, recorded.last_success_at) == (result.error, 1, None)
+    assert (recorded.last_error, recorded.consecutive_failures, recorded.last_success_at) == (
+        result.error,
+        1,
+        None,
+    )
 
 
 async def test_unknown_parser_on_a_stored_source_is_a_failure_not_a_crash(

@@ -117,7 +117,11 @@ async def test_bad_source_input_is_400_with_a_json_error(
     pool = await make_pool()
     cases: list[tuple[dict[str, Any], str]] = [
         ({"json": {"url": str(listing), "parser": "nope"}}, "unknown parser 'nope'"),
-        ({"json": {"url": str(listing), "schedule": "*/61 * * * *"}}, "not a valid cron expression"),
+        ({"json": {"url": str(listing), "schedule": "61 * * * *"}}, "not a valid cron expression"),
+        (
+            {"json": {"url": str(listing), "schedule": "0 0 31 2 *"}},
+            "not a valid cron expression",
+        ),  # never fires
         ({"json": {"url": str(listing), "protocol": "gopher"}}, "unknown protocol 'gopher'"),
         ({"json": {"url": str(tmp_path / "missing.txt")}}, "does not exist"),
         ({"json": {"url": "ftp://127.0.0.1/list.txt"}}, "unsupported source URL"),
@@ -133,10 +137,14 @@ async def test_bad_source_input_is_400_with_a_json_error(
     assert await call(session, "GET", api(pool, "/api/sources")) == (200, {"sources": []})
 
 
-async def test_duplicate_source_is_409(make_pool: PoolFactory, session: aiohttp.ClientSession, listing: Path) -> None:
+async def test_duplicate_source_is_409(
+    make_pool: PoolFactory, session: aiohttp.ClientSession, listing: Path
+) -> None:
     """The same source twice (as a path, then as its file:// URL) is a 409 conflict."""
     pool = await make_pool()
-    status, _ = await call(session, "POST", api(pool, "/api/sources"), json={"url": str(listing), "schedule": YEARLY})
+    status, _ = await call(
+        session, "POST", api(pool, "/api/sources"), json={"url": str(listing), "schedule": YEARLY}
+    )
     assert status == 201
 
     status, body = await call(session, "POST", api(pool, "/api/sources"), json={"url": listing.as_uri()})
@@ -171,7 +179,10 @@ async def test_scrape_now_answers_found_and_new(
     watch = ScrapeWatch(pool)
 
     status, created = await call(
-        session, "POST", api(pool, "/api/sources"), json={"url": str(server.make_url("/proxies.txt")), "schedule": YEARLY}
+        session,
+        "POST",
+        api(pool, "/api/sources"),
+        json={"url": str(server.make_url("/proxies.txt")), "schedule": YEARLY},
     )
     assert status == 201
     first = await watch.wait_for("proxy.new_batch", created["id"])  # the scheduler woke for the new source
@@ -207,7 +218,10 @@ async def test_scrape_of_a_failing_source_answers_502_with_the_error(
     pool = await make_pool()
     watch = ScrapeWatch(pool)
     status, created = await call(
-        session, "POST", api(pool, "/api/sources"), json={"url": str(server.make_url("/list.txt")), "schedule": YEARLY}
+        session,
+        "POST",
+        api(pool, "/api/sources"),
+        json={"url": str(server.make_url("/list.txt")), "schedule": YEARLY},
     )
     assert status == 201
     await watch.wait_for("source.failed", created["id"])
@@ -230,7 +244,9 @@ async def test_config_and_cli_sources_are_synced_at_start(
     configured.write_bytes(b"127.0.0.202:1\n")
     pool = await make_pool(
         ["socks5://127.0.0.203:1"],
-        sources=[{"url": str(configured), "parser": "plaintext", "schedule": YEARLY, "default_protocol": "socks4"}],
+        sources=[
+            {"url": str(configured), "parser": "plaintext", "schedule": YEARLY, "default_protocol": "socks4"}
+        ],
     )
     watch = ScrapeWatch(pool)
 
@@ -251,7 +267,9 @@ async def test_config_and_cli_sources_are_synced_at_start(
     }
 
 
-async def test_a_config_source_with_a_missing_file_stops_start_up(make_pool: PoolFactory, tmp_path: Path) -> None:
+async def test_a_config_source_with_a_missing_file_stops_start_up(
+    make_pool: PoolFactory, tmp_path: Path
+) -> None:
     """A [[sources]] entry naming a file that does not exist is a configuration error naming it."""
     with pytest.raises(ConfigError, match="missing.txt"):
         await make_pool(sources=[{"url": str(tmp_path / "missing.txt")}])

@@ -95,7 +95,8 @@ async def test_add_list_remove_round_trip(tmp_path: Path, db: str, listing: Path
     assert added.out.strip() == f"added source 1: {listing.as_uri()}"
 
     table, as_json = await asyncio.gather(
-        cli(tmp_path, "sources", "list", "--db", db), cli(tmp_path, "sources", "list", "--format", "json", "--db", db)
+        cli(tmp_path, "sources", "list", "--db", db),
+        cli(tmp_path, "sources", "list", "--format", "json", "--db", db),
     )
     assert table.code == 0
     header, row = table.out.strip().splitlines()
@@ -105,7 +106,9 @@ async def test_add_list_remove_round_trip(tmp_path: Path, db: str, listing: Path
 
     listed = as_json.json
     assert isinstance(listed, list) and len(listed) == 1
-    assert {k: listed[0][k] for k in ("id", "url", "parser", "schedule", "default_protocol", "last_run_at")} == {
+    assert {
+        k: listed[0][k] for k in ("id", "url", "parser", "schedule", "default_protocol", "last_run_at")
+    } == {
         "id": 1,
         "url": listing.as_uri(),
         "parser": "plaintext",
@@ -123,9 +126,16 @@ async def test_add_list_remove_round_trip(tmp_path: Path, db: str, listing: Path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["list.txt", "--parser", "csv_magic"], "unknown parser 'csv_magic' (known: html_table, json_api, plaintext)"),
-        (["list.txt", "--schedule", "every five minutes"], "'every five minutes' is not a valid cron expression"),
+        (
+            ["list.txt", "--parser", "csv_magic"],
+            "unknown parser 'csv_magic' (known: html_table, json_api, plaintext)",
+        ),
+        (
+            ["list.txt", "--schedule", "every five minutes"],
+            "'every five minutes' is not a valid cron expression",
+        ),
         (["list.txt", "--schedule", "61 * * * *"], "is not a valid cron expression"),
+        (["list.txt", "--schedule", "0 0 31 2 *"], "is not a valid cron expression"),  # February 31st: never
         (["missing.txt"], "does not exist"),
         (["list.txt", "--protocol", "ftp"], "unknown protocol 'ftp'"),
         (["ftp://example.invalid/list.txt"], "unsupported source URL"),
@@ -320,7 +330,7 @@ async def test_proxies_rejects_bad_filters(tmp_path: Path, db: str) -> None:
 
 
 # plugins ----------------------------------------------------------------------------------
-GOOD_CONTRIB = '''
+GOOD_CONTRIB = """
 from config import Settings
 from plugins import DiscoveredProxy, ProxySource
 
@@ -344,7 +354,7 @@ class SemicolonParser:
 
 def create_plugin(settings: Settings) -> SemicolonParser:
     return SemicolonParser()
-'''
+"""
 
 CONFLICTING = GOOD_CONTRIB.replace('name = "semicolon"', 'name = "plaintext"')
 
@@ -357,7 +367,9 @@ def _config(tmp_path: Path, contrib: Path) -> str:
 
 async def test_plugins_lists_builtins(tmp_path: Path) -> None:
     """`plugins` lists each discovered plugin's kind, name and module, checkers with stage/priority."""
-    table, as_json = await asyncio.gather(cli(tmp_path, "plugins"), cli(tmp_path, "plugins", "--format", "json"))
+    table, as_json = await asyncio.gather(
+        cli(tmp_path, "plugins"), cli(tmp_path, "plugins", "--format", "json")
+    )
     assert table.code == 0, table.err
     assert table.out.splitlines()[0].split() == ["KIND", "NAME", "MODULE", "STAGE", "HEALTH"]
 
@@ -383,7 +395,8 @@ async def test_plugins_shows_broken_contrib_modules_as_errors(tmp_path: Path) ->
 
     config = _config(tmp_path, contrib)
     result, table = await asyncio.gather(
-        cli(tmp_path, "plugins", "--format", "json", "--config", config), cli(tmp_path, "plugins", "--config", config)
+        cli(tmp_path, "plugins", "--format", "json", "--config", config),
+        cli(tmp_path, "plugins", "--config", config),
     )
 
     assert result.code == 0, result.err
@@ -410,7 +423,9 @@ async def test_contrib_parser_usable_from_the_cli(tmp_path: Path, db: str) -> No
     (tmp_path / "export.scsv").write_text("192.0.2.40;8080;DE\n192.0.2.41;3128;FR\n")
     config = _config(tmp_path, contrib)
 
-    added = await cli(tmp_path, "sources", "add", "export.scsv", "--parser", "semicolon", "--config", config, "--db", db)
+    added = await cli(
+        tmp_path, "sources", "add", "export.scsv", "--parser", "semicolon", "--config", config, "--db", db
+    )
     assert added.code == 0, added.err
     scraped = await cli(tmp_path, "sources", "scrape", "--format", "json", "--config", config, "--db", db)
     assert scraped.code == 0, scraped.err

@@ -49,7 +49,9 @@ class Recorder:
 
 async def open_accounts(store: SqliteStore, rec: Recorder | None = None, **settings: Any) -> Accounts:
     rec = rec or Recorder()
-    return await Accounts.open(store, CreditsSettings(**settings), on_event=rec.event, on_spent=rec.spent.append)
+    return await Accounts.open(
+        store, CreditsSettings(**settings), on_event=rec.event, on_spent=rec.spent.append
+    )
 
 
 async def ledger_sum(store: SqliteStore, user_id: int) -> int:
@@ -95,7 +97,9 @@ def test_positive_integer_strings_parse(n):
     assert parse_amount(n) == n
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "1.5", "abc", "", "1e3", 0, -1, 2.0, True, None, "10000000000001"])
+@pytest.mark.parametrize(
+    "value", ["0", "-5", "1.5", "abc", "", "1e3", 0, -1, 2.0, True, None, "10000000000001"]
+)
 def test_bad_amounts_are_refused(value):
     """Zero, negatives, non-integers, booleans and absurd amounts are refused."""
     with pytest.raises(InvalidInputError):

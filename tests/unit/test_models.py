@@ -154,10 +154,6 @@ def test_display_masks_password_example():
     assert "hunter2" not in repr(Proxy(1, UpstreamURL.parse("http://u:hunter2@h.example:1")))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UpstreamURL.parse accepts an unbracketed IPv6 host, guessing where the port starts",
-)
 @pytest.mark.parametrize("text", ["http://2001:db8::1:80", "2001:db8::1:80", "socks5://u:p@::1:1080"])
 def test_unbracketed_ipv6_is_refused(text):
     """'2001:db8::1:80' is ambiguous (port 80, or the last group?); the contract wants brackets."""
@@ -165,9 +161,6 @@ def test_unbracketed_ipv6_is_refused(text):
         UpstreamURL.parse(text, default_protocol="http")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="BUG: UpstreamURL.parse accepts non-ASCII digits in the port (str.isdigit)"
-)
 @pytest.mark.parametrize("text", ["1.2.3.4:８０８０", "1.2.3.4:٨٠"])
 def test_port_must_be_ascii_digits(text):
     """A port written in full-width or Arabic-Indic digits is not a port."""
@@ -175,10 +168,6 @@ def test_port_must_be_ascii_digits(text):
         UpstreamURL.parse(text, default_protocol="http")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: UpstreamURL.parse/url do not round-trip a user without password or a password without user",
-)
 @pytest.mark.parametrize("text", ["http://user@h.example:1", "http://:secret@h.example:1"])
 def test_partial_credentials_roundtrip(text):
     """What parse read, url writes back unchanged (no password invented, none silently dropped)."""

@@ -124,10 +124,6 @@ def test_missing_members_are_all_listed():
     assert "missing supports" in text and "missing parse" in text and "missing default_schedule" in text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: registry._validate raises TypeError (not PluginValidationError) for a non-iterable subscribes_to",
-)
 @pytest.mark.parametrize("subs", [None, 5])
 def test_non_iterable_subscriptions_are_a_validation_error(subs):
     """subscribes_to = None is a plugin mistake, reported like any other (not a TypeError)."""

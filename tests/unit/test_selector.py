@@ -528,11 +528,6 @@ def test_benched_proxy_is_still_counted_as_active_but_not_selectable():
 # -- the view is refreshed from the store ----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Selector.update/_Bucket.remove assume the same Proxy object; a fresh object with a known id "
-    "(a reload from the store) leaves the stale object indexed and can raise IndexError",
-)
 def test_reload_with_fresh_objects_replaces_the_indexed_ones():
     """load()/update() with new Proxy objects for known ids: picks return the new objects, a dead one leaves."""
     sel = selector(make_proxy(id=1), make_proxy(id=2), strategy="round_robin")

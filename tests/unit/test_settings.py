@@ -195,10 +195,6 @@ def test_invalid_env_value_names_the_key(monkeypatch):
     assert "gateway.max_retries" in config_error()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Settings.load lets pydantic_settings.SettingsError escape for a non-JSON env list value",
-)
 def test_unparsable_env_list_is_a_config_error_naming_the_key(monkeypatch):
     """PROXY_POOL_GATEWAY__RETRY_ON_STATUS=403,429 (not JSON) is one config error naming the key."""
     monkeypatch.setenv("PROXY_POOL_GATEWAY__RETRY_ON_STATUS", "403,429")

@@ -64,6 +64,15 @@ _PROTOCOL_WORDS = re.compile(r"socks\s*([45])(?:\s*/\s*([45]))?|https?")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _HIDDEN = '[style*="display:none"], [style*="display: none"], [hidden]'
 
+# The nesting guard (see ``nesting_depth``).
+MAX_DEPTH = 1024
+_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]{0,15})")
+_VOID = frozenset(
+    "area base basefont bgsound br col embed frame hr image img input keygen link meta param source track wbr".split()
+)
+_FLAT = frozenset("p li dt dd option optgroup rb rt rp rtc".split())  # each closes its own kind: never deep
+_TABLE_PARTS = frozenset("caption colgroup tbody thead tfoot tr td th".split())
+
 
 class ParseOutcome(NamedTuple):
     """What a page yielded: the proxies in order, and how many data rows were not proxies."""
@@ -246,7 +255,46 @@ def _table_proxies(table: LexborNode) -> tuple[list[DiscoveredProxy], int] | Non
     return proxies, skipped
 
 
-def decode(raw: bytes) -> str:
+def nesting_depth(text: str, limit: int = MAX_DEPTH) -> int:
+    """About how deep the HTML parser's stack of open elements gets; counting stops past ``limit``.
+
+    Every HTML5 tree builder, lexbor included, walks that stack on many start tags, so a page of
+    200,000 unclosed ``<div>`` takes minutes to parse.  This linear scan models the stack closely
+    enough to refuse such a page first: an end tag pops to its match (a stray one is ignored), a
+    table part closes whatever its table's previous cell left open, void and self-closing-kind
+    elements never count.  It over-counts only markup inside scripts and comments.
+    """
+    stack: list[str] = []
+    where: dict[str, list[int]] = {}  # tag name -> its positions in the stack, innermost last
+    peak = 0
+
+    def pop_to(size: int) -> None:
+        while len(stack) > size:
+            where[stack.pop()].pop()
+
+    for match in _TAG.finditer(text):
+        name = match[2].lower()
+        if name in _VOID or name in _FLAT:
+            continue
+        opened = where.get(name)
+        if match[1]:
+            if opened:
+                pop_to(opened[-1])
+            continue
+        if name in _TABLE_PARTS:
+            tables = where.get("table")
+            if tables:
+                pop_to(tables[-1] + 1)
+        where.setdefault(name, []).append(len(stack))
+        stack.append(name)
+        if len(stack) > peak:
+            peak = len(stack)
+            if peak > limit:
+                break
+    return peak
+
+
+def _decode(raw: bytes) -> str:
     """Bytes to text.  Addresses and headers are ASCII, so UTF-8 with replacement is enough."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16", errors="replace")
@@ -274,6 +322,8 @@ class _Page(NamedTuple):
 
 
 def _parse_page(text: str) -> _Page:
+    if nesting_depth(text) > MAX_DEPTH:
+        raise ValueError(f"{NAME}: elements nested more than {MAX_DEPTH} deep; refusing a page built to be slow")
     tree = LexborHTMLParser(text)
     tree.strip_tags(["script", "style", "noscript", "template"])
     for hidden in tree.css(_HIDDEN):
@@ -293,7 +343,7 @@ def _parse_page(text: str) -> _Page:
 
 
 def parse_html(text: str) -> ParseOutcome:
-    """Every proxy in the page's proxy tables; never raises on any text."""
+    """Every proxy in the page's proxy tables; raises ValueError only for a page nested absurdly deep."""
     return _parse_page(text).outcome
 
 
@@ -303,7 +353,7 @@ def _count(n: int, noun: str, plural: str | None = None) -> str:
 
 def parse_body(raw: bytes) -> ParseOutcome:
     """Decode and parse a fetched page; ValueError (one line) when it holds no proxy table or no valid row."""
-    text = decode(raw)
+    text = _decode(raw)
     page = _parse_page(text)
     if page.outcome.proxies:
         return page.outcome

@@ -151,7 +151,7 @@ def parse_text(text: str) -> ParseOutcome:
     return ParseOutcome(proxies, skipped)
 
 
-def decode(raw: bytes) -> str:
+def _decode(raw: bytes) -> str:
     """Bytes to text: UTF-16 when its BOM says so, else UTF-8 with bad bytes replaced in place.
 
     UTF-8 resynchronises at every byte below 0x80, so a bad byte only spoils its own line.
@@ -161,7 +161,7 @@ def decode(raw: bytes) -> str:
     return raw.decode("utf-8-sig", errors="replace")
 
 
-def describe_body(text: str) -> str:
+def _describe(text: str) -> str:
     """A short guess at what a body that held no proxies is, for the error message."""
     head = text.lstrip("\ufeff \t\r\n")[:4096]
     if not head:
@@ -182,11 +182,11 @@ def _count(n: int, noun: str, plural: str | None = None) -> str:
 
 def parse_body(raw: bytes) -> ParseOutcome:
     """Decode and parse a fetched body; ValueError when lines exist but none is a proxy."""
-    text = decode(raw)
+    text = _decode(raw)
     outcome = parse_text(text)
     if not outcome.proxies and outcome.skipped:
         lines = _count(outcome.skipped, "line")
-        raise ValueError(f"{NAME}: none of {lines} is a proxy address: body is {describe_body(text)}")
+        raise ValueError(f"{NAME}: none of {lines} is a proxy address: body is {_describe(text)}")
     return outcome
 
 
