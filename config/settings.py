@@ -105,7 +105,7 @@ class GatewaySettings(_Section):
     debug_headers: bool = False
     allow_open: bool = False
     drain_timeout: float = Field(default=10.0, ge=0)
-    upstream_pool_size: int = Field(default=8, ge=0, description="idle keep-alive connections per upstream")
+    upstream_pool_size: int = Field(default=32, ge=0, description="idle keep-alive connections per upstream")
     upstream_idle_timeout: float = Field(default=30.0, gt=0)
 
     @field_validator("listen")

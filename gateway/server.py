@@ -180,12 +180,6 @@ class GatewayServer:
                 return
         else:
             await self._limit.acquire()
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
         self._clients.add(client)
         if self.metrics is not None:
             self.metrics.connection_opened()  # type: ignore[attr-defined]
@@ -211,7 +205,8 @@ class GatewayServer:
             timeout = self.gw.head_timeout if first else self.gw.idle_timeout
             client.busy = False
             try:
-                raw = await asyncio.wait_for(http1.read_head(client.reader, self.gw.max_header_bytes), timeout)
+                async with asyncio.timeout(timeout):  # no task per call, unlike wait_for on 3.11
+                    raw = await http1.read_head(client.reader, self.gw.max_header_bytes)
             except TimeoutError:
                 if first:
                     self._send_refusal(client.writer, Refusal(408, "request head not received in time", "timeout"))
@@ -501,19 +496,19 @@ class GatewayServer:
         """Send the head (and body) upstream, read the response head."""
         reused = conn.uses > 0
         try:
-            conn.writer.write(out)
-            if body is not http1.Framing.NONE:
+            if body is http1.Framing.NONE:
+                conn.writer.write(out)
+            else:
                 if head.expect_continue and not continued:
                     client.writer.write(http1.CONTINUE_100)
                 try:
-                    await http1.copy_body(client.reader, conn.writer, body, on_bytes=self._count_up)
+                    await http1.copy_body(client.reader, conn.writer, body, on_bytes=self._count_up, prefix=out)
                 except http1.IncompleteBody:
                     raise _ClientGone() from None
             await conn.writer.drain()
             while True:
-                raw = await asyncio.wait_for(
-                    http1.read_response_head(conn.reader, self.gw.max_header_bytes), self.gw.response_timeout
-                )
+                async with asyncio.timeout(self.gw.response_timeout):
+                    raw = await http1.read_response_head(conn.reader, self.gw.max_header_bytes)
                 if raw is None:
                     if reused:
                         raise _StaleConnection()
@@ -551,12 +546,10 @@ class GatewayServer:
         framing = http1.response_body_framing(resp, head.method)
         dechunk = head.version == "HTTP/1.0"  # a 1.0 client cannot read chunked framing
         keep = head.keep_alive and framing is not http1.Framing.UNTIL_CLOSE and not self._closing and not dechunk
-        client.writer.write(
-            http1.forward_response_head(resp, keep_alive=keep, extra=self._debug_headers(proxy), dechunk=dechunk)
-        )
+        out = http1.forward_response_head(resp, keep_alive=keep, extra=self._debug_headers(proxy), dechunk=dechunk)
         try:
             await http1.copy_body(
-                conn.reader, client.writer, framing, on_bytes=self._count_down, response=True, dechunk=dechunk
+                conn.reader, client.writer, framing, on_bytes=self._count_down, response=True, dechunk=dechunk, prefix=out
             )
         except (http1.IncompleteBody, http1.BadResponse):
             conn.close()

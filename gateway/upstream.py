@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import socket
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -90,13 +89,6 @@ def proxy_authorization(up: UpstreamURL) -> list[tuple[str, str]]:
     return [("Proxy-Authorization", f"Basic {token}")]
 
 
-def _tune(sock: socket.socket) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
-
-
 async def open_tunnel(
     up: UpstreamURL, host: str, port: int, timeout: float
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -126,7 +118,6 @@ async def open_tunnel(
         raise UpstreamTimeout(f"{up.protocol} upstream timed out") from None
     except OSError as exc:
         raise UpstreamConnectError(f"{up.protocol} upstream failed: {_os_reason(exc)}", _errno_reason(exc)) from None
-    _tune(sock)
     try:
         return await asyncio.open_connection(sock=sock, limit=STREAM_LIMIT)
     except BaseException:
@@ -137,17 +128,13 @@ async def open_tunnel(
 async def open_forward(up: UpstreamURL, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A TCP connection to an HTTP upstream, for absolute-form requests."""
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(up.host, up.port, limit=STREAM_LIMIT), timeout
-        )
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(up.host, up.port, limit=STREAM_LIMIT)
     except TimeoutError:
         raise UpstreamTimeout("http upstream timed out") from None
     except OSError as exc:
         raise UpstreamConnectError(f"http upstream unreachable: {_os_reason(exc)}", _errno_reason(exc)) from None
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        _tune(sock)
-    return reader, writer
+    return reader, writer  # asyncio and uvloop set TCP_NODELAY on TCP transports themselves
 
 
 def _os_reason(exc: BaseException) -> str:
@@ -195,11 +182,15 @@ class ConnectionPool:
     (httpcore's pool decides first and does I/O afterwards).
     """
 
-    def __init__(self, per_key: int = 8, idle_timeout: float = 30.0, max_keys: int = 4096) -> None:
+    def __init__(
+        self, per_key: int = 32, idle_timeout: float = 30.0, max_keys: int = 4096, max_total: int = 4096
+    ) -> None:
         self.per_key = per_key
         self.idle_timeout = idle_timeout
         self.max_keys = max_keys
+        self.max_total = max_total  # idle sockets held at most, whatever the number of upstreams
         self._idle: OrderedDict[object, list[PooledConnection]] = OrderedDict()
+        self._total = 0
 
     def acquire(self, key: object) -> PooledConnection | None:
         conns = self._idle.get(key)
@@ -208,6 +199,7 @@ class ConnectionPool:
         now = time.monotonic()
         while conns:
             conn = conns.pop()
+            self._total -= 1
             if conn.is_usable(now, self.idle_timeout):
                 if not conns:
                     del self._idle[key]
@@ -225,16 +217,22 @@ class ConnectionPool:
         conns = self._idle.setdefault(key, [])
         self._idle.move_to_end(key)
         conns.append(conn)
+        self._total += 1
         if len(conns) > self.per_key:
             conns.pop(0).close()
-        while len(self._idle) > self.max_keys:
-            _, old = self._idle.popitem(last=False)
-            for c in old:
-                c.close()
+            self._total -= 1
+        while len(self._idle) > self.max_keys or self._total > self.max_total:
+            oldest_key = next(iter(self._idle))
+            oldest = self._idle[oldest_key]
+            oldest.pop(0).close()
+            self._total -= 1
+            if not oldest:
+                del self._idle[oldest_key]
 
     def discard_key(self, key: object) -> None:
         for conn in self._idle.pop(key, []):
             conn.close()
+            self._total -= 1
 
     def prune(self) -> int:
         """Close connections idle too long; returns how many (called from a background loop)."""
@@ -247,6 +245,7 @@ class ConnectionPool:
                 if c not in keep:
                     c.close()
                     closed += 1
+            self._total -= len(conns) - len(keep)
             if keep:
                 self._idle[key] = keep
             else:
@@ -258,6 +257,7 @@ class ConnectionPool:
             for conn in conns:
                 conn.close()
         self._idle.clear()
+        self._total = 0
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self._idle.values())
+        return self._total

@@ -87,11 +87,23 @@ class _Bucket:
         return self._fastest
 
 
-def _bucket_keys(proxy: Proxy) -> Iterable[BucketKey]:
-    protocol = proxy.protocol.value
-    country = proxy.country.upper() if proxy.country else None
-    anonymity = proxy.anonymity.value if proxy.anonymity else None
-    return product((None, protocol), (None, country) if country else (None,), (None, anonymity) if anonymity else (None,))
+_KEYS: dict[BucketKey, tuple[BucketKey, ...]] = {}
+
+
+def _bucket_keys(proxy: Proxy) -> tuple[BucketKey, ...]:
+    """The buckets a proxy belongs in; one shared tuple per attribute combination (memory at 100k)."""
+    own = (
+        proxy.protocol.value,
+        proxy.country.upper() if proxy.country else None,
+        proxy.anonymity.value if proxy.anonymity else None,
+    )
+    keys = _KEYS.get(own)
+    if keys is None:
+        protocol, country, anonymity = own
+        keys = _KEYS[own] = tuple(
+            product((None, protocol), (None, country) if country else (None,), (None, anonymity) if anonymity else (None,))
+        )
+    return keys
 
 
 class Selector:
@@ -172,9 +184,9 @@ class Selector:
             self.on_change()
 
     def _index(self, proxy: Proxy) -> None:
-        keys = tuple(_bucket_keys(proxy))
+        keys = _bucket_keys(proxy)
         current = self._indexed.get(proxy.id)
-        if current == keys:
+        if current is keys:
             for key in keys:  # same buckets; cached orderings may have changed
                 self._buckets[key]._fastest = None
             return

@@ -417,7 +417,7 @@ async def test_cli_users_add_list_credit_and_bad_input(tmp_path: Path):
         (("users", "credit", "dave", "0"), InvalidInputError),
         (("users", "credit", "dave", "2.5"), InvalidInputError),
         (("users", "credit", "dave", "ten"), InvalidInputError),
-        (("users", "credit", "dave", "--", "-3"), InvalidInputError),
+        (("users", "credit", "dave", "-3"), InvalidInputError),
         (("users", "credit", "nobody", "1"), NotFoundError),
         (("users", "add", "dave"), DuplicateError),
         (("users", "add", "protocol"), InvalidInputError),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from config import Settings
 from plugins import DiscoveredProxy, PluginRegistry, ProxyProtocol, ProxySource
 from plugins.builtin.parsers import html_table, json_api, plaintext
-from plugins.builtin.parsers.html_table import HtmlTableParser, parse_body, parse_html
+from plugins.builtin.parsers.html_table import HtmlTableParser, nesting_depth, parse_body, parse_html
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sources"
 DP = DiscoveredProxy
@@ -205,6 +205,48 @@ async def test_wrong_or_hostile_bodies_raise_one_clear_line(body, words):
     assert str(info.value).startswith("html_table: ") and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<div>" * 200_000,
+        "<span>" * 20_000 + "<div>x</div>" * 20_000,
+        "<div></span>" * 100_000,
+        "<table><tr><td>" + "<ul>" * 50_000,
+    ],
+    ids=["unclosed-divs", "deep-inline-then-blocks", "stray-end-tags", "deep-in-a-cell"],
+)
+async def test_pages_nested_to_be_slow_are_refused_before_parsing(body):
+    """Deep nesting that makes any HTML5 tree builder quadratic (minutes of CPU) is refused up front."""
+    with pytest.raises(ValueError, match="nested more than 512 deep"):
+        await HtmlTableParser().parse(body.encode(), _source())
+
+
+@pytest.mark.parametrize(
+    ("page", "depth"),
+    [
+        ("<html><body><div><p>a<p>b<ul><li>x<li>y</ul></div></body></html>", 4),
+        ("<table>" + "<tr><td><span>1.2.3.4<td>80" * 5000 + "</table>", 3),
+        ("<table><tr><td><table><tr><td>inner</table></td></tr></table>", 4),
+        ("<div>" + "</span></b></div>" * 1000 + "<div><div>", 2),
+        ("<br><img src=x><hr><input>" * 1000, 0),
+        ("<DIV><Div>x</div></DIV>", 2),
+        ("<span>" * 600, 513),
+    ],
+    ids=[
+        "paragraphs-and-lists",
+        "unclosed-cells",
+        "nested-tables",
+        "stray-ends",
+        "void",
+        "case",
+        "stops-past-limit",
+    ],
+)
+def test_nesting_depth_models_implied_and_stray_end_tags(page, depth):
+    """Unclosed cells, paragraphs and list items, stray end tags and void elements keep real pages shallow."""
+    assert nesting_depth(page) == depth
+
+
 @settings(max_examples=200)
 @given(st.binary(max_size=4096))
 def test_any_bytes_give_proxies_or_an_html_table_value_error(raw):
@@ -218,15 +260,14 @@ def test_any_bytes_give_proxies_or_an_html_table_value_error(raw):
 @settings(max_examples=200)
 @given(st.text(alphabet=st.sampled_from(list("<>/=\"' tablerhdIPo:.0123456789")), max_size=400))
 def test_tag_soup_never_raises_from_the_pure_function(text):
-    """Broken markup made of table-ish fragments never makes parse_html raise."""
+    """Broken markup made of table-ish fragments (too short to nest deep) never makes parse_html raise."""
     parse_html(text)
 
 
-async def test_large_page_is_parsed_off_the_loop_with_the_same_result():
-    """A page above the thread threshold gives the same proxies as the pure function."""
+async def test_large_page_parsed_in_a_thread_gives_the_same_result():
+    """A 7,000-row page parsed through the plugin (off the loop) gives what the pure function gives."""
     rows = [f"<td>10.1.{i // 250}.{i % 250 + 1}</td><td>{2000 + i}</td>" for i in range(7000)]
     body = _table("<thead><tr><th>IP</th><th>Port</th></tr></thead>", *rows).encode()
-    assert len(body) > 256 * 1024
     proxies = await HtmlTableParser().parse(body, _source())
     assert proxies == parse_body(body).proxies and len(proxies) == 7000
 
@@ -245,7 +286,10 @@ async def test_large_page_is_parsed_off_the_loop_with_the_same_result():
         ("https://example.test/proxylist.php", True),
         ("https://example.test/list.txt", False),
         ("https://example.test/proxies.json", False),
+        ("https://example.test/rapid-proxies/", True),
         ("https://proxylist.geonode.com/api/proxy-list?limit=500", False),
+        ("https://api.example.test/v2/?request=getproxies", False),
+        ("https://example.test/en/proxy-list/?format=json", False),
     ],
 )
 def test_supports_pages_and_extensionless_urls_but_not_apis(url, expected):
@@ -259,6 +303,8 @@ def test_supports_pages_and_extensionless_urls_but_not_apis(url, expected):
         ("https://free-proxy-list.net/", "html_table"),
         ("https://proxylist.geonode.com/api/proxy-list?limit=500&page=1", "json_api"),
         ("https://example.test/feeds/proxies.json", "json_api"),
+        ("https://api.example.test/v2/?request=getproxies", "json_api"),
+        ("https://example.test/api/v1/proxies.txt", "plaintext"),
         ("https://raw.githubusercontent.com/o/r/main/socks5.txt", "plaintext"),
         ("https://example.test/download.zip", None),
     ],

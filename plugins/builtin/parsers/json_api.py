@@ -33,7 +33,7 @@ __all__ = ["JsonApiParser", "ParseOutcome", "create_plugin", "extract", "parse_b
 log = logging.getLogger("proxy_pool.plugins.json_api")
 
 NAME = "json_api"
-_THREAD_THRESHOLD = 256 * 1024
+_THREAD_THRESHOLD = 64 * 1024  # bodies above this (a few ms of work) are parsed off the event loop
 
 _LIST_KEYS = ("data", "proxies", "results", "result", "list", "items", "proxy_list", "proxylist")
 _ADDRESS_KEYS = (

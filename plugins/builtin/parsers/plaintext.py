@@ -35,7 +35,7 @@ __all__ = ["ParseOutcome", "PlaintextParser", "create_plugin", "parse_body", "pa
 log = logging.getLogger("proxy_pool.plugins.plaintext")
 
 NAME = "plaintext"
-_THREAD_THRESHOLD = 256 * 1024  # bodies above this are parsed off the event loop
+_THREAD_THRESHOLD = 64 * 1024  # bodies above this (a few ms of work) are parsed off the event loop
 
 # A dotted-quad IPv4 octet without leading zeros, exactly as ``ipaddress`` accepts it, so the fast
 # path and ``UpstreamURL.parse`` agree on every input (a test holds them to it).
