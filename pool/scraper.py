@@ -176,7 +176,9 @@ class Scraper:
             try:
                 discovered = await parser.parse(raw, source)
             except Exception as exc:
-                raise FetchError(f"{parser.name} could not parse the body: {exc}"[:400]) from None
+                text = str(exc)
+                message = text if text.startswith(f"{parser.name}:") else f"{parser.name}: {text}"
+                raise FetchError(message[:400]) from None
             upstreams: list[UpstreamURL] = []
             skipped = 0
             for item in discovered:
