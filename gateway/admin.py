@@ -182,7 +182,7 @@ async def stats(request: web.Request) -> web.Response:
                 **pool.metrics.summary(),
                 "sessions": pool.selector.session_count,
                 "cooldowns": pool.selector.cooldown_count,
-                "pooled_upstream_connections": len(pool.gateway.pool),
+                "pooled_upstream_connections": pool.gateway.idle_upstream_connections,
             },
             "checker": {
                 "backlog": pool.pipeline.backlog,

@@ -155,7 +155,11 @@ class ProxyPool:
                 raise ConfigError(f"--proxies {url}: {exc}") from None
             source = await self.store.find_source(normalised)
             if source is None:
-                source = await add_source(self.store, self.registry, normalised, origin="cli")
+                # a local list is plain text unless its name says otherwise (issue 3: bare host:port lines)
+                suffix = normalised.rsplit("/", 1)[-1].rpartition(".")[2].lower()
+                local = normalised.startswith("file://")
+                parser = "plaintext" if local and suffix not in ("json", "html", "htm") else None
+                source = await add_source(self.store, self.registry, normalised, parser=parser, origin="cli")
             self._tasks.spawn(self.scraper.scrape(source), name=f"scrape-cli-{source.id}")
 
     def _pool_changed(self) -> None:

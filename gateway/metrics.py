@@ -81,6 +81,7 @@ OUTCOMES = (
     "upstream_error",  # 502: every attempt failed
     "timeout",  # 504
     "client_closed",  # the client went away before an answer
+    "overloaded",  # 503: max_connections reached and no slot freed in time
     "error",  # an internal error (500)
     "other",
 )

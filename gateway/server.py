@@ -14,17 +14,21 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from config import Settings
 from gateway import http1
 from gateway.errors import BadRequest, GatewayError
+from gateway.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_error
 from gateway.relay import Tunnel
 from gateway.routing import Credentials, RouteError, parse_proxy_authorization, route_for
 from gateway.upstream import (
     ConnectionPool,
     PooledConnection,
     UpstreamError,
+    UpstreamRefused,
     UpstreamTimeout,
     open_forward,
     open_tunnel,
@@ -108,8 +112,12 @@ class GatewayServer:
         self.pool = ConnectionPool(per_key=self.gw.upstream_pool_size, idle_timeout=self.gw.upstream_idle_timeout)
         self._own = set(own_addresses or ())
         self._server: asyncio.AbstractServer | None = None
-        self._clients: set[_Client] = set()
-        self._limit = asyncio.Semaphore(self.gw.max_connections)
+        self.fast_pool = ConnectionPool(per_key=self.gw.upstream_pool_size, idle_timeout=self.gw.upstream_idle_timeout)
+        self._clients: set[ClientProtocol] = set()  # admitted client connections, either path
+        self._streams: dict[ClientProtocol, _Client] = {}  # those handed to the stream path
+        self._waiting: deque[tuple[ClientProtocol, asyncio.TimerHandle]] = deque()
+        self._fast_eligible_base = not self.gw.retry_on_status
+        self.no_tunnel: set[int] = set()  # HTTP upstreams that refuse CONNECT to plain-HTTP ports
         self._closing = False
         self._tasks = TaskSet()
         self._allowed_ports = None if self.gw.allowed_connect_ports == "*" else frozenset(self.gw.allowed_connect_ports)
@@ -121,8 +129,9 @@ class GatewayServer:
     # lifecycle ----------------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
         host, port = self.gw.host_port
-        self._server = await asyncio.start_server(
-            self._accept, host, port, limit=self.gw.max_header_bytes + 1024, backlog=1024, reuse_address=True
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientProtocol(self), host, port, backlog=1024, reuse_address=True
         )
         bound = self._server.sockets[0].getsockname()
         self._own.add((bound[0], bound[1]))
@@ -144,71 +153,223 @@ class GatewayServer:
         self._closing = True
         if self._server is not None:
             self._server.close()
+        for waiting, timer in list(self._waiting):
+            timer.cancel()
+            waiting.close()
+        self._waiting.clear()
         for client in list(self._clients):
-            if not client.busy and client.task is not None:
-                client.task.cancel()
-        busy = [c.task for c in self._clients if c.task is not None and not c.task.done()]
+            if client in self._streams:
+                streamed = self._streams[client]
+                if not streamed.busy and streamed.task is not None:
+                    streamed.task.cancel()
+            elif not client.busy:
+                client.close()
+        busy = [self._done_of(c) for c in self._clients]
+        busy = [f for f in busy if f is not None and not f.done()]
         if busy:
             await asyncio.wait(busy, timeout=timeout)
         for client in list(self._clients):
-            if client.task is not None:
-                client.task.cancel()
-        remaining = [c.task for c in self._clients if c.task is not None]
+            streamed = self._streams.get(client)
+            if streamed is not None and streamed.task is not None:
+                streamed.task.cancel()
+            else:
+                client.close()
+        remaining = [f for f in (self._done_of(c) for c in list(self._clients)) if f is not None]
         if remaining:
-            await asyncio.gather(*remaining, return_exceptions=True)
+            await asyncio.wait(remaining, timeout=2.0)
         await self._tasks.close()
         self.pool.close()
+        self.fast_pool.close()
         if self._server is not None:
             await self._server.wait_closed()
+
+    @property
+    def idle_upstream_connections(self) -> int:
+        return len(self.pool) + len(self.fast_pool)
+
+    def close_idle_upstreams(self) -> None:
+        """Drop every kept-alive upstream connection (tests; an operator's reset)."""
+        self.pool.close()
+        self.fast_pool.close()
+
+    def _done_of(self, client: ClientProtocol) -> asyncio.Future[Any] | None:
+        streamed = self._streams.get(client)
+        if streamed is not None:
+            return streamed.task
+        return client.done
 
     async def _prune_loop(self) -> None:
         while True:
             await asyncio.sleep(max(1.0, self.gw.upstream_idle_timeout / 2))
             self.pool.prune()
+            self.fast_pool.prune()
 
     # connections --------------------------------------------------------------------------
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        client = _Client(reader, writer, f"{peer[0]}:{peer[1]}" if peer else "?")
-        client.task = asyncio.current_task()  # type: ignore[assignment]
-        if self._limit.locked():
-            try:
-                await asyncio.wait_for(self._limit.acquire(), 1.0)
-            except TimeoutError:
-                self._send_refusal(writer, Refusal(503, "gateway busy: too many connections", "overloaded"))
-                writer.close()
-                return
-        else:
-            await self._limit.acquire()
+    def admit(self, client: ClientProtocol) -> None:
+        """A new client: served at once while under ``max_connections``, else it waits a moment."""
+        if len(self._clients) < self.gw.max_connections:
+            self._open(client)
+            return
+        if client.transport is not None:
+            client.transport.pause_reading()
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(1.0, self._turn_away, client)
+        self._waiting.append((client, timer))
+
+    def _open(self, client: ClientProtocol) -> None:
         self._clients.add(client)
         if self.metrics is not None:
             self.metrics.connection_opened()  # type: ignore[attr-defined]
+        if client.transport is not None:
+            client.transport.resume_reading()
+        client.start()
+
+    def _turn_away(self, client: ClientProtocol) -> None:
+        self._waiting = deque((c, t) for c, t in self._waiting if c is not client)
+        client.write(http1.simple_response(503, "gateway busy: too many connections", close=True))
+        self.count_request("?", "overloaded", 0.0)
+        client.close()
+
+    def release(self, client: ClientProtocol) -> None:
+        """A client connection ended (on either path); a waiting one may take its slot."""
+        if client not in self._clients:
+            self._waiting = deque((c, t) for c, t in self._waiting if c is not client)
+            return
+        self._clients.discard(client)
+        self._streams.pop(client, None)
+        if self.metrics is not None:
+            self.metrics.connection_closed()  # type: ignore[attr-defined]
+        while self._waiting and not self._closing:
+            waiting, timer = self._waiting.popleft()
+            timer.cancel()
+            if not waiting.closed:
+                self._open(waiting)
+                break
+
+    def hand_over(
+        self, client: ClientProtocol, head: http1.RequestHead, rest: bytes, charged: tuple[str | None, int] | None
+    ) -> None:
+        """Continue a connection on the stream path: its transport gets a StreamReaderProtocol."""
+        loop = asyncio.get_running_loop()
+        transport = client.transport
+        assert transport is not None
+        reader = asyncio.StreamReader(limit=self.gw.max_header_bytes + 1024, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if rest:
+            reader.feed_data(rest)
+        transport.resume_reading()
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        streamed = _Client(reader, writer, client.peer, busy=True)
+        self._streams[client] = streamed
+        streamed.task = self._tasks.spawn(self._run_streams(client, streamed, head, charged), name="client-streams")
+
+    async def _run_streams(
+        self, client: ClientProtocol, streamed: _Client, head: http1.RequestHead, charged: tuple[str | None, int] | None
+    ) -> None:
         try:
-            await self._serve(client)
-        except (ConnectionError, asyncio.IncompleteReadError, OSError):
-            pass
-        except asyncio.CancelledError:
+            await self._serve(streamed, first=(head, charged))
+        except (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
             pass
         except Exception:
-            log.exception("unexpected error on client %s", client.peer)
+            log.exception("unexpected error on client %s", streamed.peer)
         finally:
-            self._clients.discard(client)
-            self._limit.release()
-            if self.metrics is not None:
-                self.metrics.connection_closed()  # type: ignore[attr-defined]
-            if not writer.is_closing():
-                writer.close()
+            self.release(client)
+            if not streamed.writer.is_closing():
+                streamed.writer.close()
 
-    async def _serve(self, client: _Client) -> None:
-        first = True
+    # the fast path's requests -------------------------------------------------------------
+    def fast_request(self, client: ClientProtocol, head: http1.RequestHead) -> None:
+        """Admission (target, auth, credits) for a request read by the callback path, then serve it."""
+        try:
+            self._check_target(head)
+            user, route = self._authorize(head)
+            cost = self.settings.credits.cost_per_request if user is not None else 0
+            if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
+                raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
+        except Refusal as refusal:
+            client.refuse(refusal, head)
+            return
+        if (
+            self._fast_eligible_base
+            and not head.is_connect
+            and head.version == "HTTP/1.1"
+            and not head.expect_continue
+            and head.upgrade is None
+            and http1.request_body_framing(head) is http1.Framing.NONE
+        ):
+            client.begin(Exchange(client, head, user, route, cost))
+        else:
+            client.to_streams(head, charged=(user, cost))
+
+    def spawn_connect(
+        self, exchange: Exchange, proxy: Proxy, key: object, tunnel: tuple[str, int] | None
+    ) -> None:
+        self._tasks.spawn(self._fast_connect(exchange, proxy, key, tunnel), name="upstream-connect")
+
+    async def _fast_connect(
+        self, exchange: Exchange, proxy: Proxy, key: object, tunnel: tuple[str, int] | None
+    ) -> None:
+        """A new upstream connection; with ``tunnel``, CONNECTed through to that target.
+
+        Plain HTTP rides kept-alive tunnels to the target: the upstream only relays bytes, and each
+        request still picks its upstream.  Upstreams that refuse CONNECT to the port (many allow
+        only 443) are remembered in ``no_tunnel`` and get absolute-form requests instead.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.gw.connect_timeout):
+                _, conn = await loop.create_connection(lambda: UpstreamProtocol(self, key), proxy.host, proxy.port)
+                status = 200
+                if tunnel is not None:
+                    request = http1.connect_request_head(*tunnel, extra=proxy_authorization(proxy.upstream))
+                    status = await conn.start_tunnel(request)
+        except (OSError, TimeoutError) as exc:
+            exchange.connect_failed(open_error(exc))
+            return
+        except asyncio.CancelledError:
+            if "conn" in locals():
+                conn.close()
+            raise
+        if status == 200:
+            exchange.connected(conn)
+        elif status in (400, 403, 405, 501) or 200 < status < 300:
+            exchange.no_tunnel(proxy)
+        elif status == 0:
+            exchange.connect_failed(UpstreamError("upstream closed the connection during CONNECT", "reset"))
+        else:
+            exchange.connect_failed(
+                UpstreamRefused(f"upstream answered CONNECT with {status}", "http_status", status)
+            )
+
+    def count_request(self, method: str, outcome: str, seconds: float) -> None:
+        self.requests_total += 1
+        if self.metrics is not None:
+            self.metrics.request_done(method, outcome, seconds)  # type: ignore[attr-defined]
+        if self.settings.log.access_log:
+            access_log.info("%s %s %.1fms", method, outcome, seconds * 1000)
+
+    def count_refusal(self, method: str, refusal: Refusal, seconds: float) -> None:
+        self.count_request(method, refusal.outcome, seconds)
+
+    async def _serve(
+        self, client: _Client, first: tuple[http1.RequestHead, tuple[str | None, int] | None] | None = None
+    ) -> None:
+        if first is not None:
+            keep = await self._one(client, first[0], b"", admitted=first[1])
+            if not keep:
+                return
+            await client.writer.drain()
+        first_request = first is None
         while not self._closing:
-            timeout = self.gw.head_timeout if first else self.gw.idle_timeout
+            timeout = self.gw.head_timeout if first_request else self.gw.idle_timeout
             client.busy = False
             try:
                 async with asyncio.timeout(timeout):  # no task per call, unlike wait_for on 3.11
                     raw = await http1.read_head(client.reader, self.gw.max_header_bytes)
             except TimeoutError:
-                if first:
+                if first_request:
                     self._send_refusal(client.writer, Refusal(408, "request head not received in time", "timeout"))
                 return
             except BadRequest as exc:
@@ -217,39 +378,47 @@ class GatewayServer:
             if raw is None:
                 return
             client.busy = True
-            first = False
-            started = time.perf_counter()
-            method = "?"
-            head: http1.RequestHead | None = None
+            first_request = False
             try:
                 head = http1.parse_request_head(raw)
-                method = head.method
-                keep = await self._request(client, head)
-                outcome = "ok"
-            except Refusal as refusal:
-                # our own answer; the connection survives it only when no unread body follows
-                keep = (
-                    refusal.status in KEEP_AFTER
-                    and head is not None
-                    and head.keep_alive
-                    and not head.is_connect
-                    and http1.request_body_framing(head) is http1.Framing.NONE
-                )
-                self._send_refusal(client.writer, refusal, close=not keep)
-                outcome = refusal.outcome
             except BadRequest as exc:
-                self._send_refusal(client.writer, Refusal(exc.status, exc.message, "bad_request"))
-                outcome, keep = "bad_request", False
-            except _ClientGone:
-                outcome, keep = "client_closed", False
-            self.requests_total += 1
-            if self.metrics is not None:
-                self.metrics.request_done(method, outcome, time.perf_counter() - started)  # type: ignore[attr-defined]
-            if self.settings.log.access_log:
-                access_log.info("%s %s %s %.1fms", client.peer, method, outcome, (time.perf_counter() - started) * 1000)
-            if not keep:
+                outcome = "headers_too_large" if exc.status == 431 else "bad_request"
+                self._send_refusal(client.writer, Refusal(exc.status, exc.message, outcome))
+                self.count_request("?", outcome, 0.0)
+                return
+            if not await self._one(client, head, raw):
                 return
             await client.writer.drain()
+
+    async def _one(
+        self,
+        client: _Client,
+        head: http1.RequestHead,
+        raw: bytes,
+        admitted: tuple[str | None, int] | None = None,
+    ) -> bool:
+        """Serve one parsed request on the stream path; True when the connection stays open."""
+        started = time.perf_counter()
+        try:
+            keep = await self._request(client, head, admitted)
+            outcome = "ok"
+        except Refusal as refusal:
+            # our own answer; the connection survives it only when no unread body follows
+            keep = (
+                refusal.status in KEEP_AFTER
+                and head.keep_alive
+                and not head.is_connect
+                and http1.request_body_framing(head) is http1.Framing.NONE
+            )
+            self._send_refusal(client.writer, refusal, close=not keep)
+            outcome = refusal.outcome
+        except BadRequest as exc:
+            self._send_refusal(client.writer, Refusal(exc.status, exc.message, "bad_request"))
+            outcome, keep = "bad_request", False
+        except _ClientGone:
+            outcome, keep = "client_closed", False
+        self.count_request(head.method, outcome, time.perf_counter() - started)
+        return keep and not self._closing
 
     def _send_refusal(self, writer: asyncio.StreamWriter, refusal: Refusal, close: bool = True) -> None:
         if writer.is_closing():
@@ -257,13 +426,19 @@ class GatewayServer:
         writer.write(http1.simple_response(refusal.status, refusal.message, headers=refusal.headers, close=close))
 
     # one request --------------------------------------------------------------------------
-    async def _request(self, client: _Client, head: http1.RequestHead) -> bool:
+    async def _request(
+        self, client: _Client, head: http1.RequestHead, admitted: tuple[str | None, int] | None = None
+    ) -> bool:
         """Serve one request; True when the client connection stays open for the next."""
-        self._check_target(head)
-        user, route = self._authorize(head)
-        cost = self.settings.credits.cost_per_request if user is not None else 0
-        if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
-            raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
+        if admitted is not None:  # the callback path checked and charged it already
+            user, cost = admitted
+            _, route = self._authorize(head)
+        else:
+            self._check_target(head)
+            user, route = self._authorize(head)
+            cost = self.settings.credits.cost_per_request if user is not None else 0
+            if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
+                raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
         try:
             if head.is_connect:
                 return await self._connect(client, head, route)
@@ -457,7 +632,7 @@ class GatewayServer:
                 self._report(proxy, True)
                 attempts.reasons.append(f"upstream #{proxy.id}: answered {resp.status}")
                 if self.metrics is not None:
-                    self.metrics.upstream_failure("http_status")  # type: ignore[attr-defined]
+                    self.metrics.upstream_failure("banned")  # type: ignore[attr-defined]
                 continue
             return await self._respond(client, head, proxy, conn, key, resp)
         raise attempts.refusal()
@@ -524,7 +699,7 @@ class GatewayServer:
                 raise _StaleConnection() from None
             raise UpstreamError(f"upstream connection failed: {type(exc).__name__}", "reset") from None
         except http1.BadResponse as exc:
-            raise UpstreamError(f"upstream sent a malformed answer: {exc.message}", "bad_response") from None
+            raise UpstreamError(f"upstream sent a malformed answer: {exc.message}", "protocol_error") from None
 
     def _count_up(self, n: int) -> None:
         if self._on_bytes is not None:

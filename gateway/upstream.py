@@ -17,6 +17,7 @@ import base64
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 from python_socks import ProxyType
@@ -170,6 +171,9 @@ class PooledConnection:
             and now - self.idle_since < idle_timeout
         )
 
+    def is_open(self) -> bool:
+        return not self.writer.is_closing() and not self.reader.at_eof()
+
     def close(self) -> None:
         if not self.writer.is_closing():
             self.writer.close()
@@ -177,6 +181,9 @@ class PooledConnection:
 
 class ConnectionPool:
     """Idle keep-alive connections per key (an upstream, or an upstream and a target).
+
+    Holds anything with ``is_usable(now, idle)``, ``is_open()``, ``close()``, ``uses`` and
+    ``idle_since``: stream connections (``PooledConnection``) and the fast path's protocols.
 
     Bookkeeping is synchronous; closing happens on the transport, never awaited by the caller
     (httpcore's pool decides first and does I/O afterwards).
@@ -192,7 +199,7 @@ class ConnectionPool:
         self._idle: OrderedDict[object, list[PooledConnection]] = OrderedDict()
         self._total = 0
 
-    def acquire(self, key: object) -> PooledConnection | None:
+    def acquire(self, key: object) -> Any:
         conns = self._idle.get(key)
         if not conns:
             return None
@@ -208,8 +215,8 @@ class ConnectionPool:
         del self._idle[key]
         return None
 
-    def release(self, key: object, conn: PooledConnection) -> None:
-        if self.per_key == 0 or conn.writer.is_closing() or conn.reader.at_eof():
+    def release(self, key: object, conn: Any) -> None:
+        if self.per_key == 0 or not conn.is_open():
             conn.close()
             return
         conn.uses += 1

@@ -32,6 +32,7 @@ ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "contrib_csv_parser.py"
 GUIDE = ROOT / "docs" / "write-your-own-parser.md"
+README = ROOT / "README.md"  # its "Write your own parser" section shows the same example
 
 EXPORT = (
     "\ufeffCountry;ignored,Port,IP,Type\r\n"  # a header in another order, with a BOM and CRLF
@@ -94,12 +95,13 @@ def test_example_imports_only_the_public_surface() -> None:
 
 
 def test_guide_shows_the_tested_example_verbatim() -> None:
-    """The guide's code block is exactly the example file, so the documented code is the tested code."""
-    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.DOTALL)
-    assert EXAMPLE.read_text() in blocks
-    guide = GUIDE.read_text()
-    for must in ("contrib_dir", "/app/plugins-contrib", "proxy-pool plugins", "create_plugin"):
-        assert must in guide
+    """The guide's and the README's code block is exactly the example file: the documented code is the tested code."""
+    for doc in (GUIDE, README):
+        blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.DOTALL)
+        assert EXAMPLE.read_text() in blocks, doc.name
+        guide = doc.read_text()
+        for must in ("contrib_dir", "/app/plugins-contrib", "proxy-pool plugins", "create_plugin"):
+            assert must in guide, (doc.name, must)
 
 
 async def test_discovered_from_the_contrib_directory(registry: PluginRegistry, contrib: Path) -> None:

@@ -92,7 +92,7 @@ async def test_sticky_session_keeps_then_moves(geo_pool, origin, upstreams):
     host = next(iter(first))
     victim = next(u for u in upstreams if u.host == host)
     await victim.stop()
-    geo_pool.gateway.pool.close()  # pproxy keeps serving open connections; drop them as a dead host would
+    geo_pool.gateway.close_idle_upstreams()  # pproxy keeps serving open connections; drop them as a dead host would
     second = await peers_for(geo_pool, origin, 5, headers={"X-Proxy-Pool-Session": "s1"})
     assert len(second) == 1 and host not in second
 
@@ -193,7 +193,7 @@ async def test_upstream_connections_are_reused(make_pool, upstreams, origin):
         for _ in range(5):
             async with client.get(f"http://127.0.0.1:{origin.port}/echo", proxy=gw(pool)) as resp:
                 assert resp.status == 200
-            connections.append(len(pool.gateway.pool))
+            connections.append(pool.gateway.idle_upstream_connections)
     assert connections[-1] >= 1
 
 

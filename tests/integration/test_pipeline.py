@@ -163,7 +163,7 @@ async def test_pool_low_event_reaches_a_notifier(make_pool, upstreams):
     await upstreams[0].stop()
     await upstreams[1].stop()
     victims = [p for p in pool.selector.proxies() if p.host in (upstreams[0].host, upstreams[1].host)]
-    pool.gateway.pool.close()
+    pool.gateway.close_idle_upstreams()
     pool.pipeline.submit(victims)
     await pool.wait_until(lambda: pool.selector.active_count == 1)
     await pool.pipeline.wait_idle()

@@ -1,0 +1,621 @@
+"""The common case without coroutines: a bodiless HTTP/1.1 request through a pooled HTTP upstream.
+
+Every client connection starts here as an ``asyncio.Protocol``.  A request that needs nothing
+special (no body, no CONNECT, an HTTP upstream) is served by callbacks alone: the head is parsed in
+``data_received``, written to a kept-alive upstream connection, and the answer is relayed from the
+upstream's ``data_received`` straight into the client's transport.  No task, no StreamReader, no
+timer per request.  Anything else (CONNECT, bodies, ``Expect``, HTTP/1.0, SOCKS upstreams, ban
+retries, the direct fallback) hands the connection to the stream-based path in ``gateway.server``,
+which is the reference behaviour; the fast path must answer exactly as that path would.
+
+Measured reason (bench/gateway_bench.py): the stream path spent most of its time in task wake-ups,
+StreamReader bookkeeping and per-request timeout handles, not in parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from typing import TYPE_CHECKING
+
+from gateway import http1
+from gateway.errors import BadRequest, BadResponse
+from gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout, proxy_authorization
+
+if TYPE_CHECKING:
+    from gateway.server import GatewayServer, Refusal, _Attempts
+    from pool.models import Proxy
+    from pool.selector import Route
+
+__all__ = ["ClientProtocol", "UpstreamProtocol"]
+
+_MAX_LINE = 4096
+_MAX_TRAILERS = 1 << 16
+
+
+class BodyState(enum.Enum):
+    SIZE = "size"
+    DATA = "data"
+    DATA_CRLF = "data-crlf"
+    TRAILER = "trailer"
+
+
+class BodyTracker:
+    """Finds where a response body ends while its bytes pass through untouched."""
+
+    __slots__ = ("kind", "remaining", "state", "line", "trailer_bytes")
+
+    def __init__(self, framing: http1.Framing) -> None:
+        self.kind = framing.kind
+        self.remaining = framing.length or 0
+        self.state = BodyState.SIZE
+        self.line = bytearray()
+        self.trailer_bytes = 0
+
+    def feed(self, data: bytes, start: int = 0) -> tuple[int, bool]:
+        """How many bytes of ``data[start:]`` belong to the body, and whether it ended."""
+        kind = self.kind
+        if kind is http1.FramingKind.NONE:
+            return 0, True
+        if kind is http1.FramingKind.UNTIL_CLOSE:
+            return len(data) - start, False
+        if kind is http1.FramingKind.LENGTH:
+            take = min(self.remaining, len(data) - start)
+            self.remaining -= take
+            return take, self.remaining == 0
+        return self._chunked(data, start)
+
+    def _chunked(self, data: bytes, start: int) -> tuple[int, bool]:
+        i, n = start, len(data)
+        while i < n:
+            if self.state is BodyState.DATA:
+                take = min(self.remaining, n - i)
+                i += take
+                self.remaining -= take
+                if not self.remaining:
+                    self.state = BodyState.DATA_CRLF
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                if len(self.line) > _MAX_LINE:
+                    raise BadResponse("chunk-size line too long")
+                return n - start, False
+            self.line += data[i : j + 1]
+            i = j + 1
+            line, self.line = bytes(self.line), bytearray()
+            if len(line) > _MAX_LINE:
+                raise BadResponse("chunk-size line too long")
+            if self.state is BodyState.SIZE:
+                m = http1._CHUNK_LINE.fullmatch(line)  # noqa: SLF001  (one grammar, kept in http1)
+                if m is None:
+                    raise BadResponse(f"invalid chunk-size line {line[:40]!r}")
+                self.remaining = int(m.group(1), 16)
+                self.state = BodyState.DATA if self.remaining else BodyState.TRAILER
+            elif self.state is BodyState.DATA_CRLF:
+                if line != b"\r\n":
+                    raise BadResponse("chunk data not followed by CRLF")
+                self.state = BodyState.SIZE
+            else:  # trailer section, ended by an empty line
+                if line == b"\r\n":
+                    return i - start, True
+                self.trailer_bytes += len(line)
+                if self.trailer_bytes > _MAX_TRAILERS or http1._TRAILER_LINE.fullmatch(line) is None:  # noqa: SLF001
+                    raise BadResponse(f"invalid trailer line {line[:40]!r}")
+        return i - start, False
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """One kept-alive connection to an HTTP upstream, serving one exchange at a time."""
+
+    def __init__(self, server: GatewayServer, key: object) -> None:
+        self.server = server
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.uses = 0
+        self.idle_since = time.monotonic()
+        self.closed = False
+        self._head = bytearray()
+        self._resp: http1.ResponseHead | None = None
+        self._body: BodyTracker | None = None
+        self.handshake: asyncio.Future[int] | None = None  # CONNECT answer status, while tunnelling
+
+    # the pool's view -----------------------------------------------------------------------
+    def is_usable(self, now: float, idle_timeout: float) -> bool:
+        return not self.closed and now - self.idle_since < idle_timeout
+
+    def is_open(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        self.closed = True
+
+    # protocol -------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, exchange: Exchange, data: bytes) -> None:
+        self.exchange = exchange
+        self._head.clear()
+        self._resp = None
+        self._body = None
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def start_tunnel(self, request: bytes) -> asyncio.Future[int]:
+        """Send ``CONNECT``; the future gets the upstream's status (200: the tunnel is open)."""
+        assert self.transport is not None
+        self.handshake = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self.handshake
+
+    def _handshake_data(self, data: bytes) -> None:
+        assert self.handshake is not None
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > self.server.gw.max_header_bytes:
+                self.close()
+                self.handshake.set_result(502)
+            return
+        try:
+            status = http1.parse_response_head(bytes(self._head[: end + 4])).status
+        except BadResponse:
+            status = 502
+        leftover = len(self._head) > end + 4
+        self._head.clear()
+        if leftover and status == 200:
+            status = 502  # the upstream spoke before we did: not a clean tunnel
+        if status != 200:
+            self.close()
+        self.handshake.set_result(status)
+        self.handshake = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.handshake is not None:
+            self._handshake_data(data)
+            return
+        ex = self.exchange
+        if ex is None:  # an idle connection the upstream talks on: not safe to reuse
+            self.close()
+            return
+        try:
+            if self._resp is None:
+                self._head += data
+                end = self._head.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(self._head) > self.server.gw.max_header_bytes:
+                        raise BadResponse("response head too large")
+                    return
+                raw = bytes(self._head[: end + 4])
+                rest = bytes(self._head[end + 4 :])
+                resp = http1.parse_response_head(raw)
+                if 100 <= resp.status < 200 and resp.status != 101:
+                    self._head = bytearray(rest)  # interim answer: wait for the real one
+                    if rest:
+                        self.data_received(b"")
+                    return
+                self._resp = resp
+                self._body = BodyTracker(http1.response_body_framing(resp, ex.head.method))
+                ex.response_head(resp)
+                data = rest
+            assert self._body is not None
+            used, done = self._body.feed(data)
+            if used:
+                ex.relay(data if used == len(data) else data[:used])
+            if done:
+                self._finish(clean=used == len(data))
+        except BadResponse as exc:
+            self.close()
+            ex.upstream_failed(self, UpstreamError(f"upstream sent a malformed answer: {exc.message}", "protocol_error"))
+
+    def _finish(self, clean: bool) -> None:
+        ex, self.exchange = self.exchange, None
+        assert ex is not None and self._resp is not None
+        reusable = clean and self._resp.keep_alive and self._body is not None and (
+            self._body.kind is not http1.FramingKind.UNTIL_CLOSE
+        )
+        if reusable and not self.server._closing:  # noqa: SLF001
+            self.server.fast_pool.release(self.key, self)
+        else:
+            self.close()
+        ex.done()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.handshake is not None and not self.handshake.done():
+            self.handshake.set_result(0)
+        ex, self.exchange = self.exchange, None
+        if ex is None:
+            return
+        if self._resp is None:
+            ex.upstream_lost(self)
+        elif self._body is not None and self._body.kind is http1.FramingKind.UNTIL_CLOSE:
+            ex.done()
+        else:
+            ex.cut_short()
+
+    def pause_writing(self) -> None:  # our writes to the upstream are heads only
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
+class Exchange:
+    """One request on the fast path, across attempts on several upstreams."""
+
+    def __init__(self, client: ClientProtocol, head: http1.RequestHead, user: str | None, route: Route, cost: int) -> None:
+        from gateway.server import _Attempts
+
+        self.client = client
+        self.server = client.server
+        self.head = head
+        self.user = user
+        self.route = route
+        self.cost = cost
+        self.tried: set[int] = set()
+        self.attempts: _Attempts = _Attempts()
+        self.proxy: Proxy | None = None
+        self.conn: UpstreamProtocol | None = None
+        self.started = time.perf_counter()
+        self.responded = False
+        self.keep = False
+        self.finished = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._fresh_retry = False
+        self._out = b""
+
+    # attempts -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._attempt()
+
+    def _attempt(self) -> None:
+        server = self.server
+        if len(self.tried) > server.gw.max_retries:
+            self._refuse(self.attempts.refusal())
+            return
+        proxy = server.selector.pick(self.route, exclude=self.tried, host=self.head.host)
+        if proxy is None:
+            if self.tried:
+                self._refuse(self.attempts.refusal())
+            elif server.gw.fallback == "direct":
+                self.client.to_streams(self.head, charged=(self.user, self.cost))
+            else:
+                self._refuse(server._no_proxy(self.route))  # noqa: SLF001
+            return
+        if proxy.protocol.is_socks:
+            # tunnels through SOCKS are the stream path's job; it picks again
+            self.client.to_streams(self.head, charged=(self.user, self.cost))
+            return
+        self.tried.add(proxy.id)
+        self.proxy = proxy
+        self._use(proxy)
+
+    def _use(self, proxy: Proxy) -> None:
+        """Through a kept-alive tunnel to the target when the upstream allows it, else forwarded."""
+        server = self.server
+        head = self.head
+        if proxy.id in server.no_tunnel:
+            self._key: object = proxy.id
+            extra = proxy_authorization(proxy.upstream)
+            extra.append(("Connection", "keep-alive"))
+            self._out = http1.forward_request_head(head, absolute=True, extra=extra)
+        else:
+            self._key = (proxy.id, head.host, head.port)
+            self._out = http1.forward_request_head(head, absolute=False, extra=[("Connection", "keep-alive")])
+        conn = server.fast_pool.acquire(self._key)
+        if conn is None:
+            self._connect(proxy, fresh_retry=False)
+        else:
+            self._send(conn)
+
+    def _connect(self, proxy: Proxy, fresh_retry: bool) -> None:
+        self._fresh_retry = fresh_retry
+        tunnel = None if isinstance(self._key, int) else (self.head.host, self.head.port)
+        self.server.spawn_connect(self, proxy, self._key, tunnel)
+
+    def no_tunnel(self, proxy: Proxy) -> None:
+        """The upstream refused CONNECT to this port: remember it and forward instead."""
+        self.server.no_tunnel.add(proxy.id)
+        if not self.finished:
+            self._use(proxy)
+
+    def connected(self, conn: UpstreamProtocol) -> None:
+        if self.finished:
+            conn.close()
+            return
+        self._send(conn)
+
+    def connect_failed(self, exc: UpstreamError) -> None:
+        if self.finished:
+            return
+        self._failed(exc)
+
+    def _send(self, conn: UpstreamProtocol) -> None:
+        self.conn = conn
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.server.gw.response_timeout, self._timed_out)
+        conn.send(self, self._out)
+
+    def _timed_out(self) -> None:
+        conn = self.conn
+        if conn is None or self.finished:
+            return
+        conn.exchange = None
+        conn.close()
+        if self.responded:
+            self.cut_short()
+        else:
+            self._failed(UpstreamTimeout("upstream did not answer in time"))
+
+    def _failed(self, exc: UpstreamError) -> None:
+        self._cancel_timer()
+        self.conn = None
+        self.attempts.failed(self.proxy, exc)
+        self.server._report(self.proxy, False, exc)  # noqa: SLF001
+        self._attempt()
+
+    def upstream_failed(self, conn: UpstreamProtocol, exc: UpstreamError) -> None:
+        if self.responded:
+            self.cut_short()
+        else:
+            self._failed(exc)
+
+    def upstream_lost(self, conn: UpstreamProtocol) -> None:
+        """The upstream closed before answering: a stale pooled connection gets one fresh try."""
+        self._cancel_timer()
+        if conn.uses > 0 and not self._fresh_retry and self.proxy is not None:
+            self.conn = None
+            self._connect(self.proxy, fresh_retry=True)
+            return
+        self._failed(UpstreamError("upstream closed the connection without answering", "reset"))
+
+    # the answer ---------------------------------------------------------------------------
+    def response_head(self, resp: http1.ResponseHead) -> None:
+        self._cancel_timer()
+        self.responded = True
+        server = self.server
+        framing_kind = http1.response_body_framing(resp, self.head.method).kind
+        self.keep = self.head.keep_alive and framing_kind is not http1.FramingKind.UNTIL_CLOSE and not server._closing  # noqa: SLF001
+        out = http1.forward_response_head(resp, keep_alive=self.keep, extra=server._debug_headers(self.proxy))  # noqa: SLF001
+        self.client.write(out)
+
+    def relay(self, data: bytes) -> None:
+        self.client.write(data)
+        on_bytes = self.server._on_bytes  # noqa: SLF001
+        if on_bytes is not None:
+            on_bytes("upstream_to_client", len(data))
+
+    def done(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        self.server._report(self.proxy, True)  # noqa: SLF001
+        self.client.exchange_done(self, "ok", self.keep)
+
+    def cut_short(self) -> None:
+        """The answer broke after bytes went to the client: nothing to retry, close the client."""
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        self.server._report(self.proxy, False, UpstreamError("upstream cut the answer short", "reset"))  # noqa: SLF001
+        self.client.exchange_done(self, "upstream_error", False)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        self.finished = True
+        self._cancel_timer()
+        server = self.server
+        if self.user is not None and self.cost and refusal.status >= 500 and server.settings.credits.refund_gateway_failures:
+            server.accounts.refund(self.user, self.cost)  # type: ignore[union-attr]
+        self.client.refuse(refusal, self.head)
+
+    def abort(self) -> None:
+        """The client went away."""
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        if self.conn is not None:
+            self.conn.exchange = None
+            self.conn.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class ClientProtocol(asyncio.Protocol):
+    """A client connection while it is served by callbacks."""
+
+    def __init__(self, server: GatewayServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.exchange: Exchange | None = None
+        self.peer = "?"
+        self.first = True
+        self.busy = False
+        self.closed = False
+        self.handed_over = False
+        self.admitted = False
+        self.done: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._paused_upstream = False
+        self._paused_reading = False
+
+    # connection -----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        loop = asyncio.get_running_loop()
+        self.done = loop.create_future()
+        self.server.admit(self)
+
+    def start(self) -> None:
+        """Called once the server has a connection slot for us."""
+        self.admitted = True
+        self._arm(self.server.gw.head_timeout)
+        if self.buffer:
+            self._try_head()
+
+    def _arm(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + seconds
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed or self.handed_over or self.busy:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:  # re-armed since: sleep again (one handle, not one per request)
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+            return
+        if self.first or self.buffer:
+            from gateway.server import Refusal
+
+            self.write(http1.simple_response(408, "request head not received in time", close=True))
+            self.server.count_refusal("?", Refusal(408, "", "timeout"), 0.0)
+        self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.busy or not self.admitted:
+            if len(self.buffer) > self.server.gw.max_header_bytes * 2 and self.transport is not None:
+                self.transport.pause_reading()  # a pipelining client waits for its previous answer
+                self._paused_reading = True
+            return
+        self._try_head()
+
+    def _try_head(self) -> None:
+        buffer = self.buffer
+        while buffer[:2] == b"\r\n":  # RFC 9112 2.2: ignore CRLF before a request line
+            del buffer[:2]
+        end = buffer.find(b"\r\n\r\n")
+        limit = self.server.gw.max_header_bytes
+        if end < 0 or end + 4 > limit:
+            if len(buffer) > limit or end + 4 > limit:
+                self._bad(BadRequest(431, f"request head larger than {limit} bytes"))
+            return
+        raw = bytes(buffer[: end + 4])
+        del buffer[: end + 4]
+        try:
+            head = http1.parse_request_head(raw)
+        except BadRequest as exc:
+            self._bad(exc)
+            return
+        self.first = False
+        self.busy = True
+        self.server.fast_request(self, head)
+
+    def _bad(self, exc: BadRequest) -> None:
+        from gateway.server import Refusal
+
+        self.busy = True
+        self.write(http1.simple_response(exc.status, exc.message, close=True))
+        outcome = "headers_too_large" if exc.status == 431 else "bad_request"
+        self.server.count_refusal("?", Refusal(exc.status, exc.message, outcome), 0.0)
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def begin(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+        exchange.start()
+
+    def refuse(self, refusal: Refusal, head: http1.RequestHead) -> None:
+        from gateway.server import KEEP_AFTER
+
+        # the connection survives our own answer only when no unread body follows it
+        keep = (
+            refusal.status in KEEP_AFTER
+            and head.keep_alive
+            and not head.is_connect
+            and http1.request_body_framing(head) is http1.Framing.NONE
+        )
+        self.write(http1.simple_response(refusal.status, refusal.message, headers=refusal.headers, close=not keep))
+        self.server.count_refusal(head.method, refusal, time.perf_counter() - (self.exchange.started if self.exchange else time.perf_counter()))
+        self.exchange = None
+        self._next(keep)
+
+    def exchange_done(self, exchange: Exchange, outcome: str, keep: bool) -> None:
+        self.exchange = None
+        self.server.count_request(exchange.head.method, outcome, time.perf_counter() - exchange.started)
+        self._next(keep)
+
+    def _next(self, keep: bool) -> None:
+        self.busy = False
+        if not keep or self.server._closing:  # noqa: SLF001
+            self.close()
+            return
+        self._arm(self.server.gw.idle_timeout)
+        if self._paused_reading and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+            self._paused_reading = False
+        if self.buffer:
+            self._try_head()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.exchange is not None:
+            self.exchange.abort()
+            self.server.count_request(self.exchange.head.method, "client_closed", 0.0)
+            self.exchange = None
+        self.server.release(self)
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    # flow control: a slow client pauses the upstream that feeds it ---------------------------
+    def pause_writing(self) -> None:
+        conn = self.exchange.conn if self.exchange else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+            self._paused_upstream = True
+
+    def resume_writing(self) -> None:
+        conn = self.exchange.conn if self.exchange else None
+        if self._paused_upstream and conn is not None and conn.transport is not None and not conn.closed:
+            conn.transport.resume_reading()
+        self._paused_upstream = False
+
+    # the way out ------------------------------------------------------------------------------
+    def to_streams(self, head: http1.RequestHead, charged: tuple[str | None, int] | None = None) -> None:
+        """Hand this connection to the stream path, ``head`` already read (and maybe charged)."""
+        assert self.transport is not None
+        self.handed_over = True
+        self.exchange = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.server.hand_over(self, head, bytes(self.buffer), charged)
+        self.buffer.clear()
+
+
+def open_error(exc: BaseException) -> UpstreamError:
+    """Map a failed ``create_connection`` the way ``gateway.upstream.open_forward`` does."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout("http upstream timed out")
+    text = getattr(exc, "strerror", None) or str(exc)
+    reason = "reset" if "reset" in str(exc).lower() else "refused"
+    return UpstreamConnectError(f"http upstream unreachable: {str(text).lower()}", reason)
