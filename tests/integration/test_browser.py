@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import ssl
+import tempfile
 
 import pytest
 import trustme
@@ -47,6 +48,16 @@ def browser_app(count: int) -> web.Application:
 
 
 async def dump_dom(gateway: tuple[str, int], url: str, tmp_path) -> str:
+    """The page's DOM after its scripts ran.  A browser that printed nothing at all (it failed to
+    start, which happens on a starved machine) gets one more try; an error page is never retried."""
+    dom, err = await _dump_dom(gateway, url, tmp_path)
+    if not dom.strip():
+        dom, err = await _dump_dom(gateway, url, tmp_path)
+    assert dom.strip(), f"chromium printed nothing: {err[-800:]}"
+    return dom
+
+
+async def _dump_dom(gateway: tuple[str, int], url: str, tmp_path) -> tuple[str, str]:
     host, port = gateway
     proc = await asyncio.create_subprocess_exec(
         CHROMIUM,
@@ -60,22 +71,22 @@ async def dump_dom(gateway: tuple[str, int], url: str, tmp_path) -> str:
         "--disable-sync",
         "--disable-dev-shm-usage",
         "--ignore-certificate-errors",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}",
         f"--proxy-server=http://{host}:{port}",
         "--proxy-bypass-list=<-loopback>",
         "--virtual-time-budget=20000",
         "--dump-dom",
         url,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 90)
+        out, err = await asyncio.wait_for(proc.communicate(), 90)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-    return out.decode("utf-8", "replace")
+    return out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
 def peers_of(dom: str) -> list[str]:

@@ -49,10 +49,12 @@ class SlowOrigin:
         assert self.server.port is not None
         return self.server.port
 
-    def request(self, path: str) -> bytes:
-        return (
-            f"GET http://127.0.0.1:{self.port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n\r\n".encode()
-        )
+    def request(self, path: str, path_kind: str = "fast") -> bytes:
+        """A bodiless GET takes the gateway's callback path; a POST with a body its stream path."""
+        head = f"http://127.0.0.1:{self.port}{path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+        if path_kind == "fast":
+            return f"GET {head}\r\n".encode()
+        return f"POST {head}Content-Length: 5\r\n\r\nhello".encode()
 
 
 @pytest.fixture
@@ -73,8 +75,8 @@ async def slow_origin() -> AsyncIterator[SlowOrigin]:
         return web.Response(body=b"quick")
 
     app = web.Application()
-    app.router.add_get("/slow", slow)
-    app.router.add_get("/quick", quick)
+    app.router.add_route("*", "/slow", slow)
+    app.router.add_route("*", "/quick", quick)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield SlowOrigin(server, entered, release)
@@ -237,12 +239,15 @@ async def _is_refused_or_closed(host: str, port: int, request: bytes) -> bool:
 
 
 # the scenarios --------------------------------------------------------------------------
-async def test_sigterm_stops_accepting_and_drains_the_request_in_flight(tmp_path, upstream, slow_origin):
+@pytest.mark.parametrize("path_kind", ["fast", "stream"])
+async def test_sigterm_stops_accepting_and_drains_the_request_in_flight(
+    tmp_path, upstream, slow_origin, path_kind
+):
     """SIGTERM mid-response: new clients are refused at once, the in-flight answer completes 200, exit 0."""
     drain = 20.0
     async with serve(tmp_path, upstream, drain_timeout=drain) as served:
         reader, writer = await asyncio.open_connection(*served.gateway)
-        writer.write(slow_origin.request("/slow"))
+        writer.write(slow_origin.request("/slow", path_kind))
         await writer.drain()
         async with asyncio.timeout(10):
             await slow_origin.entered.wait()
@@ -266,14 +271,17 @@ async def test_sigterm_stops_accepting_and_drains_the_request_in_flight(tmp_path
             assert await served.proc.wait() == 0
 
 
-async def test_sigterm_closes_an_idle_keep_alive_client_without_waiting(tmp_path, upstream, slow_origin):
+@pytest.mark.parametrize("path_kind", ["fast", "stream"])
+async def test_sigterm_closes_an_idle_keep_alive_client_without_waiting(
+    tmp_path, upstream, slow_origin, path_kind
+):
     """An idle keep-alive client is closed on SIGTERM, not waited for: exit 0 long before drain_timeout."""
     drain = 300.0  # far beyond this test's bounds: waiting for the idle client would fail it
     async with serve(
         tmp_path, upstream, drain_timeout=drain, PROXY_POOL_GATEWAY__IDLE_TIMEOUT="300"
     ) as served:
         reader, writer = await asyncio.open_connection(*served.gateway)
-        writer.write(slow_origin.request("/quick"))
+        writer.write(slow_origin.request("/quick", path_kind))
         await writer.drain()
         async with asyncio.timeout(10):
             status, headers = await _read_head(reader)
@@ -288,11 +296,14 @@ async def test_sigterm_closes_an_idle_keep_alive_client_without_waiting(tmp_path
         writer.close()
 
 
-async def test_a_request_that_never_finishes_is_cut_after_drain_timeout(tmp_path, upstream, slow_origin):
+@pytest.mark.parametrize("path_kind", ["fast", "stream"])
+async def test_a_request_that_never_finishes_is_cut_after_drain_timeout(
+    tmp_path, upstream, slow_origin, path_kind
+):
     """With drain_timeout = 1 an answer that never ends is cut short, and the process still exits 0."""
     async with serve(tmp_path, upstream, drain_timeout=1) as served:
         reader, writer = await asyncio.open_connection(*served.gateway)
-        writer.write(slow_origin.request("/slow"))
+        writer.write(slow_origin.request("/slow", path_kind))
         await writer.drain()
         async with asyncio.timeout(10):
             await slow_origin.entered.wait()
