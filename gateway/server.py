@@ -495,7 +495,7 @@ class GatewayServer:
         return Refusal(503, f"no active proxy for {what}", "no_proxy")
 
     def _report(self, proxy: Proxy | None, ok: bool, exc: UpstreamError | None = None) -> None:
-        if proxy is not None:
+        if proxy is not None and (exc is None or exc.blames_upstream):
             self.selector.report(proxy, ok)
         if exc is not None and self.metrics is not None:
             self.metrics.upstream_failure(exc.reason)  # type: ignore[attr-defined]

@@ -42,10 +42,16 @@ STREAM_LIMIT = 1 << 17
 
 
 class UpstreamError(GatewayError):
-    """An upstream could not carry the request.  ``reason`` is a bounded label."""
+    """An upstream could not carry the request.  ``reason`` is a bounded label.
+
+    ``blames_upstream`` is False when the upstream itself worked and said the *target* is
+    unreachable (CONNECT 502/503/504, SOCKS "host unreachable"): passive health must not bench
+    every proxy because one web site is down.
+    """
 
     reason = "error"
     status = 502
+    blames_upstream = True
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
@@ -69,9 +75,14 @@ class UpstreamConnectError(UpstreamError, OSError):
 class UpstreamRefused(UpstreamError):
     """The upstream answered, but said no (CONNECT 407/5xx, SOCKS rejection)."""
 
+    TARGET_HTTP = frozenset({502, 503, 504})
+    TARGET_SOCKS = frozenset({3, 4, 5, 6})  # network/host unreachable, connection refused, TTL expired
+
     def __init__(self, message: str, reason: str = "socks_error", status_code: int | None = None) -> None:
         super().__init__(message, reason)
         self.status_code = status_code
+        codes = self.TARGET_HTTP if reason == "http_status" else self.TARGET_SOCKS
+        self.blames_upstream = status_code not in codes
 
 
 _SOCKS_TYPES = {
@@ -114,7 +125,9 @@ async def open_tunnel(
             raise UpstreamRefused(
                 f"upstream answered CONNECT with {code or 'an error'}", "http_status", code if isinstance(code, int) else None
             ) from None
-        raise UpstreamRefused(f"{up.protocol} upstream refused: {exc}", "socks_error") from None
+        raise UpstreamRefused(
+            f"{up.protocol} upstream refused: {exc}", "socks_error", code if isinstance(code, int) else None
+        ) from None
     except TimeoutError:
         raise UpstreamTimeout(f"{up.protocol} upstream timed out") from None
     except OSError as exc:

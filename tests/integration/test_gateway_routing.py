@@ -215,3 +215,24 @@ async def test_stale_pooled_connection_is_retried_fresh(make_pool, origin):
                 await asyncio.sleep(0)
     finally:
         await proxy.stop()
+
+
+async def test_dead_target_does_not_bench_upstreams(make_pool, upstreams):
+    """An upstream answering CONNECT 502/503 (the site is down) is not blamed: nothing gets benched."""
+    from tests.support.grade_proxies import start_grade_proxy
+    from tests.support.upstreams import closed_port
+
+    proxy = await start_grade_proxy("elite", host="127.0.0.6")  # answers CONNECT to a dead port with 502
+    try:
+        pool = await make_pool([proxy.url()], gateway={"allowed_connect_ports": "*"}, pool={"passive_failure_limit": 2})
+        await pool.wait_until(lambda: pool.selector.active_count == 1)
+        dead = closed_port()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as client:
+            for _ in range(4):
+                with pytest.raises(aiohttp.ClientError):
+                    async with client.get(f"https://127.0.0.1:{dead}/", proxy=gw(pool)):
+                        pass
+        assert pool.selector.benched == set()
+        assert pool.selector.active_count == 1
+    finally:
+        await proxy.stop()

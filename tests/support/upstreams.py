@@ -35,11 +35,18 @@ class Upstream:
             await asyncio.wait_for(self.server.wait_closed(), 2)
 
 
+def only_loopback(host: str) -> bool:
+    """pproxy's block rule: refuse every target off this machine (no test may reach out)."""
+    if host in ("localhost", "::1"):
+        return False
+    return not host.startswith("127.")
+
+
 async def start_pproxy(host: str = "127.0.0.2", schemes: str = "http+socks4+socks5", auth: str = "") -> Upstream:
     """An in-process pproxy server on ``host`` that dials out from ``host``."""
     userinfo = f"#{auth}" if auth else ""
     server = pproxy.Server(f"{schemes}://{host}:0/@in{userinfo}")
-    srv = await server.start_server({"rserver": [], "verbose": lambda *a, **k: None})
+    srv = await server.start_server({"rserver": [], "verbose": lambda *a, **k: None, "block": only_loopback})
     port = srv.sockets[0].getsockname()[1]
     return Upstream(host, port, srv, schemes)
 
