@@ -121,6 +121,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self._resp: http1.ResponseHead | None = None
         self._body: BodyTracker | None = None
         self.handshake: asyncio.Future[int] | None = None  # CONNECT answer status, while tunnelling
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
 
     # the pool's view -----------------------------------------------------------------------
     def is_usable(self, now: float, idle_timeout: float) -> bool:
@@ -138,13 +140,29 @@ class UpstreamProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def send(self, exchange: Exchange, data: bytes) -> None:
+    def send(self, exchange: Exchange, data: bytes, timeout: float) -> None:
+        """Write a request; ``exchange`` hears of the answer, or of its absence after ``timeout``."""
         self.exchange = exchange
         self._head.clear()
         self._resp = None
         self._body = None
         assert self.transport is not None
         self.transport.write(data)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        if self._timer is None:  # one handle per connection, moved forward, not one per request
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        ex = self.exchange
+        if ex is None or self._resp is not None or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._on_timer)
+            return
+        ex.timed_out(self)
 
     def start_tunnel(self, request: bytes) -> asyncio.Future[int]:
         """Send ``CONNECT``; the future gets the upstream's status (200: the tunnel is open)."""
@@ -227,6 +245,9 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.handshake is not None and not self.handshake.done():
             self.handshake.set_result(0)
         ex, self.exchange = self.exchange, None
@@ -250,8 +271,6 @@ class Exchange:
     """One request on the fast path, across attempts on several upstreams."""
 
     def __init__(self, client: ClientProtocol, head: http1.RequestHead, user: str | None, route: Route, cost: int) -> None:
-        from gateway.server import _Attempts
-
         self.client = client
         self.server = client.server
         self.head = head
@@ -259,18 +278,25 @@ class Exchange:
         self.route = route
         self.cost = cost
         self.tried: set[int] = set()
-        self.attempts: _Attempts = _Attempts()
+        self._attempts: _Attempts | None = None  # made on the first failure only
         self.proxy: Proxy | None = None
         self.conn: UpstreamProtocol | None = None
         self.started = time.perf_counter()
         self.responded = False
         self.keep = False
         self.finished = False
-        self._timer: asyncio.TimerHandle | None = None
         self._fresh_retry = False
         self._out = b""
 
     # attempts -----------------------------------------------------------------------------
+    @property
+    def attempts(self) -> _Attempts:
+        if self._attempts is None:
+            from gateway.server import _Attempts
+
+            self._attempts = _Attempts()
+        return self._attempts
+
     def start(self) -> None:
         self._attempt()
 
@@ -338,13 +364,10 @@ class Exchange:
 
     def _send(self, conn: UpstreamProtocol) -> None:
         self.conn = conn
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.server.gw.response_timeout, self._timed_out)
-        conn.send(self, self._out)
+        conn.send(self, self._out, self.server.gw.response_timeout)
 
-    def _timed_out(self) -> None:
-        conn = self.conn
-        if conn is None or self.finished:
+    def timed_out(self, conn: UpstreamProtocol) -> None:
+        if self.finished:
             return
         conn.exchange = None
         conn.close()
@@ -354,7 +377,6 @@ class Exchange:
             self._failed(UpstreamTimeout("upstream did not answer in time"))
 
     def _failed(self, exc: UpstreamError) -> None:
-        self._cancel_timer()
         self.conn = None
         self.attempts.failed(self.proxy, exc)
         self.server._report(self.proxy, False, exc)  # noqa: SLF001
@@ -368,7 +390,6 @@ class Exchange:
 
     def upstream_lost(self, conn: UpstreamProtocol) -> None:
         """The upstream closed before answering: a stale pooled connection gets one fresh try."""
-        self._cancel_timer()
         if conn.uses > 0 and not self._fresh_retry and self.proxy is not None:
             self.conn = None
             self._connect(self.proxy, fresh_retry=True)
@@ -377,7 +398,6 @@ class Exchange:
 
     # the answer ---------------------------------------------------------------------------
     def response_head(self, resp: http1.ResponseHead) -> None:
-        self._cancel_timer()
         self.responded = True
         server = self.server
         framing_kind = http1.response_body_framing(resp, self.head.method).kind
@@ -395,7 +415,6 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._cancel_timer()
         self.server._report(self.proxy, True)  # noqa: SLF001
         self.client.exchange_done(self, "ok", self.keep)
 
@@ -404,13 +423,11 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._cancel_timer()
         self.server._report(self.proxy, False, UpstreamError("upstream cut the answer short", "reset"))  # noqa: SLF001
         self.client.exchange_done(self, "upstream_error", False)
 
     def _refuse(self, refusal: Refusal) -> None:
         self.finished = True
-        self._cancel_timer()
         server = self.server
         if self.user is not None and self.cost and refusal.status >= 500 and server.settings.credits.refund_gateway_failures:
             server.accounts.refund(self.user, self.cost)  # type: ignore[union-attr]
@@ -421,15 +438,10 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._cancel_timer()
         if self.conn is not None:
             self.conn.exchange = None
             self.conn.close()
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 class ClientProtocol(asyncio.Protocol):

@@ -236,3 +236,40 @@ async def test_dead_target_does_not_bench_upstreams(make_pool, upstreams):
         assert pool.selector.active_count == 1
     finally:
         await proxy.stop()
+
+
+async def test_silent_upstream_times_out_and_request_moves_on(make_pool, upstreams, origin, tmp_path):
+    """An upstream that opens the tunnel but never answers: after response_timeout the request is
+    retried on another upstream (200); when every upstream is silent the answer is 504."""
+    import asyncio as _asyncio
+
+    async def silent(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # swallow the request, never answer
+
+    server = await _asyncio.start_server(silent, "127.0.0.7", 0)
+    silent_url = f"http://127.0.0.7:{server.sockets[0].getsockname()[1]}"
+    try:
+        pool = await make_pool([upstreams[0].url()], gateway={"response_timeout": 0.5})
+        await pool.wait_until(lambda: pool.selector.active_count == 1)
+        from pool.models import Proxy, ProxyStatus, UpstreamURL, utcnow
+
+        pool.selector.update(
+            Proxy(id=900, upstream=UpstreamURL.parse(silent_url), status=ProxyStatus.ACTIVE, last_checked=utcnow())
+        )
+        async with aiohttp.ClientSession() as client:
+            for _ in range(4):
+                async with client.get(f"http://127.0.0.1:{origin.port}/echo", proxy=gw(pool)) as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["peer"] == upstreams[0].host
+        only_silent = await make_pool(gateway={"response_timeout": 0.5}, storage={"path": str(tmp_path / "other.db")})
+        only_silent.selector.update(
+            Proxy(id=901, upstream=UpstreamURL.parse(silent_url), status=ProxyStatus.ACTIVE, last_checked=utcnow())
+        )
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{origin.port}/echo", proxy=gw(only_silent)) as resp:
+                assert resp.status == 504
+    finally:
+        server.close()
