@@ -42,6 +42,12 @@ PY = sys.executable
 CREDITS = 10**9
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (steadier than req/s on a shared machine)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -277,6 +283,7 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
     client = opts.client or ("wrk" if shutil.which("wrk") else "aiohttp")
     load = load_wrk if client == "wrk" else load_aiohttp
     results: dict[str, list[float]] = {"none": [], "users": []}
+    cpu: dict[str, list[float]] = {"none": [], "users": []}
     billing: list[tuple[int, int]] = []
     try:
         with tempfile.TemporaryDirectory(prefix="auth-bench-") as tmp:
@@ -284,10 +291,17 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
                 for mode in ("none", "users"):
                     async with Gateway(Path(tmp), mode, info["upstreams"]) as gw:
                         warm, _ = await load(gw, target, 1.0, opts.connections)  # pools, scrypt cache
+                        before = cpu_seconds(gw.proc.pid)  # type: ignore[union-attr]
                         ok, errors = await load(gw, target, opts.seconds, opts.connections)
+                        used = cpu_seconds(gw.proc.pid) - before  # type: ignore[union-attr]
                     rps = ok / opts.seconds
                     results[mode].append(rps)
-                    line = f"round {round_ + 1} auth={mode:<5} {rps:9.0f} req/s  ({ok} ok, {errors} non-2xx)"
+                    per_request = used / max(ok, 1) * 1e6
+                    cpu[mode].append(per_request)
+                    line = (
+                        f"round {round_ + 1} auth={mode:<5} {rps:9.0f} req/s  cpu {per_request:5.0f} us/req"
+                        f"  ({ok} ok, {errors} non-2xx)"
+                    )
                     if mode == "users":
                         spent = await gw.spent()
                         billing.append((spent, warm + ok))
@@ -304,6 +318,11 @@ async def bench(opts: argparse.Namespace) -> dict[str, Any]:
         "connections": opts.connections,
         "seconds": opts.seconds,
         "rounds": opts.rounds,
+        "cpu_us_per_request_none_median": round(statistics.median(cpu["none"]), 1),
+        "cpu_us_per_request_users_median": round(statistics.median(cpu["users"]), 1),
+        "cpu_users_vs_none_percent": round(
+            (statistics.median(cpu["users"]) - statistics.median(cpu["none"])) / statistics.median(cpu["none"]) * 100, 1
+        ),
         "rps_none_median": round(none),
         "rps_users_median": round(users),
         "users_vs_none_percent": round((users - none) / none * 100, 1),

@@ -198,7 +198,7 @@ async def list_sources(request: web.Request) -> web.Response:
     return web.json_response({"sources": [s.public_dict() for s in await pool.store.list_sources()]})
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
+async def json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError:
@@ -217,7 +217,7 @@ def _opt_str(body: dict[str, Any], key: str) -> str | None:
 
 async def create_source(request: web.Request) -> web.Response:
     pool = request.app[POOL]
-    body = await _json_body(request)
+    body = await json_object(request)
     url = body.get("url")
     if not isinstance(url, str) or not url:
         raise InvalidInputError("url is required")

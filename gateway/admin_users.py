@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin import POOL
+from gateway.admin import POOL, json_object
 from pool.accounts import Accounts
 from pool.errors import InvalidInputError
 
@@ -23,16 +23,6 @@ def _accounts(request: web.Request) -> Accounts:
     if accounts is None:  # only before start-up finished
         raise web.HTTPServiceUnavailable(text="accounts not loaded yet")
     return accounts  # type: ignore[no-any-return]
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidInputError("request body must be JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidInputError("request body must be a JSON object")
-    return body
 
 
 def _integer(body: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -51,7 +41,7 @@ async def list_users(request: web.Request) -> web.Response:
 
 async def create_user(request: web.Request) -> web.Response:
     accounts = _accounts(request)
-    body = await _json_object(request)
+    body = await json_object(request)
     name = body.get("name")
     if not isinstance(name, str):
         raise InvalidInputError("name is required (a string)")
@@ -62,7 +52,7 @@ async def create_user(request: web.Request) -> web.Response:
 
 async def credit_user(request: web.Request) -> web.Response:
     accounts = _accounts(request)
-    body = await _json_object(request)
+    body = await json_object(request)
     balance = await accounts.credit(request.match_info["name"], _integer(body, "amount"))
     return web.json_response({"credits": balance})
 

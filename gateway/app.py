@@ -21,7 +21,7 @@ from pool.errors import DuplicateError
 from pool.events import EventBus
 from pool.pipeline import Pipeline, PoolLowWatch
 from pool.scheduler import Scheduler
-from pool.scraper import ScrapeResult, Scraper
+from pool.scraper import Scraper, ScrapeResult
 from pool.selector import Selector
 from pool.sources import DEFAULT_SOURCES, add_source, normalise_source_url
 from pool.store import SqliteStore

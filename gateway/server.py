@@ -13,8 +13,8 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,7 @@ from gateway.upstream import (
     open_tunnel,
     proxy_authorization,
 )
-from pool.models import Proxy, ProxyProtocol, UpstreamURL
+from pool.models import Proxy
 from pool.selector import Route, Selector
 from pool.tasks import TaskSet
 
@@ -485,8 +485,18 @@ class GatewayServer:
             raise Refusal(400, exc.message, "bad_request") from None
         return None, route
 
-    def _pick(self, route: Route, tried: set[int], host: str) -> Proxy | None:
-        return self.selector.pick(route, exclude=tried, host=host)
+    def _next_upstream(self, route: Route, tried: set[int], host: str) -> tuple[bool, Proxy | None]:
+        """The next upstream to try: (True, proxy), (True, None) for the direct fallback, or
+        (False, None) when the attempts are used up; raises the 503 when nothing matched at all."""
+        proxy = self.selector.pick(route, exclude=tried, host=host)
+        if proxy is not None:
+            tried.add(proxy.id)
+            return True, proxy
+        if tried:
+            return False, None
+        if self.gw.fallback != "direct":
+            raise self._no_proxy(route)
+        return True, None
 
     def _no_proxy(self, route: Route) -> Refusal:
         what = route.describe()
@@ -510,14 +520,9 @@ class GatewayServer:
         attempts = _Attempts()
         tried: set[int] = set()
         for _ in range(self.gw.max_retries + 1):
-            proxy = self._pick(route, tried, head.host)
-            if proxy is None:
-                if tried:
-                    break
-                if self.gw.fallback != "direct":
-                    raise self._no_proxy(route)
-            else:
-                tried.add(proxy.id)
+            go, proxy = self._next_upstream(route, tried, head.host)
+            if not go:
+                break
             try:
                 upstream = await self._dial_tunnel(proxy, head.host, head.port)
             except UpstreamError as exc:
@@ -574,14 +579,9 @@ class GatewayServer:
         tried: set[int] = set()
         continued = False
         for attempt in range(self.gw.max_retries + 1):
-            proxy = self._pick(route, tried, head.host)
-            if proxy is None:
-                if tried:
-                    break
-                if self.gw.fallback != "direct":
-                    raise self._no_proxy(route)
-            else:
-                tried.add(proxy.id)
+            go, proxy = self._next_upstream(route, tried, head.host)
+            if not go:
+                break
             try:
                 conn, key, absolute = await self._http_connection(proxy, head)
             except UpstreamError as exc:

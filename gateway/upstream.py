@@ -19,8 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
-from python_socks import ProxyType
+from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.async_.asyncio import Proxy as SocksProxy
 
 from gateway.errors import GatewayError

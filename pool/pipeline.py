@@ -23,7 +23,7 @@ from config import Settings
 from plugins.protocols import CheckContext, CheckResult, ProxyChecker
 from plugins.registry import PluginRegistry
 from pool.lifecycle import RunVerdict, apply_run
-from pool.models import Proxy, ProxyCheck, ProxyStatus
+from pool.models import Proxy, ProxyCheck
 from pool.selector import Selector
 from pool.store import Store
 from pool.tasks import TaskSet

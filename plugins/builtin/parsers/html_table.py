@@ -38,6 +38,8 @@ from selectolax.lexbor import LexborHTMLParser, LexborNode
 from config import Settings
 from plugins import DiscoveredProxy, ProxyProtocol, ProxySource, UpstreamURL
 
+from ._words import protocols_in_text
+
 __all__ = ["HtmlTableParser", "ParseOutcome", "create_plugin", "parse_body", "parse_html"]
 
 log = logging.getLogger("proxy_pool.plugins.html_table")
@@ -62,7 +64,6 @@ _PROTOCOL_HEADERS = frozenset(
 _HTTPS_HEADERS = frozenset({"https", "ssl", "https support", "ssl support", "supports https"})
 _YES = frozenset({"yes", "y", "true", "1", "+", "✓", "✔"})
 
-_PROTOCOL_WORDS = re.compile(r"socks\s*([45])(?:\s*/\s*([45]))?|https?")
 _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 _HIDDEN = '[style*="display:none"], [style*="display: none"], [hidden]'
 
@@ -99,17 +100,7 @@ class _Columns:
 
 def protocols_in(text: str) -> list[ProxyProtocol]:
     """Each protocol named in a cell: ``"HTTP, HTTPS"`` -> http, https; ``"SOCKS4/5"`` -> both."""
-    found: list[ProxyProtocol] = []
-    for match in _PROTOCOL_WORDS.finditer(text.lower()):
-        if match[1]:
-            names = [f"socks{match[1]}"] + ([f"socks{match[2]}"] if match[2] else [])
-        else:
-            names = [match[0]]
-        for name in names:
-            protocol = ProxyProtocol(name)
-            if protocol not in found:
-                found.append(protocol)
-    return found
+    return protocols_in_text(text)
 
 
 def _header_key(text: str) -> str:

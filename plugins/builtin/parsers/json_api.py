@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from config import Settings
 from plugins import DiscoveredProxy, ProxyProtocol, ProxySource, UpstreamURL
+
+from ._words import protocols_in_text
 
 __all__ = ["JsonApiParser", "ParseOutcome", "create_plugin", "extract", "parse_body"]
 
@@ -54,7 +55,6 @@ _USER_KEYS = ("username", "user", "login")
 _PASSWORD_KEYS = ("password", "pass", "pwd")
 _HTTPS_FLAG_KEYS = ("https", "ssl")
 
-_PROTOCOL_WORDS = re.compile(r"socks\s*([45])(?:\s*/\s*([45]))?|https?")
 
 
 class ParseOutcome(NamedTuple):
@@ -69,17 +69,8 @@ def protocols_in(value: object) -> list[ProxyProtocol]:
     texts = value if isinstance(value, list) else [value]
     found: list[ProxyProtocol] = []
     for text in texts:
-        if not isinstance(text, str):
-            continue
-        for match in _PROTOCOL_WORDS.finditer(text.lower()):
-            if match[1]:  # "socks4", "socks 5", "socks4/5"
-                names = [f"socks{match[1]}"] + ([f"socks{match[2]}"] if match[2] else [])
-            else:
-                names = [match[0]]
-            for name in names:
-                protocol = ProxyProtocol(name)
-                if protocol not in found:
-                    found.append(protocol)
+        if isinstance(text, str):
+            protocols_in_text(text, found)
     return found
 
 

@@ -1,0 +1,29 @@
+"""Protocol names as proxy sites write them, shared by the table and JSON parsers.
+
+The leading underscore keeps plugin discovery away from this module.
+"""
+
+from __future__ import annotations
+
+import re
+
+from plugins import ProxyProtocol
+
+__all__ = ["protocols_in_text"]
+
+_PROTOCOL_WORDS = re.compile(r"socks\s*([45])(?:\s*/\s*([45]))?|https?")
+
+
+def protocols_in_text(text: str, found: list[ProxyProtocol] | None = None) -> list[ProxyProtocol]:
+    """Each protocol named in ``text``: ``"HTTP, HTTPS"`` -> http, https; ``"SOCKS4/5"`` -> both."""
+    found = [] if found is None else found
+    for match in _PROTOCOL_WORDS.finditer(text.lower()):
+        if match[1]:  # "socks4", "socks 5", "socks4/5"
+            names = [f"socks{match[1]}"] + ([f"socks{match[2]}"] if match[2] else [])
+        else:
+            names = [match[0]]
+        for name in names:
+            protocol = ProxyProtocol(name)
+            if protocol not in found:
+                found.append(protocol)
+    return found
