@@ -47,7 +47,10 @@ class Serve:
         self.port = free_port()
         self.admin_port = free_port()
         (tmp / "list.txt").write_text("\n".join(proxies) + "\n")
-        (tmp / "pp.toml").write_text('[gateway]\nallowed_connect_ports = "*"\n')
+        (tmp / "pp.toml").write_text(
+            # no public judges: loopback upstreams are judged by the admin's own /judge (no DNS, no internet)
+            '[gateway]\nallowed_connect_ports = "*"\n[checker]\njudges = []\n'
+        )
         self.argv = [
             sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "pp.toml"),
             "--no-default-sources", "--proxies", str(tmp / "list.txt"), "--db", str(tmp / "pool.db"),
