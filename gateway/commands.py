@@ -325,7 +325,7 @@ async def _plugins(args: argparse.Namespace, settings: Settings) -> int:
                 "name": info.name,
                 "module": info.module,
                 "stage": stage,
-                "health": "error: " + info.error if info.error else "ok",
+                "health": "error: " + info.error if info.error else ("not configured" if info.kind == "off" else "ok"),
             }
         )
     _emit(rows, ("kind", "name", "module", "stage", "health"), args.format)

@@ -102,6 +102,7 @@ async def discover_plugins(plugins_dir: Path, registry: PluginRegistry, settings
             _record(registry, label, f"create_plugin failed: {type(exc).__name__}: {exc}")
             continue
         if produced is None:
+            registry.opted_out.append(PluginInfo("off", name.rsplit(".", 1)[-1], label))
             continue
         plugins = produced if isinstance(produced, (list, tuple)) else [produced]
         for plugin in plugins:

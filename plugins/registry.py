@@ -88,7 +88,7 @@ def kind_of(plugin: object) -> type | None:
 
 @dataclass(frozen=True)
 class PluginInfo:
-    kind: str  # "parser" | "checker" | "notifier" | "error"
+    kind: str  # "parser" | "checker" | "notifier" | "off" (opted out) | "error"
     name: str
     module: str
     stage: int | None = None
@@ -104,6 +104,7 @@ class PluginRegistry:
         self._notifiers: list[Notifier] = []
         self._modules: dict[int, str] = {}
         self.errors: list[PluginInfo] = []
+        self.opted_out: list[PluginInfo] = []  # modules whose create_plugin returned None (not configured)
         self.events = events or EventBus()
 
     # registration -------------------------------------------------------------------------
@@ -182,7 +183,7 @@ class PluginRegistry:
         rows = [PluginInfo("parser", p.name, self.module_of(p)) for p in self._parsers.values()]
         rows += [PluginInfo("checker", c.name, self.module_of(c), c.stage, c.priority) for c in self._checkers]
         rows += [PluginInfo("notifier", n.name, self.module_of(n)) for n in self._notifiers]
-        return rows + list(self.errors)
+        return rows + list(self.opted_out) + list(self.errors)
 
     # events -------------------------------------------------------------------------------
     async def emit(self, event: Event) -> None:

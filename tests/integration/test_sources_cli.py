@@ -378,7 +378,10 @@ async def test_plugins_lists_builtins(tmp_path: Path) -> None:
     parsers = {r["name"]: r for r in rows if r["kind"] == "parser"}
     assert set(parsers) == {"plaintext", "html_table", "json_api"}
     assert parsers["plaintext"]["module"] == "plugins.builtin.parsers.plaintext"
-    assert all(r["health"] == "ok" for r in rows)
+    assert all(r["health"] == "ok" for r in rows if r["kind"] != "off")
+    # plugins whose section is absent are listed as not configured, not hidden
+    off = {r["name"]: r["health"] for r in rows if r["kind"] == "off"}
+    assert off == {n: "not configured" for n in ("geoip_lookup", "site_reach", "smtp", "webhook")}
     checkers = [r for r in rows if r["kind"] == "checker"]
     assert checkers and all("/" in r["stage"] for r in checkers)
 

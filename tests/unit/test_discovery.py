@@ -149,6 +149,8 @@ async def test_factory_returning_none_opts_out_silently(contrib, settings):
     reg = PluginRegistry()
     await discover_plugins(contrib, reg, settings)
     assert reg.notifiers == [] and reg.errors == []
+    # `proxy-pool plugins` still shows it, as not configured
+    assert [(i.kind, i.name) for i in reg.describe()] == [("off", "off")]
 
 
 async def test_factory_receives_the_settings(contrib, tmp_path):
