@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 
 from gateway import http1
 from gateway.errors import BadRequest, BadResponse
+from gateway.refusals import Attempts, Refusal
 from gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout, proxy_authorization
 
 if TYPE_CHECKING:
-    from gateway.server import GatewayServer, Refusal, _Attempts
+    from gateway.server import GatewayServer
     from pool.models import Proxy
     from pool.selector import Route
 
@@ -278,7 +279,7 @@ class Exchange:
         self.route = route
         self.cost = cost
         self.tried: set[int] = set()
-        self._attempts: _Attempts | None = None  # made on the first failure only
+        self._attempts: Attempts | None = None  # made on the first failure only
         self.proxy: Proxy | None = None
         self.conn: UpstreamProtocol | None = None
         self.started = time.perf_counter()
@@ -290,11 +291,9 @@ class Exchange:
 
     # attempts -----------------------------------------------------------------------------
     @property
-    def attempts(self) -> _Attempts:
+    def attempts(self) -> Attempts:
         if self._attempts is None:
-            from gateway.server import _Attempts
-
-            self._attempts = _Attempts()
+            self._attempts = Attempts()
         return self._attempts
 
     def start(self) -> None:
@@ -495,8 +494,6 @@ class ClientProtocol(asyncio.Protocol):
             self._timer = loop.call_at(self._deadline, self._on_timer)
             return
         if self.first or self.buffer:
-            from gateway.server import Refusal
-
             self.write(http1.simple_response(408, "request head not received in time", close=True))
             self.server.count_refusal("?", Refusal(408, "", "timeout"), 0.0)
         self.close()
@@ -532,8 +529,6 @@ class ClientProtocol(asyncio.Protocol):
         self.server.fast_request(self, head)
 
     def _bad(self, exc: BadRequest) -> None:
-        from gateway.server import Refusal
-
         self.busy = True
         self.write(http1.simple_response(exc.status, exc.message, close=True))
         outcome = "headers_too_large" if exc.status == 431 else "bad_request"
@@ -549,17 +544,10 @@ class ClientProtocol(asyncio.Protocol):
         exchange.start()
 
     def refuse(self, refusal: Refusal, head: http1.RequestHead) -> None:
-        from gateway.server import KEEP_AFTER
-
-        # the connection survives our own answer only when no unread body follows it
-        keep = (
-            refusal.status in KEEP_AFTER
-            and head.keep_alive
-            and not head.is_connect
-            and http1.request_body_framing(head) is http1.Framing.NONE
-        )
+        keep = refusal.keeps(head)
         self.write(http1.simple_response(refusal.status, refusal.message, headers=refusal.headers, close=not keep))
-        self.server.count_refusal(head.method, refusal, time.perf_counter() - (self.exchange.started if self.exchange else time.perf_counter()))
+        seconds = time.perf_counter() - self.exchange.started if self.exchange else 0.0
+        self.server.count_refusal(head.method, refusal, seconds)
         self.exchange = None
         self._next(keep)
 

@@ -1,9 +1,11 @@
-"""The gateway: accept clients, read requests, choose an upstream per request, relay.
+"""The gateway: accept clients, admit them, and the policy both request paths share.
 
 A request costs: read and parse the head, ``selector.pick`` (in memory), optionally
 ``accounts.charge`` (in memory), dial or reuse an upstream connection, stream.  No disk, no SQL,
-no log line at INFO.  Each client connection is one task; on shutdown, idle keep-alive clients
-are closed at once and busy ones get ``drain_timeout`` to finish.
+no log line at INFO.  Every connection starts on the callback fast path (``gateway.fastpath``);
+what that path does not take is handed to the stream path (``gateway.streampath``).  Target checks,
+authentication, picking the next upstream and passive-health reports live here, once, for both.
+On shutdown, idle keep-alive clients are closed at once and busy ones get ``drain_timeout``.
 """
 
 from __future__ import annotations
@@ -11,27 +13,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
-import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from config import Settings
 from gateway import http1
-from gateway.errors import BadRequest, GatewayError
 from gateway.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_error
-from gateway.relay import Tunnel
+from gateway.refusals import AUTH_REALM, Refusal
+from gateway.streampath import StreamPath, _Client
 from gateway.routing import Credentials, RouteError, parse_proxy_authorization, route_for
 from gateway.upstream import (
     ConnectionPool,
-    PooledConnection,
     UpstreamError,
     UpstreamRefused,
-    UpstreamTimeout,
-    open_forward,
-    open_tunnel,
     proxy_authorization,
 )
 from pool.models import Proxy
@@ -43,20 +38,6 @@ __all__ = ["GatewayServer", "Refusal"]
 log = logging.getLogger("proxy_pool.gateway")
 access_log = logging.getLogger("proxy_pool.access")
 
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-KEEP_AFTER = frozenset({402, 403, 407, 503})
-AUTH_REALM = [("Proxy-Authenticate", 'Basic realm="proxy-pool"')]
-
-
-class Refusal(GatewayError):
-    """An answer of our own: a status and a one-line reason."""
-
-    def __init__(self, status: int, message: str, outcome: str, headers: list[tuple[str, str]] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.outcome = outcome
-        self.headers = headers or []
 
 
 class Accounts:  # the shape the gateway needs from pool.accounts (structural)
@@ -65,36 +46,7 @@ class Accounts:  # the shape the gateway needs from pool.accounts (structural)
     def refund(self, user: str, cost: int) -> None: ...
 
 
-@dataclass(slots=True, eq=False)
-class _Client:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    peer: str
-    busy: bool = False
-    task: asyncio.Task[None] | None = None
-
-
-@dataclass(slots=True)
-class _Attempts:
-    """Why each upstream failed, for the 502 body and the 504 decision."""
-
-    reasons: list[str] = field(default_factory=list)
-    timeouts: int = 0
-
-    def failed(self, proxy: Proxy | None, exc: UpstreamError) -> None:
-        label = f"upstream #{proxy.id}" if proxy else "direct"
-        self.reasons.append(f"{label}: {exc.message}")
-        if isinstance(exc, UpstreamTimeout):
-            self.timeouts += 1
-
-    def refusal(self) -> Refusal:
-        if self.reasons and self.timeouts == len(self.reasons):
-            return Refusal(504, f"upstream timed out ({len(self.reasons)} attempts)", "timeout")
-        summary = "; ".join(self.reasons[-5:])
-        return Refusal(502, f"all {len(self.reasons)} attempts failed: {summary}", "upstream_error")
-
-
-class GatewayServer:
+class GatewayServer(StreamPath):
     def __init__(
         self,
         settings: Settings,
@@ -353,101 +305,6 @@ class GatewayServer:
     def count_refusal(self, method: str, refusal: Refusal, seconds: float) -> None:
         self.count_request(method, refusal.outcome, seconds)
 
-    async def _serve(
-        self, client: _Client, first: tuple[http1.RequestHead, tuple[str | None, int] | None] | None = None
-    ) -> None:
-        if first is not None:
-            keep = await self._one(client, first[0], b"", admitted=first[1])
-            if not keep:
-                return
-            await client.writer.drain()
-        first_request = first is None
-        while not self._closing:
-            timeout = self.gw.head_timeout if first_request else self.gw.idle_timeout
-            client.busy = False
-            try:
-                async with asyncio.timeout(timeout):  # no task per call, unlike wait_for on 3.11
-                    raw = await http1.read_head(client.reader, self.gw.max_header_bytes)
-            except TimeoutError:
-                if first_request:
-                    self._send_refusal(client.writer, Refusal(408, "request head not received in time", "timeout"))
-                return
-            except BadRequest as exc:
-                self._send_refusal(client.writer, Refusal(exc.status, exc.message, "bad_request"))
-                return
-            if raw is None:
-                return
-            client.busy = True
-            first_request = False
-            try:
-                head = http1.parse_request_head(raw)
-            except BadRequest as exc:
-                outcome = "headers_too_large" if exc.status == 431 else "bad_request"
-                self._send_refusal(client.writer, Refusal(exc.status, exc.message, outcome))
-                self.count_request("?", outcome, 0.0)
-                return
-            if not await self._one(client, head, raw):
-                return
-            await client.writer.drain()
-
-    async def _one(
-        self,
-        client: _Client,
-        head: http1.RequestHead,
-        raw: bytes,
-        admitted: tuple[str | None, int] | None = None,
-    ) -> bool:
-        """Serve one parsed request on the stream path; True when the connection stays open."""
-        started = time.perf_counter()
-        try:
-            keep = await self._request(client, head, admitted)
-            outcome = "ok"
-        except Refusal as refusal:
-            # our own answer; the connection survives it only when no unread body follows
-            keep = (
-                refusal.status in KEEP_AFTER
-                and head.keep_alive
-                and not head.is_connect
-                and http1.request_body_framing(head) is http1.Framing.NONE
-            )
-            self._send_refusal(client.writer, refusal, close=not keep)
-            outcome = refusal.outcome
-        except BadRequest as exc:
-            self._send_refusal(client.writer, Refusal(exc.status, exc.message, "bad_request"))
-            outcome, keep = "bad_request", False
-        except _ClientGone:
-            outcome, keep = "client_closed", False
-        self.count_request(head.method, outcome, time.perf_counter() - started)
-        return keep and not self._closing
-
-    def _send_refusal(self, writer: asyncio.StreamWriter, refusal: Refusal, close: bool = True) -> None:
-        if writer.is_closing():
-            return
-        writer.write(http1.simple_response(refusal.status, refusal.message, headers=refusal.headers, close=close))
-
-    # one request --------------------------------------------------------------------------
-    async def _request(
-        self, client: _Client, head: http1.RequestHead, admitted: tuple[str | None, int] | None = None
-    ) -> bool:
-        """Serve one request; True when the client connection stays open for the next."""
-        if admitted is not None:  # the callback path checked and charged it already
-            user, cost = admitted
-            _, route = self._authorize(head)
-        else:
-            self._check_target(head)
-            user, route = self._authorize(head)
-            cost = self.settings.credits.cost_per_request if user is not None else 0
-            if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
-                raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
-        try:
-            if head.is_connect:
-                return await self._connect(client, head, route)
-            return await self._forward(client, head, route)
-        except Refusal as refusal:
-            if user is not None and cost and refusal.status >= 500 and self.settings.credits.refund_gateway_failures:
-                self.accounts.refund(user, cost)  # type: ignore[union-attr]
-            raise
-
     def _check_target(self, head: http1.RequestHead) -> None:
         if head.is_connect and self._allowed_ports is not None and head.port not in self._allowed_ports:
             raise Refusal(403, f"CONNECT to port {head.port} is not allowed", "forbidden")
@@ -514,240 +371,6 @@ class GatewayServer:
         if not self.gw.debug_headers:
             return []
         return [("X-Proxy-Pool-Upstream", str(proxy.id) if proxy else "direct")]
-
-    # CONNECT ------------------------------------------------------------------------------
-    async def _connect(self, client: _Client, head: http1.RequestHead, route: Route) -> bool:
-        attempts = _Attempts()
-        tried: set[int] = set()
-        for _ in range(self.gw.max_retries + 1):
-            go, proxy = self._next_upstream(route, tried, head.host)
-            if not go:
-                break
-            try:
-                upstream = await self._dial_tunnel(proxy, head.host, head.port)
-            except UpstreamError as exc:
-                attempts.failed(proxy, exc)
-                self._report(proxy, False, exc)
-                if proxy is None:
-                    break
-                continue
-            self._report(proxy, True)
-            established = http1.CONNECT_ESTABLISHED
-            if self.gw.debug_headers:
-                established = established[:-2] + b"".join(
-                    f"{k}: {v}\r\n".encode() for k, v in self._debug_headers(proxy)
-                ) + b"\r\n"
-            client.writer.write(established)
-            tunnel = Tunnel((client.reader, client.writer), upstream, idle_timeout=self.gw.idle_timeout, on_bytes=self._on_bytes)
-            await tunnel.run()
-            return False
-        raise attempts.refusal()
-
-    async def _dial_tunnel(
-        self, proxy: Proxy | None, host: str, port: int
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        if proxy is None:
-            return await self._dial_direct(host, port)
-        return await open_tunnel(proxy.upstream, host, port, self.gw.connect_timeout)
-
-    async def _dial_direct(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """The ``fallback = "direct"`` path: never to loopback, link-local or private targets."""
-        loop = asyncio.get_running_loop()
-        try:
-            infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self.gw.connect_timeout)
-        except (OSError, TimeoutError):
-            raise UpstreamError(f"cannot resolve {host}", "dns") from None
-        address = infos[0][4][0]
-        ip = ipaddress.ip_address(address)
-        if (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast) and not any(
-            ip in net for net in self._direct_allow
-        ):
-            raise Refusal(403, f"direct connection to {host} ({address}) is not allowed", "forbidden")
-        try:
-            return await asyncio.wait_for(asyncio.open_connection(address, port, limit=1 << 17), self.gw.connect_timeout)
-        except TimeoutError:
-            raise UpstreamTimeout(f"direct connection to {host} timed out") from None
-        except OSError as exc:
-            raise UpstreamError(f"direct connection to {host} failed: {exc.strerror or exc}", "refused") from None
-
-    # plain HTTP ---------------------------------------------------------------------------
-    async def _forward(self, client: _Client, head: http1.RequestHead, route: Route) -> bool:
-        body = http1.request_body_framing(head)
-        has_body = body is not http1.Framing.NONE
-        retryable = head.method in IDEMPOTENT and not has_body
-        attempts = _Attempts()
-        tried: set[int] = set()
-        continued = False
-        for attempt in range(self.gw.max_retries + 1):
-            go, proxy = self._next_upstream(route, tried, head.host)
-            if not go:
-                break
-            try:
-                conn, key, absolute = await self._http_connection(proxy, head)
-            except UpstreamError as exc:
-                attempts.failed(proxy, exc)
-                self._report(proxy, False, exc)
-                if proxy is None:
-                    break
-                continue
-            extra = proxy_authorization(proxy.upstream) if absolute and proxy is not None else []
-            extra.append(("Connection", "keep-alive"))
-            out = http1.forward_request_head(head, absolute=absolute, extra=extra)
-            try:
-                resp, raw_resp = await self._exchange(client, conn, out, head, body, continued)
-                continued = continued or head.expect_continue
-            except (BadRequest, _ClientGone):
-                conn.close()  # the client's body was broken or cut: nothing more goes upstream
-                raise
-            except _StaleConnection:
-                # a pooled connection the upstream had closed: once more on a fresh one
-                conn.close()
-                self.pool.discard_key(key)
-                try:
-                    conn = await self._fresh_http_connection(proxy, head)
-                    resp, raw_resp = await self._exchange(client, conn, out, head, body, continued)
-                except (UpstreamError, _StaleConnection) as exc:
-                    err = exc if isinstance(exc, UpstreamError) else UpstreamError("upstream closed the connection", "reset")
-                    attempts.failed(proxy, err)
-                    self._report(proxy, False, err)
-                    conn.close()
-                    if has_body:
-                        break
-                    continue
-            except UpstreamError as exc:
-                conn.close()
-                attempts.failed(proxy, exc)
-                self._report(proxy, False, exc)
-                if has_body and exc.reason != "refused":
-                    break  # the body is gone; it cannot be sent again
-                continue
-            if (
-                resp.status in self._retry_status
-                and retryable
-                and proxy is not None
-                and attempt < self.gw.max_retries
-            ):
-                conn.close()
-                self.selector.cooldown(proxy, head.host, self.gw.retry_cooldown)
-                self._report(proxy, True)
-                attempts.reasons.append(f"upstream #{proxy.id}: answered {resp.status}")
-                if self.metrics is not None:
-                    self.metrics.upstream_failure("banned")  # type: ignore[attr-defined]
-                continue
-            return await self._respond(client, head, proxy, conn, key, resp)
-        raise attempts.refusal()
-
-    async def _http_connection(
-        self, proxy: Proxy | None, head: http1.RequestHead
-    ) -> tuple[PooledConnection, object, bool]:
-        key = self._pool_key(proxy, head)
-        conn = self.pool.acquire(key)
-        absolute = proxy is not None and not proxy.protocol.is_socks
-        if conn is None:
-            conn = await self._fresh_http_connection(proxy, head)
-        return conn, key, absolute
-
-    def _pool_key(self, proxy: Proxy | None, head: http1.RequestHead) -> object:
-        if proxy is not None and not proxy.protocol.is_socks:
-            return proxy.id
-        return (proxy.id if proxy else None, head.host, head.port)
-
-    async def _fresh_http_connection(self, proxy: Proxy | None, head: http1.RequestHead) -> PooledConnection:
-        if proxy is not None and not proxy.protocol.is_socks:
-            reader, writer = await open_forward(proxy.upstream, self.gw.connect_timeout)
-        else:
-            reader, writer = await self._dial_tunnel(proxy, head.host, head.port)
-        return PooledConnection(reader, writer)
-
-    async def _exchange(
-        self,
-        client: _Client,
-        conn: PooledConnection,
-        out: bytes,
-        head: http1.RequestHead,
-        body: http1.Framing,
-        continued: bool,
-    ) -> tuple[http1.ResponseHead, bytes]:
-        """Send the head (and body) upstream, read the response head."""
-        reused = conn.uses > 0
-        try:
-            if body is http1.Framing.NONE:
-                conn.writer.write(out)
-            else:
-                if head.expect_continue and not continued:
-                    client.writer.write(http1.CONTINUE_100)
-                try:
-                    await http1.copy_body(client.reader, conn.writer, body, on_bytes=self._count_up, prefix=out)
-                except http1.IncompleteBody:
-                    raise _ClientGone() from None
-            await conn.writer.drain()
-            while True:
-                async with asyncio.timeout(self.gw.response_timeout):
-                    raw = await http1.read_response_head(conn.reader, self.gw.max_header_bytes)
-                if raw is None:
-                    if reused:
-                        raise _StaleConnection()
-                    raise UpstreamError("upstream closed the connection without answering", "reset")
-                resp = http1.parse_response_head(raw)
-                if 100 <= resp.status < 200 and resp.status != 101:
-                    continue  # interim answers: we sent our own 100 Continue already
-                return resp, raw
-        except TimeoutError:
-            raise UpstreamTimeout("upstream did not answer in time") from None
-        except (ConnectionError, OSError) as exc:
-            if reused and body is http1.Framing.NONE:
-                raise _StaleConnection() from None
-            raise UpstreamError(f"upstream connection failed: {type(exc).__name__}", "reset") from None
-        except http1.BadResponse as exc:
-            raise UpstreamError(f"upstream sent a malformed answer: {exc.message}", "protocol_error") from None
-
-    def _count_up(self, n: int) -> None:
-        if self._on_bytes is not None:
-            self._on_bytes("client_to_upstream", n)
-
-    def _count_down(self, n: int) -> None:
-        if self._on_bytes is not None:
-            self._on_bytes("upstream_to_client", n)
-
-    async def _respond(
-        self,
-        client: _Client,
-        head: http1.RequestHead,
-        proxy: Proxy | None,
-        conn: PooledConnection,
-        key: object,
-        resp: http1.ResponseHead,
-    ) -> bool:
-        framing = http1.response_body_framing(resp, head.method)
-        dechunk = head.version == "HTTP/1.0"  # a 1.0 client cannot read chunked framing
-        keep = head.keep_alive and framing is not http1.Framing.UNTIL_CLOSE and not self._closing and not dechunk
-        out = http1.forward_response_head(resp, keep_alive=keep, extra=self._debug_headers(proxy), dechunk=dechunk)
-        try:
-            await http1.copy_body(
-                conn.reader, client.writer, framing, on_bytes=self._count_down, response=True, dechunk=dechunk, prefix=out
-            )
-        except (http1.IncompleteBody, http1.BadResponse):
-            conn.close()
-            self._report(proxy, False, UpstreamError("upstream cut the answer short", "reset"))
-            return False
-        except (ConnectionError, OSError):
-            conn.close()
-            raise _ClientGone() from None
-        self._report(proxy, True)
-        if resp.keep_alive and framing is not http1.Framing.UNTIL_CLOSE:
-            self.pool.release(key, conn)
-        else:
-            conn.close()
-        return keep
-
-
-class _ClientGone(Exception):
-    """The client went away mid-request: nothing to answer."""
-
-
-class _StaleConnection(Exception):
-    """A reused keep-alive connection turned out closed before any answer."""
-
 
 def _is_local(host: str) -> bool:
     if host == "localhost":

@@ -1,0 +1,59 @@
+"""Our own answers: a status, a one-line reason, and the outcome label metrics count it under.
+
+Shared by both request paths (``gateway.fastpath`` and ``gateway.streampath``), so that a client gets
+the same answer whichever path served it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway import http1
+from gateway.errors import GatewayError
+from gateway.upstream import UpstreamError, UpstreamTimeout
+from pool.models import Proxy
+
+__all__ = ["AUTH_REALM", "Attempts", "KEEP_AFTER", "Refusal"]
+
+KEEP_AFTER = frozenset({402, 403, 407, 503})
+AUTH_REALM = [("Proxy-Authenticate", 'Basic realm="proxy-pool"')]
+
+
+class Refusal(GatewayError):
+    """An answer of our own: a status and a one-line reason."""
+
+    def __init__(self, status: int, message: str, outcome: str, headers: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.outcome = outcome
+        self.headers = headers or []
+
+    def keeps(self, head: http1.RequestHead) -> bool:
+        """Whether the client connection survives this answer: only when no unread body follows."""
+        return (
+            self.status in KEEP_AFTER
+            and head.keep_alive
+            and not head.is_connect
+            and http1.request_body_framing(head) is http1.Framing.NONE
+        )
+
+
+@dataclass(slots=True)
+class Attempts:
+    """Why each upstream failed, for the 502 body and the 504 decision."""
+
+    reasons: list[str] = field(default_factory=list)
+    timeouts: int = 0
+
+    def failed(self, proxy: Proxy | None, exc: UpstreamError) -> None:
+        label = f"upstream #{proxy.id}" if proxy else "direct"
+        self.reasons.append(f"{label}: {exc.message}")
+        if isinstance(exc, UpstreamTimeout):
+            self.timeouts += 1
+
+    def refusal(self) -> Refusal:
+        if self.reasons and self.timeouts == len(self.reasons):
+            return Refusal(504, f"upstream timed out ({len(self.reasons)} attempts)", "timeout")
+        summary = "; ".join(self.reasons[-5:])
+        return Refusal(502, f"all {len(self.reasons)} attempts failed: {summary}", "upstream_error")
