@@ -36,6 +36,7 @@ from pool.tasks import TaskSet
 __all__ = ["GatewayServer", "Refusal"]
 
 log = logging.getLogger("proxy_pool.gateway")
+ANY_ROUTE = Route()
 access_log = logging.getLogger("proxy_pool.access")
 
 
@@ -312,6 +313,8 @@ class GatewayServer(StreamPath):
             raise Refusal(403, "request loops back to the gateway itself", "forbidden")
 
     def _is_own_address(self, host: str, port: int) -> bool:
+        if not any(port == own_port for _, own_port in self._own):
+            return False
         for own_host, own_port in self._own:
             if port != own_port:
                 continue
@@ -322,6 +325,8 @@ class GatewayServer(StreamPath):
         return False
 
     def _authorize(self, head: http1.RequestHead) -> tuple[str | None, Route]:
+        if head.proxy_authorization is None and not head.pool_params and self.gw.auth == "none":
+            return None, ANY_ROUTE  # the common case: nothing asked, nothing to check
         creds: Credentials | None = parse_proxy_authorization(head.proxy_authorization)
         if self.gw.auth == "users":
             if creds is None:
