@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING
 
 from gateway import http1
 from gateway.errors import BadRequest, BadResponse
-from gateway.refusals import Attempts, Refusal
+from gateway.refusals import Admission, Attempts, Refusal
 from gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout, proxy_authorization
 
 if TYPE_CHECKING:
     from gateway.server import GatewayServer
     from pool.models import Proxy
-    from pool.selector import Route
 
 __all__ = ["ClientProtocol", "UpstreamProtocol"]
 
@@ -271,13 +270,11 @@ class UpstreamProtocol(asyncio.Protocol):
 class Exchange:
     """One request on the fast path, across attempts on several upstreams."""
 
-    def __init__(self, client: ClientProtocol, head: http1.RequestHead, user: str | None, route: Route, cost: int) -> None:
+    def __init__(self, client: ClientProtocol, head: http1.RequestHead, admission: Admission) -> None:
         self.client = client
         self.server = client.server
         self.head = head
-        self.user = user
-        self.route = route
-        self.cost = cost
+        self.admission = admission
         self.tried: set[int] = set()
         self._attempts: Attempts | None = None  # made on the first failure only
         self.proxy: Proxy | None = None
@@ -304,18 +301,18 @@ class Exchange:
         if len(self.tried) > server.gw.max_retries:
             self._refuse(self.attempts.refusal())
             return
-        proxy = server.selector.pick(self.route, exclude=self.tried, host=self.head.host)
+        proxy = server.selector.pick(self.admission.route, exclude=self.tried, host=self.head.host)
         if proxy is None:
             if self.tried:
                 self._refuse(self.attempts.refusal())
             elif server.gw.fallback == "direct":
-                self.client.to_streams(self.head, charged=(self.user, self.cost))
+                self.client.to_streams(self.head, self.admission)
             else:
-                self._refuse(server._no_proxy(self.route))  # noqa: SLF001
+                self._refuse(server._no_proxy(self.admission.route))  # noqa: SLF001
             return
         if proxy.protocol.is_socks:
             # tunnels through SOCKS are the stream path's job; it picks again
-            self.client.to_streams(self.head, charged=(self.user, self.cost))
+            self.client.to_streams(self.head, self.admission)
             return
         self.tried.add(proxy.id)
         self.proxy = proxy
@@ -428,8 +425,7 @@ class Exchange:
     def _refuse(self, refusal: Refusal) -> None:
         self.finished = True
         server = self.server
-        if self.user is not None and self.cost and refusal.status >= 500 and server.settings.credits.refund_gateway_failures:
-            server.accounts.refund(self.user, self.cost)  # type: ignore[union-attr]
+        server.refund_own_failure(self.admission, refusal)
         self.client.refuse(refusal, self.head)
 
     def abort(self) -> None:
@@ -600,15 +596,15 @@ class ClientProtocol(asyncio.Protocol):
         self._paused_upstream = False
 
     # the way out ------------------------------------------------------------------------------
-    def to_streams(self, head: http1.RequestHead, charged: tuple[str | None, int] | None = None) -> None:
-        """Hand this connection to the stream path, ``head`` already read (and maybe charged)."""
+    def to_streams(self, head: http1.RequestHead, admission: Admission) -> None:
+        """Hand this connection to the stream path, ``head`` already read and admitted."""
         assert self.transport is not None
         self.handed_over = True
         self.exchange = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.server.hand_over(self, head, bytes(self.buffer), charged)
+        self.server.hand_over(self, head, bytes(self.buffer), admission)
         self.buffer.clear()
 
 

@@ -12,8 +12,9 @@ from gateway import http1
 from gateway.errors import GatewayError
 from gateway.upstream import UpstreamError, UpstreamTimeout
 from pool.models import Proxy
+from pool.selector import Route
 
-__all__ = ["AUTH_REALM", "Attempts", "KEEP_AFTER", "Refusal"]
+__all__ = ["AUTH_REALM", "Admission", "Attempts", "KEEP_AFTER", "Refusal"]
 
 KEEP_AFTER = frozenset({402, 403, 407, 503})
 AUTH_REALM = [("Proxy-Authenticate", 'Basic realm="proxy-pool"')]
@@ -57,3 +58,12 @@ class Attempts:
             return Refusal(504, f"upstream timed out ({len(self.reasons)} attempts)", "timeout")
         summary = "; ".join(self.reasons[-5:])
         return Refusal(502, f"all {len(self.reasons)} attempts failed: {summary}", "upstream_error")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request let in: who sent it (None without auth), where it may go, what it was charged."""
+
+    user: str | None
+    route: Route
+    cost: int

@@ -20,7 +20,7 @@ from typing import Any
 from config import Settings
 from gateway import http1
 from gateway.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_error
-from gateway.refusals import AUTH_REALM, Refusal
+from gateway.refusals import AUTH_REALM, Admission, Refusal
 from gateway.streampath import StreamPath, _Client
 from gateway.routing import Credentials, RouteError, parse_proxy_authorization, route_for
 from gateway.upstream import (
@@ -200,7 +200,7 @@ class GatewayServer(StreamPath):
                 break
 
     def hand_over(
-        self, client: ClientProtocol, head: http1.RequestHead, rest: bytes, charged: tuple[str | None, int] | None
+        self, client: ClientProtocol, head: http1.RequestHead, rest: bytes, admission: Admission
     ) -> None:
         """Continue a connection on the stream path: its transport gets a StreamReaderProtocol."""
         loop = asyncio.get_running_loop()
@@ -216,13 +216,13 @@ class GatewayServer(StreamPath):
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         streamed = _Client(reader, writer, client.peer, busy=True)
         self._streams[client] = streamed
-        streamed.task = self._tasks.spawn(self._run_streams(client, streamed, head, charged), name="client-streams")
+        streamed.task = self._tasks.spawn(self._run_streams(client, streamed, head, admission), name="client-streams")
 
     async def _run_streams(
-        self, client: ClientProtocol, streamed: _Client, head: http1.RequestHead, charged: tuple[str | None, int] | None
+        self, client: ClientProtocol, streamed: _Client, head: http1.RequestHead, admission: Admission
     ) -> None:
         try:
-            await self._serve(streamed, first=(head, charged))
+            await self._serve(streamed, first=(head, admission))
         except (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
             pass
         except Exception:
@@ -236,11 +236,7 @@ class GatewayServer(StreamPath):
     def fast_request(self, client: ClientProtocol, head: http1.RequestHead) -> None:
         """Admission (target, auth, credits) for a request read by the callback path, then serve it."""
         try:
-            self._check_target(head)
-            user, route = self._authorize(head)
-            cost = self.settings.credits.cost_per_request if user is not None else 0
-            if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
-                raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
+            admission = self.admit_request(head)
         except Refusal as refusal:
             client.refuse(refusal, head)
             return
@@ -252,9 +248,9 @@ class GatewayServer(StreamPath):
             and head.upgrade is None
             and http1.request_body_framing(head) is http1.Framing.NONE
         ):
-            client.begin(Exchange(client, head, user, route, cost))
+            client.begin(Exchange(client, head, admission))
         else:
-            client.to_streams(head, charged=(user, cost))
+            client.to_streams(head, admission)
 
     def spawn_connect(
         self, exchange: Exchange, proxy: Proxy, key: object, tunnel: tuple[str, int] | None
@@ -305,6 +301,26 @@ class GatewayServer(StreamPath):
 
     def count_refusal(self, method: str, refusal: Refusal, seconds: float) -> None:
         self.count_request(method, refusal.outcome, seconds)
+
+    # the policy both paths share ----------------------------------------------------------
+    def admit_request(self, head: http1.RequestHead) -> Admission:
+        """Check the target, authenticate, and charge: once per request, before any dialing."""
+        self._check_target(head)
+        user, route = self._authorize(head)
+        cost = self.settings.credits.cost_per_request if user is not None else 0
+        if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
+            raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
+        return Admission(user, route, cost)
+
+    def refund_own_failure(self, admission: Admission, refusal: Refusal) -> None:
+        """Our own 5xx (no proxy, every attempt failed) costs the user nothing, when so configured."""
+        if (
+            admission.user is not None
+            and admission.cost
+            and refusal.status >= 500
+            and self.settings.credits.refund_gateway_failures
+        ):
+            self.accounts.refund(admission.user, admission.cost)  # type: ignore[union-attr]
 
     def _check_target(self, head: http1.RequestHead) -> None:
         if head.is_connect and self._allowed_ports is not None and head.port not in self._allowed_ports:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from gateway import http1
 from gateway.errors import BadRequest
-from gateway.refusals import Attempts, Refusal
+from gateway.refusals import Admission, Attempts, Refusal
 from gateway.relay import Tunnel
 from gateway.upstream import (
     PooledConnection,
@@ -52,10 +52,10 @@ class StreamPath:
     """Methods of ``GatewayServer`` that serve a connection with streams (see the module docstring)."""
 
     async def _serve(
-        self, client: _Client, first: tuple[http1.RequestHead, tuple[str | None, int] | None] | None = None
+        self, client: _Client, first: tuple[http1.RequestHead, Admission] | None = None
     ) -> None:
         if first is not None:
-            keep = await self._one(client, first[0], b"", admitted=first[1])
+            keep = await self._one(client, first[0], admission=first[1])
             if not keep:
                 return
             await client.writer.drain()
@@ -84,7 +84,7 @@ class StreamPath:
                 self._send_refusal(client.writer, Refusal(exc.status, exc.message, outcome))
                 self.count_request("?", outcome, 0.0)
                 return
-            if not await self._one(client, head, raw):
+            if not await self._one(client, head):
                 return
             await client.writer.drain()
 
@@ -92,13 +92,12 @@ class StreamPath:
         self,
         client: _Client,
         head: http1.RequestHead,
-        raw: bytes,
-        admitted: tuple[str | None, int] | None = None,
+        admission: Admission | None = None,
     ) -> bool:
         """Serve one parsed request on the stream path; True when the connection stays open."""
         started = time.perf_counter()
         try:
-            keep = await self._request(client, head, admitted)
+            keep = await self._request(client, head, admission)
             outcome = "ok"
         except Refusal as refusal:
             keep = refusal.keeps(head)
@@ -118,26 +117,17 @@ class StreamPath:
         writer.write(http1.simple_response(refusal.status, refusal.message, headers=refusal.headers, close=close))
 
     # one request --------------------------------------------------------------------------
-    async def _request(
-        self, client: _Client, head: http1.RequestHead, admitted: tuple[str | None, int] | None = None
-    ) -> bool:
+    async def _request(self, client: _Client, head: http1.RequestHead, admission: Admission | None = None) -> bool:
         """Serve one request; True when the client connection stays open for the next."""
-        if admitted is not None:  # the callback path checked and charged it already
-            user, cost = admitted
-            _, route = self._authorize(head)
-        else:
-            self._check_target(head)
-            user, route = self._authorize(head)
-            cost = self.settings.credits.cost_per_request if user is not None else 0
-            if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
-                raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
+        if admission is None:  # else the callback path admitted (and charged) it already
+            admission = self.admit_request(head)
+        route = admission.route
         try:
             if head.is_connect:
                 return await self._connect(client, head, route)
             return await self._forward(client, head, route)
         except Refusal as refusal:
-            if user is not None and cost and refusal.status >= 500 and self.settings.credits.refund_gateway_failures:
-                self.accounts.refund(user, cost)  # type: ignore[union-attr]
+            self.refund_own_failure(admission, refusal)
             raise
 
     # CONNECT ------------------------------------------------------------------------------
