@@ -76,7 +76,6 @@ class GatewayServer(StreamPath):
         self._allowed_ports = None if self.gw.allowed_connect_ports == "*" else frozenset(self.gw.allowed_connect_ports)
         self._retry_status = frozenset(self.gw.retry_on_status)
         self._direct_allow = [ipaddress.ip_network(n, strict=False) for n in self.gw.direct_allow]
-        self.requests_total = 0
         self._on_bytes: Callable[[str, int], None] | None = getattr(metrics, "bytes", None)
 
     # lifecycle ----------------------------------------------------------------------------
@@ -293,7 +292,6 @@ class GatewayServer(StreamPath):
             )
 
     def count_request(self, method: str, outcome: str, seconds: float) -> None:
-        self.requests_total += 1
         if self.metrics is not None:
             self.metrics.request_done(method, outcome, seconds)  # type: ignore[attr-defined]
         if self.settings.log.access_log:

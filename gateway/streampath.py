@@ -209,7 +209,7 @@ class StreamPath:
             extra.append(("Connection", "keep-alive"))
             out = http1.forward_request_head(head, absolute=absolute, extra=extra)
             try:
-                resp, raw_resp = await self._exchange(client, conn, out, head, body, continued)
+                resp = await self._exchange(client, conn, out, head, body, continued)
                 continued = continued or head.expect_continue
             except (BadRequest, _ClientGone):
                 conn.close()  # the client's body was broken or cut: nothing more goes upstream
@@ -220,7 +220,7 @@ class StreamPath:
                 self.pool.discard_key(key)
                 try:
                     conn = await self._fresh_http_connection(proxy, head)
-                    resp, raw_resp = await self._exchange(client, conn, out, head, body, continued)
+                    resp = await self._exchange(client, conn, out, head, body, continued)
                 except (UpstreamError, _StaleConnection) as exc:
                     err = exc if isinstance(exc, UpstreamError) else UpstreamError("upstream closed the connection", "reset")
                     attempts.failed(proxy, err)
@@ -282,7 +282,7 @@ class StreamPath:
         head: http1.RequestHead,
         body: http1.Framing,
         continued: bool,
-    ) -> tuple[http1.ResponseHead, bytes]:
+    ) -> http1.ResponseHead:
         """Send the head (and body) upstream, read the response head."""
         reused = conn.uses > 0
         try:
@@ -306,7 +306,7 @@ class StreamPath:
                 resp = http1.parse_response_head(raw)
                 if 100 <= resp.status < 200 and resp.status != 101:
                     continue  # interim answers: we sent our own 100 Continue already
-                return resp, raw
+                return resp
         except TimeoutError:
             raise UpstreamTimeout("upstream did not answer in time") from None
         except (ConnectionError, OSError) as exc:

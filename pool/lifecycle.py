@@ -7,7 +7,7 @@ after ``checker.remove_dead_after``.  A run without a verdict (every judge down)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from config.settings import CheckerSettings
@@ -37,7 +37,6 @@ class RunVerdict:
     country: str | None = None
     failed_check: str | None = None
     detail: str = ""
-    learned: dict[str, object] = field(default_factory=dict)
 
 
 def apply_run(proxy: Proxy, run: RunVerdict) -> ProxyStatus:

@@ -155,7 +155,6 @@ class Pipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._pending: list[tuple[Proxy, list[ProxyCheck]]] = []
-        self._flushed = asyncio.Event()
         self._tasks = TaskSet()
         self._session: aiohttp.ClientSession | None = None
         self.checked_total = 0

@@ -229,11 +229,12 @@ class Selector:
         """(status, protocol) -> count, for the proxies gauge; O(number of pairs)."""
         return {key: n for key, n in self._counts.items() if n > 0}
 
+    # the choice --------------------------------------------------------------------------
     def candidates(self, route: Route) -> int:
+        """How many upstreams ``route`` could use now (an O(1) bucket size)."""
         bucket = self._buckets.get(route.key)
         return len(bucket.items) if bucket else 0
 
-    # the choice --------------------------------------------------------------------------
     def pick(self, route: Route = Route(), *, exclude: frozenset[int] | set[int] = frozenset(), host: str | None = None) -> Proxy | None:
         """An upstream for one request, or None when nothing matches."""
         bucket = self._buckets.get(route.key)
@@ -305,10 +306,6 @@ class Selector:
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
 
-    def session_upstream(self, session: str) -> int | None:
-        entry = self._sessions.get(session)
-        return entry[0] if entry else None
-
     # what the gateway learned ----------------------------------------------------------
     def report(self, proxy: Proxy, ok: bool) -> None:
         """Passive health: a real request's outcome.  Benches a proxy after a run of failures."""
@@ -325,6 +322,11 @@ class Selector:
                 self.on_bench(proxy)
             if self.on_change:
                 self.on_change()
+
+    def session_upstream(self, session: str) -> int | None:
+        """The upstream id a sticky session holds, if any (for stats and tests)."""
+        entry = self._sessions.get(session)
+        return entry[0] if entry else None
 
     def cooldown(self, proxy: Proxy, host: str, seconds: float) -> None:
         """Rest ``proxy`` for ``host`` only (it was banned there); other hosts still use it."""
