@@ -19,7 +19,7 @@ import enum
 import time
 from typing import TYPE_CHECKING
 
-from gateway import http1
+from gateway import fasthead, http1
 from gateway.errors import BadRequest, BadResponse
 from gateway.refusals import Admission, Attempts, Refusal
 from gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout, proxy_authorization
@@ -46,9 +46,9 @@ class BodyTracker:
 
     __slots__ = ("kind", "remaining", "state", "line", "trailer_bytes")
 
-    def __init__(self, framing: http1.Framing) -> None:
-        self.kind = framing.kind
-        self.remaining = framing.length or 0
+    def __init__(self, kind: http1.FramingKind, length: int = 0) -> None:
+        self.kind = kind
+        self.remaining = length
         self.state = BodyState.SIZE
         self.line = bytearray()
         self.trailer_bytes = 0
@@ -118,7 +118,8 @@ class UpstreamProtocol(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self.closed = False
         self._head = bytearray()
-        self._resp: http1.ResponseHead | None = None
+        self._responded = False  # a final response head arrived for the current exchange
+        self._keep_alive = False  # and it lets us reuse this connection
         self._body: BodyTracker | None = None
         self.handshake: asyncio.Future[int] | None = None  # CONNECT answer status, while tunnelling
         self._timer: asyncio.TimerHandle | None = None
@@ -144,7 +145,7 @@ class UpstreamProtocol(asyncio.Protocol):
         """Write a request; ``exchange`` hears of the answer, or of its absence after ``timeout``."""
         self.exchange = exchange
         self._head.clear()
-        self._resp = None
+        self._responded = False
         self._body = None
         assert self.transport is not None
         self.transport.write(data)
@@ -156,7 +157,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         ex = self.exchange
-        if ex is None or self._resp is not None or self.closed:
+        if ex is None or self._responded or self.closed:
             return
         loop = asyncio.get_running_loop()
         if loop.time() < self._deadline:
@@ -202,42 +203,54 @@ class UpstreamProtocol(asyncio.Protocol):
             self.close()
             return
         try:
-            if self._resp is None:
-                self._head += data
-                end = self._head.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(self._head) > self.server.gw.max_header_bytes:
-                        raise BadResponse("response head too large")
-                    return
-                raw = bytes(self._head[: end + 4])
-                rest = bytes(self._head[end + 4 :])
-                resp = http1.parse_response_head(raw)
-                if 100 <= resp.status < 200 and resp.status != 101:
-                    self._head = bytearray(rest)  # interim answer: wait for the real one
-                    if rest:
-                        self.data_received(b"")
-                    return
-                self._resp = resp
-                self._body = BodyTracker(http1.response_body_framing(resp, ex.head.method))
-                ex.response_head(resp)
-                data = rest
+            out = b""
+            if not self._responded:
+                plain = None if self._head else fasthead.plain_response(data, ex.head.method)
+                if plain is not None:
+                    self._start_body(plain.framing, plain.length, plain.keep_alive)
+                    out = ex.plain_head(data, plain)
+                    data = data[plain.end :]
+                else:
+                    self._head += data
+                    end = self._head.find(b"\r\n\r\n")
+                    if end < 0:
+                        if len(self._head) > self.server.gw.max_header_bytes:
+                            raise BadResponse("response head too large")
+                        return
+                    raw = bytes(self._head[: end + 4])
+                    rest = bytes(self._head[end + 4 :])
+                    resp = http1.parse_response_head(raw)
+                    if 100 <= resp.status < 200 and resp.status != 101:
+                        self._head = bytearray(rest)  # interim answer: wait for the real one
+                        if rest:
+                            self.data_received(b"")
+                        return
+                    framing = http1.response_body_framing(resp, ex.head.method)
+                    self._start_body(framing.kind, framing.length, resp.keep_alive)
+                    out = ex.response_head(resp, framing.kind)
+                    data = rest
             assert self._body is not None
             used, done = self._body.feed(data)
             if used:
-                ex.relay(data if used == len(data) else data[:used])
+                body = data if used == len(data) else data[:used]
+                ex.relay(out + body if out else body, len(body))
+            elif out:
+                ex.relay(out, 0)
             if done:
                 self._finish(clean=used == len(data))
         except BadResponse as exc:
             self.close()
             ex.upstream_failed(self, UpstreamError(f"upstream sent a malformed answer: {exc.message}", "protocol_error"))
 
+    def _start_body(self, kind: http1.FramingKind, length: int, keep_alive: bool) -> None:
+        self._responded = True
+        self._keep_alive = keep_alive and kind is not http1.FramingKind.UNTIL_CLOSE
+        self._body = BodyTracker(kind, length)
+
     def _finish(self, clean: bool) -> None:
         ex, self.exchange = self.exchange, None
-        assert ex is not None and self._resp is not None
-        reusable = clean and self._resp.keep_alive and self._body is not None and (
-            self._body.kind is not http1.FramingKind.UNTIL_CLOSE
-        )
-        if reusable and not self.server._closing:  # noqa: SLF001
+        assert ex is not None
+        if clean and self._keep_alive and not self.server._closing:  # noqa: SLF001
             self.server.fast_pool.release(self.key, self)
         else:
             self.close()
@@ -253,7 +266,7 @@ class UpstreamProtocol(asyncio.Protocol):
         ex, self.exchange = self.exchange, None
         if ex is None:
             return
-        if self._resp is None:
+        if not self._responded:
             ex.upstream_lost(self)
         elif self._body is not None and self._body.kind is http1.FramingKind.UNTIL_CLOSE:
             ex.done()
@@ -393,19 +406,31 @@ class Exchange:
         self._failed(UpstreamError("upstream closed the connection without answering", "reset"))
 
     # the answer ---------------------------------------------------------------------------
-    def response_head(self, resp: http1.ResponseHead) -> None:
+    def response_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes:
+        """The head for the client, rebuilt by the strict rules."""
         self.responded = True
         server = self.server
-        framing_kind = http1.response_body_framing(resp, self.head.method).kind
-        self.keep = self.head.keep_alive and framing_kind is not http1.FramingKind.UNTIL_CLOSE and not server._closing  # noqa: SLF001
-        out = http1.forward_response_head(resp, keep_alive=self.keep, extra=server._debug_headers(self.proxy))  # noqa: SLF001
-        self.client.write(out)
+        self.keep = self.head.keep_alive and framing is not http1.FramingKind.UNTIL_CLOSE and not server._closing  # noqa: SLF001
+        return http1.forward_response_head(resp, keep_alive=self.keep, extra=server._debug_headers(self.proxy))  # noqa: SLF001
 
-    def relay(self, data: bytes) -> None:
+    def plain_head(self, data: bytes, plain: fasthead.PlainResponse) -> bytes:
+        """The head for the client, sliced from an everyday one (the same bytes ``response_head`` would build)."""
+        self.responded = True
+        server = self.server
+        self.keep = keep = (
+            self.head.keep_alive and plain.framing is not http1.FramingKind.UNTIL_CLOSE and not server._closing  # noqa: SLF001
+        )
+        parts = [data[: plain.cut_start], data[plain.cut_end : plain.fields_end]]
+        if server.gw.debug_headers:
+            parts += [f"{name}: {value}\r\n".encode("latin-1") for name, value in server._debug_headers(self.proxy)]  # noqa: SLF001
+        parts.append(fasthead.KEEP_ALIVE if keep else fasthead.CLOSE)
+        return b"".join(parts)
+
+    def relay(self, data: bytes, body_bytes: int) -> None:
         self.client.write(data)
         on_bytes = self.server._on_bytes  # noqa: SLF001
-        if on_bytes is not None:
-            on_bytes("upstream_to_client", len(data))
+        if on_bytes is not None and body_bytes:
+            on_bytes("upstream_to_client", body_bytes)
 
     def done(self) -> None:
         if self.finished:

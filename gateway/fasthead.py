@@ -1,0 +1,106 @@
+"""Response heads in their everyday shape, forwarded by slicing instead of parsing and rebuilding.
+
+Nearly every answer a proxy relays looks alike: ``HTTP/1.1 200 OK``, a dozen ``Name: value`` lines
+with one space after the colon, a Content-Length or ``Transfer-Encoding: chunked``, maybe a
+``Connection`` line.  For such a head, what ``http1.forward_response_head`` would build is the
+upstream's own bytes with the Connection line cut out and ours appended, so the fast path slices it.
+
+One compiled pattern decides whether a head has that shape; a second finds the few fields that
+matter to a proxy.  Anything else (another version, a 1xx, whitespace the strict parser would strip,
+a hop-by-hop field other than Connection, an ``X-Proxy-Pool-*`` field, a list-valued
+Content-Length) answers ``None`` and the strict parser in ``gateway.http1`` decides.  The two must
+agree byte for byte whenever this module answers: tests/unit/test_fasthead.py checks that with
+hypothesis.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from gateway.http1 import FramingKind
+
+__all__ = ["CLOSE", "KEEP_ALIVE", "PlainResponse", "plain_response"]
+
+# status-line with a reason (an empty one is rebuilt from the status code), 2xx to 5xx only
+_STATUS_LINE = rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t \x21-\x7e\x80-\xff]+\r\n"
+# field-line exactly as the strict parser would write it back: token ": " value, the value neither
+# empty nor starting or ending with whitespace, and free of NUL, CR and LF (http1.response_field_value)
+_FIELD_LINE = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+: [^\x00-\x20\x7f](?:[^\x00\r\n]*[^\x00-\x20\x7f])?\r\n"
+_PLAIN_HEAD = re.compile(_STATUS_LINE + rb"(?:" + _FIELD_LINE + rb")*\r\n")
+
+# the fields a proxy acts on: framing, and the hop-by-hop set of http1._RESPONSE_DROP plus our own
+_SPECIAL = re.compile(
+    rb"\r\n(content-length|transfer-encoding|connection|keep-alive|proxy-connection|proxy-authenticate"
+    rb"|proxy-authorization|te|trailer|upgrade|x-proxy-pool-[^:]*): ([^\r]*)",
+    re.IGNORECASE,
+)
+_MAX_LENGTH_DIGITS = 18
+
+KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+CLOSE = b"Connection: close\r\n\r\n"
+
+
+class PlainResponse(NamedTuple):
+    """A recognised head.  The head to send on is ``data[:cut_start] + data[cut_end:fields_end]``
+    followed by any extra fields and ``KEEP_ALIVE`` or ``CLOSE``."""
+
+    status: int
+    framing: FramingKind
+    length: int
+    keep_alive: bool  # what the upstream allows for its own connection
+    cut_start: int
+    cut_end: int
+    fields_end: int
+    end: int  # where the body starts
+
+
+def plain_response(data: bytes, request_method: str) -> PlainResponse | None:
+    """Recognise a complete everyday response head at the start of ``data``, or ``None``."""
+    m = _PLAIN_HEAD.match(data)
+    if m is None:
+        return None
+    end = m.end()
+    fields_end = end - 2
+    length = -1
+    chunked = False
+    keep_alive = True
+    cut_start = cut_end = fields_end
+    for f in _SPECIAL.finditer(data, 0, fields_end):
+        name = f.group(1).lower()
+        value = f.group(2)
+        if name == b"content-length":
+            if length >= 0 or not value.isdigit() or len(value) > _MAX_LENGTH_DIGITS:
+                return None
+            length = int(value)
+        elif name == b"transfer-encoding":
+            if chunked or value.lower() != b"chunked":
+                return None
+            chunked = True
+        elif name == b"connection":
+            if cut_start != fields_end:
+                return None
+            option = value.lower()
+            if option == b"close":
+                keep_alive = False
+            elif option != b"keep-alive":
+                return None  # an option that names fields to drop: the strict path knows how
+            cut_start, cut_end = f.span()
+        else:
+            return None
+    if chunked and length >= 0:
+        return None
+    status = int(m.group(1))
+    if request_method == "CONNECT":
+        return None  # a tunnel answer: the strict path
+    if request_method == "HEAD" or status == 204 or status == 304:
+        framing = FramingKind.NONE
+    elif chunked:
+        framing = FramingKind.CHUNKED
+    elif length > 0:
+        framing = FramingKind.LENGTH
+    elif length == 0:
+        framing = FramingKind.NONE
+    else:
+        framing = FramingKind.UNTIL_CLOSE
+    return PlainResponse(status, framing, max(length, 0), keep_alive, cut_start, cut_end, fields_end, end)
