@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["ClientProtocol", "UpstreamProtocol"]
 
 _MAX_LINE = 4096
+_KEEP_ALIVE = (("Connection", "keep-alive"),)
+_LENGTH = http1.FramingKind.LENGTH
 _MAX_TRAILERS = 1 << 16
 
 
@@ -113,6 +115,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self.server = server
         self.key = key
         self.transport: asyncio.Transport | None = None
+        self._loop = server.loop
         self.exchange: Exchange | None = None
         self.uses = 0
         self.idle_since = time.monotonic()
@@ -147,21 +150,18 @@ class UpstreamProtocol(asyncio.Protocol):
         self._head.clear()
         self._responded = False
         self._body = None
-        assert self.transport is not None
-        self.transport.write(data)
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + timeout
+        self.transport.write(data)  # type: ignore[union-attr]
+        self._deadline = self._loop.time() + timeout
         if self._timer is None:  # one handle per connection, moved forward, not one per request
-            self._timer = loop.call_at(self._deadline, self._on_timer)
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         ex = self.exchange
         if ex is None or self._responded or self.closed:
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._deadline:
-            self._timer = loop.call_at(self._deadline, self._on_timer)
+        if self._loop.time() < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
             return
         ex.timed_out(self)
 
@@ -207,8 +207,15 @@ class UpstreamProtocol(asyncio.Protocol):
             if not self._responded:
                 plain = None if self._head else fasthead.plain_response(data, ex.head.method)
                 if plain is not None:
-                    self._start_body(plain.framing, plain.length, plain.keep_alive)
                     out = ex.plain_head(data, plain)
+                    if plain.framing is _LENGTH and len(data) - plain.end == plain.length:
+                        # the everyday answer: head and whole body in one read
+                        self._responded = True
+                        self._keep_alive = plain.keep_alive
+                        ex.relay(out + data[plain.end :], plain.length)
+                        self._finish(clean=True)
+                        return
+                    self._start_body(plain.framing, plain.length, plain.keep_alive)
                     data = data[plain.end :]
                 else:
                     self._head += data
@@ -283,6 +290,24 @@ class UpstreamProtocol(asyncio.Protocol):
 class Exchange:
     """One request on the fast path, across attempts on several upstreams."""
 
+    __slots__ = (
+        "_attempts",
+        "_fresh_retry",
+        "_key",
+        "_out",
+        "admission",
+        "client",
+        "conn",
+        "finished",
+        "head",
+        "keep",
+        "proxy",
+        "responded",
+        "server",
+        "started",
+        "tried",
+    )
+
     def __init__(self, client: ClientProtocol, head: http1.RequestHead, admission: Admission) -> None:
         self.client = client
         self.server = client.server
@@ -298,6 +323,7 @@ class Exchange:
         self.finished = False
         self._fresh_retry = False
         self._out = b""
+        self._key: object = None
 
     # attempts -----------------------------------------------------------------------------
     @property
@@ -336,13 +362,13 @@ class Exchange:
         server = self.server
         head = self.head
         if proxy.id in server.no_tunnel:
-            self._key: object = proxy.id
+            self._key = proxy.id
             extra = proxy_authorization(proxy.upstream)
             extra.append(("Connection", "keep-alive"))
             self._out = http1.forward_request_head(head, absolute=True, extra=extra)
         else:
             self._key = (proxy.id, head.host, head.port)
-            self._out = http1.forward_request_head(head, absolute=False, extra=[("Connection", "keep-alive")])
+            self._out = http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE)
         conn = server.fast_pool.acquire(self._key)
         if conn is None:
             self._connect(proxy, fresh_retry=False)
@@ -469,6 +495,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def __init__(self, server: GatewayServer) -> None:
         self.server = server
+        self._loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.exchange: Exchange | None = None
@@ -489,8 +516,7 @@ class ClientProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        loop = asyncio.get_running_loop()
-        self.done = loop.create_future()
+        self.done = self._loop.create_future()
         self.server.admit(self)
 
     def start(self) -> None:
@@ -501,18 +527,16 @@ class ClientProtocol(asyncio.Protocol):
             self._try_head()
 
     def _arm(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + seconds
+        self._deadline = self._loop.time() + seconds
         if self._timer is None:
-            self._timer = loop.call_at(self._deadline, self._on_timer)
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.closed or self.handed_over or self.busy:
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._deadline:  # re-armed since: sleep again (one handle, not one per request)
-            self._timer = loop.call_at(self._deadline, self._on_timer)
+        if self._loop.time() < self._deadline:  # re-armed since: sleep again (one handle, not one per request)
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
             return
         if self.first or self.buffer:
             self.write(http1.simple_response(408, "request head not received in time", close=True))
@@ -520,6 +544,12 @@ class ClientProtocol(asyncio.Protocol):
         self.close()
 
     def data_received(self, data: bytes) -> None:
+        if not self.buffer and not self.busy and self.admitted:
+            # the common case: exactly one whole head in this read, nothing before it
+            end = data.find(b"\r\n\r\n")
+            if end > 0 and end + 4 == len(data) <= self.server.gw.max_header_bytes:
+                self._request(data)
+                return
         self.buffer += data
         if self.busy or not self.admitted:
             if len(self.buffer) > self.server.gw.max_header_bytes * 2 and self.transport is not None:
@@ -540,6 +570,9 @@ class ClientProtocol(asyncio.Protocol):
             return
         raw = bytes(buffer[: end + 4])
         del buffer[: end + 4]
+        self._request(raw)
+
+    def _request(self, raw: bytes) -> None:
         try:
             head = http1.parse_request_head(raw)
         except BadRequest as exc:

@@ -27,13 +27,18 @@ one).  No proxy address and no user name is ever a label.
 
 The pool gauges are not stored here: a custom collector calls the ``pool_counts`` callback (the
 selector's in-memory view) when Prometheus scrapes, so they are never stale and cost nothing between
-scrapes.  Hot-path methods are one dict lookup of a pre-created child plus ``inc``/``observe``.
+scrapes.  The per-request families (requests, duration, bytes) are plain integers in this object,
+turned into samples by a second collector at scrape time: prometheus_client takes a lock on every
+``inc`` and ``observe``, which the profile of the gateway's keep-alive bench showed (four lock
+round-trips per request).  The gateway runs on one event loop thread, so plain ``+=`` is safe, and a
+scrape reads the numbers from that same thread.
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -47,9 +52,10 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from pool.events import EVENT_TYPES
 from pool.models import Event, ProxyProtocol, ProxyStatus
@@ -187,6 +193,47 @@ class _PoolCollector(Collector):
         yield countries
 
 
+class _GatewayCollector(Collector):
+    """The per-request families, read from the plain counters of ``Metrics`` at scrape time."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def _families(self) -> tuple[CounterMetricFamily, HistogramMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                PREFIX + "gateway_requests",
+                "Gateway requests (each CONNECT counts once) by method and outcome.",
+                labels=["method", "outcome"],
+            ),
+            HistogramMetricFamily(
+                PREFIX + "gateway_request_duration_seconds",
+                "Seconds from a request's head to its response head or established tunnel.",
+            ),
+            CounterMetricFamily(PREFIX + "gateway_bytes", "Bytes relayed by the gateway by direction.", labels=["direction"]),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        owner = self._owner
+        requests, duration, relayed = self._families()
+        for (method, outcome), n in list(owner.request_counts.items()):
+            requests.add_metric([method, outcome], n)
+        cumulative = 0
+        buckets = []
+        for bound, n in zip((*REQUEST_BUCKETS, float("inf")), list(owner.duration_counts), strict=True):
+            cumulative += n
+            buckets.append((floatToGoString(bound), cumulative))
+        duration.add_metric([], buckets, owner.duration_sum)
+        for direction in DIRECTIONS:
+            relayed.add_metric([direction], owner.bytes_relayed[direction])
+        yield requests
+        yield duration
+        yield relayed
+
+
 class Metrics:
     """All proxy-pool metrics in a private ``CollectorRegistry`` (so tests can build many).
 
@@ -215,26 +262,14 @@ class Metrics:
             GCCollector(registry=reg)
         reg.register(_PoolCollector(self))
 
-        self._requests_family = Counter(
-            PREFIX + "gateway_requests",
-            "Gateway requests (each CONNECT counts once) by method and outcome.",
-            ["method", "outcome"],
-            registry=reg,
-        )
-        self._duration = Histogram(
-            PREFIX + "gateway_request_duration_seconds",
-            "Seconds from a request's head to its response head or established tunnel.",
-            buckets=REQUEST_BUCKETS,
-            registry=reg,
-        )
+        # per-request families: plain numbers, read by _GatewayCollector at scrape time
+        self.request_counts: dict[tuple[str, str], int] = {}  # keys only ever (known method | other, outcome)
+        self.duration_counts = [0] * (len(REQUEST_BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
+        self.duration_sum = 0.0
+        self.bytes_relayed = dict.fromkeys(DIRECTIONS, 0)
+        reg.register(_GatewayCollector(self))
         self._active = Gauge(
             PREFIX + "gateway_active_connections", "Client connections open on the gateway.", registry=reg
-        )
-        bytes_family = Counter(
-            PREFIX + "gateway_bytes",
-            "Bytes relayed by the gateway by direction.",
-            ["direction"],
-            registry=reg,
         )
         self._failures_family = Counter(
             PREFIX + "upstream_failures",
@@ -274,10 +309,8 @@ class Metrics:
         self._credits = Counter(PREFIX + "credits_spent", "Credits charged to gateway users.", registry=reg)
 
         # Children cached by label values: after first use the hot path is a dict lookup, no .labels().
-        self._requests: dict[tuple[str, str], Any] = {}  # keys only ever (known method | other, outcome)
         self._known_methods = frozenset(METHODS)
         self._known_outcomes = frozenset(OUTCOMES)
-        self._bytes = {d: bytes_family.labels(d) for d in DIRECTIONS}
         self._failures = {r: self._failures_family.labels(r) for r in FAILURE_REASONS}
         self._events = {t: self._events_family.labels(t) for t in (*EVENT_TYPES, "other")}
         self._checks: dict[tuple[str, str], Any] = {}
@@ -290,23 +323,24 @@ class Metrics:
 
     def request_done(self, method: str, outcome: str, seconds: float) -> None:
         """One request or CONNECT finished; ``seconds`` until its response head / tunnel was up."""
-        child = self._requests.get((method, outcome))
-        if child is None:
+        counts = self.request_counts
+        key = (method, outcome)
+        n = counts.get(key)
+        if n is None:
             key = (
                 method if method in self._known_methods else "other",
                 outcome if outcome in self._known_outcomes else "other",
             )
-            child = self._requests.get(key)
-            if child is None:
-                child = self._requests[key] = self._requests_family.labels(*key)
-        child.inc()
+            n = counts.get(key, 0)
+        counts[key] = n + 1
         if seconds >= 0:
-            self._duration.observe(seconds)
+            self.duration_counts[bisect_left(REQUEST_BUCKETS, seconds)] += 1
+            self.duration_sum += seconds
 
     def bytes(self, direction: str, n: int) -> None:
         """``n`` bytes relayed; ``direction`` is ``upstream_to_client`` or ``client_to_upstream``."""
-        if n:
-            self._bytes[direction].inc(n)
+        if n > 0:
+            self.bytes_relayed[direction] += n
 
     def connection_opened(self) -> None:
         self._active.inc()

@@ -77,11 +77,16 @@ class GatewayServer(StreamPath):
         self._retry_status = frozenset(self.gw.retry_on_status)
         self._direct_allow = [ipaddress.ip_network(n, strict=False) for n in self.gw.direct_allow]
         self._on_bytes: Callable[[str, int], None] | None = getattr(metrics, "bytes", None)
+        # the loop, kept so hot-path callbacks skip get_running_loop() (a getpid() call each, on 3.11)
+        try:
+            self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.loop = None  # type: ignore[assignment]  # set by start()
 
     # lifecycle ----------------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
         host, port = self.gw.host_port
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ClientProtocol(self), host, port, backlog=1024, reuse_address=True
         )
@@ -245,7 +250,8 @@ class GatewayServer(StreamPath):
             and head.version == "HTTP/1.1"
             and not head.expect_continue
             and head.upgrade is None
-            and http1.request_body_framing(head) is http1.Framing.NONE
+            and not head.chunked
+            and not head.content_length
         ):
             client.begin(Exchange(client, head, admission))
         else:
