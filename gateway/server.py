@@ -37,6 +37,7 @@ __all__ = ["GatewayServer", "Refusal"]
 
 log = logging.getLogger("proxy_pool.gateway")
 ANY_ROUTE = Route()
+_ANYONE_ANYWHERE = Admission(None, ANY_ROUTE, 0)  # the admission of every request without auth or routing
 access_log = logging.getLogger("proxy_pool.access")
 
 
@@ -64,6 +65,7 @@ class GatewayServer(StreamPath):
         self.accounts = accounts if settings.gateway.auth == "users" else None
         self.pool = ConnectionPool(per_key=self.gw.upstream_pool_size, idle_timeout=self.gw.upstream_idle_timeout)
         self._own = set(own_addresses or ())
+        self._own_ports = frozenset(port for _, port in self._own)
         self._server: asyncio.AbstractServer | None = None
         self.fast_pool = ConnectionPool(per_key=self.gw.upstream_pool_size, idle_timeout=self.gw.upstream_idle_timeout)
         self._clients: set[ClientProtocol] = set()  # admitted client connections, either path
@@ -91,7 +93,7 @@ class GatewayServer(StreamPath):
             lambda: ClientProtocol(self), host, port, backlog=1024, reuse_address=True
         )
         bound = self._server.sockets[0].getsockname()
-        self._own.add((bound[0], bound[1]))
+        self.add_own_address(bound[0], bound[1])
         self._tasks.spawn(self._prune_loop(), name="gateway-pool-prune")
         return bound[0], bound[1]
 
@@ -103,6 +105,7 @@ class GatewayServer(StreamPath):
 
     def add_own_address(self, host: str, port: int) -> None:
         self._own.add((host, port))
+        self._own_ports = frozenset(port for _, port in self._own)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, close idle clients, give busy ones ``drain_timeout``, then cut."""
@@ -311,6 +314,8 @@ class GatewayServer(StreamPath):
         """Check the target, authenticate, and charge: once per request, before any dialing."""
         self._check_target(head)
         user, route = self._authorize(head)
+        if user is None and route is ANY_ROUTE:
+            return _ANYONE_ANYWHERE
         cost = self.settings.credits.cost_per_request if user is not None else 0
         if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
             raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
@@ -333,7 +338,7 @@ class GatewayServer(StreamPath):
             raise Refusal(403, "request loops back to the gateway itself", "forbidden")
 
     def _is_own_address(self, host: str, port: int) -> bool:
-        if not any(port == own_port for _, own_port in self._own):
+        if port not in self._own_ports:
             return False
         for own_host, own_port in self._own:
             if port != own_port:

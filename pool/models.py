@@ -43,7 +43,10 @@ class ProxyProtocol(enum.StrEnum):
 
     @property
     def is_socks(self) -> bool:
-        return self in (ProxyProtocol.SOCKS4, ProxyProtocol.SOCKS5)
+        return self in _SOCKS
+
+
+_SOCKS = frozenset({ProxyProtocol.SOCKS4, ProxyProtocol.SOCKS5})
 
 
 class ProxyStatus(enum.StrEnum):

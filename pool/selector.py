@@ -13,7 +13,7 @@ import random
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from typing import Literal
 
@@ -35,14 +35,15 @@ class Route:
     country: str | None = None
     anonymity: AnonymityLevel | None = None
     session: str | None = None
+    key: BucketKey = field(init=False, repr=False, compare=False)  # the bucket it picks from
 
-    @property
-    def key(self) -> BucketKey:
-        return (
+    def __post_init__(self) -> None:
+        key = (
             self.protocol.value if self.protocol else None,
             self.country.upper() if self.country else None,
             self.anonymity.value if self.anonymity else None,
         )
+        object.__setattr__(self, "key", key)  # computed once, read on every pick
 
     def describe(self) -> str:
         parts = [
@@ -275,6 +276,9 @@ class Selector:
         else:
             start = bucket.cursor % n
             bucket.cursor = start + 1
+            proxy = items[start]
+            if proxy.id not in exclude and (host is None or not self._cooldowns):
+                return proxy  # the common case, without a call per candidate
         for step in range(n):
             proxy = items[(start + step) % n]
             if self._usable(proxy, exclude, host, now):
