@@ -332,9 +332,6 @@ class Exchange:
             self._attempts = Attempts()
         return self._attempts
 
-    def start(self) -> None:
-        self._attempt()
-
     def _attempt(self) -> None:
         server = self.server
         if len(self.tried) > server.gw.max_retries:
@@ -373,7 +370,8 @@ class Exchange:
         if conn is None:
             self._connect(proxy, fresh_retry=False)
         else:
-            self._send(conn)
+            self.conn = conn
+            conn.send(self, self._out, server.gw.response_timeout)
 
     def _connect(self, proxy: Proxy, fresh_retry: bool) -> None:
         self._fresh_retry = fresh_retry
@@ -462,7 +460,8 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self.server._report(self.proxy, True)  # noqa: SLF001
+        assert self.proxy is not None
+        self.server.selector.report(self.proxy, True)  # passive health: a real success
         self.client.exchange_done(self, "ok", self.keep)
 
     def cut_short(self) -> None:
@@ -595,7 +594,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def begin(self, exchange: Exchange) -> None:
         self.exchange = exchange
-        exchange.start()
+        exchange._attempt()  # noqa: SLF001
 
     def refuse(self, refusal: Refusal, head: http1.RequestHead) -> None:
         keep = refusal.keeps(head)

@@ -79,6 +79,8 @@ class GatewayServer(StreamPath):
         self._retry_status = frozenset(self.gw.retry_on_status)
         self._direct_allow = [ipaddress.ip_network(n, strict=False) for n in self.gw.direct_allow]
         self._on_bytes: Callable[[str, int], None] | None = getattr(metrics, "bytes", None)
+        self._request_done: Callable[[str, str, float], None] | None = getattr(metrics, "request_done", None)
+        self._access_log = settings.log.access_log
         # the loop, kept so hot-path callbacks skip get_running_loop() (a getpid() call each, on 3.11)
         try:
             self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
@@ -301,9 +303,9 @@ class GatewayServer(StreamPath):
             )
 
     def count_request(self, method: str, outcome: str, seconds: float) -> None:
-        if self.metrics is not None:
-            self.metrics.request_done(method, outcome, seconds)  # type: ignore[attr-defined]
-        if self.settings.log.access_log:
+        if self._request_done is not None:
+            self._request_done(method, outcome, seconds)
+        if self._access_log:
             access_log.info("%s %s %.1fms", method, outcome, seconds * 1000)
 
     def count_refusal(self, method: str, refusal: Refusal, seconds: float) -> None:
