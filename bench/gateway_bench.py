@@ -11,7 +11,7 @@ measures with wrk (absolute-URI requests, ``bench/wrk_absolute.lua``):
   (d) (a) and (b) sent straight to one upstream of each software: the ceiling
   (e) RSS of ``proxy-pool serve`` with 100,000 proxies (half active), and the time of a filtered pick
 
-Run:  python bench/gateway_bench.py [--duration 6] [--format json]
+Run:  python bench/gateway_bench.py [--duration 6] [--rounds 3] [--format json]
 Needs Debian packages: nginx-light (or nginx), tinyproxy, squid, wrk; Python: pproxy (uvloop optional).
 Every process it starts is killed at the end, even on error.  All traffic stays on 127.0.0.0/8.
 """
@@ -35,7 +35,7 @@ import tempfile
 import time
 import timeit
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,21 @@ class WrkResult:
     errors: dict[str, int]
     note: str = ""
     cpu_us_per_request: float = 0.0
+    runs: list[float] = field(default_factory=list)  # req/s of each round, when there were several
+
+
+def median_of(results: list[WrkResult]) -> WrkResult:
+    """One row for interleaved rounds: the median of each figure, errors summed, every req/s kept."""
+    first = results[0]
+    errors: dict[str, int] = {}
+    for r in results:
+        for k, v in r.errors.items():
+            errors[k] = errors.get(k, 0) + v
+    return WrkResult(first.case, first.target, statistics.median(r.rps for r in results),
+                     statistics.median(r.p50_ms for r in results), statistics.median(r.p99_ms for r in results),
+                     sum(r.requests for r in results), errors, first.note,
+                     statistics.median(r.cpu_us_per_request for r in results),
+                     [round(r.rps) for r in results] if len(results) > 1 else [])
 
 
 def run_wrk(proxy: tuple[str, int], target_url: str, *, close: bool, duration: float, connections: int,
@@ -471,6 +486,8 @@ def render(data: dict[str, Any]) -> str:
             f"{data['versions']['uvloop_in_gateway']}. Origin: {data['versions']['nginx']} (a "
             f"{cfg['small_bytes']}-byte page, a {cfg['big_mb']} MB file). Upstreams: {', '.join(cfg['upstreams'])}. "
             f"wrk: {cfg['threads']} threads, {cfg['connections']} connections, {cfg['duration']} s a run; "
+            f"(a) and (b): {cfg.get('rounds', 1)} interleaved rounds per target, medians shown (each round's req/s "
+            "in brackets); "
             "everything (wrk, origin, upstreams, proxies) shares the same cores; load average before the run: "
             f"{data.get('loadavg_before', '?')}. pproxy forwards plain HTTP through an HTTP upstream as one "
             "CONNECT tunnel per client connection (so in (a) it relays 32 long-lived tunnels); proxy-pool parses "
@@ -484,7 +501,10 @@ def render(data: dict[str, Any]) -> str:
         errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
         if r["note"]:
             errors += f" ({r['note']})"
-        lines.append(f"| {r['case']} | {r['target']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
+        rps = f"{r['rps']:.0f}"
+        if r.get("runs"):
+            rps += f" ({' / '.join(str(x) for x in r['runs'])})"
+        lines.append(f"| {r['case']} | {r['target']} | {rps} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
                      f"| {r['cpu_us_per_request']:.0f} | {errors} |")
     cpu_note = (
         "CPU µs/req: user + system CPU time of the proxy's own process divided by the requests of that "
@@ -579,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run (default 6)")
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved runs of (a) and (b) per target; the table shows medians (default 3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--big-mb", type=int, default=200, help="size of the CONNECT download")
     parser.add_argument("--bulk-reps", type=int, default=1, help="downloads per upstream and path")
@@ -630,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
             say(f"proxy-pool: {len(upstreams)} upstreams active after {took:.1f} s")
             data["config"] = {
                 "duration": args.duration, "connections": args.connections, "threads": args.threads,
+                "rounds": max(1, args.rounds),
                 "big_mb": args.big_mb, "small_bytes": origin.small_size,
                 "upstreams": [f"{u.name} on {u.host}" for u in upstreams],
             }
@@ -643,8 +666,14 @@ def main(argv: list[str] | None = None) -> int:
             for case, close in (("(a) keep-alive", False), ("(b) close", True)):
                 if case[1] in args.skip:
                     continue
-                for name, address, pid, note in targets:
-                    data["wrk"].append(asdict(wrk_case(case, name, address, pid, page, args, close=close, note=note)))
+                # rounds interleave the targets (A B C A B C ...) so a slow spell of the shared machine
+                # falls on all of them alike; the medians are compared
+                runs: dict[str, list[WrkResult]] = {name: [] for name, _, _, _ in targets}
+                for round_ in range(max(1, args.rounds)):
+                    for name, address, pid, note in targets:
+                        runs[name].append(wrk_case(case, name, address, pid, page, args, close=close, note=note))
+                for name in runs:
+                    data["wrk"].append(asdict(median_of(runs[name])))
             if "d" not in args.skip:
                 seen: set[str] = set()
                 for upstream in upstreams:
