@@ -164,7 +164,11 @@ chunk_line = rf"([0-9A-Fa-f]{{1,16}}){chunk_ext}\r\n"
 # RFC 9112 7.1.2: trailer-section = *( field-line CRLF )
 trailer_line = rf"{field_name}:{OWS}{response_field_value}{OWS}\r\n"
 
-_REQUEST_LINE = re.compile(request_line)
+# The same line with the absolute-form target split in the same pass (the everyday proxy request);
+# any other target is the second alternative and is taken apart by the functions below.
+_REQUEST_LINE_SPLIT = re.compile(
+    rf"({method}) ((?i:http)://({uri_host})(?::({port}))?([/?][\x21\x22\x24-\x7e]*)?|{request_target}) {http_version}"
+)
 _STATUS_LINE = re.compile(status_line)
 _FIELD_LINES = re.compile(field_line, re.MULTILINE)
 _RESPONSE_FIELD_LINES = re.compile(response_field_line, re.MULTILINE)
@@ -304,10 +308,10 @@ def parse_request_head(data: bytes) -> RequestHead:
         raise BadRequest(400, "request head does not end with an empty line (CRLF CRLF)")
     text = data.decode("latin-1")
     end = text.index("\r\n")
-    m = _REQUEST_LINE.fullmatch(text, 0, end)
+    m = _REQUEST_LINE_SPLIT.fullmatch(text, 0, end)
     if m is None:
         raise _request_line_error(text[:end])
-    method, target, major, minor = m.groups()
+    method, target, abs_host, abs_port, abs_path, major, minor = m.groups()
     if major != "1" or (minor != "1" and minor != "0"):
         raise BadRequest(505, f"HTTP version {major}.{minor} is not supported (use HTTP/1.1)")
     version = "HTTP/1.1" if minor == "1" else "HTTP/1.0"
@@ -380,10 +384,14 @@ def parse_request_head(data: bytes) -> RequestHead:
         path = ""
         if chunked or content_length:
             raise BadRequest(400, "CONNECT request with a body")
+    elif abs_host is not None:  # absolute-form, split by the request-line pattern
+        host = _check_host(abs_host)
+        port_number = 80 if not abs_port else _check_port(abs_port)
+        path = _origin_path(abs_path)
     elif target[0] == "/" or target == "*":
         raise OriginFormRequest()
     else:
-        host, port_number, path = _absolute_target(target)
+        host, port_number, path = _absolute_target(target)  # names what is wrong with it
 
     if version == "HTTP/1.1":
         keep_alive = "close" not in connection and "close" not in proxy_connection
@@ -990,9 +998,11 @@ def _check_host(host: str) -> str:
 
 
 def _check_port(text: str) -> int:
-    if not text or len(text) > 5 or not 0 < int(text) < 65536:
-        raise BadRequest(400, f"invalid port {_short(text)} (1-65535)")
-    return int(text)
+    if text and len(text) <= 5:
+        n = int(text)
+        if 0 < n < 65536:
+            return n
+    raise BadRequest(400, f"invalid port {_short(text)} (1-65535)")
 
 
 def _connect_target(target: str) -> tuple[str, int]:
@@ -1011,11 +1021,14 @@ def _absolute_target(target: str) -> tuple[str, int, str]:
     if m is None:
         raise _absolute_target_error(target)
     host, port_text, path = m.groups()
+    return _check_host(host), 80 if not port_text else _check_port(port_text), _origin_path(path)
+
+
+def _origin_path(path: str | None) -> str:
+    """The origin-form of an absolute-form target's path and query: "" is "/", "?q" is "/?q"."""
     if not path:
-        path = "/"
-    elif path[0] == "?":
-        path = "/" + path
-    return _check_host(host), 80 if not port_text else _check_port(port_text), path
+        return "/"
+    return "/" + path if path[0] == "?" else path
 
 
 def _absolute_target_error(target: str) -> BadRequest:

@@ -262,3 +262,28 @@ def test_chunked_garbage_only_raises_gateway_errors(data: bytes) -> None:
     assume(data)
     with contextlib.suppress(GatewayError):
         asyncio.run(_copy_through_sockets(data))
+
+
+TARGET_PIECES = st.sampled_from(["http://", "HTTP://", "https://", "a", "b.example", "[::1]", ":", "8080", "99999",
+                                 "/", "?", "#", "@", "%41", "*", "", "x y", "\t"])
+
+
+@FUZZ
+@given(st.lists(TARGET_PIECES, max_size=6).map("".join), st.sampled_from(["GET", "CONNECT", "G=T"]),
+       st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "http/1.1"]))
+def test_request_line_split_agrees_with_the_abnf(target: str, method: str, version: str) -> None:
+    """The request-line pattern that also splits absolute-form targets accepts exactly the ABNF's lines,
+    and splits a target exactly as ``_ABSOLUTE_FORM`` would."""
+    import re
+
+    from gateway import http1
+
+    line = f"{method} {target} {version}"
+    split = http1._REQUEST_LINE_SPLIT.fullmatch(line)
+    plain = re.fullmatch(http1.request_line, line)
+    assert (split is None) == (plain is None)
+    if split is not None:
+        absolute = http1._ABSOLUTE_FORM.fullmatch(split.group(2))
+        assert (split.group(3) is not None) == (absolute is not None)
+        if absolute is not None:
+            assert split.group(3, 4, 5) == absolute.groups()
