@@ -444,11 +444,13 @@ class Exchange:
         self.keep = keep = (
             self.head.keep_alive and plain.framing is not http1.FramingKind.UNTIL_CLOSE and not server._closing  # noqa: SLF001
         )
-        parts = [data[: plain.cut_start], data[plain.cut_end : plain.fields_end]]
+        ending = fasthead.KEEP_ALIVE if keep else fasthead.CLOSE
         if server.gw.debug_headers:
-            parts += [f"{name}: {value}\r\n".encode("latin-1") for name, value in server._debug_headers(self.proxy)]  # noqa: SLF001
-        parts.append(fasthead.KEEP_ALIVE if keep else fasthead.CLOSE)
-        return b"".join(parts)
+            extra = [f"{name}: {value}\r\n".encode("latin-1") for name, value in server._debug_headers(self.proxy)]  # noqa: SLF001
+            ending = b"".join(extra) + ending
+        if plain.cut_start == plain.fields_end:  # no Connection line to cut
+            return data[: plain.fields_end] + ending
+        return data[: plain.cut_start] + data[plain.cut_end : plain.fields_end] + ending
 
     def relay(self, data: bytes, body_bytes: int) -> None:
         self.client.write(data)
