@@ -18,9 +18,10 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from gateway import http1
 from gateway.http1 import FramingKind
 
-__all__ = ["CLOSE", "KEEP_ALIVE", "PlainResponse", "plain_response"]
+__all__ = ["CLOSE", "KEEP_ALIVE", "PlainResponse", "plain_request", "plain_response"]
 
 # status-line with a reason (an empty one is rebuilt from the status code), 2xx to 5xx only
 _STATUS_LINE = rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t \x21-\x7e\x80-\xff]+\r\n"
@@ -115,3 +116,99 @@ def plain_response(data: bytes, request_method: str) -> PlainResponse | None:
         cut_start = cut_end = fields_end
     # tuple.__new__ skips the Python-level __new__ a NamedTuple class has (a measurable cost per answer)
     return _new_tuple(PlainResponse, (status, framing, max(length, 0), keep_alive, cut_start, cut_end, fields_end, end))
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------------
+
+# request-line with an absolute-form http target on a registered name (no IPv6 literal, no empty
+# port), then field lines exactly as http1.forward_request_head writes them back (http1.field_value,
+# not empty, one space after the colon)
+_PLAIN_REQUEST = re.compile(
+    rb"(" + http1.token.encode() + rb") ((?i:http)://(" + http1.reg_name.encode() + rb")(?::([0-9]{1,5}))?"
+    rb"([/?][\x21\x22\x24-\x7e]*)?) HTTP/1\.1\r\n"
+    rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+: [\x21-\x7e\x80-\xff][\t \x21-\x7e\x80-\xff]*(?<![\t ])\r\n)*+)\r\n"
+)
+# fields that change what the gateway does with a request (http1._REQUEST_SPECIAL and _REQUEST_DROP),
+# and "close", which Connection: close would make hop-by-hop
+_REQUEST_SPECIAL = re.compile(
+    rb"(\r\n(?=[CcEeHhKkPpTtUuXx])(?i:(host|connection|proxy-connection|content-length|transfer-encoding|expect"
+    rb"|proxy-authorization|proxy-authenticate|keep-alive|te|trailer|upgrade|close|x-proxy-pool-[^:]*)): ([^\r]*))"
+)
+
+
+_NAME_VALUE = re.compile(r"([^:]+): ([^\r]*)\r\n")
+
+
+def plain_request(data: bytes) -> http1.RequestHead | None:
+    """An everyday request head (``GET http://host/path HTTP/1.1``, no body, no credentials, no routing
+    fields, at most a plain Connection) parsed into what ``http1.parse_request_head`` returns, with
+    ``origin_form`` sliced from the client's bytes; ``None`` for anything else."""
+    m = _PLAIN_REQUEST.fullmatch(data)
+    if m is None:
+        return None
+    method, target, host, port_text, path, fields = m.groups()
+    if method == b"CONNECT":
+        return None
+    start = m.start(6) - 2  # the CRLF before the first field line
+    kept = data[start : m.end(6) - 2]  # "\r\nName: value" per line, no trailing CRLF
+    host_seen = False
+    connection: tuple[str, ...] = ()
+    proxy_connection: bytes | None = None
+    for line, name, value in _REQUEST_SPECIAL.findall(data, start, m.end(6)):
+        name = name.lower()
+        if name == b"host":
+            if host_seen:
+                return None
+            host_seen = True
+        elif name == b"connection" or name == b"proxy-connection":
+            option = value.lower()
+            if option != b"keep-alive" and option != b"close":
+                return None
+            if name == b"connection":
+                if connection:
+                    return None
+                connection = (option.decode(),)
+            else:
+                if proxy_connection is not None:
+                    return None
+                proxy_connection = option
+        else:
+            return None
+        kept = kept.replace(line, b"", 1)
+    port = 80
+    if port_text is not None:
+        port = int(port_text)
+        if not 0 < port < 65536:
+            return None
+    host = host.lower()
+    authority = host if port == 80 else b"%s:%d" % (host, port)
+    if not path:
+        path = b"/"
+    elif path[:1] == b"?":
+        path = b"/" + path
+    origin_form = b"".join(
+        (method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, kept, b"\r\nConnection: keep-alive\r\n\r\n")
+    )
+    # the lines are known to be "name: value\r\n": a split per line, done by the regex engine
+    headers: list[tuple[str, str]] = _NAME_VALUE.findall(fields.decode("latin-1")) if fields else []
+    return http1.RequestHead(
+        method.decode(),
+        target.decode(),
+        "HTTP/1.1",
+        headers,
+        host.decode(),
+        port,
+        path.decode(),
+        False,
+        None,
+        False,
+        "close" not in connection and proxy_connection != b"close",
+        False,
+        None,
+        {},
+        None,
+        connection,
+        origin_form,
+    )

@@ -365,7 +365,7 @@ class Exchange:
             self._out = http1.forward_request_head(head, absolute=True, extra=extra)
         else:
             self._key = (proxy.id, head.host, head.port)
-            self._out = http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE)
+            self._out = head.origin_form or http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE)
         conn = server.fast_pool.acquire(self._key)
         if conn is None:
             self._connect(proxy, fresh_retry=False)
@@ -575,7 +575,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _request(self, raw: bytes) -> None:
         try:
-            head = http1.parse_request_head(raw)
+            head = fasthead.plain_request(raw) or http1.parse_request_head(raw)
         except BadRequest as exc:
             self._bad(exc)
             return

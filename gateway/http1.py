@@ -23,7 +23,7 @@ import enum
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import ClassVar
 
@@ -292,6 +292,9 @@ class RequestHead:
     pool_params: dict[str, str]
     upgrade: str | None
     connection_tokens: tuple[str, ...] = ()
+    # the origin-form head with "Connection: keep-alive" appended, exactly as forward_request_head
+    # builds it, when gateway.fasthead sliced it from the client's bytes (then nothing is rebuilt)
+    origin_form: bytes | None = field(default=None, compare=False, repr=False)
 
 
 def parse_request_head(data: bytes) -> RequestHead:

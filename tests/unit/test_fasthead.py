@@ -12,8 +12,15 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway import fasthead
-from gateway.errors import BadResponse
-from gateway.http1 import FramingKind, forward_response_head, parse_response_head, response_body_framing
+from gateway.errors import BadRequest, BadResponse
+from gateway.http1 import (
+    FramingKind,
+    forward_request_head,
+    forward_response_head,
+    parse_request_head,
+    parse_response_head,
+    response_body_framing,
+)
 
 FUZZ = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -202,3 +209,83 @@ def test_odd_heads_go_to_the_strict_parser() -> None:
     ]
     for head in odd:
         assert fasthead.plain_response(head, "GET") is None, head
+
+
+# ---------------------------------------------------------------------------------------------
+# requests
+# ---------------------------------------------------------------------------------------------
+
+REQUEST_LINES = st.one_of(
+    st.sampled_from(["GET http://example.org/ HTTP/1.1", "GET http://127.0.0.1:8080/a?b HTTP/1.1",
+                     "HEAD http://Example.ORG:80 HTTP/1.1", "GET http://example.org?q=1 HTTP/1.1"]),
+    st.tuples(
+        st.sampled_from(["GET", "POST", "CONNECT", "G=T", "get"]),
+        st.sampled_from(["http://", "HTTP://", "https://", "", "ftp://"]),
+        st.sampled_from(["example.org", "Ex.org", "[::1]", "a_b~c", "", "h%41"]),
+        st.sampled_from(["", ":80", ":8080", ":08080", ":0", ":99999", ":", ":123456"]),
+        st.sampled_from(["", "/", "/a?b", "?q", "/a#f", "/%7e|{}", "/ x"]),
+        st.sampled_from([" HTTP/1.1", " HTTP/1.0", " HTTP/2.0", ""]),
+    ).map("".join),
+)
+EVERYDAY_REQUEST_LINES = st.sampled_from(
+    ["Host: example.org", "host: example.org:8080", "User-Agent: curl/8.5 (x y)", "Accept: */*",
+     "Connection: keep-alive", "Connection: close", "connection: Keep-Alive", "Proxy-Connection: keep-alive",
+     "Proxy-Connection: close", "Accept-Encoding: gzip, deflate", "Cookie: a=b; c=d"]
+)
+ODD_REQUEST_LINES = st.one_of(
+    st.sampled_from(["Content-Length: 0", "Content-Length: 3", "Transfer-Encoding: chunked", "Expect: 100-continue",
+                     "X-Proxy-Pool-Country: de", "Proxy-Authorization: Basic eDp5", "Close: 1", "Keep-Alive: 5",
+                     "TE: trailers", "Upgrade: websocket", "Connection: keep-alive, Close", "Connection: X-A",
+                     "X-A:  b", "X-A: b ", "X-A:b", "X-A: ", "X-A:", " folded", "X A: b", "X-A: b\x01", "X-A: \xe9t\xe9",
+                     "Host: other.org", "Connection: close"]),
+    st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255, blacklist_characters="\r\n"), max_size=12),
+)
+
+
+@st.composite
+def request_heads(draw: st.DrawFn) -> bytes:
+    odd_rate = draw(st.sampled_from([0, 0, 0.1, 0.3, 1]))
+    odd = lambda: draw(st.floats(0, 1)) < odd_rate  # noqa: E731
+    lines = [draw(REQUEST_LINES) if odd() else draw(REQUEST_LINES.filter(lambda line: line.startswith("GET http")))]
+    for _ in range(draw(st.integers(0, 6))):
+        lines.append(draw(ODD_REQUEST_LINES) if odd() else draw(EVERYDAY_REQUEST_LINES))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@FUZZ
+@given(request_heads())
+@example(b"GET http://a.org/ HTTP/1.1\r\nConnection: close\r\nClose: 1\r\n\r\n")  # Close is then hop-by-hop
+@example(b"GET http://a.org/ HTTP/1.1\r\nHost: a.org\r\nhost: b.org\r\n\r\n")
+def test_request_shortcut_agrees_with_the_strict_parser(data: bytes) -> None:
+    fast = fasthead.plain_request(data)
+    if fast is None:
+        return
+    try:
+        strict = parse_request_head(data)
+    except BadRequest as exc:  # pragma: no cover - the assertion names the case
+        raise AssertionError(f"shortcut took a request the strict parser refuses: {exc.message}") from None
+    assert fast == strict  # every field but origin_form
+    assert all(type(field) is tuple for field in fast.headers)
+    assert fast.origin_form == forward_request_head(strict, absolute=False, extra=[("Connection", "keep-alive")])
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_request_shortcut_never_raises(data: bytes) -> None:
+    fasthead.plain_request(data)
+
+
+def test_everyday_requests_take_the_shortcut() -> None:
+    wrk = b"GET http://127.0.0.1:8080/ HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+    browser = (
+        b"GET http://example.org/a?b=1 HTTP/1.1\r\nHost: example.org\r\nUser-Agent: Mozilla/5.0 (X11)\r\n"
+        b"Accept: text/html,*/*;q=0.8\r\nProxy-Connection: keep-alive\r\nAccept-Encoding: gzip, deflate\r\n\r\n"
+    )
+    scraper = b"GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+    for data in (wrk, browser, scraper):
+        head = fasthead.plain_request(data)
+        assert head is not None and head == parse_request_head(data), data
+    assert fasthead.plain_request(browser).origin_form == (  # type: ignore[union-attr]
+        b"GET /a?b=1 HTTP/1.1\r\nHost: example.org\r\nUser-Agent: Mozilla/5.0 (X11)\r\nAccept: text/html,*/*;q=0.8\r\n"
+        b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\n"
+    )
