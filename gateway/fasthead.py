@@ -136,8 +136,6 @@ _REQUEST_SPECIAL = re.compile(
     rb"(\r\n(?=[CcEeHhKkPpTtUuXx])(?i:(host|connection|proxy-connection|content-length|transfer-encoding|expect"
     rb"|proxy-authorization|proxy-authenticate|keep-alive|te|trailer|upgrade|close|x-proxy-pool-[^:]*)): ([^\r]*))"
 )
-
-
 _NAME_VALUE = re.compile(r"([^:]+): ([^\r]*)\r\n")
 
 
