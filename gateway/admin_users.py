@@ -1,7 +1,8 @@
-"""Admin API for gateway users and credits: ``GET, POST /api/users``, ``POST /api/users/{name}/credits``.
+"""Admin API for gateway users and credits: ``GET, POST /api/users``, ``POST /api/users/{name}/credits``,
+``POST /api/users/{name}/password``.
 
 Everything goes through the running ``Accounts``, so a new user or a top-up is live on the gateway
-as soon as the answer is sent.  The generated password is in the 201 answer once and nowhere else.
+as soon as the answer is sent.  A generated password (a new user's, or a replacement) is in that one answer and nowhere else.
 Errors are pool errors, mapped to JSON 400/404/409 by the admin middleware.
 """
 
@@ -57,7 +58,15 @@ async def credit_user(request: web.Request) -> web.Response:
     return web.json_response({"credits": balance})
 
 
+async def new_password(request: web.Request) -> web.Response:
+    """A new generated password for a user; the old one stops working at once."""
+    name = request.match_info["name"]
+    password = await _accounts(request).set_password(name)
+    return web.json_response({"name": name, "password": password})
+
+
 def add_user_routes(app: web.Application) -> None:
     app.router.add_get("/api/users", list_users)
     app.router.add_post("/api/users", create_user)
     app.router.add_post("/api/users/{name}/credits", credit_user)
+    app.router.add_post("/api/users/{name}/password", new_password)

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(u_credit)
     u_credit.add_argument("name", metavar="NAME")
     u_credit.add_argument("amount", metavar="AMOUNT")
+    u_password = usub.add_parser("password", help="give a user a new generated password; prints it once")
+    _common(u_password)
+    u_password.add_argument("name", metavar="NAME")
+    _format(u_password)
 
     plugins = sub.add_parser("plugins", help="list discovered plugins")
     _common(plugins)

@@ -1,4 +1,4 @@
-"""``proxy-pool users list | add NAME [--credits N] | credit NAME AMOUNT``.
+"""``proxy-pool users list | add NAME [--credits N] | credit NAME AMOUNT | password NAME``.
 
 Works on the database directly, so it runs with or without a serving gateway; a gateway that
 serves the same database picks the change up within ``credits.flush_interval``.  Bad input raises
@@ -12,7 +12,7 @@ import json
 
 from config import Settings
 from gateway.commands import _emit, _store
-from pool.accounts import add_credits, create_user
+from pool.accounts import add_credits, create_user, reset_password
 
 __all__ = ["users_command"]
 
@@ -40,6 +40,14 @@ async def users_command(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"added user {new.record.name} with {new.record.balance} credits")
                 print(f"password: {new.password}")
                 print("(shown only this once; proxy URL: http://NAME:PASSWORD@HOST:PORT)")
+            return 0
+        if args.action == "password":
+            password = await reset_password(store, args.name)
+            if args.format == "json":
+                print(json.dumps({"name": args.name, "password": password}))
+            else:
+                print(f"new password for {args.name}: {password}")
+                print("(shown only this once; the old one no longer works)")
             return 0
         # credit
         balance = await add_credits(store, args.name, args.amount)

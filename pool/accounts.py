@@ -55,6 +55,7 @@ __all__ = [
     "generate_password",
     "hash_password",
     "parse_amount",
+    "reset_password",
     "validate_name",
     "verify_password",
 ]
@@ -162,6 +163,13 @@ async def create_user(store: Store, name: str, credits: int = 0) -> NewUser:
     # scrypt releases the GIL: hashing in a thread keeps a serving gateway's loop free
     record = await store.add_user(name, await asyncio.to_thread(hash_password, password), credits)
     return NewUser(record, password)
+
+
+async def reset_password(store: Store, name: str) -> str:
+    """Store a new generated password for ``name`` and return it (the only place it is ever shown)."""
+    password = generate_password()
+    await store.set_password(name, await asyncio.to_thread(hash_password, password))
+    return password
 
 
 async def add_credits(store: Store, name: str, amount: object) -> int:
@@ -394,8 +402,8 @@ class Accounts:
 
     async def set_password(self, name: str) -> str:
         """A new generated password (shown once); the old one stops working at once."""
-        password = generate_password()
-        record = await self.store.set_password(name, await asyncio.to_thread(hash_password, password))
+        password = await reset_password(self.store, name)
+        record = await self.store.get_user(name)
         async with self._lock:
             await self._sync()
         account = self._by_name.get(name)

@@ -462,3 +462,34 @@ async def test_cli_changes_reach_a_running_gateway(make_pool, upstreams, origin,
     assert pool.accounts.balance("erin") == 1
     await pool.accounts.flush()
     assert await ledger_sum(pool, "erin") == 1
+
+
+async def test_new_password_by_api_and_cli_retires_the_old_one(make_pool, upstreams, origin, tmp_path):
+    """POST /api/users/{name}/password and `users password NAME` show a new password once; the old one
+    is refused at once (API) or after the gateway's next flush (CLI on the serving database)."""
+    pool = await users_pool(make_pool, upstreams)
+    async with aiohttp.ClientSession() as client:
+        async with client.post(admin_url(pool, "/api/users"), json={"name": "gail", "credits": 10}) as resp:
+            first = (await resp.json())["password"]
+        assert (await raw_get(pool, origin.port, basic("gail", first))).status == 200
+        async with client.post(admin_url(pool, "/api/users/gail/password")) as resp:
+            assert resp.status == 200
+            answer = await resp.json()
+        assert answer["name"] == "gail" and len(answer["password"]) >= 32 and answer["password"] != first
+        assert (await raw_get(pool, origin.port, basic("gail", first))).status == 407
+        assert (await raw_get(pool, origin.port, basic("gail", answer["password"]))).status == 200
+        async with client.post(admin_url(pool, "/api/users/nobody/password")) as resp:
+            assert resp.status == 404 and "error" in await resp.json()
+        async with client.get(admin_url(pool, "/api/users")) as resp:
+            assert "password" not in json.dumps(await resp.json())
+
+    db = str(tmp_path / "pool.db")
+    code, out, _ = await cli("users", "password", "gail", "--format", "json", "--db", db)
+    assert code == 0
+    third = json.loads(out)
+    assert third["name"] == "gail" and third["password"] not in (first, answer["password"])
+    await pool.accounts.flush()
+    assert (await raw_get(pool, origin.port, basic("gail", answer["password"]))).status == 407
+    assert (await raw_get(pool, origin.port, basic("gail", third["password"]))).status == 200
+    code, _, err = await cli("users", "password", "nobody", "--db", db)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
