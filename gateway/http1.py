@@ -37,6 +37,7 @@ __all__ = [
     "BadResponse",
     "Framing",
     "FramingKind",
+    "IDEMPOTENT",
     "IncompleteBody",
     "OriginFormRequest",
     "RequestHead",
@@ -224,6 +225,8 @@ _MAX_CONTENT_LENGTH_DIGITS = 18
 REASONS: dict[int, str] = {s.value: s.phrase for s in HTTPStatus}
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+# RFC 9110 9.2.2: a request with one of these methods may be sent again after a failure mid-way
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class FramingKind(enum.Enum):

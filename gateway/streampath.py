@@ -34,9 +34,7 @@ from pool.selector import Route
 if TYPE_CHECKING:
     pass
 
-__all__ = ["IDEMPOTENT", "StreamPath"]
-
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+__all__ = ["StreamPath"]
 
 
 @dataclass(slots=True, eq=False)
@@ -189,67 +187,84 @@ class StreamPath:
     async def _forward(self, client: _Client, head: http1.RequestHead, route: Route) -> bool:
         body = http1.request_body_framing(head)
         has_body = body is not http1.Framing.NONE
-        retryable = head.method in IDEMPOTENT and not has_body
+        retryable = head.method in http1.IDEMPOTENT and not has_body
         attempts = Attempts()
         tried: set[int] = set()
         continued = False
-        for attempt in range(self.gw.max_retries + 1):
-            go, proxy = self._next_upstream(route, tried, head.host)
-            if not go:
-                break
-            try:
-                conn, key, absolute = await self._http_connection(proxy, head)
-            except UpstreamError as exc:
-                attempts.failed(proxy, exc)
-                self._report(proxy, False, exc)
-                if proxy is None:
+        # the last answer with a status in retry_on_status: passed on when no other upstream can do better
+        banned: tuple[Proxy, PooledConnection, object, http1.ResponseHead] | None = None
+        try:
+            for attempt in range(self.gw.max_retries + 1):
+                go, proxy = self._next_upstream(route, tried, head.host)
+                if not go:
                     break
-                continue
-            extra = proxy_authorization(proxy.upstream) if absolute and proxy is not None else []
-            extra.append(("Connection", "keep-alive"))
-            out = http1.forward_request_head(head, absolute=absolute, extra=extra)
-            try:
-                resp = await self._exchange(client, conn, out, head, body, continued)
-                continued = continued or head.expect_continue
-            except (BadRequest, _ClientGone):
-                conn.close()  # the client's body was broken or cut: nothing more goes upstream
-                raise
-            except _StaleConnection:
-                # a pooled connection the upstream had closed: once more on a fresh one
-                conn.close()
-                self.pool.discard_key(key)
                 try:
-                    conn = await self._fresh_http_connection(proxy, head)
-                    resp = await self._exchange(client, conn, out, head, body, continued)
-                except (UpstreamError, _StaleConnection) as exc:
-                    err = exc if isinstance(exc, UpstreamError) else UpstreamError("upstream closed the connection", "reset")
-                    attempts.failed(proxy, err)
-                    self._report(proxy, False, err)
-                    conn.close()
-                    if has_body:
+                    conn, key, absolute = await self._http_connection(proxy, head)
+                except UpstreamError as exc:
+                    attempts.failed(proxy, exc)
+                    self._report(proxy, False, exc)
+                    if proxy is None:
                         break
                     continue
-            except UpstreamError as exc:
-                conn.close()
-                attempts.failed(proxy, exc)
-                self._report(proxy, False, exc)
-                if has_body and exc.reason != "refused":
-                    break  # the body is gone; it cannot be sent again
-                continue
-            if (
-                resp.status in self._retry_status
-                and retryable
-                and proxy is not None
-                and attempt < self.gw.max_retries
-            ):
-                conn.close()
-                self.selector.cooldown(proxy, head.host, self.gw.retry_cooldown)
-                self._report(proxy, True)
-                attempts.reasons.append(f"upstream #{proxy.id}: answered {resp.status}")
-                if self.metrics is not None:
-                    self.metrics.upstream_failure("banned")  # type: ignore[attr-defined]
-                continue
-            return await self._respond(client, head, proxy, conn, key, resp)
+                extra = proxy_authorization(proxy.upstream) if absolute and proxy is not None else []
+                extra.append(("Connection", "keep-alive"))
+                out = http1.forward_request_head(head, absolute=absolute, extra=extra)
+                try:
+                    resp = await self._exchange(client, conn, out, head, body, continued)
+                    continued = continued or head.expect_continue
+                except (BadRequest, _ClientGone):
+                    conn.close()  # the client's body was broken or cut: nothing more goes upstream
+                    raise
+                except _StaleConnection:
+                    # a pooled connection the upstream had closed: once more on a fresh one, if sending
+                    # the request twice is safe (RFC 9110 9.2.2) and its body was not consumed
+                    conn.close()
+                    self.pool.discard_key(key)
+                    if not retryable:
+                        err = UpstreamError("upstream closed the connection", "reset")
+                        attempts.failed(proxy, err)
+                        self._report(proxy, False, err)
+                        break
+                    try:
+                        conn = await self._fresh_http_connection(proxy, head)
+                        resp = await self._exchange(client, conn, out, head, body, continued)
+                    except (UpstreamError, _StaleConnection) as exc:
+                        err = exc if isinstance(exc, UpstreamError) else UpstreamError("upstream closed the connection", "reset")
+                        attempts.failed(proxy, err)
+                        self._report(proxy, False, err)
+                        conn.close()
+                        continue
+                except UpstreamError as exc:
+                    conn.close()
+                    attempts.failed(proxy, exc)
+                    self._report(proxy, False, exc)
+                    if not retryable:
+                        break  # it may have been acted on, or its body is gone: never sent twice
+                    continue
+                if (
+                    resp.status in self._retry_status
+                    and retryable
+                    and proxy is not None
+                    and attempt < self.gw.max_retries
+                ):
+                    self.selector.cooldown(proxy, head.host, self.gw.retry_cooldown)
+                    self._report(proxy, True)
+                    if self.metrics is not None:
+                        self.metrics.upstream_failure("banned")  # type: ignore[attr-defined]
+                    if banned is not None:
+                        banned[1].close()
+                    banned = (proxy, conn, key, resp)
+                    continue
+                if banned is not None:
+                    banned[1].close()
+                    banned = None
+                return await self._respond(client, head, proxy, conn, key, resp)
+        except BaseException:
+            if banned is not None:
+                banned[1].close()
+            raise
+        if banned is not None:
+            return await self._respond(client, head, *banned)
         raise attempts.refusal()
 
     async def _http_connection(

@@ -246,7 +246,13 @@ class Selector:
             sticky = self._sticky(route.session, bucket, exclude, host, now)
             if sticky is not None:
                 return sticky
+        cursor = bucket.cursor
         proxy = self._choose(bucket, exclude, host, now)
+        if proxy is None and host is not None and self._cooldowns:
+            # every match rests for this host: a resting upstream beats a 503 (or the direct fallback,
+            # which would show the gateway's own address to the site that banned the pool)
+            bucket.cursor = cursor
+            proxy = self._choose(bucket, exclude, None, now)
         if proxy is not None and route.session is not None:
             self._remember(route.session, proxy, now)
         return proxy

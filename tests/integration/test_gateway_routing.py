@@ -170,6 +170,92 @@ async def test_retry_on_status_gives_up_after_max_retries(make_pool, upstreams):
         await site.close()
 
 
+async def test_retry_on_status_with_one_upstream_passes_the_answer_on(make_pool, upstreams):
+    """One upstream, banned: its own answer goes back (no 502), and later requests to that host still
+    leave through it while it rests (no 503, and never the direct fallback from the gateway's own address)."""
+    hits: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(request.remote or "")
+        return web.Response(status=403, text="banned here")
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    site = TestServer(app, host="127.0.0.1")
+    await site.start_server()
+    try:
+        pool = await make_pool(
+            [upstreams[0].url()],
+            gateway={"retry_on_status": [403], "max_retries": 2, "fallback": "direct", "direct_allow": ["127.0.0.0/8"]},
+        )
+        await pool.wait_until(lambda: pool.selector.active_count == 1)
+        async with aiohttp.ClientSession() as client:
+            for _ in range(3):
+                async with client.get(f"http://127.0.0.1:{site.port}/", proxy=gw(pool)) as resp:
+                    assert resp.status == 403
+                    assert await resp.text() == "banned here"
+        assert hits == [upstreams[0].host] * 3  # once per request, always through the upstream
+        assert pool.selector.cooldown_count == 1
+    finally:
+        await site.close()
+
+
+async def test_retry_on_status_passes_the_last_ban_on_when_the_next_upstream_is_dead(make_pool, upstreams):
+    """A ban, then a dead upstream: the client gets the real 403, not a 502 about the dead one."""
+    from tests.support.upstreams import closed_port
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=403, text="banned here")
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    site = TestServer(app, host="127.0.0.1")
+    await site.start_server()
+    try:
+        from pool.models import Proxy, ProxyStatus, UpstreamURL, utcnow
+
+        dead = f"http://127.0.0.1:{closed_port()}"
+        pool = await make_pool(
+            [upstreams[0].url()], gateway={"retry_on_status": [403], "max_retries": 3}, pool={"passive_failure_limit": 100}
+        )
+        await pool.wait_until(lambda: pool.selector.active_count == 1)
+        pool.selector.update(  # active in the view, refused on connect
+            Proxy(id=900, upstream=UpstreamURL.parse(dead), status=ProxyStatus.ACTIVE, last_checked=utcnow())
+        )
+        async with aiohttp.ClientSession() as client:
+            for _ in range(2):
+                async with client.get(f"http://127.0.0.1:{site.port}/", proxy=gw(pool)) as resp:
+                    assert resp.status == 403
+                    assert await resp.text() == "banned here"
+    finally:
+        await site.close()
+
+
+async def test_non_idempotent_request_is_not_sent_twice(make_pool, upstreams):
+    """A POST whose upstream never answers is not re-sent through another upstream (it may have been
+    acted on): 504 after one attempt. A GET in the same spot moves on."""
+    hits: list[bytes] = []
+
+    async def black_hole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):  # reads every request, answers none
+            hits.append(head.split(b" ", 1)[0])
+
+    origin = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    port = origin.sockets[0].getsockname()[1]
+    try:
+        pool = await make_pool([u.url() for u in upstreams], gateway={"max_retries": 2, "response_timeout": 0.5})
+        await pool.wait_until(lambda: pool.selector.active_count == 3)
+        async with aiohttp.ClientSession() as client:
+            async with client.post(f"http://127.0.0.1:{port}/order", proxy=gw(pool)) as resp:
+                assert resp.status == 504
+            assert hits == [b"POST"]
+            async with client.get(f"http://127.0.0.1:{port}/page", proxy=gw(pool)) as resp:
+                assert resp.status == 504
+            assert hits == [b"POST"] + [b"GET"] * 3
+    finally:
+        origin.close()
+
+
 async def test_direct_fallback_refuses_private_targets(make_pool, origin):
     """fallback = direct dials targets itself but never loopback unless allowed explicitly."""
     pool = await make_pool(gateway={"fallback": "direct"})

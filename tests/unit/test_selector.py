@@ -459,13 +459,27 @@ def test_cooldown_rests_a_proxy_for_that_host_only():
     assert sel.cooldown_count == 0  # expired entries are dropped when met
 
 
-def test_cooldown_of_every_match_means_no_pick_for_that_host():
-    """All matches resting for a host: None for that host (the gateway answers 503 or falls back)."""
-    a = make_proxy()
-    sel = selector(a)
+def test_cooldown_of_every_match_still_picks_a_resting_one():
+    """All matches resting for a host: a resting upstream beats a 503, or the direct fallback, which
+    would show the gateway's own address to the site that banned the pool."""
+    a, b = make_proxy(), make_proxy()
+    sel = selector(a, b)
     sel.cooldown(a, "h.example", 10.0)
-    assert sel.pick(host="h.example") is None
-    assert sel.pick(host="x.example") is a
+    sel.cooldown(b, "h.example", 10.0)
+    assert {sel.pick(host="h.example").id for _ in range(4)} == {a.id, b.id}
+    assert sel.pick(host="h.example", exclude={a.id}) is b  # an excluded one stays excluded
+    assert sel.pick(host="h.example", exclude={a.id, b.id}) is None
+    assert sel.cooldown_count == 2  # the rest still holds for later requests
+
+
+def test_cooldown_moves_a_sticky_session_to_an_upstream_not_resting():
+    a, b = make_proxy(), make_proxy()
+    sel = selector(a, b)
+    first = sel.pick(Route(session="s1"), host="h.example")
+    sel.cooldown(first, "h.example", 10.0)
+    moved = sel.pick(Route(session="s1"), host="h.example")
+    assert moved is not first
+    assert sel.pick(Route(session="s1"), host="h.example") is moved  # and stays there
 
 
 def test_cooldown_table_is_bounded():
