@@ -20,9 +20,10 @@ from typing import Any
 from config import Settings
 from gateway import http1
 from gateway.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_error
+from gateway.loops import OwnAddresses
 from gateway.refusals import AUTH_REALM, Admission, Refusal
-from gateway.streampath import StreamPath, _Client
 from gateway.routing import Credentials, RouteError, parse_proxy_authorization, route_for
+from gateway.streampath import StreamPath, _Client
 from gateway.upstream import (
     ConnectionPool,
     UpstreamError,
@@ -65,8 +66,7 @@ class GatewayServer(StreamPath):
         self.metrics = metrics
         self.accounts = accounts if settings.gateway.auth == "users" else None
         self.pool = ConnectionPool(per_key=self.gw.upstream_pool_size, idle_timeout=self.gw.upstream_idle_timeout)
-        self._own = set(own_addresses or ())
-        self._own_ports = frozenset(port for _, port in self._own)
+        self._own = OwnAddresses(own_addresses or ())
         self._server: asyncio.AbstractServer | None = None
         self.fast_pool = ConnectionPool(per_key=self.gw.upstream_pool_size, idle_timeout=self.gw.upstream_idle_timeout)
         self._clients: set[ClientProtocol] = set()  # admitted client connections, either path
@@ -107,8 +107,7 @@ class GatewayServer(StreamPath):
         return sock[0], sock[1]
 
     def add_own_address(self, host: str, port: int) -> None:
-        self._own.add((host, port))
-        self._own_ports = frozenset(port for _, port in self._own)
+        self._own.add(host, port)
 
     async def stop(self, drain_timeout: float | None = None) -> None:
         """Stop accepting, close idle clients, give busy ones ``drain_timeout``, then cut."""
@@ -338,20 +337,8 @@ class GatewayServer(StreamPath):
     def _check_target(self, head: http1.RequestHead) -> None:
         if head.is_connect and self._allowed_ports is not None and head.port not in self._allowed_ports:
             raise Refusal(403, f"CONNECT to port {head.port} is not allowed", "forbidden")
-        if self._is_own_address(head.host, head.port):
+        if head.port in self._own.ports and self._own.loops(head.host, head.port):
             raise Refusal(403, "request loops back to the gateway itself", "forbidden")
-
-    def _is_own_address(self, host: str, port: int) -> bool:
-        if port not in self._own_ports:
-            return False
-        for own_host, own_port in self._own:
-            if port != own_port:
-                continue
-            if host == own_host or host == "localhost" or _is_any(own_host) and _is_local(host):
-                return True
-            if _is_local(host) and _is_local(own_host):
-                return True
-        return False
 
     def _authorize(self, head: http1.RequestHead) -> tuple[str | None, Route]:
         if head.proxy_authorization is None and not head.pool_params and self.gw.auth == "none":
@@ -405,16 +392,3 @@ class GatewayServer(StreamPath):
         if not self.gw.debug_headers:
             return []
         return [("X-Proxy-Pool-Upstream", str(proxy.id) if proxy else "direct")]
-
-def _is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_loopback or ip.is_unspecified
-
-
-def _is_any(host: str) -> bool:
-    return host in ("0.0.0.0", "::", "")

@@ -14,7 +14,6 @@ import ipaddress
 import socket
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gateway import http1
 from gateway.errors import BadRequest
@@ -30,9 +29,6 @@ from gateway.upstream import (
 )
 from pool.models import Proxy
 from pool.selector import Route
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["StreamPath"]
 
