@@ -7,6 +7,7 @@ after ``checker.remove_dead_after``.  A run without a verdict (every judge down)
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -45,7 +46,8 @@ def apply_run(proxy: Proxy, run: RunVerdict) -> ProxyStatus:
     proxy.last_checked = run.at
     if run.passed is None:
         return before
-    proxy.check_history = (proxy.check_history + ("1" if run.passed else "0"))[-HISTORY:]
+    # interned: a big pool holds a handful of distinct histories, not one string per proxy
+    proxy.check_history = sys.intern((proxy.check_history + ("1" if run.passed else "0"))[-HISTORY:])
     proxy.success_ratio = proxy.check_history.count("1") / len(proxy.check_history)
     if run.passed:
         new = ProxyStatus.ACTIVE
@@ -62,7 +64,7 @@ def apply_run(proxy: Proxy, run: RunVerdict) -> ProxyStatus:
         if run.anonymity is not None:
             proxy.anonymity = run.anonymity
         if run.country is not None:
-            proxy.country = run.country
+            proxy.country = sys.intern(run.country)
     else:
         new = ProxyStatus.DEAD
         proxy.consecutive_failures += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -208,10 +209,11 @@ def _proxy(row: sqlite3.Row | tuple[Any, ...]) -> Proxy:
         consecutive_failures=row[11],
         exit_ip=row[12],
         anonymity=AnonymityLevel(row[13]) if row[13] else None,
-        country=row[14],
+        # a few hundred distinct values across the pool: one string each instead of one per proxy
+        country=sys.intern(row[14]) if row[14] else None,
         created_at=_dt(row[15]) or datetime.now(UTC),
         dead_since=_dt(row[16]),
-        check_history=row[17],
+        check_history=sys.intern(row[17]),
     )
 
 
@@ -394,8 +396,12 @@ class SqliteStore:
         return len(rows)
 
     async def all_proxies(self) -> list[Proxy]:
+        proxies: list[Proxy] = []
         async with self._db.execute(f"SELECT {_PROXY_COLUMNS} FROM proxies ORDER BY id") as cur:
-            return [_proxy(row) for row in await cur.fetchall()]
+            # in slices: the raw rows of a 100,000-proxy pool never all live at once (peak memory at start)
+            while rows := await cur.fetchmany(2000):
+                proxies.extend(_proxy(row) for row in rows)
+        return proxies
 
     async def get_proxy(self, proxy_id: int) -> Proxy:
         async with self._db.execute(f"SELECT {_PROXY_COLUMNS} FROM proxies WHERE id = ?", (proxy_id,)) as cur:
