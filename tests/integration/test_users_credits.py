@@ -210,13 +210,13 @@ async def test_40_parallel_requests_on_20_credits_give_exactly_20_successes(make
     """Charging is atomic: 40 concurrent requests on 20 credits are 20 x 200 and 20 x 402, balance 0."""
     pool = await users_pool(make_pool, upstreams)
     alice = await pool.accounts.add_user("alice", 20)
-    auth = aiohttp.BasicAuth("alice", alice.password)
+    auth = {"Proxy-Authorization": "Basic " + base64.b64encode(f"alice:{alice.password}".encode()).decode()}
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as client:
 
         async def one() -> int:
             async with client.get(
-                f"http://127.0.0.1:{origin.port}/echo", proxy=gw_url(pool), proxy_auth=auth
+                f"http://127.0.0.1:{origin.port}/echo", proxy=gw_url(pool), headers=auth
             ) as resp:
                 await resp.read()
                 return resp.status
