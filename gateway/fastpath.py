@@ -532,6 +532,13 @@ class ClientProtocol(asyncio.Protocol):
         if self._timer is None:
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
 
+    def _arm_sooner(self, seconds: float) -> None:
+        """Like ``_arm``, for a deadline that may come before the handle's (the idle wait is long)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._arm(seconds)
+
     def _on_timer(self) -> None:
         self._timer = None
         if self.closed or self.handed_over or self.busy:
@@ -557,6 +564,9 @@ class ClientProtocol(asyncio.Protocol):
                 self.transport.pause_reading()  # a pipelining client waits for its previous answer
                 self._paused_reading = True
             return
+        if not self.first and len(self.buffer) == len(data):
+            # the first bytes of a later head: from now on it has head_timeout, not idle_timeout (slowloris)
+            self._arm_sooner(self.server.gw.head_timeout)
         self._try_head()
 
     def _try_head(self) -> None:

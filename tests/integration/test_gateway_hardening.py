@@ -99,6 +99,26 @@ async def test_slow_head_gets_408_and_close(make_pool):
     assert status_of(answer) == 408
 
 
+async def test_slow_later_head_gets_408_within_head_timeout(make_pool, upstreams, origin):
+    """After one request, a later head that trickles in has head_timeout, not the (long) idle_timeout."""
+    pool = await make_pool([upstreams[0].url()], gateway={"head_timeout": 0.3, "idle_timeout": 3600})
+    await pool.wait_until(lambda: pool.selector.active_count == 1)
+    reader, writer = await asyncio.open_connection(*pool.gateway_address)
+    try:
+        target = f"http://127.0.0.1:{origin.port}/echo"
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await asyncio.wait_for(reader.readexactly(length), 10)
+        writer.write(b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 1")  # and nothing more
+        async with asyncio.timeout(10):  # far below idle_timeout: only head_timeout can end it
+            answer = await reader.read()
+        assert status_of(answer) == 408
+    finally:
+        writer.close()
+
+
 async def test_connect_to_disallowed_port_gets_403(make_pool, upstreams):
     """CONNECT to a port outside allowed_connect_ports gets 403."""
     pool = await make_pool([upstreams[0].url()])
