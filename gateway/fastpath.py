@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from gateway import fasthead, http1
 from gateway.errors import BadRequest, BadResponse
-from gateway.refusals import Admission, Attempts, Refusal
+from gateway.refusals import Admission, Attempts, Picked, Refusal
 from gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout, proxy_authorization
 
 if TYPE_CHECKING:
@@ -347,8 +347,8 @@ class Exchange:
                 self._refuse(server._no_proxy(self.admission.route))  # noqa: SLF001
             return
         if proxy.protocol.is_socks:
-            # tunnels through SOCKS are the stream path's job; it picks again
-            self.client.to_streams(self.head, self.admission)
+            # tunnels through SOCKS are the stream path's job; it goes on with this pick
+            self.client.to_streams(self.head, self.admission, Picked(proxy, self.tried, self.attempts))
             return
         self.tried.add(proxy.id)
         self.proxy = proxy
@@ -665,7 +665,7 @@ class ClientProtocol(asyncio.Protocol):
         self._paused_upstream = False
 
     # the way out ------------------------------------------------------------------------------
-    def to_streams(self, head: http1.RequestHead, admission: Admission) -> None:
+    def to_streams(self, head: http1.RequestHead, admission: Admission, picked: Picked | None = None) -> None:
         """Hand this connection to the stream path, ``head`` already read and admitted."""
         assert self.transport is not None
         self.handed_over = True
@@ -673,7 +673,7 @@ class ClientProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.server.hand_over(self, head, bytes(self.buffer), admission)
+        self.server.hand_over(self, head, bytes(self.buffer), admission, picked)
         self.buffer.clear()
 
 

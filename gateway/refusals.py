@@ -14,7 +14,7 @@ from gateway.upstream import UpstreamError, UpstreamTimeout
 from pool.models import Proxy
 from pool.selector import Route
 
-__all__ = ["AUTH_REALM", "Admission", "Attempts", "KEEP_AFTER", "Refusal"]
+__all__ = ["AUTH_REALM", "Admission", "Attempts", "KEEP_AFTER", "Picked", "Refusal"]
 
 KEEP_AFTER = frozenset({402, 403, 407, 503})
 AUTH_REALM = [("Proxy-Authenticate", 'Basic realm="proxy-pool"')]
@@ -58,6 +58,17 @@ class Attempts:
             return Refusal(504, f"upstream timed out ({len(self.reasons)} attempts)", "timeout")
         summary = "; ".join(self.reasons[-5:])
         return Refusal(502, f"all {len(self.reasons)} attempts failed: {summary}", "upstream_error")
+
+
+@dataclass(slots=True)
+class Picked:
+    """What the callback path had done for a request it hands to the stream path mid-way: the upstream
+    it picked (a SOCKS one, which only the stream path dials), the ones it tried, and why they failed.
+    The stream path goes on from there, so a request costs one pick, not two (round-robin stays fair)."""
+
+    proxy: Proxy
+    tried: set[int]
+    attempts: Attempts
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from config import Settings
 from gateway import http1
 from gateway.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_error
 from gateway.loops import OwnAddresses
-from gateway.refusals import AUTH_REALM, Admission, Refusal
+from gateway.refusals import AUTH_REALM, Admission, Picked, Refusal
 from gateway.routing import Credentials, RouteError, parse_proxy_authorization, route_for
 from gateway.streampath import StreamPath, _Client
 from gateway.upstream import (
@@ -209,7 +209,8 @@ class GatewayServer(StreamPath):
                 break
 
     def hand_over(
-        self, client: ClientProtocol, head: http1.RequestHead, rest: bytes, admission: Admission
+        self, client: ClientProtocol, head: http1.RequestHead, rest: bytes, admission: Admission,
+        picked: Picked | None = None,
     ) -> None:
         """Continue a connection on the stream path: its transport gets a StreamReaderProtocol."""
         loop = asyncio.get_running_loop()
@@ -225,13 +226,16 @@ class GatewayServer(StreamPath):
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         streamed = _Client(reader, writer, client.peer, busy=True)
         self._streams[client] = streamed
-        streamed.task = self._tasks.spawn(self._run_streams(client, streamed, head, admission), name="client-streams")
+        streamed.task = self._tasks.spawn(
+            self._run_streams(client, streamed, head, admission, picked), name="client-streams"
+        )
 
     async def _run_streams(
-        self, client: ClientProtocol, streamed: _Client, head: http1.RequestHead, admission: Admission
+        self, client: ClientProtocol, streamed: _Client, head: http1.RequestHead, admission: Admission,
+        picked: Picked | None,
     ) -> None:
         try:
-            await self._serve(streamed, first=(head, admission))
+            await self._serve(streamed, first=(head, admission, picked))
         except (ConnectionError, asyncio.IncompleteReadError, OSError, asyncio.CancelledError):
             pass
         except Exception:

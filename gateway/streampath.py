@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from gateway import http1
 from gateway.errors import BadRequest
-from gateway.refusals import Admission, Attempts, Refusal
+from gateway.refusals import Admission, Attempts, Picked, Refusal
 from gateway.relay import Tunnel
 from gateway.upstream import (
     PooledConnection,
@@ -46,10 +46,10 @@ class StreamPath:
     """Methods of ``GatewayServer`` that serve a connection with streams (see the module docstring)."""
 
     async def _serve(
-        self, client: _Client, first: tuple[http1.RequestHead, Admission] | None = None
+        self, client: _Client, first: tuple[http1.RequestHead, Admission, Picked | None] | None = None
     ) -> None:
         if first is not None:
-            keep = await self._one(client, first[0], admission=first[1])
+            keep = await self._one(client, first[0], admission=first[1], picked=first[2])
             if not keep:
                 return
             await client.writer.drain()
@@ -87,11 +87,12 @@ class StreamPath:
         client: _Client,
         head: http1.RequestHead,
         admission: Admission | None = None,
+        picked: Picked | None = None,
     ) -> bool:
         """Serve one parsed request on the stream path; True when the connection stays open."""
         started = time.perf_counter()
         try:
-            keep = await self._request(client, head, admission)
+            keep = await self._request(client, head, admission, picked)
             outcome = "ok"
         except Refusal as refusal:
             keep = refusal.keeps(head)
@@ -111,7 +112,9 @@ class StreamPath:
         writer.write(http1.simple_response(refusal.status, refusal.message, headers=refusal.headers, close=close))
 
     # one request --------------------------------------------------------------------------
-    async def _request(self, client: _Client, head: http1.RequestHead, admission: Admission | None = None) -> bool:
+    async def _request(
+        self, client: _Client, head: http1.RequestHead, admission: Admission | None = None, picked: Picked | None = None
+    ) -> bool:
         """Serve one request; True when the client connection stays open for the next."""
         if admission is None:  # else the callback path admitted (and charged) it already
             admission = self.admit_request(head)
@@ -119,7 +122,7 @@ class StreamPath:
         try:
             if head.is_connect:
                 return await self._connect(client, head, route)
-            return await self._forward(client, head, route)
+            return await self._forward(client, head, route, picked)
         except Refusal as refusal:
             self.refund_own_failure(admission, refusal)
             raise
@@ -180,18 +183,23 @@ class StreamPath:
             raise UpstreamError(f"direct connection to {host} failed: {exc.strerror or exc}", "refused") from None
 
     # plain HTTP ---------------------------------------------------------------------------
-    async def _forward(self, client: _Client, head: http1.RequestHead, route: Route) -> bool:
+    async def _forward(self, client: _Client, head: http1.RequestHead, route: Route, picked: Picked | None = None) -> bool:
         body = http1.request_body_framing(head)
         has_body = body is not http1.Framing.NONE
         retryable = head.method in http1.IDEMPOTENT and not has_body
-        attempts = Attempts()
-        tried: set[int] = set()
+        attempts = picked.attempts if picked else Attempts()
+        tried: set[int] = picked.tried if picked else set()
+        first = picked.proxy if picked else None
         continued = False
         # the last answer with a status in retry_on_status: passed on when no other upstream can do better
         banned: tuple[Proxy, PooledConnection, object, http1.ResponseHead] | None = None
         try:
-            for attempt in range(self.gw.max_retries + 1):
-                go, proxy = self._next_upstream(route, tried, head.host)
+            for attempt in range(len(tried), self.gw.max_retries + 1):
+                if first is not None:
+                    go, proxy, first = True, first, None
+                    tried.add(proxy.id)
+                else:
+                    go, proxy = self._next_upstream(route, tried, head.host)
                 if not go:
                     break
                 try:
