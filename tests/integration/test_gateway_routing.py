@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections import Counter
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -149,41 +151,41 @@ async def test_retry_on_status_rests_upstream_for_that_host_only(make_pool, upst
         await other.close()
 
 
-async def test_retry_on_status_gives_up_after_max_retries(make_pool, upstreams):
-    """When every upstream is banned the last answer is passed on rather than looping."""
+@contextlib.asynccontextmanager
+async def banning_site(text: str, hits: list[str] | None = None) -> AsyncIterator[TestServer]:
+    """An origin that answers every GET with 403 (a site that banned the whole pool)."""
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(status=403, text="banned everywhere")
+        if hits is not None:
+            hits.append(request.remote or "")
+        return web.Response(status=403, text=text)
 
     app = web.Application()
     app.router.add_get("/", handler)
     site = TestServer(app, host="127.0.0.1")
     await site.start_server()
     try:
+        yield site
+    finally:
+        await site.close()
+
+
+async def test_retry_on_status_gives_up_after_max_retries(make_pool, upstreams):
+    """When every upstream is banned the last answer is passed on rather than looping."""
+    async with banning_site("banned everywhere") as site:
         pool = await make_pool([u.url() for u in upstreams], gateway={"retry_on_status": [403], "max_retries": 2})
         await pool.wait_until(lambda: pool.selector.active_count == 3)
         async with aiohttp.ClientSession() as client:
             async with client.get(f"http://127.0.0.1:{site.port}/", proxy=gw(pool)) as resp:
                 assert resp.status == 403
                 assert await resp.text() == "banned everywhere"
-    finally:
-        await site.close()
 
 
 async def test_retry_on_status_with_one_upstream_passes_the_answer_on(make_pool, upstreams):
     """One upstream, banned: its own answer goes back (no 502), and later requests to that host still
     leave through it while it rests (no 503, and never the direct fallback from the gateway's own address)."""
     hits: list[str] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        hits.append(request.remote or "")
-        return web.Response(status=403, text="banned here")
-
-    app = web.Application()
-    app.router.add_get("/", handler)
-    site = TestServer(app, host="127.0.0.1")
-    await site.start_server()
-    try:
+    async with banning_site("banned here", hits) as site:
         pool = await make_pool(
             [upstreams[0].url()],
             gateway={"retry_on_status": [403], "max_retries": 2, "fallback": "direct", "direct_allow": ["127.0.0.0/8"]},
@@ -196,24 +198,14 @@ async def test_retry_on_status_with_one_upstream_passes_the_answer_on(make_pool,
                     assert await resp.text() == "banned here"
         assert hits == [upstreams[0].host] * 3  # once per request, always through the upstream
         assert pool.selector.cooldown_count == 1
-    finally:
-        await site.close()
 
 
 async def test_retry_on_status_passes_the_last_ban_on_when_the_next_upstream_is_dead(make_pool, upstreams):
     """A ban, then a dead upstream: the client gets the real 403, not a 502 about the dead one."""
+    from pool.models import Proxy, ProxyStatus, UpstreamURL, utcnow
     from tests.support.upstreams import closed_port
 
-    async def handler(request: web.Request) -> web.Response:
-        return web.Response(status=403, text="banned here")
-
-    app = web.Application()
-    app.router.add_get("/", handler)
-    site = TestServer(app, host="127.0.0.1")
-    await site.start_server()
-    try:
-        from pool.models import Proxy, ProxyStatus, UpstreamURL, utcnow
-
+    async with banning_site("banned here") as site:
         dead = f"http://127.0.0.1:{closed_port()}"
         pool = await make_pool(
             [upstreams[0].url()], gateway={"retry_on_status": [403], "max_retries": 3}, pool={"passive_failure_limit": 100}
@@ -227,8 +219,6 @@ async def test_retry_on_status_passes_the_last_ban_on_when_the_next_upstream_is_
                 async with client.get(f"http://127.0.0.1:{site.port}/", proxy=gw(pool)) as resp:
                     assert resp.status == 403
                     assert await resp.text() == "banned here"
-    finally:
-        await site.close()
 
 
 async def test_non_idempotent_request_is_not_sent_twice(make_pool, upstreams):
