@@ -508,6 +508,7 @@ class ClientProtocol(asyncio.Protocol):
         self.admitted = False
         self.done: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._deadline = 0.0
         self._paused_upstream = False
         self._paused_reading = False
@@ -528,16 +529,15 @@ class ClientProtocol(asyncio.Protocol):
             self._try_head()
 
     def _arm(self, seconds: float) -> None:
-        self._deadline = self._loop.time() + seconds
+        # one handle per connection: moved later by a re-check when it fires, moved sooner by a new one
+        self._deadline = deadline = self._loop.time() + seconds
         if self._timer is None:
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
-
-    def _arm_sooner(self, seconds: float) -> None:
-        """Like ``_arm``, for a deadline that may come before the handle's (the idle wait is long)."""
-        if self._timer is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+        elif deadline < self._timer_at:
             self._timer.cancel()
-            self._timer = None
-        self._arm(seconds)
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -545,6 +545,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self._loop.time() < self._deadline:  # re-armed since: sleep again (one handle, not one per request)
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            self._timer_at = self._deadline
             return
         if self.first or self.buffer:
             self.write(http1.simple_response(408, "request head not received in time", close=True))
@@ -566,7 +567,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         if not self.first and len(self.buffer) == len(data):
             # the first bytes of a later head: from now on it has head_timeout, not idle_timeout (slowloris)
-            self._arm_sooner(self.server.gw.head_timeout)
+            self._arm(self.server.gw.head_timeout)
         self._try_head()
 
     def _try_head(self) -> None:

@@ -131,6 +131,9 @@ class Tunnel:
                 half.data_received(buffered)
             if reader.at_eof():  # the EOF arrived before the swap: pass it on now
                 half.eof_received()
+            if reader.exception() is not None or writer.transport.is_closing():
+                half.lost = True  # reset or closed before the swap (e.g. while the upstream was dialed)
+                self._finish()
         for half in self._halves:
             if half.transport is not None and not half.transport.is_closing():
                 half.transport.resume_reading()

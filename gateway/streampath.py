@@ -329,6 +329,8 @@ class StreamPath:
         except TimeoutError:
             raise UpstreamTimeout("upstream did not answer in time") from None
         except (ConnectionError, OSError) as exc:
+            if client.reader.exception() is not None or client.writer.is_closing():
+                raise _ClientGone() from None  # the client reset mid-upload: not the upstream's failure
             if reused and body is http1.Framing.NONE:
                 raise _StaleConnection() from None
             raise UpstreamError(f"upstream connection failed: {type(exc).__name__}", "reset") from None
