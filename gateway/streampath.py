@@ -65,7 +65,9 @@ class StreamPath:
                     self._send_refusal(client.writer, Refusal(408, "request head not received in time", "timeout"))
                 return
             except BadRequest as exc:
-                self._send_refusal(client.writer, Refusal(exc.status, exc.message, "bad_request"))
+                outcome = "headers_too_large" if exc.status == 431 else "bad_request"
+                self._send_refusal(client.writer, Refusal(exc.status, exc.message, outcome))
+                self.count_request("?", outcome, 0.0)
                 return
             if raw is None:
                 return

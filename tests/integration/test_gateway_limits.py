@@ -745,6 +745,7 @@ async def test_oversized_head_gets_431_with_one_line(
         assert answer.status == 431
         assert "4096" in one_line(answer)
         assert await read_to_eof(reader) == b""
+    assert pool.metrics.summary()["requests"].get("headers_too_large") == 1  # counted on either path
 
 
 @contextlib.asynccontextmanager
