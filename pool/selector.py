@@ -46,8 +46,9 @@ class Route:
         object.__setattr__(self, "key", key)  # computed once, read on every pick
 
     def describe(self) -> str:
+        """The filter as a user writes it (``country-zz`` in the username gives ``country=zz``)."""
         parts = [
-            f"{name}={value}"
+            f"{name}={value.lower()}"
             for name, value in zip(("protocol", "country", "anonymity"), self.key, strict=True)
             if value is not None
         ]

@@ -238,4 +238,4 @@ def test_route_key_and_describe_for_503():
     """The route's bucket key is normalised; describe() is what the 503 body names."""
     route = Route(country="de", protocol=ProxyProtocol.HTTP)
     assert route.key == ("http", "DE", None)
-    assert route.describe() == "protocol=http, country=DE"
+    assert route.describe() == "protocol=http, country=de"
