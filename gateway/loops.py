@@ -14,12 +14,12 @@ from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
 
-__all__ = ["OwnAddresses", "is_wildcard", "machine_addresses"]
+__all__ = ["OwnAddresses", "machine_addresses"]
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
-def is_wildcard(host: str) -> bool:
+def _is_wildcard(host: str) -> bool:
     return host in ("0.0.0.0", "::", "")
 
 
@@ -71,19 +71,18 @@ class OwnAddresses:
     def add(self, host: str, port: int) -> None:
         self._own.add((host, port))
         self.ports = frozenset(p for _, p in self._own)
-        if is_wildcard(host) and self._machine is None:
+        if _is_wildcard(host) and self._machine is None:
             self._machine = machine_addresses()
 
     def loops(self, host: str, port: int) -> bool:
-        """True when ``host:port`` reaches one of our listen addresses (the caller checked the port first)."""
-        if port not in self.ports:
-            return False
+        """True when ``host:port`` reaches one of our listen addresses (callers on the hot path check
+        ``port in ports`` first, which settles almost every request)."""
         target = host.lower().rstrip(".")
         for own_host, own_port in self._own:
             if port != own_port:
                 continue
             if target == own_host.lower() or _is_loopback(target):
                 return True  # a loopback name on one of our ports: ours, or one we must not relay to
-            if is_wildcard(own_host) and self._machine and target in self._machine:
+            if _is_wildcard(own_host) and self._machine and target in self._machine:
                 return True
         return False

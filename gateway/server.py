@@ -38,7 +38,6 @@ __all__ = ["GatewayServer", "Refusal"]
 
 log = logging.getLogger("proxy_pool.gateway")
 ANY_ROUTE = Route()
-_IDEMPOTENT = http1.IDEMPOTENT
 _ANYONE_ANYWHERE = Admission(None, ANY_ROUTE, 0)  # the admission of every request without auth or routing
 access_log = logging.getLogger("proxy_pool.access")
 
@@ -261,7 +260,7 @@ class GatewayServer(StreamPath):
             and head.upgrade is None
             and not head.chunked
             and not head.content_length
-            and head.method in _IDEMPOTENT  # the callback path retries after sending; others go where that is ruled out
+            and head.method in http1.IDEMPOTENT  # the callback path retries after sending; others go where that is ruled out
         ):
             client.begin(Exchange(client, head, admission))
         else:

@@ -129,6 +129,11 @@ class StreamPath:
             self.refund_own_failure(admission, refusal)
             raise
 
+    def _attempt_failed(self, attempts: Attempts, proxy: Proxy | None, exc: UpstreamError) -> None:
+        """One attempt's failure: a line of the 502 summary, and the upstream's passive health."""
+        attempts.failed(proxy, exc)
+        self._report(proxy, False, exc)
+
     # CONNECT ------------------------------------------------------------------------------
     async def _connect(self, client: _Client, head: http1.RequestHead, route: Route) -> bool:
         attempts = Attempts()
@@ -140,8 +145,7 @@ class StreamPath:
             try:
                 upstream = await self._dial_tunnel(proxy, head.host, head.port)
             except UpstreamError as exc:
-                attempts.failed(proxy, exc)
-                self._report(proxy, False, exc)
+                self._attempt_failed(attempts, proxy, exc)
                 if proxy is None:
                     break
                 continue
@@ -207,8 +211,7 @@ class StreamPath:
                 try:
                     conn, key, absolute = await self._http_connection(proxy, head)
                 except UpstreamError as exc:
-                    attempts.failed(proxy, exc)
-                    self._report(proxy, False, exc)
+                    self._attempt_failed(attempts, proxy, exc)
                     if proxy is None:
                         break
                     continue
@@ -227,23 +230,18 @@ class StreamPath:
                     conn.close()
                     self.pool.discard_key(key)
                     if not retryable:
-                        err = UpstreamError("upstream closed the connection", "reset")
-                        attempts.failed(proxy, err)
-                        self._report(proxy, False, err)
+                        self._attempt_failed(attempts, proxy, _StaleConnection())
                         break
                     try:
                         conn = await self._fresh_http_connection(proxy, head)
                         resp = await self._exchange(client, conn, out, head, body, continued)
-                    except (UpstreamError, _StaleConnection) as exc:
-                        err = exc if isinstance(exc, UpstreamError) else UpstreamError("upstream closed the connection", "reset")
-                        attempts.failed(proxy, err)
-                        self._report(proxy, False, err)
+                    except UpstreamError as exc:  # a fresh one that is stale too included
+                        self._attempt_failed(attempts, proxy, exc)
                         conn.close()
                         continue
                 except UpstreamError as exc:
                     conn.close()
-                    attempts.failed(proxy, exc)
-                    self._report(proxy, False, exc)
+                    self._attempt_failed(attempts, proxy, exc)
                     if not retryable:
                         break  # it may have been acted on, or its body is gone: never sent twice
                     continue
@@ -383,5 +381,8 @@ class _ClientGone(Exception):
     """The client went away mid-request: nothing to answer."""
 
 
-class _StaleConnection(Exception):
+class _StaleConnection(UpstreamError):
     """A reused keep-alive connection turned out closed before any answer."""
+
+    def __init__(self) -> None:
+        super().__init__("upstream closed the connection", "reset")

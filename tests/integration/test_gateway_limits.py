@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import ProxyPool
 from gateway.fastpath import ClientProtocol
 from tests.support.upstreams import Upstream, start_pproxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -91,18 +92,6 @@ async def connection(
         yield reader, writer
     finally:
         writer.close()
-
-
-async def wait_for_condition(
-    predicate: Callable[[], bool], what: Callable[[], str], timeout: float = 10.0
-) -> None:
-    """Poll a condition the event loop will make true; fail naming what is left when it does not."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        pytest.fail(f"not reached within {timeout}s: {what()}")
 
 
 def get(target: str, path: str = "/echo", *, close: bool = False, version: str = "HTTP/1.1") -> bytes:
@@ -427,7 +416,7 @@ async def test_raw_socket_battery_leaks_no_task_or_socket(
     # with the pools emptied through the server's own API: then no in-process connection may touch
     # the gateway, the upstream or the origin, and every socket left is a listener or unrelated.
     gateway.close_idle_upstreams()
-    await wait_for_condition(
+    await eventually(
         lambda: not connections_on(ports), lambda: f"connections {connections_on(ports)}"
     )
     base_sockets = socket_count()
@@ -440,22 +429,22 @@ async def test_raw_socket_battery_leaks_no_task_or_socket(
             await case(b)
             await good_request(b)
             # every client connection of the case has been closed by now: the gateway lets go of it
-            await wait_for_condition(
+            await eventually(
                 lambda: bookkeeping(pool) == base_books, lambda: f"bookkeeping {bookkeeping(pool)}"
             )
         except (Exception, pytest.fail.Exception) as exc:
             raise AssertionError(f"battery case {case.__name__}: {exc!r}") from exc
 
     gateway.close_idle_upstreams()
-    await wait_for_condition(
+    await eventually(
         lambda: not connections_on(ports) and bookkeeping(pool) == base_books,
         lambda: f"connections {connections_on(ports)}, bookkeeping {bookkeeping(pool)}",
     )
-    await wait_for_condition(
+    await eventually(
         lambda: socket_count() == base_sockets,
         lambda: f"{socket_count()} sockets, {base_sockets} at the baseline",
     )
-    await wait_for_condition(
+    await eventually(
         lambda: not other_tasks(base_tasks), lambda: f"extra tasks {other_tasks(base_tasks)}"
     )
     await good_request(b)  # and still serving
@@ -485,11 +474,11 @@ async def test_client_reset_mid_upload_is_not_blamed_on_the_upstream(
         _, writer = await asyncio.open_connection(*b.address)
         writer.write(post(b.target, b"x" * 10, length=1000))
         # the gateway has sent the first 10 bytes upstream and now waits for the rest
-        await wait_for_condition(
+        await eventually(
             lambda before=before: relayed["client_to_upstream"] >= before + 10, lambda: f"relayed {relayed}"
         )
         reset(writer)
-        await wait_for_condition(
+        await eventually(
             lambda: bookkeeping(pool)["clients"] == 0, lambda: f"bookkeeping {bookkeeping(pool)}"
         )
     failures = pool.metrics.summary()["upstream_failures"]
@@ -565,9 +554,9 @@ async def test_client_gone_while_tunnel_is_dialed(make_pool: PoolFactory, leave:
             streams = list(gateway._streams.values())
             return all(s.reader.at_eof() or s.writer.transport.is_closing() for s in streams)
 
-        await wait_for_condition(client_gone, lambda: "the gateway did not see the client leave")
+        await eventually(client_gone, lambda: "the gateway did not see the client leave")
         held.answer.set()  # only now does the tunnel come up, with nobody on the client side
-        await wait_for_condition(
+        await eventually(
             lambda: held.gateway_left.is_set() and bookkeeping(pool)["clients"] == 0,
             lambda: (
                 f"upstream connection closed: {held.gateway_left.is_set()}, bookkeeping {bookkeeping(pool)}"
@@ -673,7 +662,7 @@ async def test_waiting_connection_is_served_when_a_slot_frees(
     first_reader, first_writer = await _served_once(holder, pool.gateway_address, target)
     async with connection(pool.gateway_address) as (reader, writer):
         writer.write(get(target))
-        await wait_for_condition(
+        await eventually(
             lambda: len(gateway._waiting) == 1, lambda: f"waiting {len(gateway._waiting)}"
         )
         first_writer.close()  # the slot frees: the waiting client takes it

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from gateway.upstream import ConnectionPool, PooledConnection, open_forward
 from pool.models import UpstreamURL
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -82,13 +83,6 @@ async def roundtrip(conn: PooledConnection) -> bytes:
         head = await conn.reader.readuntil(b"\r\n\r\n")
         body = await conn.reader.readexactly(2)
     return head + body
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``predicate`` holds, bounded; for conditions that have no event to await."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.005)
 
 
 async def peer_closed(conn: PooledConnection) -> None:
@@ -200,7 +194,7 @@ async def test_idle_connection_expires(server: KeepAliveServer) -> None:
     by_acquire, by_prune = await dial(server), await dial(server)
     pool.release("a", by_acquire)
     pool.release("b", by_prune)
-    await wait_for(lambda: time.monotonic() - max(by_acquire.idle_since, by_prune.idle_since) >= 0.05)
+    await eventually(lambda: time.monotonic() - max(by_acquire.idle_since, by_prune.idle_since) >= 0.05)
 
     assert pool.acquire("a") is None
     assert closed(by_acquire)
@@ -244,7 +238,7 @@ async def test_prune_drops_connections_the_upstream_closed(server: KeepAliveServ
     """Connections closed by the upstream (tinyproxy closes after each answer) or by us are pruned."""
     pool = ConnectionPool(per_key=8, idle_timeout=30.0)
     conns = [await dial(server) for _ in range(4)]
-    await wait_for(lambda: len(server.writers) == 4)
+    await eventually(lambda: len(server.writers) == 4)
     for conn in conns:
         pool.release("a", conn)
     server.writers[0].close()
@@ -265,7 +259,7 @@ async def test_acquire_skips_closed_connections(server: KeepAliveServer) -> None
     """acquire never hands out a connection the upstream closed; it closes it and tries the next."""
     pool = ConnectionPool(per_key=8, idle_timeout=30.0)
     live, dead = await dial(server), await dial(server)
-    await wait_for(lambda: len(server.writers) == 2)
+    await eventually(lambda: len(server.writers) == 2)
     pool.release("a", live)
     pool.release("a", dead)  # newest: acquire looks at it first
     server.writers[1].close()
@@ -282,7 +276,7 @@ async def test_release_of_a_closed_connection_is_not_pooled(server: KeepAliveSer
     """A connection the upstream closed while answering is closed on release rather than kept."""
     pool = ConnectionPool()
     conn = await dial(server)
-    await wait_for(lambda: len(server.writers) == 1)
+    await eventually(lambda: len(server.writers) == 1)
     server.writers[0].close()
     await peer_closed(conn)
     pool.release("a", conn)
