@@ -23,7 +23,7 @@ from gateway.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_er
 from gateway.loops import OwnAddresses
 from gateway.refusals import AUTH_REALM, Admission, Picked, Refusal
 from gateway.routing import Credentials, RouteError, parse_proxy_authorization, route_for
-from gateway.streampath import StreamPath, _Client
+from gateway.streampath import ClientReader, StreamPath, _Client
 from gateway.upstream import (
     ConnectionPool,
     UpstreamError,
@@ -215,7 +215,7 @@ class GatewayServer(StreamPath):
         loop = asyncio.get_running_loop()
         transport = client.transport
         assert transport is not None
-        reader = asyncio.StreamReader(limit=self.gw.max_header_bytes + 1024, loop=loop)
+        reader = ClientReader(limit=self.gw.max_header_bytes + 1024, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

@@ -30,12 +30,36 @@ from gateway.upstream import (
 from pool.models import Proxy
 from pool.selector import Route
 
-__all__ = ["StreamPath"]
+__all__ = ["ClientReader", "StreamPath"]
+
+
+class ClientReader(asyncio.StreamReader):
+    """A client's StreamReader that can start a time limit at the first byte of the next request head:
+    the wait before it is ``idle_timeout``, the head itself has ``head_timeout`` (slowloris). StreamReader
+    has no public way to learn that bytes arrived without consuming them, hence ``feed_data``."""
+
+    received = 0  # bytes fed so far
+    _head_limit: tuple[asyncio.Timeout, float] | None = None
+
+    def limit_head(self, limit: asyncio.Timeout | None, seconds: float = 0.0) -> None:
+        """Bring ``limit`` forward to ``seconds`` after the next bytes arrive (None: stop watching)."""
+        self._head_limit = None if limit is None else (limit, seconds)
+
+    def feed_data(self, data: bytes) -> None:
+        super().feed_data(data)
+        self.received += len(data)
+        if self._head_limit is not None and data:
+            limit, seconds = self._head_limit
+            self._head_limit = None
+            sooner = asyncio.get_running_loop().time() + seconds
+            when = limit.when()
+            if when is None or sooner < when:
+                limit.reschedule(sooner)
 
 
 @dataclass(slots=True, eq=False)
 class _Client:
-    reader: asyncio.StreamReader
+    reader: ClientReader
     writer: asyncio.StreamWriter
     peer: str
     busy: bool = False
@@ -54,27 +78,28 @@ class StreamPath:
                 return
             await client.writer.drain()
         first_request = first is None
+        reader = client.reader
         while not self._closing:
             timeout = self.gw.head_timeout if first_request else self.gw.idle_timeout
             client.busy = False
+            received = reader.received
             try:
-                async with asyncio.timeout(timeout):  # no task per call, unlike wait_for on 3.11
-                    raw = await http1.read_head(client.reader, self.gw.max_header_bytes)
+                async with asyncio.timeout(timeout) as limit:  # no task per call, unlike wait_for on 3.11
+                    if not first_request:
+                        reader.limit_head(limit, self.gw.head_timeout)
+                    try:
+                        raw = await http1.read_head(reader, self.gw.max_header_bytes)
+                    finally:
+                        reader.limit_head(None)
+                if raw is None:
+                    return
+                client.busy = True
+                first_request = False
+                head = http1.parse_request_head(raw)
             except TimeoutError:
-                if first_request:
+                if first_request or reader.received > received:  # a head had begun: say why we close
                     self._send_refusal(client.writer, Refusal(408, "request head not received in time", "timeout"))
                 return
-            except BadRequest as exc:
-                outcome = "headers_too_large" if exc.status == 431 else "bad_request"
-                self._send_refusal(client.writer, Refusal(exc.status, exc.message, outcome))
-                self.count_request("?", outcome, 0.0)
-                return
-            if raw is None:
-                return
-            client.busy = True
-            first_request = False
-            try:
-                head = http1.parse_request_head(raw)
             except BadRequest as exc:
                 outcome = "headers_too_large" if exc.status == 431 else "bad_request"
                 self._send_refusal(client.writer, Refusal(exc.status, exc.message, outcome))

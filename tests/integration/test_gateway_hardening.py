@@ -99,14 +99,20 @@ async def test_slow_head_gets_408_and_close(make_pool):
     assert status_of(answer) == 408
 
 
-async def test_slow_later_head_gets_408_within_head_timeout(make_pool, upstreams, origin):
-    """After one request, a later head that trickles in has head_timeout, not the (long) idle_timeout."""
+@pytest.mark.parametrize("path", ["fast", "stream"])
+async def test_slow_later_head_gets_408_within_head_timeout(make_pool, upstreams, origin, path):
+    """After one request, a later head that trickles in has head_timeout, not the (long) idle_timeout:
+    on the callback path, and on a connection the stream path took over (a request with a body)."""
     pool = await make_pool([upstreams[0].url()], gateway={"head_timeout": 0.3, "idle_timeout": 3600})
     await pool.wait_until(lambda: pool.selector.active_count == 1)
     reader, writer = await asyncio.open_connection(*pool.gateway_address)
     try:
         target = f"http://127.0.0.1:{origin.port}/echo"
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+        if path == "fast":
+            first = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n"
+        else:
+            first = f"POST {target} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\nContent-Length: 2\r\n\r\nhi"
+        writer.write(first.encode())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 200")
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
