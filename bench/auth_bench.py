@@ -233,7 +233,7 @@ async def load_aiohttp(gw: Gateway, target: str, seconds: float, connections: in
 async def micro(n: int = 200_000) -> dict[str, float]:
     """Microseconds per request spent in header decoding + authenticate + charge, in this process."""
     from config.settings import CreditsSettings
-    from gateway.routing import parse_proxy_authorization, route_for
+    from gateway.proxy.routing import parse_proxy_authorization, route_for
     from pool.accounts import Accounts
     from pool.store import SqliteStore
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from config import ConfigError, Settings
 from gateway.metrics import Metrics
-from gateway.server import GatewayServer
+from gateway.proxy.server import GatewayServer
 from plugins.discovery import load_all_plugins
 from plugins.registry import PluginConflictError, PluginRegistry
 from pool.accounts import Accounts

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway import fasthead
-from gateway.http1 import forward_response_head, parse_response_head
+from gateway.proxy import fasthead
+from gateway.proxy.http1 import forward_response_head, parse_response_head
 
 pytestmark = pytest.mark.timeout(60)
 

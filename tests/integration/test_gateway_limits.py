@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import ProxyPool
-from gateway.fastpath import ClientProtocol
+from gateway.proxy.fastpath import ClientProtocol
 from tests.support.upstreams import Upstream, start_pproxy
 from tests.support.waiting import eventually
 

@@ -16,7 +16,7 @@ import pytest
 from config import Settings
 from gateway.app import ProxyPool
 from gateway.cli import build_parser
-from gateway.users_cli import users_command
+from gateway.cli.users import users_command
 from pool.accounts import create_user
 from pool.errors import DuplicateError, InvalidInputError, NotFoundError
 from pool.store import SqliteStore

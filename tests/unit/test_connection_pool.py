@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.upstream import ConnectionPool, PooledConnection, open_forward
+from gateway.proxy.upstream import ConnectionPool, PooledConnection, open_forward
 from pool.models import UpstreamURL
 from tests.support.waiting import eventually
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway import fasthead
-from gateway.errors import BadRequest, BadResponse
-from gateway.http1 import (
+from gateway.proxy import fasthead
+from gateway.proxy.errors import BadRequest, BadResponse
+from gateway.proxy.http1 import (
     FramingKind,
     forward_request_head,
     forward_response_head,

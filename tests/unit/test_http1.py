@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.errors import BadRequest, BadResponse, GatewayError, IncompleteBody, OriginFormRequest
-from gateway.http1 import (
+from gateway.proxy.errors import BadRequest, BadResponse, GatewayError, IncompleteBody, OriginFormRequest
+from gateway.proxy.http1 import (
     CONNECT_ESTABLISHED,
     CONTINUE_100,
     REASONS,

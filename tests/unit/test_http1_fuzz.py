@@ -9,8 +9,8 @@ import socket
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import BadRequest, BadResponse, GatewayError
-from gateway.http1 import (
+from gateway.proxy.errors import BadRequest, BadResponse, GatewayError
+from gateway.proxy.http1 import (
     Framing,
     RequestHead,
     copy_body,
@@ -276,7 +276,7 @@ def test_request_line_split_agrees_with_the_abnf(target: str, method: str, versi
     and splits a target exactly as ``_ABSOLUTE_FORM`` would."""
     import re
 
-    from gateway import http1
+    from gateway.proxy import http1
 
     line = f"{method} {target} {version}"
     split = http1._REQUEST_LINE_SPLIT.fullmatch(line)

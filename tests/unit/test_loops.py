@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from gateway.loops import OwnAddresses, machine_addresses
+from gateway.proxy.loops import OwnAddresses, machine_addresses
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import http1
-from gateway.errors import BadRequest
-from gateway.routing import (
+from gateway.proxy import http1
+from gateway.proxy.errors import BadRequest
+from gateway.proxy.routing import (
     Credentials,
     RouteError,
     parse_proxy_authorization,

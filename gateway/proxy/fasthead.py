@@ -8,7 +8,7 @@ upstream's own bytes with the Connection line cut out and ours appended, so the 
 One compiled pattern decides whether a head has that shape; a second finds the few fields that
 matter to a proxy.  Anything else (another version, a 1xx, whitespace the strict parser would strip,
 a hop-by-hop field other than Connection, an ``X-Proxy-Pool-*`` field, a list-valued
-Content-Length) answers ``None`` and the strict parser in ``gateway.http1`` decides.  The two must
+Content-Length) answers ``None`` and the strict parser in ``gateway.proxy.http1`` decides.  The two must
 agree byte for byte whenever this module answers: tests/unit/test_fasthead.py checks that with
 hypothesis.
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from gateway import http1
-from gateway.http1 import FramingKind
+from gateway.proxy import http1
+from gateway.proxy.http1 import FramingKind
 
 __all__ = ["CLOSE", "KEEP_ALIVE", "PlainResponse", "plain_request", "plain_response"]
 

@@ -22,7 +22,7 @@ from typing import Any
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.async_.asyncio import Proxy as SocksProxy
 
-from gateway.errors import GatewayError
+from gateway.proxy.errors import GatewayError
 from pool.models import ProxyProtocol, UpstreamURL
 
 __all__ = [

@@ -5,7 +5,7 @@ special (no body, no CONNECT, an HTTP upstream) is served by callbacks alone: th
 ``data_received``, written to a kept-alive upstream connection, and the answer is relayed from the
 upstream's ``data_received`` straight into the client's transport.  No task, no StreamReader, no
 timer per request.  Anything else (CONNECT, bodies, ``Expect``, HTTP/1.0, SOCKS upstreams, ban
-retries, the direct fallback) hands the connection to the stream-based path in ``gateway.server``,
+retries, the direct fallback) hands the connection to the stream-based path in ``gateway.proxy.server``,
 which is the reference behaviour; the fast path must answer exactly as that path would.
 
 Measured reason (bench/gateway_bench.py): the stream path spent most of its time in task wake-ups,
@@ -19,13 +19,13 @@ import enum
 import time
 from typing import TYPE_CHECKING
 
-from gateway import fasthead, http1
-from gateway.errors import BadRequest, BadResponse
-from gateway.refusals import Admission, Attempts, Picked, Refusal
-from gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout, proxy_authorization
+from gateway.proxy import fasthead, http1
+from gateway.proxy.errors import BadRequest, BadResponse
+from gateway.proxy.refusals import Admission, Attempts, Picked, Refusal
+from gateway.proxy.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout, proxy_authorization
 
 if TYPE_CHECKING:
-    from gateway.server import GatewayServer
+    from gateway.proxy.server import GatewayServer
     from pool.models import Proxy
 
 __all__ = ["ClientProtocol", "UpstreamProtocol"]
@@ -679,7 +679,7 @@ class ClientProtocol(asyncio.Protocol):
 
 
 def open_error(exc: BaseException) -> UpstreamError:
-    """Map a failed ``create_connection`` the way ``gateway.upstream.open_forward`` does."""
+    """Map a failed ``create_connection`` the way ``gateway.proxy.upstream.open_forward`` does."""
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("http upstream timed out")
     text = getattr(exc, "strerror", None) or str(exc)

@@ -1,6 +1,6 @@
 """Our own answers: a status, a one-line reason, and the outcome label metrics count it under.
 
-Shared by both request paths (``gateway.fastpath`` and ``gateway.streampath``), so that a client gets
+Shared by both request paths (``gateway.proxy.fastpath`` and ``gateway.proxy.streampath``), so that a client gets
 the same answer whichever path served it.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway import http1
-from gateway.errors import GatewayError
-from gateway.upstream import UpstreamError, UpstreamTimeout
+from gateway.proxy import http1
+from gateway.proxy.errors import GatewayError
+from gateway.proxy.upstream import UpstreamError, UpstreamTimeout
 from pool.models import Proxy
 from pool.selector import Route
 

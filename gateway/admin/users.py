@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin import POOL, json_object
+from gateway.admin.common import POOL, json_object
 from pool.accounts import Accounts
 from pool.errors import InvalidInputError
 

@@ -1,4 +1,4 @@
-"""``proxy-pool``: the command line.  Parsing and error mapping here; the work in ``gateway.commands``.
+"""``proxy-pool``: the command line.  Parsing and error mapping here; the work in ``gateway.cli.commands``.
 
 Exit codes: 0 done, 1 a runtime failure, 2 a usage or configuration mistake (one line on stderr,
 never a traceback).
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from gateway import commands
+    from gateway.cli import commands
 
     try:
         if args.command == "serve":

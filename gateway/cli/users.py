@@ -11,17 +11,17 @@ import argparse
 import json
 
 from config import Settings
-from gateway.commands import _emit, _store
+from gateway.cli.common import emit, open_store
 from pool.accounts import add_credits, create_user, reset_password
 
 __all__ = ["users_command"]
 
 
 async def users_command(args: argparse.Namespace, settings: Settings) -> int:
-    async with _store(settings) as store:
+    async with open_store(settings) as store:
         if args.action == "list":
             rows = [{"id": u.id, "name": u.name, "credits": u.balance} for u in await store.list_users()]
-            _emit(rows, ("id", "name", "credits"), args.format)
+            emit(rows, ("id", "name", "credits"), args.format)
             return 0
         if args.action == "add":
             new = await create_user(store, args.name, args.credits)

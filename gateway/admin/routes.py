@@ -1,4 +1,4 @@
-"""The admin API: JSON over aiohttp.web, ``/metrics``, ``/healthz`` and a judge at ``/judge``.
+"""Admin routes for the pool: ``/metrics``, ``/healthz``, the judge at ``/judge``, proxies, sources and stats.
 
 State lives under typed ``AppKey``s; the app is served by ``AppRunner``/``TCPSite`` inside our own
 loop.  Answers come from the in-memory view where it is the freshest (proxies, stats) and from
@@ -7,82 +7,17 @@ the store where history lives (check log, sources).  No answer ever carries a cr
 
 from __future__ import annotations
 
-import hmac
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from pool.errors import DuplicateError, InvalidInputError, NotFoundError
+from gateway.admin.common import MAX_PAGE, POOL, country_param, enum_param, error, int_param, json_object
+from pool.errors import InvalidInputError
 from pool.models import AnonymityLevel, ProxyProtocol, ProxyStatus
 from pool.selector import Route
 from pool.sources import add_source
 
-if TYPE_CHECKING:
-    from gateway.app import ProxyPool
-
-__all__ = ["POOL", "make_app", "start_admin"]
-
-POOL = web.AppKey("pool", "ProxyPool")
-# No secrets behind these: health for orchestrators, metrics for Prometheus, the judge for checkers.
-OPEN_PATHS = frozenset({"/healthz", "/metrics", "/judge"})
-MAX_PAGE = 1000
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
-
-
-@web.middleware
-async def _errors_and_auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    token = request.app[POOL].settings.admin.token
-    if token is not None and request.path not in OPEN_PATHS:
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            return web.json_response(
-                {"error": "missing or wrong bearer token"}, status=401, headers={"WWW-Authenticate": "Bearer"}
-            )
-    try:
-        return await handler(request)
-    except NotFoundError as exc:
-        return _error(404, str(exc))
-    except DuplicateError as exc:
-        return _error(409, str(exc))
-    except (InvalidInputError, ValueError) as exc:
-        return _error(400, str(exc))
-
-
-def _enum_param(request: web.Request, name: str, enum: type[Any]) -> Any:
-    value = request.query.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        return enum(value.lower())
-    except ValueError:
-        allowed = ", ".join(e.value for e in enum)
-        raise InvalidInputError(f"{name}={value!r}: expected one of {allowed}") from None
-
-
-def _int_param(request: web.Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = request.query.get(name)
-    if value in (None, ""):
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise InvalidInputError(f"{name}={value!r}: expected an integer") from None
-    if not lo <= number <= hi:
-        raise InvalidInputError(f"{name}={number}: expected {lo}..{hi}")
-    return number
-
-
-def _country_param(request: web.Request) -> str | None:
-    value = request.query.get("country")
-    if value in (None, ""):
-        return None
-    if len(value) != 2 or not value.isalpha():
-        raise InvalidInputError(f"country={value!r}: expected a two-letter ISO code")
-    return value.upper()
+__all__ = ["judge", "add_pool_routes"]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -101,12 +36,12 @@ async def judge(request: web.Request) -> web.Response:
 
 async def list_proxies(request: web.Request) -> web.Response:
     pool = request.app[POOL]
-    status = _enum_param(request, "status", ProxyStatus)
-    protocol = _enum_param(request, "protocol", ProxyProtocol)
-    anonymity = _enum_param(request, "anonymity", AnonymityLevel)
-    country = _country_param(request)
-    limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
-    offset = _int_param(request, "offset", 0, 0, 10**9) or 0
+    status = enum_param(request, "status", ProxyStatus)
+    protocol = enum_param(request, "protocol", ProxyProtocol)
+    anonymity = enum_param(request, "anonymity", AnonymityLevel)
+    country = country_param(request)
+    limit = int_param(request, "limit", 100, 1, MAX_PAGE)
+    offset = int_param(request, "offset", 0, 0, 10**9) or 0
     matching = [
         p
         for p in pool.selector.proxies()
@@ -123,13 +58,13 @@ async def list_proxies(request: web.Request) -> web.Response:
 async def pick_proxy(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     route = Route(
-        protocol=_enum_param(request, "protocol", ProxyProtocol),
-        country=_country_param(request),
-        anonymity=_enum_param(request, "anonymity", AnonymityLevel),
+        protocol=enum_param(request, "protocol", ProxyProtocol),
+        country=country_param(request),
+        anonymity=enum_param(request, "anonymity", AnonymityLevel),
     )
     proxy = pool.selector.pick(route)
     if proxy is None:
-        return _error(404, f"no active proxy for {route.describe()}")
+        return error(404, f"no active proxy for {route.describe()}")
     return web.json_response({"url": proxy.display_url, "proxy": proxy.public_dict()})
 
 
@@ -198,16 +133,6 @@ async def list_sources(request: web.Request) -> web.Response:
     return web.json_response({"sources": [s.public_dict() for s in await pool.store.list_sources()]})
 
 
-async def json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidInputError("request body must be JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidInputError("request body must be a JSON object")
-    return body
-
-
 def _opt_str(body: dict[str, Any], key: str) -> str | None:
     value = body.get(key)
     if value is not None and not isinstance(value, str):
@@ -265,9 +190,9 @@ async def scrape_source(request: web.Request) -> web.Response:
     )
 
 
-def make_app(pool: ProxyPool) -> web.Application:
-    app = web.Application(middlewares=[_errors_and_auth], client_max_size=1 << 20)
-    app[POOL] = pool
+
+
+def add_pool_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/judge", judge)
@@ -279,19 +204,3 @@ def make_app(pool: ProxyPool) -> web.Application:
     app.router.add_post("/api/sources", create_source)
     app.router.add_delete("/api/sources/{id}", delete_source)
     app.router.add_post("/api/sources/{id}/scrape", scrape_source)
-    from gateway.admin_users import add_user_routes  # imports POOL from here
-
-    add_user_routes(app)
-    extra = getattr(pool, "admin_routes", None)
-    if extra is not None:
-        extra(app)
-    return app
-
-
-async def start_admin(pool: ProxyPool, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
-    runner = web.AppRunner(make_app(pool), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
-    sockname = runner.addresses[0]
-    return runner, (sockname[0], sockname[1])

@@ -3,7 +3,7 @@
 CONNECT tunnels, requests with bodies (streamed both ways, never buffered whole), ``Expect:
 100-continue``, HTTP/1.0 clients, SOCKS upstreams, ban-aware retries and the direct fallback are served
 here with asyncio streams, one task per client connection.  It is the reference behaviour that
-``gateway.fastpath`` must match for the requests it takes.  A mixin of ``GatewayServer``: the policy
+``gateway.proxy.fastpath`` must match for the requests it takes.  A mixin of ``GatewayServer``: the policy
 it uses (target checks, auth, picking, reporting) lives there, shared with the fast path.
 """
 
@@ -15,11 +15,11 @@ import socket
 import time
 from dataclasses import dataclass
 
-from gateway import http1
-from gateway.errors import BadRequest
-from gateway.refusals import Admission, Attempts, Picked, Refusal
-from gateway.relay import Tunnel
-from gateway.upstream import (
+from gateway.proxy import http1
+from gateway.proxy.errors import BadRequest
+from gateway.proxy.refusals import Admission, Attempts, Picked, Refusal
+from gateway.proxy.relay import Tunnel
+from gateway.proxy.upstream import (
     PooledConnection,
     UpstreamError,
     UpstreamTimeout,

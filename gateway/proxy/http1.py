@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import ClassVar
 
-from gateway.errors import BadRequest, BadResponse, GatewayError, IncompleteBody, OriginFormRequest
+from gateway.proxy.errors import BadRequest, BadResponse, GatewayError, IncompleteBody, OriginFormRequest
 
 __all__ = [
     "CONNECT_ESTABLISHED",
@@ -296,7 +296,7 @@ class RequestHead:
     upgrade: str | None
     connection_tokens: tuple[str, ...] = ()
     # the origin-form head with "Connection: keep-alive" appended, exactly as forward_request_head
-    # builds it, when gateway.fasthead sliced it from the client's bytes (then nothing is rebuilt)
+    # builds it, when gateway.proxy.fasthead sliced it from the client's bytes (then nothing is rebuilt)
     origin_form: bytes | None = field(default=None, compare=False, repr=False)
 
 

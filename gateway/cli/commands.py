@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,19 @@ from aiohttp import web
 
 from config import Settings
 from gateway.app import ProxyPool, open_registry
+from gateway.cli.common import CommandFailed, emit, open_store
+from gateway.cli.users import users_command
 from gateway.logs import setup_logging
 from pool.errors import InvalidInputError
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus, UpstreamURL
 from pool.pipeline import CheckRun, Pipeline
 from pool.scraper import Scraper
 from pool.sources import add_source
-from pool.store import ProxyFilter, SqliteStore
+from pool.store import ProxyFilter
 
 __all__ = ["CommandFailed", "run", "serve"]
 
 log = logging.getLogger("proxy_pool")
-
-
-class CommandFailed(Exception):
-    """A runtime failure (exit 1), reported as one line."""
 
 
 def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
@@ -91,35 +88,6 @@ async def run(args: argparse.Namespace) -> int:
     return int(result or 0)
 
 
-@contextlib.asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[SqliteStore]:
-    try:
-        store = await SqliteStore.open(settings.storage.path)
-    except Exception as exc:
-        raise CommandFailed(f"cannot open database {settings.storage.path}: {exc}") from None
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    if not rows:
-        return "(none)"
-    cells = [[("" if row.get(c) is None else str(row.get(c))) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
-
-
-def _emit(rows: list[dict[str, Any]], columns: Sequence[str], fmt: str) -> None:
-    if fmt == "json":
-        print(json.dumps(rows, indent=2))
-    else:
-        print(_table(rows, columns))
-
-
 # check ------------------------------------------------------------------------------------
 class _Progress:
     """A one-line progress bar on a terminal's stderr; silent otherwise."""
@@ -146,7 +114,7 @@ class _Progress:
 @contextlib.asynccontextmanager
 async def _local_judge() -> AsyncIterator[str]:
     """A judge on 127.0.0.1 for proxies on this machine (the same answer as the admin's /judge)."""
-    from gateway.admin import judge
+    from gateway.admin.routes import judge
 
     app = web.Application()
     app.router.add_route("*", "/judge", judge)
@@ -237,7 +205,7 @@ async def _check(args: argparse.Namespace, settings: Settings) -> int:
             await pipeline.stop()
     rows = [_check_row(r) for r in runs]
     columns = ("proxy", "status", "protocol", "latency_ms", "anonymity", "exit_ip", "country", "failed_check", "detail")
-    _emit(rows, columns, args.format)
+    emit(rows, columns, args.format)
     return 0
 
 
@@ -252,23 +220,23 @@ async def _proxies(args: argparse.Namespace, settings: Settings) -> int:
         country=country.upper() if country else None,
         anonymity=AnonymityLevel(args.anonymity) if args.anonymity else None,
     )
-    async with _store(settings) as store:
+    async with open_store(settings) as store:
         proxies, _ = await store.list_proxies(flt)
     if args.format == "txt":
         for proxy in proxies:
             print(proxy.url)  # with credentials: the user asked for a list to use elsewhere
         return 0
     rows = [p.public_dict() for p in proxies]
-    _emit(rows, ("id", "url", "status", "latency_ms", "anonymity", "country", "exit_ip", "last_checked"), args.format)
+    emit(rows, ("id", "url", "status", "latency_ms", "anonymity", "country", "exit_ip", "last_checked"), args.format)
     return 0
 
 
 # sources ----------------------------------------------------------------------------------
 async def _sources(args: argparse.Namespace, settings: Settings) -> int:
-    async with _store(settings) as store:
+    async with open_store(settings) as store:
         if args.action == "list":
             rows = [s.public_dict() for s in await store.list_sources()]
-            _emit(
+            emit(
                 rows,
                 ("id", "url", "parser", "schedule", "default_protocol", "last_run_at", "last_found", "last_new", "last_error"),
                 args.format,
@@ -302,13 +270,12 @@ async def _sources(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             progress.close()
             await scraper.close()
-        _emit(rows, ("id", "url", "found", "new", "error"), args.format)
+        emit(rows, ("id", "url", "found", "new", "error"), args.format)
         return 1 if all(r["error"] for r in rows) else 0
 
 
 # users ------------------------------------------------------------------------------------
 async def _users(args: argparse.Namespace, settings: Settings) -> int:
-    from gateway.users_cli import users_command
 
     return await users_command(args, settings)
 
@@ -328,6 +295,6 @@ async def _plugins(args: argparse.Namespace, settings: Settings) -> int:
                 "health": "error: " + info.error if info.error else ("not configured" if info.kind == "off" else "ok"),
             }
         )
-    _emit(rows, ("kind", "name", "module", "stage", "health"), args.format)
+    emit(rows, ("kind", "name", "module", "stage", "health"), args.format)
     return 0
 

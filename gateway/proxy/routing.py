@@ -14,7 +14,7 @@ import binascii
 import re
 from dataclasses import dataclass
 
-from gateway.errors import BadRequest
+from gateway.proxy.errors import BadRequest
 from pool.models import AnonymityLevel, ProxyProtocol
 from pool.selector import Route
 

@@ -2,8 +2,8 @@
 
 A request costs: read and parse the head, ``selector.pick`` (in memory), optionally
 ``accounts.charge`` (in memory), dial or reuse an upstream connection, stream.  No disk, no SQL,
-no log line at INFO.  Every connection starts on the callback fast path (``gateway.fastpath``);
-what that path does not take is handed to the stream path (``gateway.streampath``).  Target checks,
+no log line at INFO.  Every connection starts on the callback fast path (``gateway.proxy.fastpath``);
+what that path does not take is handed to the stream path (``gateway.proxy.streampath``).  Target checks,
 authentication, picking the next upstream and passive-health reports live here, once, for both.
 On shutdown, idle keep-alive clients are closed at once and busy ones get ``drain_timeout``.
 """
@@ -18,13 +18,13 @@ from collections.abc import Callable
 from typing import Any
 
 from config import Settings
-from gateway import http1
-from gateway.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_error
-from gateway.loops import OwnAddresses
-from gateway.refusals import AUTH_REALM, Admission, Picked, Refusal
-from gateway.routing import Credentials, RouteError, parse_proxy_authorization, route_for
-from gateway.streampath import ClientReader, StreamPath, _Client
-from gateway.upstream import (
+from gateway.proxy import http1
+from gateway.proxy.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_error
+from gateway.proxy.loops import OwnAddresses
+from gateway.proxy.refusals import AUTH_REALM, Admission, Picked, Refusal
+from gateway.proxy.routing import Credentials, RouteError, parse_proxy_authorization, route_for
+from gateway.proxy.streampath import ClientReader, StreamPath, _Client
+from gateway.proxy.upstream import (
     ConnectionPool,
     UpstreamError,
     UpstreamRefused,
