@@ -19,7 +19,7 @@ import re
 from typing import NamedTuple
 
 from gateway.proxy import http1
-from gateway.proxy.http1 import FramingKind
+from gateway.proxy.http1 import FramingKind, grammar
 
 __all__ = ["CLOSE", "KEEP_ALIVE", "PlainResponse", "plain_request", "plain_response"]
 
@@ -32,7 +32,7 @@ _STATUS_LINE = rb"HTTP/1\.1 ([2-5][0-9][0-9]) [\t \x21-\x7e\x80-\xff]+\r\n"
 _FIELD_LINE = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+: [^\x00-\x20\x7f][^\x00\r\n]*(?<![\x00-\x20\x7f])\r\n"
 _PLAIN_HEAD = re.compile(_STATUS_LINE + rb"(?:" + _FIELD_LINE + rb")*+\r\n")
 
-# the fields a proxy acts on: framing, and the hop-by-hop set of http1._RESPONSE_DROP plus our own.
+# the fields a proxy acts on: framing, and the hop-by-hop set of http1.grammar._RESPONSE_DROP plus our own.
 # The CRLF before the name is a literal prefix, so the engine skips from line to line, and the
 # lookahead on the first letter turns most lines away before the alternation is tried.
 _SPECIAL = re.compile(
@@ -126,11 +126,11 @@ def plain_response(data: bytes, request_method: str) -> PlainResponse | None:
 # port), then field lines exactly as http1.forward_request_head writes them back (http1.field_value,
 # not empty, one space after the colon)
 _PLAIN_REQUEST = re.compile(
-    rb"(" + http1.token.encode() + rb") ((?i:http)://(" + http1.reg_name.encode() + rb")(?::([0-9]{1,5}))?"
+    rb"(" + grammar.token.encode() + rb") ((?i:http)://(" + grammar.reg_name.encode() + rb")(?::([0-9]{1,5}))?"
     rb"([/?][\x21\x22\x24-\x7e]*)?) HTTP/1\.1\r\n"
     rb"((?:[-!#$%&'*+.^_`|~0-9A-Za-z]+: [\x21-\x7e\x80-\xff][\t \x21-\x7e\x80-\xff]*(?<![\t ])\r\n)*+)\r\n"
 )
-# fields that change what the gateway does with a request (http1._REQUEST_SPECIAL and _REQUEST_DROP),
+# fields that change what the gateway does with a request (http1.grammar._REQUEST_SPECIAL and _REQUEST_DROP),
 # and "close", which Connection: close would make hop-by-hop
 _REQUEST_SPECIAL = re.compile(
     rb"(\r\n(?=[CcEeHhKkPpTtUuXx])(?i:(host|connection|proxy-connection|content-length|transfer-encoding|expect"

@@ -15,7 +15,6 @@ StreamReader bookkeeping and per-request timeout handles, not in parsing.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from typing import TYPE_CHECKING
 
@@ -30,82 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientProtocol", "UpstreamProtocol"]
 
-_MAX_LINE = 4096
 _KEEP_ALIVE = (("Connection", "keep-alive"),)
 _LENGTH = http1.FramingKind.LENGTH
-_MAX_TRAILERS = 1 << 16
-
-
-class BodyState(enum.Enum):
-    SIZE = "size"
-    DATA = "data"
-    DATA_CRLF = "data-crlf"
-    TRAILER = "trailer"
-
-
-class BodyTracker:
-    """Finds where a response body ends while its bytes pass through untouched."""
-
-    __slots__ = ("kind", "remaining", "state", "line", "trailer_bytes")
-
-    def __init__(self, kind: http1.FramingKind, length: int = 0) -> None:
-        self.kind = kind
-        self.remaining = length
-        self.state = BodyState.SIZE
-        self.line = bytearray()
-        self.trailer_bytes = 0
-
-    def feed(self, data: bytes, start: int = 0) -> tuple[int, bool]:
-        """How many bytes of ``data[start:]`` belong to the body, and whether it ended."""
-        kind = self.kind
-        if kind is http1.FramingKind.NONE:
-            return 0, True
-        if kind is http1.FramingKind.UNTIL_CLOSE:
-            return len(data) - start, False
-        if kind is http1.FramingKind.LENGTH:
-            take = min(self.remaining, len(data) - start)
-            self.remaining -= take
-            return take, self.remaining == 0
-        return self._chunked(data, start)
-
-    def _chunked(self, data: bytes, start: int) -> tuple[int, bool]:
-        i, n = start, len(data)
-        while i < n:
-            if self.state is BodyState.DATA:
-                take = min(self.remaining, n - i)
-                i += take
-                self.remaining -= take
-                if not self.remaining:
-                    self.state = BodyState.DATA_CRLF
-                continue
-            j = data.find(b"\n", i)
-            if j < 0:
-                self.line += data[i:]
-                if len(self.line) > _MAX_LINE:
-                    raise BadResponse("chunk-size line too long")
-                return n - start, False
-            self.line += data[i : j + 1]
-            i = j + 1
-            line, self.line = bytes(self.line), bytearray()
-            if len(line) > _MAX_LINE:
-                raise BadResponse("chunk-size line too long")
-            if self.state is BodyState.SIZE:
-                m = http1._CHUNK_LINE.fullmatch(line)  # noqa: SLF001  (one grammar, kept in http1)
-                if m is None:
-                    raise BadResponse(f"invalid chunk-size line {line[:40]!r}")
-                self.remaining = int(m.group(1), 16)
-                self.state = BodyState.DATA if self.remaining else BodyState.TRAILER
-            elif self.state is BodyState.DATA_CRLF:
-                if line != b"\r\n":
-                    raise BadResponse("chunk data not followed by CRLF")
-                self.state = BodyState.SIZE
-            else:  # trailer section, ended by an empty line
-                if line == b"\r\n":
-                    return i - start, True
-                self.trailer_bytes += len(line)
-                if self.trailer_bytes > _MAX_TRAILERS or http1._TRAILER_LINE.fullmatch(line) is None:  # noqa: SLF001
-                    raise BadResponse(f"invalid trailer line {line[:40]!r}")
-        return i - start, False
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -123,7 +48,7 @@ class UpstreamProtocol(asyncio.Protocol):
         self._head = bytearray()
         self._responded = False  # a final response head arrived for the current exchange
         self._keep_alive = False  # and it lets us reuse this connection
-        self._body: BodyTracker | None = None
+        self._body: http1.BodyTracker | None = None
         self.handshake: asyncio.Future[int] | None = None  # CONNECT answer status, while tunnelling
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
@@ -252,7 +177,7 @@ class UpstreamProtocol(asyncio.Protocol):
     def _start_body(self, kind: http1.FramingKind, length: int, keep_alive: bool) -> None:
         self._responded = True
         self._keep_alive = keep_alive and kind is not http1.FramingKind.UNTIL_CLOSE
-        self._body = BodyTracker(kind, length)
+        self._body = http1.BodyTracker(kind, length)
 
     def _finish(self, clean: bool) -> None:
         ex, self.exchange = self.exchange, None

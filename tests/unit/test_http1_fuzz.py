@@ -276,14 +276,14 @@ def test_request_line_split_agrees_with_the_abnf(target: str, method: str, versi
     and splits a target exactly as ``_ABSOLUTE_FORM`` would."""
     import re
 
-    from gateway.proxy import http1
+    from gateway.proxy.http1 import grammar
 
     line = f"{method} {target} {version}"
-    split = http1._REQUEST_LINE_SPLIT.fullmatch(line)
-    plain = re.fullmatch(http1.request_line, line)
+    split = grammar._REQUEST_LINE_SPLIT.fullmatch(line)
+    plain = re.fullmatch(grammar.request_line, line)
     assert (split is None) == (plain is None)
     if split is not None:
-        absolute = http1._ABSOLUTE_FORM.fullmatch(split.group(2))
+        absolute = grammar._ABSOLUTE_FORM.fullmatch(split.group(2))
         assert (split.group(3) is not None) == (absolute is not None)
         if absolute is not None:
             assert split.group(3, 4, 5) == absolute.groups()
