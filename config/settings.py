@@ -107,11 +107,14 @@ class GatewaySettings(_Section):
     drain_timeout: float = Field(default=10.0, ge=0)
     upstream_pool_size: int = Field(default=32, ge=0, description="idle keep-alive connections per upstream")
     upstream_idle_timeout: float = Field(default=30.0, gt=0)
+    socks_listen: str | None = Field(default=None, description="an extra SOCKS-only port (gateway.listen speaks both)")
+    public_address: str | None = Field(default=None, description="host:port the PAC file names; default: listen")
 
-    @field_validator("listen")
+    @field_validator("listen", "socks_listen", "public_address")
     @classmethod
-    def _listen(cls, v: str) -> str:
-        parse_host_port(v)
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_host_port(v)
         return v
 
     @field_validator("allowed_connect_ports")
@@ -181,6 +184,17 @@ class CheckerSettings(_Section):
     tcp_target: str | None = Field(
         default=None, description="host:port the SOCKS handshake asks for; default: the first judge"
     )
+    upstream_tls_verify: bool | str = Field(
+        default=True,
+        description="https:// upstreams: true = system store, false = accept any certificate, or a CA file (PEM)",
+    )
+
+    @field_validator("upstream_tls_verify")
+    @classmethod
+    def _ca_file(cls, v: bool | str) -> bool | str:
+        if isinstance(v, str) and not Path(v).is_file():
+            raise ValueError(f"CA file {v!r} does not exist")
+        return v
 
     @field_validator("tcp_target")
     @classmethod

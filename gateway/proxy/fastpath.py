@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING
 from gateway.proxy import fasthead, http1
 from gateway.proxy.errors import BadRequest, BadResponse
 from gateway.proxy.refusals import Admission, Attempts, Picked, Refusal
-from gateway.proxy.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout, proxy_authorization
+from gateway.proxy.upstream import (
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+    proxy_authorization,
+    tls_open_error,
+)
 
 if TYPE_CHECKING:
     from gateway.proxy.server import GatewayServer
@@ -603,8 +609,12 @@ class ClientProtocol(asyncio.Protocol):
         self.buffer.clear()
 
 
-def open_error(exc: BaseException) -> UpstreamError:
+def open_error(exc: BaseException, tls: bool = False) -> UpstreamError:
     """Map a failed ``create_connection`` the way ``gateway.proxy.upstream.open_forward`` does."""
+    if tls:
+        failed = tls_open_error(exc)
+        if failed is not None:
+            return failed
     if isinstance(exc, TimeoutError):
         return UpstreamTimeout("http upstream timed out")
     text = getattr(exc, "strerror", None) or str(exc)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from config import Settings
+from config.tls import upstream_tls_context
 from gateway.proxy import http1
 from gateway.proxy.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_error
 from gateway.proxy.loops import OwnAddresses
@@ -29,6 +30,7 @@ from gateway.proxy.upstream import (
     UpstreamError,
     UpstreamRefused,
     proxy_authorization,
+    tls_for,
 )
 from pool.models import Proxy
 from pool.selector import Route, Selector
@@ -64,6 +66,7 @@ class GatewayServer(StreamPath):
         self.selector = selector
         self.metrics = metrics
         self.accounts = accounts if settings.gateway.auth == "users" else None
+        self.upstream_tls = upstream_tls_context(settings.checker.upstream_tls_verify)
         self.pool = ConnectionPool(per_key=self.gw.upstream_pool_size, idle_timeout=self.gw.upstream_idle_timeout)
         self._own = OwnAddresses(own_addresses or ())
         self._server: asyncio.AbstractServer | None = None
@@ -281,15 +284,20 @@ class GatewayServer(StreamPath):
         only 443) are remembered in ``no_tunnel`` and get absolute-form requests instead.
         """
         loop = asyncio.get_running_loop()
+        tls = None
         try:
             async with asyncio.timeout(self.gw.connect_timeout):
-                _, conn = await loop.create_connection(lambda: UpstreamProtocol(self, key), proxy.host, proxy.port)
+                tls = tls_for(proxy.upstream, self.upstream_tls)
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamProtocol(self, key), proxy.host, proxy.port,
+                    ssl=tls, server_hostname=proxy.host if tls else None,
+                )
                 status = 200
                 if tunnel is not None:
                     request = http1.connect_request_head(*tunnel, extra=proxy_authorization(proxy.upstream))
                     status = await conn.start_tunnel(request)
         except (OSError, TimeoutError) as exc:
-            exchange.connect_failed(open_error(exc))
+            exchange.connect_failed(open_error(exc, tls is not None))
             return
         except asyncio.CancelledError:
             if "conn" in locals():

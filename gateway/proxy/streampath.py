@@ -191,7 +191,7 @@ class StreamPath:
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if proxy is None:
             return await self._dial_direct(host, port)
-        return await open_tunnel(proxy.upstream, host, port, self.gw.connect_timeout)
+        return await open_tunnel(proxy.upstream, host, port, self.gw.connect_timeout, self.upstream_tls)
 
     async def _dial_direct(self, host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """The ``fallback = "direct"`` path: never to loopback, link-local or private targets."""
@@ -313,7 +313,7 @@ class StreamPath:
 
     async def _fresh_http_connection(self, proxy: Proxy | None, head: http1.RequestHead) -> PooledConnection:
         if proxy is not None and not proxy.protocol.is_socks:
-            reader, writer = await open_forward(proxy.upstream, self.gw.connect_timeout)
+            reader, writer = await open_forward(proxy.upstream, self.gw.connect_timeout, self.upstream_tls)
         else:
             reader, writer = await self._dial_tunnel(proxy, head.host, head.port)
         return PooledConnection(reader, writer)

@@ -5,6 +5,9 @@
 * plain HTTP through an HTTP upstream: a TCP connection to the proxy that carries absolute-form
   requests, kept alive in a small pool per upstream.
 
+An ``https://`` upstream is spoken to over TLS (``tls``: ``config.tls.upstream_tls_context``) before
+anything else, for both; a TLS failure is an ``UpstreamConnectError`` with reason ``tls``.
+
 The socket is closed when a handshake fails (glider's dialers do the same).  Errors leave as
 ``UpstreamError`` subclasses with a ``reason`` for metrics and passive health, and never mention
 credentials.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ssl
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -22,6 +26,8 @@ from typing import Any
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
 from python_socks.async_.asyncio import Proxy as SocksProxy
 
+from config.tls import handshake_failure
+from gateway.proxy import http1
 from gateway.proxy.errors import GatewayError
 from pool.models import ProxyProtocol, UpstreamURL
 
@@ -35,6 +41,8 @@ __all__ = [
     "open_forward",
     "open_tunnel",
     "proxy_authorization",
+    "tls_for",
+    "tls_open_error",
 ]
 
 STREAM_LIMIT = 1 << 17
@@ -100,10 +108,20 @@ def proxy_authorization(up: UpstreamURL) -> list[tuple[str, str]]:
     return [("Proxy-Authorization", f"Basic {token}")]
 
 
+def tls_for(up: UpstreamURL, tls: ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """The context to wrap the connection to ``up`` in: only ``https://`` upstreams speak TLS."""
+    if up.protocol is not ProxyProtocol.HTTPS:
+        return None
+    return tls if tls is not None else ssl.create_default_context()
+
+
 async def open_tunnel(
-    up: UpstreamURL, host: str, port: int, timeout: float
+    up: UpstreamURL, host: str, port: int, timeout: float, tls: ssl.SSLContext | None = None
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A byte stream to ``host:port`` through ``up`` (CONNECT or SOCKS handshake done)."""
+    context = tls_for(up, tls)
+    if context is not None:
+        return await _tls_tunnel(up, host, port, timeout, context)
     proxy = SocksProxy(
         _SOCKS_TYPES[up.protocol],
         up.host,
@@ -138,11 +156,68 @@ async def open_tunnel(
         raise
 
 
-async def open_forward(up: UpstreamURL, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A TCP connection to an HTTP upstream, for absolute-form requests."""
+async def _tls_tunnel(
+    up: UpstreamURL, host: str, port: int, timeout: float, context: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """CONNECT through an ``https://`` upstream: TLS to the proxy, then the CONNECT inside it."""
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(up.host, up.port, limit=STREAM_LIMIT)
+            reader, writer = await _open_tls(up, context)
+            try:
+                writer.write(http1.connect_request_head(host, port, extra=proxy_authorization(up)))
+                raw = await http1.read_response_head(reader, 1 << 16)
+                status = 0 if raw is None else http1.parse_response_head(raw).status
+            except BaseException:
+                writer.close()
+                raise
+    except UpstreamError:
+        raise
+    except TimeoutError:
+        raise UpstreamTimeout("https upstream timed out") from None
+    except http1.BadResponse:
+        raise UpstreamError("https upstream sent a malformed answer to CONNECT", "protocol_error") from None
+    except OSError as exc:
+        raise UpstreamConnectError(f"https upstream failed: {_os_reason(exc)}", _errno_reason(exc)) from None
+    if status == 200 and not reader._buffer:  # noqa: SLF001  (a clean tunnel: the proxy said nothing more)
+        return reader, writer
+    writer.close()
+    if status == 0:
+        raise UpstreamError("upstream closed the connection during CONNECT", "reset")
+    raise UpstreamRefused(f"upstream answered CONNECT with {status}", "http_status", status)
+
+
+async def _open_tls(up: UpstreamURL, context: ssl.SSLContext) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TLS connection to the proxy; a failed handshake leaves as ``UpstreamConnectError(reason="tls")``."""
+    try:
+        return await asyncio.open_connection(
+            up.host, up.port, limit=STREAM_LIMIT, ssl=context, server_hostname=up.host
+        )
+    except OSError as exc:
+        failed = tls_open_error(exc)
+        if failed is None:
+            raise
+        raise failed from None
+
+
+def tls_open_error(exc: BaseException) -> UpstreamConnectError | None:
+    """The error for a TLS connection to a proxy that failed in its handshake (None: not that)."""
+    why = handshake_failure(exc)
+    return None if why is None else UpstreamConnectError(f"TLS to the https upstream failed: {why}", "tls")
+
+
+async def open_forward(
+    up: UpstreamURL, timeout: float, tls: ssl.SSLContext | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP (for ``https://``: TLS) connection to an HTTP upstream, for absolute-form requests."""
+    context = tls_for(up, tls)
+    try:
+        async with asyncio.timeout(timeout):
+            if context is not None:
+                reader, writer = await _open_tls(up, context)
+            else:
+                reader, writer = await asyncio.open_connection(up.host, up.port, limit=STREAM_LIMIT)
+    except UpstreamError:
+        raise
     except TimeoutError:
         raise UpstreamTimeout("http upstream timed out") from None
     except OSError as exc:

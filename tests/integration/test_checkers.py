@@ -11,7 +11,14 @@ from aiohttp import web
 
 from config import Settings
 from plugins import AnonymityLevel, CheckContext, Proxy, UpstreamURL
-from plugins.builtin.checkers import geoip_lookup, http_anonymity, site_reach, socks_handshake, tcp_connect
+from plugins.builtin.checkers import (
+    geoip_lookup,
+    http_anonymity,
+    site_reach,
+    socks_handshake,
+    tcp_connect,
+    tls_handshake,
+)
 from tests.support.geoip import LOOPBACK_COUNTRIES, build_country_db
 from tests.support.grade_proxies import black_hole, grade_proxy, microsocks, microsocks_available
 from tests.support.judges import Judge, down_judge_url, running_judge
@@ -173,13 +180,13 @@ async def test_grade_proxies_are_graded(client, judge, fmt, grade, level, sign):
     assert judge.hits(url.split("?")[0].removeprefix(judge.base), "127.0.0.3") == 1
 
 
-async def test_https_capable_proxy_is_graded_like_http(client, judge):
-    """A proxy listed as https:// (HTTP proxy that can CONNECT) is checked through aiohttp's proxy=."""
+async def test_plain_proxy_written_https_fails_saying_it_does_not_speak_tls(client, judge):
+    """``https://`` means TLS to the proxy itself: a plain HTTP proxy written so is not graded, and says why."""
     async with grade_proxy("anonymous", "127.0.0.4") as gp:
         context = ctx(client, judge.json_url)
-        result = await http_anonymity.create_plugin(settings()).check(make_proxy(gp.url("https")), context)
-    assert result.passed, result.detail
-    assert context.anonymity_level is AnonymityLevel.ANONYMOUS
+        result = await tls_handshake.create_plugin(settings(timeout=SHORT)).check(make_proxy(gp.url("https")), context)
+    assert not result.passed  # this one waits for a request head that a ClientHello never completes
+    assert "TLS handshake with the proxy timed out" in result.detail and "not speak TLS" in result.detail
 
 
 @pytest.mark.parametrize("scheme", ["socks4", "socks5"])

@@ -116,3 +116,13 @@ def origin_app() -> web.Application:
 
     app.router.add_get("/big", big)
     return app
+
+
+async def start_tls_pproxy(ca: object, host: str = "127.0.0.2", schemes: str = "http+ssl") -> Upstream:
+    """A pproxy speaking HTTP over TLS (an ``https://`` upstream), its certificate issued by ``ca``
+    (a ``trustme.CA``) for ``host``.  ``schemes`` ``http+ssl`` (pproxy's name for a TLS listener)."""
+    server = pproxy.Server(f"{schemes}://{host}:0/@in")
+    ca.issue_cert(host).configure_cert(server.sslserver)  # type: ignore[attr-defined]
+    srv = await server.start_server({"rserver": [], "verbose": lambda *a, **k: None, "block": only_loopback})
+    port = srv.sockets[0].getsockname()[1]
+    return Upstream(host, port, srv, schemes)

@@ -1,8 +1,10 @@
 """One way to send an aiohttp request through any kind of upstream proxy.
 
-HTTP and HTTPS-capable proxies go through the shared session with aiohttp's ``proxy=`` (absolute-form
-requests, credentials as ``proxy_auth``); SOCKS4/5 proxies get a session of their own over an
-aiohttp-socks connector, closed on exit.  Used by ``http_anonymity`` and ``site_reach``; the leading
+HTTP proxies go through the shared session with aiohttp's ``proxy=`` (absolute-form requests,
+credentials as ``proxy_auth``); ``https://`` proxies (TLS to the proxy itself) the same way over a
+session of their own whose connector holds the ``checker.upstream_tls_verify`` context (aiohttp uses one
+context for the proxy and the target); SOCKS4/5 proxies get a session of their own over an
+aiohttp-socks connector.  Own sessions are closed on exit.  Used by ``http_anonymity`` and ``site_reach``; the leading
 underscore keeps plugin discovery away from it.
 """
 
@@ -20,7 +22,8 @@ import aiohttp
 from aiohttp_socks import ProxyConnector
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
-from plugins import Proxy
+from config.tls import tls_failure
+from plugins import Proxy, ProxyProtocol
 
 __all__ = ["NETWORK_ERRORS", "Reply", "Through", "describe_failure"]
 
@@ -49,14 +52,19 @@ class Reply:
 class Through:
     """``async with Through(proxy, shared) as via: await via.get(url, timeout=5)``."""
 
-    def __init__(self, proxy: Proxy, shared: aiohttp.ClientSession) -> None:
+    def __init__(self, proxy: Proxy, shared: aiohttp.ClientSession, tls: ssl.SSLContext | None = None) -> None:
         self._proxy = proxy
         self._shared = shared
+        self._tls = tls
         self._own: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         if self._proxy.protocol.is_socks:
-            connector = ProxyConnector.from_url(self._proxy.url, limit=0)
+            connector: aiohttp.BaseConnector = ProxyConnector.from_url(self._proxy.url, limit=0)
+            self._own = aiohttp.ClientSession(connector=connector, trust_env=False)
+        elif self._proxy.protocol is ProxyProtocol.HTTPS:
+            tls = self._tls or ssl.create_default_context()
+            connector = aiohttp.TCPConnector(limit=0, force_close=True, ssl=tls)
             self._own = aiohttp.ClientSession(connector=connector, trust_env=False)
         return self
 
@@ -72,9 +80,9 @@ class Through:
         session = self._own or self._shared
         headers = {"Connection": "close"}  # one request per check: hold no idle sockets
         kwargs: dict[str, object] = {}
-        if self._own is None:
+        if not self._proxy.protocol.is_socks:
             up = self._proxy.upstream
-            kwargs["proxy"] = f"http://{up.netloc}"
+            kwargs["proxy"] = f"{'https' if up.protocol is ProxyProtocol.HTTPS else 'http'}://{up.netloc}"
             if up.username is not None:
                 # aiohttp sends proxy_headers only on CONNECT; a plain request carries them itself
                 credentials = _basic(up.username, up.password or "")
@@ -116,6 +124,10 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
     """A short reason naming the cause, never the proxy's credentials."""
     if isinstance(exc, (asyncio.TimeoutError, ProxyTimeoutError, aiohttp.ServerTimeoutError)):
         return f"timed out after {timeout:g}s"
+    if isinstance(exc, aiohttp.ClientSSLError) and isinstance(exc.os_error, ssl.SSLError):
+        return f"TLS failed: {tls_failure(exc.os_error)}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {tls_failure(exc)}"
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         return f"proxy answered {exc.status} {exc.message}".strip()
     if isinstance(exc, aiohttp.ClientProxyConnectionError):

@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 
 import aiohttp
 
 from config import Settings
+from config.tls import upstream_tls_context
 from plugins import CheckContext, CheckResult, Proxy
 
 from ._judge import JudgeFormatError, JudgeReply, grade, parse_judge_reply
@@ -91,8 +93,9 @@ class HttpAnonymityChecker:
     reprobe_after = 5.0  # after a failure through a proxy, re-verify a judge last seen longer ago
     judge_retry_after = 60.0  # an unhealthy judge is left alone this long
 
-    def __init__(self, timeout: float, judges: list[str]) -> None:
+    def __init__(self, timeout: float, judges: list[str], tls: ssl.SSLContext | None = None) -> None:
         self.timeout = timeout
+        self.tls = tls  # for https:// proxies
         self._judges = list(judges)
         self._turn = itertools.count()
         self.health = JudgeHealth(self.judge_retry_after)
@@ -143,7 +146,7 @@ class HttpAnonymityChecker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         client = context.http_client
-        async with Through(proxy, client) as via:
+        async with Through(proxy, client, self.tls) as via:
             for judge in self._order(judges):
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -199,4 +202,6 @@ class HttpAnonymityChecker:
 
 
 def create_plugin(settings: Settings) -> HttpAnonymityChecker:
-    return HttpAnonymityChecker(settings.checker.timeout, list(settings.checker.judges))
+    return HttpAnonymityChecker(
+        settings.checker.timeout, list(settings.checker.judges), upstream_tls_context(settings.checker.upstream_tls_verify)
+    )

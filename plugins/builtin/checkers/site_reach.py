@@ -8,8 +8,10 @@ answer: the proxy reached it).  Opts out when the list is empty.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from config import Settings
+from config.tls import upstream_tls_context
 from plugins import CheckContext, CheckResult, Proxy
 
 from ._through import NETWORK_ERRORS, Through, describe_failure
@@ -22,8 +24,11 @@ class SiteReachChecker:
     stage = 3
     priority = 10
 
-    def __init__(self, targets: list[str], minimum: int, timeout: float) -> None:
+    def __init__(
+        self, targets: list[str], minimum: int, timeout: float, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.timeout = timeout
+        self.tls = tls  # for https:// proxies
         self.targets = list(targets)
         self.minimum = min(minimum, len(self.targets))
 
@@ -39,7 +44,7 @@ class SiteReachChecker:
         return None if reply.status < 500 else f"answered {reply.status}"
 
     async def check(self, proxy: Proxy, context: CheckContext) -> CheckResult:
-        async with Through(proxy, context.http_client) as via:
+        async with Through(proxy, context.http_client, self.tls) as via:
             outcomes = await asyncio.gather(*(self._reach(via, url) for url in self.targets))
         failed = {url: why for url, why in zip(self.targets, outcomes, strict=True) if why is not None}
         reached = len(self.targets) - len(failed)
@@ -57,4 +62,9 @@ def create_plugin(settings: Settings) -> SiteReachChecker | None:
     targets = settings.checker.site_reach_targets
     if not targets:
         return None
-    return SiteReachChecker(targets, settings.checker.site_reach_min, settings.checker.timeout)
+    return SiteReachChecker(
+        targets,
+        settings.checker.site_reach_min,
+        settings.checker.timeout,
+        upstream_tls_context(settings.checker.upstream_tls_verify),
+    )
