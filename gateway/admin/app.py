@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.admin.common import OPEN_PATHS, POOL, error
+from gateway.admin.pac import add_pac_routes
 from gateway.admin.routes import add_pool_routes
 from gateway.admin.users import add_user_routes
 from pool.errors import DuplicateError, InvalidInputError, NotFoundError
@@ -43,6 +44,7 @@ def make_app(pool: ProxyPool) -> web.Application:
     app[POOL] = pool
     add_pool_routes(app)
     add_user_routes(app)
+    add_pac_routes(app)
     extra = getattr(pool, "admin_routes", None)
     if extra is not None:
         extra(app)

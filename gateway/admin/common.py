@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 __all__ = ["MAX_PAGE", "OPEN_PATHS", "POOL", "country_param", "enum_param", "error", "int_param", "json_object"]
 
 POOL = web.AppKey("pool", "ProxyPool")
-# No secrets behind these: health for orchestrators, metrics for Prometheus, the judge for checkers.
-OPEN_PATHS = frozenset({"/healthz", "/metrics", "/judge"})
+# No secrets behind these: health for orchestrators, metrics for Prometheus, the judge for checkers,
+# the PAC file for browsers.
+OPEN_PATHS = frozenset({"/healthz", "/metrics", "/judge", "/proxy.pac", "/wpad.dat"})
 MAX_PAGE = 1000
 
 

@@ -196,3 +196,31 @@ def test_json_logs_and_no_per_request_lines(tmp_path):
     assert proc.returncode == 0
     for line in rest.strip().splitlines():
         json.loads(line)
+
+
+async def test_pac_file_is_open_and_names_the_advertised_address(make_pool):
+    """/proxy.pac and /wpad.dat answer without the token, as a PAC, with gateway.public_address in them."""
+    pool = await make_pool(admin={"token": "sekrit"}, gateway={"public_address": "gw.lan:3128"})
+    host, port = pool.admin_address
+    async with aiohttp.ClientSession() as client:
+        for path in ("/proxy.pac", "/wpad.dat"):
+            async with client.get(f"http://{host}:{port}{path}") as resp:
+                body = await resp.text()
+                assert resp.status == 200
+                assert resp.headers["Content-Type"].startswith("application/x-ns-proxy-autoconfig")
+            assert "function FindProxyForURL(url, host)" in body
+            assert "PROXY gw.lan:3128; SOCKS5 gw.lan:3128" in body
+            assert "sekrit" not in body
+        async with client.get(f"http://{host}:{port}/api/stats") as resp:
+            assert resp.status == 401  # the token still guards the API
+
+
+async def test_pac_file_defaults_to_the_listen_address(make_pool):
+    """Without public_address the PAC names the gateway's bound address."""
+    pool = await make_pool()
+    host, port = pool.admin_address
+    gw_host, gw_port = pool.gateway_address
+    async with aiohttp.ClientSession() as client:
+        async with client.get(f"http://{host}:{port}/proxy.pac") as resp:
+            body = await resp.text()
+    assert f"PROXY {gw_host}:{gw_port}; SOCKS5 {gw_host}:{gw_port}" in body

@@ -47,18 +47,21 @@ def browser_app(count: int) -> web.Application:
     return app
 
 
-async def dump_dom(gateway: tuple[str, int], url: str, tmp_path) -> str:
+async def dump_dom(gateway: tuple[str, int], url: str, tmp_path, proxy: list[str] | None = None) -> str:
     """The page's DOM after its scripts ran.  A browser that printed nothing at all (it failed to
-    start, which happens on a starved machine) gets one more try; an error page is never retried."""
-    dom, err = await _dump_dom(gateway, url, tmp_path)
+    start, which happens on a starved machine) gets one more try; an error page is never retried.
+    ``proxy``: the proxy flags, default ``--proxy-server=http://GATEWAY`` without a loopback bypass."""
+    dom, err = await _dump_dom(gateway, url, tmp_path, proxy)
     if not dom.strip():
-        dom, err = await _dump_dom(gateway, url, tmp_path)
+        dom, err = await _dump_dom(gateway, url, tmp_path, proxy)
     assert dom.strip(), f"chromium printed nothing: {err[-800:]}"
     return dom
 
 
-async def _dump_dom(gateway: tuple[str, int], url: str, tmp_path) -> tuple[str, str]:
+async def _dump_dom(gateway: tuple[str, int], url: str, tmp_path, proxy: list[str] | None) -> tuple[str, str]:
     host, port = gateway
+    if proxy is None:
+        proxy = [f"--proxy-server=http://{host}:{port}", "--proxy-bypass-list=<-loopback>"]
     proc = await asyncio.create_subprocess_exec(
         CHROMIUM,
         "--headless",
@@ -80,8 +83,7 @@ async def _dump_dom(gateway: tuple[str, int], url: str, tmp_path) -> tuple[str, 
         "--disable-dev-shm-usage",
         "--ignore-certificate-errors",
         f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}",
-        f"--proxy-server=http://{host}:{port}",
-        "--proxy-bypass-list=<-loopback>",
+        *proxy,
         "--virtual-time-budget=20000",
         "--dump-dom",
         url,
@@ -142,5 +144,23 @@ async def test_browser_requests_rotate_per_request(make_pool, upstreams, tmp_pat
         peers = peers_of(dom)
         assert len(peers) == 24
         assert len(set(peers)) >= 3
+    finally:
+        await origin.close()
+
+
+async def test_browser_follows_the_pac_file(make_pool, tmp_path):
+    """With --proxy-pac-url at the admin's /proxy.pac, a loopback page loads direct and a public name goes to
+    the gateway (which, with an empty pool, answers its own 503: the proof the browser asked it)."""
+    origin = TestServer(browser_app(1), host="127.0.0.1")
+    await origin.start_server()
+    try:
+        pool = await make_pool([])
+        admin_host, admin_port = pool.admin_address
+        pac = [f"--proxy-pac-url=http://{admin_host}:{admin_port}/proxy.pac"]
+        dom = await dump_dom(pool.gateway_address, f"http://127.0.0.1:{origin.port}/", tmp_path, pac)
+        assert "proxy-pool browser page" in dom
+        assert peers_of(dom) == ["127.0.0.1"]  # direct: no upstream, no gateway
+        dom = await dump_dom(pool.gateway_address, "http://pac-target.example/", tmp_path, pac)
+        assert "no active proxy in the pool yet" in dom, dom[:400]
     finally:
         await origin.close()
