@@ -97,6 +97,7 @@ class ProxyPool:
             observe=self.metrics.check_done,
         )
         self.selector.on_bench = lambda proxy: self.pipeline.submit([proxy])
+        self.selector.on_suspect = lambda proxy: self.pipeline.submit([proxy])  # target failures: re-check now
         self.scraper = Scraper(
             self.store, self.registry, settings.fetch, on_new=self.pipeline.submit, on_scraped=self._scraped
         )

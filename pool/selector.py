@@ -25,6 +25,7 @@ Strategy = Literal["round_robin", "random", "fastest"]
 BucketKey = tuple[str | None, str | None, str | None]
 
 FASTEST_SPREAD = 5  # "fastest" spreads load over this many of the quickest
+SUSPECT_RECHECK_EVERY = 30.0  # seconds between two re-checks asked for by target failures of one upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +134,15 @@ class Selector:
         self._indexed: dict[int, tuple[BucketKey, ...]] = {}
         self._buckets: dict[BucketKey, _Bucket] = {}
         self._passive_failures: dict[int, int] = {}
+        self._target_streak: dict[int, list[str]] = {}  # distinct targets failed in a row, per upstream
+        self._suspected: dict[int, float] = {}  # when a target failure last asked for a re-check
         self.benched: set[int] = set()
         self._sessions: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._cooldowns: OrderedDict[tuple[str, int], float] = OrderedDict()
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counted: dict[int, tuple[str, str]] = {}
         self.on_bench: Callable[[Proxy], None] | None = None
+        self.on_suspect: Callable[[Proxy], None] | None = None  # re-check it now, in the background
         self.on_change: Callable[[], None] | None = None
 
     # the view ----------------------------------------------------------------------------
@@ -165,6 +169,7 @@ class Selector:
             # a passing check lifts a passive bench
             self.benched.discard(proxy.id)
             self._passive_failures.pop(proxy.id, None)
+            self._target_streak.pop(proxy.id, None)
         if proxy.status is ProxyStatus.ACTIVE and proxy.id not in self.benched:
             self._index(proxy)
         else:
@@ -182,6 +187,8 @@ class Selector:
         self._unindex(proxy)
         self.benched.discard(proxy_id)
         self._passive_failures.pop(proxy_id, None)
+        self._target_streak.pop(proxy_id, None)
+        self._suspected.pop(proxy_id, None)
         if self.on_change:
             self.on_change()
 
@@ -318,21 +325,53 @@ class Selector:
             self._sessions.popitem(last=False)
 
     # what the gateway learned ----------------------------------------------------------
-    def report(self, proxy: Proxy, ok: bool) -> None:
-        """Passive health: a real request's outcome.  Benches a proxy after a run of failures."""
+    def report(self, proxy: Proxy, ok: bool, *, target: str | None = None) -> None:
+        """Passive health: a real request's outcome.
+
+        ``target=None``: the upstream's own failure (not reachable, handshake refused, ...);
+        ``failure_limit`` of them in a row bench it.  ``target="host:port"``: the upstream worked but
+        said or showed that this target failed (closed the CONNECT, 502 about it, cut the answer):
+        one dead web site must not bench every proxy, so the upstream is benched only after failures
+        for ``failure_limit`` *distinct* targets in a row, and meanwhile an active re-check is asked
+        for (``on_suspect``, at most once per ``SUSPECT_RECHECK_EVERY``) whose failure marks it dead.
+        A success ends both runs.
+        """
+        pid = proxy.id
         if ok:
             if self._passive_failures:
-                self._passive_failures.pop(proxy.id, None)
+                self._passive_failures.pop(pid, None)
+            if self._target_streak:
+                self._target_streak.pop(pid, None)
             return
-        count = self._passive_failures.get(proxy.id, 0) + 1
-        self._passive_failures[proxy.id] = count
-        if count >= self.failure_limit and proxy.id not in self.benched and proxy.id in self._proxies:
-            self.benched.add(proxy.id)
-            self._unindex(proxy)
-            if self.on_bench:
-                self.on_bench(proxy)
-            if self.on_change:
-                self.on_change()
+        if pid not in self._proxies or pid in self.benched:
+            return
+        if target is None:
+            count = self._passive_failures.get(pid, 0) + 1
+            self._passive_failures[pid] = count
+            if count >= self.failure_limit:
+                self._bench(proxy)
+            return
+        streak = self._target_streak.setdefault(pid, [])
+        if target not in streak:
+            streak.append(target)
+        if len(streak) >= self.failure_limit:
+            self._bench(proxy)
+            return
+        now = self._clock()
+        last = self._suspected.get(pid)
+        if last is None or now - last >= SUSPECT_RECHECK_EVERY:
+            self._suspected[pid] = now
+            if self.on_suspect:
+                self.on_suspect(proxy)
+
+    def _bench(self, proxy: Proxy) -> None:
+        self.benched.add(proxy.id)
+        self._target_streak.pop(proxy.id, None)
+        self._unindex(proxy)
+        if self.on_bench:
+            self.on_bench(proxy)
+        if self.on_change:
+            self.on_change()
 
     def session_upstream(self, session: str) -> int | None:
         """The upstream id a sticky session holds, if any (for stats and tests)."""

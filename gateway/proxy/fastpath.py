@@ -178,7 +178,9 @@ class UpstreamProtocol(asyncio.Protocol):
                 self._finish(clean=used == len(data))
         except BadResponse as exc:
             self.close()
-            ex.upstream_failed(self, UpstreamError(f"upstream sent a malformed answer: {exc.message}", "protocol_error"))
+            ex.upstream_failed(
+                self, UpstreamError(f"upstream sent a malformed answer: {exc.message}", "protocol_error", target=ex.target)
+            )
 
     def _start_body(self, kind: http1.FramingKind, length: int, keep_alive: bool) -> None:
         self._responded = True
@@ -255,6 +257,11 @@ class Exchange:
         self._fresh_retry = False
         self._out = b""
         self._key: object = None
+
+    @property
+    def target(self) -> str:
+        """``host:port`` of the request, for passive health (``UpstreamError(target=...)``)."""
+        return f"{self.head.host}:{self.head.port}"
 
     # attempts -----------------------------------------------------------------------------
     @property
@@ -338,7 +345,7 @@ class Exchange:
         if self.responded:
             self.cut_short()
         else:
-            self._failed(UpstreamTimeout("upstream did not answer in time"))
+            self._failed(UpstreamTimeout("upstream did not answer in time", target=self.target))
 
     def _failed(self, exc: UpstreamError) -> None:
         self.conn = None
@@ -358,7 +365,7 @@ class Exchange:
             self.conn = None
             self._connect(self.proxy, fresh_retry=True)
             return
-        self._failed(UpstreamError("upstream closed the connection without answering", "reset"))
+        self._failed(UpstreamError("upstream closed the connection without answering", "reset", target=self.target))
 
     # the answer ---------------------------------------------------------------------------
     def response_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes:
@@ -402,7 +409,8 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self.server._report(self.proxy, False, UpstreamError("upstream cut the answer short", "reset"))  # noqa: SLF001
+        cut = UpstreamError("upstream cut the answer short", "reset", target=self.target)
+        self.server._report(self.proxy, False, cut)  # noqa: SLF001
         self.client.exchange_done(self, "upstream_error", False)
 
     def _refuse(self, refusal: Refusal) -> None:

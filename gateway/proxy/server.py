@@ -308,10 +308,12 @@ class GatewayServer(StreamPath):
         elif status in (400, 403, 405, 501) or 200 < status < 300:
             exchange.no_tunnel(proxy)
         elif status == 0:
-            exchange.connect_failed(UpstreamError("upstream closed the connection during CONNECT", "reset"))
+            exchange.connect_failed(
+                UpstreamError("upstream closed the connection during CONNECT", "reset", target=exchange.target)
+            )
         else:
             exchange.connect_failed(
-                UpstreamRefused(f"upstream answered CONNECT with {status}", "http_status", status)
+                UpstreamRefused(f"upstream answered CONNECT with {status}", "http_status", status, target=exchange.target)
             )
 
     def count_request(self, method: str, outcome: str, seconds: float) -> None:
@@ -394,8 +396,9 @@ class GatewayServer(StreamPath):
         return Refusal(503, f"no active proxy for {what}", "no_proxy")
 
     def _report(self, proxy: Proxy | None, ok: bool, exc: UpstreamError | None = None) -> None:
-        if proxy is not None and (exc is None or exc.blames_upstream):
-            self.selector.report(proxy, ok)
+        """Passive health: the upstream's own failure, or (``exc.target``) one about that target."""
+        if proxy is not None:
+            self.selector.report(proxy, ok, target=None if exc is None else exc.target)
         if exc is not None and self.metrics is not None:
             self.metrics.upstream_failure(exc.reason)  # type: ignore[attr-defined]
 

@@ -346,21 +346,23 @@ class StreamPath:
                 if raw is None:
                     if reused:
                         raise _StaleConnection()
-                    raise UpstreamError("upstream closed the connection without answering", "reset")
+                    raise UpstreamError("upstream closed the connection without answering", "reset", target=_target(head))
                 resp = http1.parse_response_head(raw)
                 if 100 <= resp.status < 200 and resp.status != 101:
                     continue  # interim answers: we sent our own 100 Continue already
                 return resp
         except TimeoutError:
-            raise UpstreamTimeout("upstream did not answer in time") from None
+            raise UpstreamTimeout("upstream did not answer in time", target=_target(head)) from None
         except (ConnectionError, OSError) as exc:
             if client.reader.exception() is not None or client.writer.is_closing():
                 raise _ClientGone() from None  # the client reset mid-upload: not the upstream's failure
             if reused and body is http1.Framing.NONE:
                 raise _StaleConnection() from None
-            raise UpstreamError(f"upstream connection failed: {type(exc).__name__}", "reset") from None
+            raise UpstreamError(f"upstream connection failed: {type(exc).__name__}", "reset", target=_target(head)) from None
         except http1.BadResponse as exc:
-            raise UpstreamError(f"upstream sent a malformed answer: {exc.message}", "protocol_error") from None
+            raise UpstreamError(
+                f"upstream sent a malformed answer: {exc.message}", "protocol_error", target=_target(head)
+            ) from None
 
     def _count_up(self, n: int) -> None:
         if self._on_bytes is not None:
@@ -389,7 +391,7 @@ class StreamPath:
             )
         except (http1.IncompleteBody, http1.BadResponse):
             conn.close()
-            self._report(proxy, False, UpstreamError("upstream cut the answer short", "reset"))
+            self._report(proxy, False, UpstreamError("upstream cut the answer short", "reset", target=_target(head)))
             return False
         except (ConnectionError, OSError):
             conn.close()
@@ -404,6 +406,11 @@ class StreamPath:
 
 class _ClientGone(Exception):
     """The client went away mid-request: nothing to answer."""
+
+
+def _target(head: http1.RequestHead) -> str:
+    """``host:port`` a failure concerns, for passive health."""
+    return f"{head.host}:{head.port}"
 
 
 class _StaleConnection(UpstreamError):

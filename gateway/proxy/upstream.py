@@ -51,20 +51,25 @@ STREAM_LIMIT = 1 << 17
 class UpstreamError(GatewayError):
     """An upstream could not carry the request.  ``reason`` is a bounded label.
 
-    ``blames_upstream`` is False when the upstream itself worked and said the *target* is
-    unreachable (CONNECT 502/503/504, SOCKS "host unreachable"): passive health must not bench
-    every proxy because one web site is down.
+    ``target`` ("host:port") is set when the failure concerns that target, not the upstream: the
+    upstream took the request, then said the target is unreachable (CONNECT 502/503/504, SOCKS
+    "host unreachable"), closed the CONNECT or the request without answering, or cut the answer
+    short.  Then ``blames_upstream`` is False and passive health counts it against the target
+    (``Selector.report(proxy, False, target=...)``): one dead web site must not bench every proxy.
     """
 
     reason = "error"
     status = 502
     blames_upstream = True
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, reason: str | None = None, *, target: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         if reason is not None:
             self.reason = reason
+        self.target = target
+        if target is not None:
+            self.blames_upstream = False
 
     def __str__(self) -> str:
         return self.message
@@ -85,11 +90,12 @@ class UpstreamRefused(UpstreamError):
     TARGET_HTTP = frozenset({502, 503, 504})
     TARGET_SOCKS = frozenset({3, 4, 5, 6})  # network/host unreachable, connection refused, TTL expired
 
-    def __init__(self, message: str, reason: str = "socks_error", status_code: int | None = None) -> None:
-        super().__init__(message, reason)
-        self.status_code = status_code
+    def __init__(
+        self, message: str, reason: str = "socks_error", status_code: int | None = None, *, target: str | None = None
+    ) -> None:
         codes = self.TARGET_HTTP if reason == "http_status" else self.TARGET_SOCKS
-        self.blames_upstream = status_code not in codes
+        super().__init__(message, reason, target=target if status_code in codes else None)
+        self.status_code = status_code
 
 
 _SOCKS_TYPES = {
@@ -130,6 +136,7 @@ async def open_tunnel(
         password=(up.password or "") if up.has_credentials else None,
         rdns=True,
     )
+    target = f"{host}:{port}"
     try:
         sock = await proxy.connect(host, port, timeout=timeout)
     except ProxyTimeoutError:
@@ -139,11 +146,16 @@ async def open_tunnel(
     except ProxyError as exc:
         code = getattr(exc, "error_code", None)
         if up.protocol in (ProxyProtocol.HTTP, ProxyProtocol.HTTPS):
+            if code is None and "Invalid proxy response" in str(exc):  # python-socks: the reply was empty
+                raise UpstreamError("upstream closed the connection during CONNECT", "reset", target=target) from None
             raise UpstreamRefused(
-                f"upstream answered CONNECT with {code or 'an error'}", "http_status", code if isinstance(code, int) else None
+                f"upstream answered CONNECT with {code or 'an error'}",
+                "http_status",
+                code if isinstance(code, int) else None,
+                target=target,
             ) from None
         raise UpstreamRefused(
-            f"{up.protocol} upstream refused: {exc}", "socks_error", code if isinstance(code, int) else None
+            f"{up.protocol} upstream refused: {exc}", "socks_error", code if isinstance(code, int) else None, target=target
         ) from None
     except TimeoutError:
         raise UpstreamTimeout(f"{up.protocol} upstream timed out") from None

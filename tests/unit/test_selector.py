@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus, UpstreamURL
-from pool.selector import FASTEST_SPREAD, Route, Selector
+from pool.selector import FASTEST_SPREAD, SUSPECT_RECHECK_EVERY, Route, Selector
 
 _ids = count(1)
 
@@ -324,6 +324,50 @@ def test_benching_fires_once():
     for _ in range(5):
         sel.report(a, False)
     assert fired == [a.id]
+
+
+def test_failures_for_one_target_never_bench_but_ask_for_one_recheck():
+    """A thousand failures about one dead target bench nothing; they ask for an active re-check, at
+    most once per SUSPECT_RECHECK_EVERY."""
+    a, b = make_proxy(), make_proxy()
+    clock = Clock()
+    sel = selector(a, b, failure_limit=3, clock=clock)
+    suspects: list[int] = []
+    sel.on_suspect = lambda p: suspects.append(p.id)
+    for _ in range(1000):
+        sel.report(a, False, target="127.0.0.1:1")
+    assert not sel.benched and sel.active_count == 2
+    assert suspects == [a.id]
+    clock.now += SUSPECT_RECHECK_EVERY
+    sel.report(a, False, target="127.0.0.1:1")
+    assert suspects == [a.id, a.id]
+
+
+def test_failures_for_distinct_targets_in_a_row_bench():
+    """failure_limit distinct failing targets in a row bench the upstream; a success ends the run."""
+    a = make_proxy()
+    sel = selector(a, failure_limit=3)
+    benched: list[int] = []
+    sel.on_bench = lambda p: benched.append(p.id)
+    for target in ("x:1", "y:1", "x:1"):
+        sel.report(a, False, target=target)
+    sel.report(a, True)
+    for target in ("y:1", "z:1"):
+        sel.report(a, False, target=target)
+    assert not benched, "two distinct targets since the last success are not enough"
+    sel.report(a, False, target="x:1")
+    assert benched == [a.id] and sel.active_count == 0
+
+
+def test_target_failures_and_own_failures_are_counted_apart():
+    """Target failures do not add to the upstream's own run and the other way round."""
+    a = make_proxy()
+    sel = selector(a, failure_limit=2)
+    sel.report(a, False)
+    sel.report(a, False, target="x:1")
+    assert not sel.benched
+    sel.report(a, False)
+    assert sel.benched == {a.id}
 
 
 def test_report_on_removed_proxy_is_harmless():
