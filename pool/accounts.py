@@ -2,10 +2,14 @@
 
 The gateway asks three synchronous questions per request and none touches the disk:
 
-- ``authenticate(name, password)``: the slow salted hash (scrypt) is paid once per user and
-  password; after that a keyed digest of the password is compared in constant time.  A password
-  change drops the cached digest.  Slow verifications that fail are rate limited (per user and in
-  total) so wrong passwords cannot keep the event loop busy hashing.
+- ``check_cached(name, password)``: a user whose password already passed the slow salted hash
+  (scrypt) is recognised by a keyed digest compared in constant time; None means "not known yet",
+  and the caller awaits ``verify(name, password, client)``, which runs scrypt in a worker thread,
+  never on the event loop.  A password change drops the cached digest.  Unknown names are hashed
+  against a dummy hash, so they cost what a wrong password costs (no telling names apart by time).
+  Failed verifications are rate limited per client address (a guesser only slows itself down,
+  never the real user's correct password) and in total (the scrypt flood guard); a (name,
+  password) pair that failed is remembered for a while and refused without hashing, known or not.
 - ``charge(user, cost)``: balance check and decrement in one synchronous step (no ``await``), so
   under any concurrency the balance never goes below zero and no credit is spent twice.
 - ``refund(user, cost)``: gives a charge back (the gateway's own 5xx answers).
@@ -36,8 +40,10 @@ import logging
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from config.settings import CreditsSettings
@@ -208,16 +214,13 @@ class _Account:
     balance: int
     spent: int = 0  # charged since the last flush
     refunded: int = 0  # refunded since the last flush
-    verified: bytes | None = None  # keyed digest of the password that passed scrypt
-    rejected: list[bytes] = field(default_factory=list)  # digests that failed it (bounded)
-    failures: _Bucket = field(default_factory=lambda: _Bucket(5, 0.5))
+    verified: bytes | None = None  # keyed digest of the (name, password) that passed scrypt
     low_armed: bool = True
     exhausted_armed: bool = True
 
     def forget_password(self, password_hash: str) -> None:
         self.password_hash = password_hash
         self.verified = None
-        self.rejected.clear()
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,11 @@ class UserView:
 class Accounts:
     """Users and balances in memory, the ledger in the store; see the module docstring."""
 
-    REJECTED_KEEP = 8
+    REJECTED_KEEP = 4096  # failed (name, password) pairs refused without hashing again
+    CLIENT_BURST, CLIENT_RATE = 5, 0.5  # failed verifications per client address: burst, then per second
+    CLIENT_KEEP = 10_000  # client addresses whose failures are remembered
+    FLOOD_BURST, FLOOD_RATE = 20, 10.0  # failed verifications, every client together
+    SCRYPT_THREADS = 2
 
     def __init__(
         self,
@@ -252,7 +259,12 @@ class Accounts:
         self._by_name: dict[str, _Account] = {}
         self._by_id: dict[int, _Account] = {}
         self._key = secrets.token_bytes(32)  # keys the cached digests; never leaves this process
-        self._slow_budget = _Bucket(20, 10.0)  # failing scrypt verifications, all users together
+        self.flood_guard = _Bucket(self.FLOOD_BURST, self.FLOOD_RATE)  # the scrypt flood guard
+        self._client_budgets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._rejected: OrderedDict[bytes, None] = OrderedDict()
+        self._in_flight: dict[bytes, asyncio.Future[bool]] = {}  # one scrypt per pair at a time
+        self._hasher: ThreadPoolExecutor | None = None
+        self._dummy_hash = ""  # what an unknown name is checked against (made on first use)
         self._ledger_cursor = 0
         self._user_rev = 0
         self._own_rows: set[int] = set()
@@ -284,6 +296,9 @@ class Accounts:
     async def close(self) -> None:
         """Stop the loop and write what is pending: a clean stop loses nothing."""
         await self._tasks.close()
+        if self._hasher is not None:
+            self._hasher.shutdown(wait=False, cancel_futures=True)
+            self._hasher = None
         try:
             await self.flush()
         except Exception as exc:  # noqa: BLE001  (shutdown goes on; say what is lost)
@@ -302,29 +317,87 @@ class Accounts:
                 log.error("credit ledger flush failed: %s: %s", type(exc).__name__, exc)
 
     # the hot path (synchronous, in memory) --------------------------------------------------
-    def _digest(self, password: str) -> bytes:
-        return hmac.digest(self._key, password.encode(), "sha256")
+    def _digest(self, name: str, password: str) -> bytes:
+        return hmac.digest(self._key, f"{name}\0{password}".encode(), "sha256")
 
-    def authenticate(self, name: str, password: str) -> str | None:
+    def check_cached(self, name: str, password: str) -> str | None:
+        """The user, when this password already passed ``verify``; None: not known, ``verify`` it."""
         account = self._by_name.get(name)
-        if account is None:
+        if account is None or account.verified is None:
             return None
-        digest = self._digest(password)
-        if account.verified is not None and hmac.compare_digest(digest, account.verified):
+        if hmac.compare_digest(self._digest(name, password), account.verified):
             return account.name
-        if any(hmac.compare_digest(digest, seen) for seen in account.rejected):
-            return None
-        if not account.failures.take() or not self._slow_budget.take():
-            return None  # too many wrong passwords lately: refuse without hashing
-        self.slow_verifications += 1
-        if verify_password(password, account.password_hash):
-            account.verified = digest
-            account.failures.tokens += 1  # a success does not use up the failure budget
-            self._slow_budget.tokens += 1
-            return account.name
-        account.rejected.append(digest)
-        del account.rejected[: -self.REJECTED_KEEP]
         return None
+
+    async def verify(self, name: str, password: str, client: str = "") -> str | None:
+        """The full check, for a cache miss: scrypt in a worker thread, the same cost for unknown
+        names and wrong passwords, failures throttled per ``client`` address and in total."""
+        digest = self._digest(name, password)
+        account = self._by_name.get(name)
+        if account is not None and account.verified is not None and hmac.compare_digest(digest, account.verified):
+            return account.name
+        if digest in self._rejected:
+            self._rejected.move_to_end(digest)
+            return None
+        running = self._in_flight.get(digest)
+        if running is not None:  # the same pair is being hashed: share that answer
+            return name if await asyncio.shield(running) else None
+        budget = self._client_budget(client)
+        if not budget.take():
+            return None  # this address guessed wrong too often lately: refuse without hashing
+        if not self.flood_guard.take():
+            budget.tokens += 1
+            return None  # everyone together: the flood guard
+        stored = account.password_hash if account is not None else await self._dummy()
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._in_flight[digest] = future
+        try:
+            self.slow_verifications += 1
+            ok = await asyncio.get_running_loop().run_in_executor(self._executor(), verify_password, password, stored)
+            ok = ok and account is not None and account.password_hash == stored and self._still(account, name)
+            future.set_result(ok)
+        except BaseException:
+            if not future.done():
+                future.set_result(False)  # whoever shares this check gets a refusal, not our exception
+            raise
+        finally:
+            self._in_flight.pop(digest, None)
+        if ok:
+            assert account is not None
+            account.verified = digest
+            budget.tokens += 1  # a success does not use up the failure budgets
+            self.flood_guard.tokens += 1
+            return account.name
+        self._rejected[digest] = None
+        while len(self._rejected) > self.REJECTED_KEEP:
+            self._rejected.popitem(last=False)
+        return None
+
+    def _still(self, account: _Account | None, name: str) -> bool:
+        """The account verified against is still the one of that name (not removed, not replaced)."""
+        return account is not None and self._by_name.get(name) is account
+
+    def _client_budget(self, client: str) -> _Bucket:
+        budget = self._client_budgets.get(client)
+        if budget is None:
+            budget = self._client_budgets[client] = _Bucket(self.CLIENT_BURST, self.CLIENT_RATE)
+            while len(self._client_budgets) > self.CLIENT_KEEP:
+                self._client_budgets.popitem(last=False)
+        else:
+            self._client_budgets.move_to_end(client)
+        return budget
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(self.SCRYPT_THREADS, thread_name_prefix="scrypt")
+        return self._hasher
+
+    async def _dummy(self) -> str:
+        if not self._dummy_hash:
+            self._dummy_hash = await asyncio.get_running_loop().run_in_executor(
+                self._executor(), hash_password, secrets.token_urlsafe(24)
+            )
+        return self._dummy_hash
 
     def charge(self, user: str, cost: int) -> bool:
         account = self._by_name.get(user)
@@ -383,7 +456,7 @@ class Accounts:
             await self._sync()
         account = self._by_name.get(name)
         if account is not None and account.password_hash == new.record.password_hash:
-            account.verified = self._digest(new.password)  # we know it: no scrypt on first use
+            account.verified = self._digest(name, new.password)  # we know it: no scrypt on first use
         return new
 
     async def credit(self, name: str, amount: object) -> int:
@@ -408,7 +481,7 @@ class Accounts:
             await self._sync()
         account = self._by_name.get(name)
         if account is not None and account.password_hash == record.password_hash:
-            account.verified = self._digest(password)
+            account.verified = self._digest(name, password)
         return password
 
     # write-behind ---------------------------------------------------------------------------
@@ -466,9 +539,11 @@ class Accounts:
                 self._remember(record, record.balance)
             elif known.password_hash != record.password_hash:
                 known.forget_password(record.password_hash)
+                self._rejected.clear()  # a pair refused before may be the new password
 
     def _remember(self, record: UserRecord, balance: int) -> None:
         account = _Account(record.id, record.name, record.password_hash, balance)
+        self._rejected.clear()  # a pair refused for an unknown name may be this new user's
         # armed only when there is something to cross: a user loaded (or created) below the
         # threshold, or broke, gets no event until a top-up lifts the balance
         account.low_armed = balance >= self.settings.low_balance_threshold

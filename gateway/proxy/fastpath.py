@@ -605,8 +605,9 @@ class ClientProtocol(asyncio.Protocol):
         self._paused_upstream = False
 
     # the way out ------------------------------------------------------------------------------
-    def to_streams(self, head: http1.RequestHead, admission: Admission, picked: Picked | None = None) -> None:
-        """Hand this connection to the stream path, ``head`` already read and admitted."""
+    def to_streams(self, head: http1.RequestHead, admission: Admission | None, picked: Picked | None = None) -> None:
+        """Hand this connection to the stream path, ``head`` already read and admitted (None: the
+        stream path admits it, awaiting the slow password check)."""
         assert self.transport is not None
         self.handed_over = True
         self.exchange = None

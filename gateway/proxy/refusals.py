@@ -14,7 +14,7 @@ from gateway.proxy.upstream import UpstreamError, UpstreamTimeout
 from pool.models import Proxy
 from pool.selector import Route
 
-__all__ = ["AUTH_REALM", "Admission", "Attempts", "KEEP_AFTER", "Picked", "Refusal"]
+__all__ = ["AUTH_REALM", "Admission", "Attempts", "KEEP_AFTER", "NeedsVerification", "Picked", "Refusal"]
 
 KEEP_AFTER = frozenset({402, 403, 407, 503})
 AUTH_REALM = [("Proxy-Authenticate", 'Basic realm="proxy-pool"')]
@@ -38,6 +38,19 @@ class Refusal(GatewayError):
             and not head.is_connect
             and http1.request_body_framing(head) is http1.Framing.NONE
         )
+
+
+class NeedsVerification(GatewayError):
+    """Credentials not in the accounts' cache: the slow check (a thread) must be awaited first,
+    which the synchronous fast path cannot do; the request goes to the stream path for it."""
+
+    def __init__(self, name: str, password: str) -> None:
+        super().__init__("credentials need the slow check")
+        self.name = name
+        self.password = password
+
+    def __repr__(self) -> str:  # never the password
+        return "NeedsVerification()"
 
 
 @dataclass(slots=True)

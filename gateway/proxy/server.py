@@ -22,7 +22,7 @@ from config.tls import upstream_tls_context
 from gateway.proxy import http1
 from gateway.proxy.fastpath import ClientProtocol, Exchange, UpstreamProtocol, open_error
 from gateway.proxy.loops import OwnAddresses
-from gateway.proxy.refusals import AUTH_REALM, Admission, Picked, Refusal
+from gateway.proxy.refusals import AUTH_REALM, Admission, NeedsVerification, Picked, Refusal
 from gateway.proxy.routing import Credentials, RouteError, parse_proxy_authorization, route_for
 from gateway.proxy.streampath import ClientReader, StreamPath, _Client
 from gateway.proxy.upstream import (
@@ -46,7 +46,8 @@ access_log = logging.getLogger("proxy_pool.access")
 
 
 class Accounts:  # the shape the gateway needs from pool.accounts (structural)
-    def authenticate(self, username: str, password: str) -> str | None: ...
+    def check_cached(self, username: str, password: str) -> str | None: ...
+    async def verify(self, username: str, password: str, client: str = "") -> str | None: ...
     def charge(self, user: str, cost: int) -> bool: ...
     def refund(self, user: str, cost: int) -> None: ...
 
@@ -211,7 +212,7 @@ class GatewayServer(StreamPath):
                 break
 
     def hand_over(
-        self, client: ClientProtocol, head: http1.RequestHead, rest: bytes, admission: Admission,
+        self, client: ClientProtocol, head: http1.RequestHead, rest: bytes, admission: Admission | None,
         picked: Picked | None = None,
     ) -> None:
         """Continue a connection on the stream path: its transport gets a StreamReaderProtocol."""
@@ -233,7 +234,7 @@ class GatewayServer(StreamPath):
         )
 
     async def _run_streams(
-        self, client: ClientProtocol, streamed: _Client, head: http1.RequestHead, admission: Admission,
+        self, client: ClientProtocol, streamed: _Client, head: http1.RequestHead, admission: Admission | None,
         picked: Picked | None,
     ) -> None:
         try:
@@ -254,6 +255,9 @@ class GatewayServer(StreamPath):
             admission = self.admit_request(head)
         except Refusal as refusal:
             client.refuse(refusal, head)
+            return
+        except NeedsVerification:
+            client.to_streams(head, None)  # the stream path awaits the slow password check
             return
         if (
             self._fast_eligible_base
@@ -326,10 +330,13 @@ class GatewayServer(StreamPath):
         self.count_request(method, refusal.outcome, seconds)
 
     # the policy both paths share ----------------------------------------------------------
-    def admit_request(self, head: http1.RequestHead) -> Admission:
-        """Check the target, authenticate, and charge: once per request, before any dialing."""
+    def admit_request(self, head: http1.RequestHead, verified: str | None = None) -> Admission:
+        """Check the target, authenticate, and charge: once per request, before any dialing.
+
+        Raises ``NeedsVerification`` for credentials the accounts have not verified yet: then
+        ``admit_request_slow`` does the slow check without blocking the loop."""
         self._check_target(head)
-        user, route = self._authorize(head)
+        user, route = self._authorize(head, verified)
         if user is None and route is ANY_ROUTE:
             return _ANYONE_ANYWHERE
         cost = self.settings.credits.cost_per_request if user is not None else 0
@@ -353,7 +360,19 @@ class GatewayServer(StreamPath):
         if head.port in self._own.ports and self._own.loops(head.host, head.port):
             raise Refusal(403, "request loops back to the gateway itself", "forbidden")
 
-    def _authorize(self, head: http1.RequestHead) -> tuple[str | None, Route]:
+    async def admit_request_slow(self, head: http1.RequestHead, peer: str) -> Admission:
+        """``admit_request``, awaiting the slow password check (a worker thread) on a cache miss;
+        failures are throttled per client address (``peer`` is ``host:port``)."""
+        try:
+            return self.admit_request(head)
+        except NeedsVerification as need:
+            assert self.accounts is not None
+            user = await self.accounts.verify(need.name, need.password, client=peer.rpartition(":")[0])
+        if user is None:
+            raise Refusal(407, "proxy authentication failed", "auth_required", AUTH_REALM)
+        return self.admit_request(head, verified=user)
+
+    def _authorize(self, head: http1.RequestHead, verified: str | None = None) -> tuple[str | None, Route]:
         if head.proxy_authorization is None and not head.pool_params and self.gw.auth == "none":
             return None, ANY_ROUTE  # the common case: nothing asked, nothing to check
         creds: Credentials | None = parse_proxy_authorization(head.proxy_authorization)
@@ -362,9 +381,10 @@ class GatewayServer(StreamPath):
                 raise Refusal(407, "proxy authentication required", "auth_required", AUTH_REALM)
             assert self.accounts is not None
             # who first (407 for strangers, whatever they ask), then what they ask (400 naming the part)
-            user = self.accounts.authenticate(creds.username.split("-", 1)[0], creds.password)
+            name = creds.username.split("-", 1)[0]
+            user = verified if verified == name else self.accounts.check_cached(name, creds.password)
             if user is None:
-                raise Refusal(407, "proxy authentication failed", "auth_required", AUTH_REALM)
+                raise NeedsVerification(name, creds.password)
             try:
                 _, route = route_for(creds.username, head.pool_params, with_name=True)
             except RouteError as exc:

@@ -70,7 +70,7 @@ class StreamPath:
     """Methods of ``GatewayServer`` that serve a connection with streams (see the module docstring)."""
 
     async def _serve(
-        self, client: _Client, first: tuple[http1.RequestHead, Admission, Picked | None] | None = None
+        self, client: _Client, first: tuple[http1.RequestHead, Admission | None, Picked | None] | None = None
     ) -> None:
         if first is not None:
             keep = await self._one(client, first[0], admission=first[1], picked=first[2])
@@ -144,7 +144,7 @@ class StreamPath:
     ) -> bool:
         """Serve one request; True when the client connection stays open for the next."""
         if admission is None:  # else the callback path admitted (and charged) it already
-            admission = self.admit_request(head)
+            admission = await self.admit_request_slow(head, client.peer)
         route = admission.route
         try:
             if head.is_connect:

@@ -168,48 +168,81 @@ async def test_authenticate_pays_scrypt_once(store):
     """100 logins with the right password cost one slow verification; wrong ones are refused."""
     new = await create_user(store, "alice", 5)
     accounts = await open_accounts(store)
+    assert accounts.check_cached("alice", new.password) is None  # not verified yet
+    assert await accounts.verify("alice", new.password) == "alice"
     for _ in range(100):
-        assert accounts.authenticate("alice", new.password) == "alice"
+        assert accounts.check_cached("alice", new.password) == "alice"
+        assert await accounts.verify("alice", new.password) == "alice"
     assert accounts.slow_verifications == 1
-    assert accounts.authenticate("alice", "wrong") is None
-    assert accounts.authenticate("alice", "wrong") is None  # remembered: no second hash
+    assert await accounts.verify("alice", "wrong") is None
+    assert await accounts.verify("alice", "wrong") is None  # remembered: no second hash
+    assert accounts.check_cached("alice", "wrong") is None
     assert accounts.slow_verifications == 2
-    assert accounts.authenticate("nobody", new.password) is None
-    assert accounts.authenticate("ALICE", new.password) is None
+    assert await accounts.verify("nobody", new.password) is None
+    assert await accounts.verify("ALICE", new.password) is None
+    assert accounts.slow_verifications == 4  # unknown names are hashed too (against a dummy)
 
 
 async def test_wrong_password_storm_is_throttled(store):
-    """Many different wrong passwords stop costing a hash after a small burst."""
+    """Many different wrong passwords from one address stop costing a hash after a small burst."""
     await create_user(store, "alice", 5)
     accounts = await open_accounts(store)
     for i in range(50):
-        assert accounts.authenticate("alice", f"guess{i}") is None
+        assert await accounts.verify("alice", f"guess{i}", client="127.0.0.2") is None
     assert accounts.slow_verifications <= 6
+
+
+async def test_flood_guard_caps_hashes_from_many_addresses(store):
+    """200 wrong guesses at once from 200 addresses cost at most the global burst of hashes."""
+    await create_user(store, "alice", 5)
+    accounts = await open_accounts(store)
+    guesses = [accounts.verify("alice", f"guess{i}", client=f"10.0.{i}.1") for i in range(200)]
+    assert await asyncio.gather(*guesses) == [None] * 200
+    assert accounts.slow_verifications <= Accounts.FLOOD_BURST + 1
+
+
+async def test_guesses_from_one_address_do_not_lock_out_another(store):
+    """An address that used up its failure budget does not stop the real user's first correct login."""
+    new = await create_user(store, "alice", 5)
+    accounts = await open_accounts(store)
+    for i in range(20):
+        assert await accounts.verify("alice", f"guess{i}", client="127.0.0.2") is None
+    assert await accounts.verify("alice", new.password, client="127.0.0.1") == "alice"
+
+
+async def test_concurrent_first_logins_share_one_hash(store):
+    """Ten requests with the same uncached password at once cost one scrypt run, and all pass."""
+    new = await create_user(store, "alice", 5)
+    accounts = await open_accounts(store)
+    results = await asyncio.gather(*(accounts.verify("alice", new.password) for _ in range(10)))
+    assert results == ["alice"] * 10
+    assert accounts.slow_verifications == 1
 
 
 async def test_password_change_invalidates_the_cache(store):
     """After a password change the old password fails at once and the new one works."""
     new = await create_user(store, "alice", 5)
     accounts = await open_accounts(store)
-    assert accounts.authenticate("alice", new.password) == "alice"
+    assert await accounts.verify("alice", new.password) == "alice"
     fresh = await accounts.set_password("alice")
-    assert accounts.authenticate("alice", new.password) is None
-    assert accounts.authenticate("alice", fresh) == "alice"
+    assert await accounts.verify("alice", new.password) is None
+    assert accounts.check_cached("alice", fresh) == "alice"
 
 
 async def test_password_changed_by_another_process_is_picked_up(store, tmp_path):
     """A password changed through another connection stops working after the next flush."""
     new = await create_user(store, "alice", 5)
     accounts = await open_accounts(store)
-    assert accounts.authenticate("alice", new.password) == "alice"
+    assert await accounts.verify("alice", new.password) == "alice"
     other = await SqliteStore.open(tmp_path / "pool.db")
     try:
         await other.set_password("alice", hash_password("elsewhere"))
     finally:
         await other.close()
     await accounts.flush()
-    assert accounts.authenticate("alice", new.password) is None
-    assert accounts.authenticate("alice", "elsewhere") == "alice"
+    assert accounts.check_cached("alice", new.password) is None
+    assert await accounts.verify("alice", new.password) is None
+    assert await accounts.verify("alice", "elsewhere") == "alice"
 
 
 # charging ---------------------------------------------------------------------------------
@@ -294,7 +327,7 @@ async def test_credit_and_user_written_elsewhere_are_picked_up(store, tmp_path):
     await accounts.flush()
     assert accounts.balance("alice") == 13
     assert accounts.balance("bob") == 4
-    assert accounts.authenticate("bob", bob.password) == "bob"
+    assert await accounts.verify("bob", bob.password) == "bob"
     assert accounts.balance("alice") == await ledger_sum(store, 1)
 
 
