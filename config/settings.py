@@ -149,6 +149,9 @@ class GatewaySettings(_Section):
 class AdminSettings(_Section):
     listen: str = "127.0.0.1:8898"
     token: SecretStr | None = None
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host names the admin answers besides loopback and its listen address"
+    )
 
     @field_validator("listen")
     @classmethod

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 from config import ConfigError, Settings
+from gateway.admin.token import ensure_token
 from gateway.metrics import Metrics
 from gateway.proxy.server import GatewayServer
 from plugins.discovery import load_all_plugins
 from plugins.registry import PluginConflictError, PluginRegistry
 from pool.accounts import Accounts
+from pool.dbfiles import ServeLock, ServeLockHeld, database_file
 from pool.errors import DuplicateError
 from pool.events import EventBus
 from pool.pipeline import Pipeline, PoolLowWatch
@@ -53,11 +55,24 @@ class ProxyPool:
         self.notifier_health: dict[str, dict[str, Any]] = {}
         self.accounts: Any = None
         self._changed = asyncio.Event()
+        self._lock: ServeLock | None = None
+        self.admin_token = ""
 
     async def start(self) -> None:
         settings = self.settings
-        self.store = await SqliteStore.open(settings.storage.path)
+        database = database_file(settings.storage.path)
+        if database is not None:  # a shared store (PostgreSQL) has replicas by design: no lock
+            lock = ServeLock(database)
+            try:
+                lock.acquire()
+            except ServeLockHeld as exc:
+                raise ConfigError(str(exc)) from None
+            self._lock = lock
         try:
+            self.admin_token, token_path = ensure_token(settings)
+            if token_path is not None:
+                log.info("admin API token: in %s (`proxy-pool admin-token` prints it)", token_path)
+            self.store = await SqliteStore.open(settings.storage.path)
             await self._start()
         except BaseException:
             await self.stop()
@@ -112,7 +127,7 @@ class ProxyPool:
         )
         self.accounts.start()
         self.gateway = GatewayServer(settings, self.selector, metrics=self.metrics, accounts=self.accounts)
-        self.admin_runner, self.admin_address = await start_admin(self, admin_host, admin_port)
+        self.admin_runner, self.admin_address = await start_admin(self, admin_host, admin_port, self.admin_token)
         self.gateway.add_own_address(*self.admin_address)
         self.pipeline.self_judge = f"http://{_netloc(*self.admin_address)}/judge"
         await self._sync_sources()
@@ -239,6 +254,9 @@ class ProxyPool:
         store = getattr(self, "store", None)
         if store is not None:
             await store.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         self.started = False
 
 

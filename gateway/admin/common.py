@@ -11,12 +11,9 @@ from pool.errors import InvalidInputError
 if TYPE_CHECKING:
     pass
 
-__all__ = ["MAX_PAGE", "OPEN_PATHS", "POOL", "country_param", "enum_param", "error", "int_param", "json_object"]
+__all__ = ["MAX_PAGE", "POOL", "country_param", "enum_param", "error", "int_param", "json_object"]
 
 POOL = web.AppKey("pool", "ProxyPool")
-# No secrets behind these: health for orchestrators, metrics for Prometheus, the judge for checkers,
-# the PAC file for browsers.
-OPEN_PATHS = frozenset({"/healthz", "/metrics", "/judge", "/proxy.pac", "/wpad.dat"})
 MAX_PAGE = 1000
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from config import Settings
+from gateway.admin.token import NoTokenYet, stored_token
 from gateway.app import ProxyPool, open_registry
 from gateway.cli.common import CommandFailed, emit, open_store
 from gateway.cli.users import users_command
@@ -26,7 +27,7 @@ from pool.scraper import Scraper
 from pool.sources import add_source
 from pool.store import ProxyFilter
 
-__all__ = ["CommandFailed", "run", "serve"]
+__all__ = ["CommandFailed", "admin_token", "run", "serve"]
 
 log = logging.getLogger("proxy_pool")
 
@@ -70,6 +71,16 @@ async def _serve(settings: Settings, extra_sources: list[str]) -> int:
     finally:
         await pool.stop()
     log.info("stopped")
+    return 0
+
+
+# admin-token ------------------------------------------------------------------------------
+def admin_token(args: argparse.Namespace) -> int:
+    """Print the token for scripts (``curl -H "Authorization: Bearer $(proxy-pool admin-token)"``)."""
+    try:
+        print(stored_token(load_settings(args)))
+    except NoTokenYet as exc:
+        raise CommandFailed(str(exc)) from None
     return 0
 
 

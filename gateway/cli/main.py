@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     u_password.add_argument("name", metavar="NAME")
     _format(u_password)
 
+    token = sub.add_parser("admin-token", help="print the admin API token (configured, else the generated one)")
+    _common(token)
+
     plugins = sub.add_parser("plugins", help="list discovered plugins")
     _common(plugins)
     _format(plugins)
@@ -113,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return commands.serve(args)
+        if args.command == "admin-token":
+            return commands.admin_token(args)
         return asyncio.run(commands.run(args))
     except (ConfigError, PoolError) as exc:
         print(f"proxy-pool: {exc}", file=sys.stderr)

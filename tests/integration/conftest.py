@@ -58,7 +58,11 @@ async def make_pool(tmp_path: Path) -> AsyncIterator[PoolFactory]:
             listing = tmp_path / f"list{len(started)}.txt"
             listing.write_text("\n".join(proxy_urls) + "\n")
             extra.append(str(listing))
-        pool = ProxyPool(pool_settings(tmp_path, **overrides), extra_sources=extra)
+        settings = pool_settings(tmp_path, **overrides)
+        if "storage" not in overrides and any(p.started and p.settings.storage.path == settings.storage.path for p in started):
+            # one serve per database (its lock): a second pool running beside the first gets its own
+            settings = pool_settings(tmp_path, storage={"path": str(tmp_path / f"pool{len(started)}.db")}, **overrides)
+        pool = ProxyPool(settings, extra_sources=extra)
         await pool.start()
         started.append(pool)
         return pool

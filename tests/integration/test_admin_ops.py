@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,9 +14,11 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from tests.support.upstreams import closed_port
+from tests.support.admin import admin_session
 
 pytestmark = pytest.mark.timeout(60)
 PROMTOOL = shutil.which("promtool")
+JSON = {"Content-Type": "application/json"}
 
 
 def admin(pool) -> str:
@@ -26,17 +29,134 @@ async def test_token_guards_the_api_but_not_health_metrics_judge(make_pool):
     """With admin.token set, /api/* needs the bearer token (401 without); /healthz, /metrics, /judge stay open."""
     pool = await make_pool(admin={"token": "s3cret-token"})
     async with aiohttp.ClientSession() as client:
-        for path in ("/api/stats", "/api/proxies", "/api/sources"):
+        for path in ("/api/stats", "/api/proxies", "/api/sources", "/api/users", "/api/nothing-here"):
             async with client.get(admin(pool) + path) as resp:
                 assert resp.status == 401
                 assert "token" in (await resp.json())["error"]
-            async with client.get(admin(pool) + path, headers={"Authorization": "Bearer wrong"}) as resp:
-                assert resp.status == 401
+            for wrong in ("Bearer wrong", "Bearer s3cret-tokenX", "Basic s3cret-token", "s3cret-token"):
+                async with client.get(admin(pool) + path, headers={"Authorization": wrong}) as resp:
+                    assert resp.status == 401
+        for path in ("/api/stats", "/api/proxies", "/api/sources", "/api/users"):
             async with client.get(admin(pool) + path, headers={"Authorization": "Bearer s3cret-token"}) as resp:
                 assert resp.status == 200
         for path in ("/healthz", "/metrics", "/judge"):
             async with client.get(admin(pool) + path) as resp:
                 assert resp.status == 200
+
+
+async def test_every_api_route_wants_the_token_also_from_loopback(make_pool, tmp_path):
+    """Without admin.token, serve generates one beside the database (0600); every /api/* route and method
+    answers 401 without it, from 127.0.0.1, and nothing is changed."""
+    pool = await make_pool()
+    token_file = tmp_path / "pool.db.admin-token"
+    assert token_file.read_text().strip() == pool.admin_token and len(pool.admin_token) >= 32
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    routes = [(r.method, r.resource.canonical) for r in pool.admin_runner.app.router.routes()
+              if r.resource is not None and r.resource.canonical.startswith("/api")]
+    assert len(routes) >= 10
+    async with aiohttp.ClientSession() as client:
+        for method, path in routes:
+            url = admin(pool) + path.replace("{id}", "1").replace("{name}", "carol")
+            async with client.request(method, url, json={"name": "carol", "amount": 5, "url": "/etc/passwd"}) as resp:
+                assert resp.status == 401, (method, path)
+                assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        for tricky in ("/%61pi/stats", "/api%2fstats", "/api/../api/stats", "/api/stats/", "//api/stats", "/API/stats"):
+            async with client.get(admin(pool) + tricky) as resp:
+                assert resp.status in (401, 404), tricky
+    assert pool.accounts.users() == [] and await pool.store.list_sources() == []
+
+
+async def test_generated_token_is_reused_and_printed_by_admin_token(make_pool, tmp_path):
+    """A second start on the same database reuses the generated token; `proxy-pool admin-token` prints it,
+    and the log names the file, never the token."""
+    db = str(tmp_path / "pool.db")
+    before = subprocess.run([sys.executable, "-m", "gateway", "admin-token", "--db", db],
+                            capture_output=True, text=True, timeout=30)
+    assert before.returncode == 1 and len(before.stderr.strip().splitlines()) == 1
+    assert "no admin token yet" in before.stderr and before.stdout == ""
+    first = await make_pool()
+    token = first.admin_token
+    await first.stop()
+    again = await make_pool()
+    assert again.admin_token == token
+    printed = subprocess.run([sys.executable, "-m", "gateway", "admin-token", "--db", db],
+                             capture_output=True, text=True, timeout=30)
+    assert printed.returncode == 0 and printed.stdout == token + "\n"
+    configured = subprocess.run([sys.executable, "-m", "gateway", "admin-token", "--db", db],
+                                capture_output=True, text=True, timeout=30,
+                                env={**os.environ, "PROXY_POOL_ADMIN__TOKEN": "from-config"})
+    assert configured.stdout == "from-config\n"
+
+
+def test_serve_logs_where_the_token_is_never_the_token(tmp_path):
+    """`serve` at first start logs the token file's path; the token itself is in no log line."""
+    db = tmp_path / "p.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--no-default-sources", "--listen", "127.0.0.1:0",
+         "--admin-listen", "127.0.0.1:0", "--db", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # bounded by the serve line (or the process ending)
+            lines.append(line)
+            if "proxy-pool serving" in line:
+                break
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    log_text = "".join(lines) + out
+    token = (tmp_path / "p.db.admin-token").read_text().strip()
+    assert f"{db}.admin-token" in log_text
+    assert token not in log_text
+
+
+async def test_host_header_not_ours_is_421(make_pool):
+    """DNS rebinding: a Host that is not loopback, the listen address or admin.allowed_hosts gets 421, even
+    with the token; loopback names and allowed hosts pass; /healthz and /metrics answer any Host."""
+    pool = await make_pool(admin={"token": "t0k", "allowed_hosts": ["admin.internal"]})
+    bearer = {"Authorization": "Bearer t0k"}
+    port = pool.admin_address[1]
+    async with aiohttp.ClientSession() as client:
+        for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "localhost.evil.example",
+                     "10.0.0.1", "admin.internal.evil.example"):
+            async with client.get(admin(pool) + "/api/stats", headers={**bearer, "Host": host}) as resp:
+                assert resp.status == 421, host
+                assert "Host" in (await resp.json())["error"]
+        for host in ("127.0.0.1", f"127.0.0.1:{port}", f"localhost:{port}", "LOCALHOST.", "[::1]:1",
+                     "admin.internal", f"admin.internal:{port}", "127.9.9.9"):
+            async with client.get(admin(pool) + "/api/stats", headers={**bearer, "Host": host}) as resp:
+                assert resp.status == 200, host
+        for path in ("/healthz", "/metrics"):
+            async with client.get(admin(pool) + path, headers={"Host": "proxy-pool:8898"}) as resp:
+                assert resp.status == 200
+
+
+async def test_cross_site_requests_are_403_or_415(make_pool):
+    """CSRF: a state-changing request from another Origin gets 403, one whose body is not application/json
+    415; nothing changes.  The admin's own Origin and no Origin at all (curl, the CLI) are fine."""
+    pool = await make_pool(admin={"token": "t0k"})
+    bearer = {"Authorization": "Bearer t0k"}
+    own = admin(pool)
+    url = own + "/api/users"
+    async with aiohttp.ClientSession() as client:
+        for origin in ("http://evil.example", "null", f"http://localhost:{pool.admin_address[1]}", own + ".evil"):
+            async with client.post(url, json={"name": "mallory"}, headers={**bearer, "Origin": origin}) as resp:
+                assert resp.status == 403, origin
+        for ctype, body in (("application/x-www-form-urlencoded", b"name=mallory"), ("text/plain", b'{"name": "mallory"}'),
+                            ("multipart/form-data; boundary=x", b"--x--")):
+            async with client.post(url, data=body, headers={**bearer, "Content-Type": ctype}) as resp:
+                assert resp.status == 415, ctype
+        assert pool.accounts.users() == []
+        async with client.post(url, json={"name": "alice"}, headers={**bearer, "Origin": own}) as resp:
+            assert resp.status == 201
+        async with client.post(url, json={"name": "bob"}, headers=bearer) as resp:
+            assert resp.status == 201
+        async with client.post(url + "/bob/password", headers={**bearer, "Origin": own}) as resp:  # no body
+            assert resp.status == 200
+        async with client.get(url, headers={**bearer, "Origin": "http://evil.example"}) as resp:
+            assert resp.status == 200  # reading needs the token, which a foreign page does not have
 
 
 def test_non_loopback_admin_without_token_refuses_to_start(tmp_path):
@@ -65,7 +185,7 @@ def test_open_gateway_refuses_to_start(tmp_path):
 async def test_api_errors_are_json_with_a_message(make_pool):
     """Bad parameters get a 4xx JSON error with a clear message."""
     pool = await make_pool()
-    async with aiohttp.ClientSession() as client:
+    async with admin_session(pool) as client:
         for query, word in (("limit=abc", "limit"), ("limit=0", "limit"), ("country=germany", "country"),
                             ("protocol=ftp", "protocol"), ("offset=-1", "offset")):
             async with client.get(f"{admin(pool)}/api/proxies?{query}") as resp:
@@ -73,7 +193,7 @@ async def test_api_errors_are_json_with_a_message(make_pool):
                 assert word in (await resp.json())["error"]
         async with client.get(f"{admin(pool)}/api/proxies/pick?country=zz") as resp:
             assert resp.status == 404
-        async with client.post(f"{admin(pool)}/api/sources", data=b"not json") as resp:
+        async with client.post(f"{admin(pool)}/api/sources", data=b"not json", headers=JSON) as resp:
             assert resp.status == 400
 
 
@@ -81,7 +201,7 @@ async def test_stats_and_paging(make_pool, upstreams):
     """/api/stats counts the pool; /api/proxies pages with limit and offset; pick answers one."""
     pool = await make_pool([u.url() for u in upstreams] + [u.url("socks5") for u in upstreams])
     await pool.wait_until(lambda: pool.selector.active_count == 6)
-    async with aiohttp.ClientSession() as client:
+    async with admin_session(pool) as client:
         async with client.get(f"{admin(pool)}/api/stats") as resp:
             stats = await resp.json()
         assert stats["pool"]["by_status"] == {"active": 6}
@@ -151,7 +271,7 @@ async def test_pool_low_mail_and_dead_notifier(make_pool, upstreams, origin):
         )
         await pool.wait_until(lambda: pool.selector.active_count == 2)
         await pool.check_notifiers()
-        async with aiohttp.ClientSession() as client:
+        async with admin_session(pool) as client:
             async with client.get(f"{admin(pool)}/api/stats") as resp:
                 notifiers = {n["name"]: n for n in (await resp.json())["notifiers"]}
             async with client.get(f"{admin(pool)}/metrics") as resp:

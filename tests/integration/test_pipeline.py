@@ -22,6 +22,7 @@ from pool.store import SqliteStore
 from tests.support.grade_proxies import black_hole, start_grade_proxy
 from tests.support.judges import running_judge
 from tests.support.upstreams import closed_port
+from tests.support.admin import admin_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -178,7 +179,7 @@ async def test_checks_api_and_proxy_figures(make_pool, upstreams):
     pool = await make_pool([upstreams[0].url()])
     await pool.wait_until(lambda: pool.selector.active_count == 1)
     admin = "http://%s:%d" % pool.admin_address
-    async with aiohttp.ClientSession() as client:
+    async with admin_session(pool) as client:
         async with client.get(f"{admin}/api/proxies?status=active") as resp:
             body = await resp.json()
         assert body["total"] == 1

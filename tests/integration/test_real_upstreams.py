@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestServer
 
 from bench.upstreams import Service, Services, free_port, have
 from tests.support.upstreams import Upstream, origin_app, start_pproxy
+from tests.support.admin import token_beside
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -78,8 +79,11 @@ class Serve:
             while True:
                 if self.proc.returncode is not None:
                     raise AssertionError(f"serve exited {self.proc.returncode}: {self.output()}")
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{self.admin_port}/api/proxies?status=active") as r:
+                with contextlib.suppress(aiohttp.ClientError, FileNotFoundError):
+                    auth = token_beside(self.tmp / "pool.db")  # written before the admin answers
+                    async with http.get(
+                        f"http://127.0.0.1:{self.admin_port}/api/proxies?status=active", headers=auth
+                    ) as r:
                         body = await r.json()
                         if body["total"] >= count:
                             return body["proxies"]

@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestServer
 
 from pool.tasks import TaskSet
 from tests.support.upstreams import Upstream, start_pproxy
+from tests.support.admin import token_beside
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -131,7 +132,8 @@ class Served:
     async def wait_active(self, count: int) -> list[dict[str, Any]]:
         """Poll the admin API until ``count`` proxies are active (an external process: bounded polling)."""
         url = f"http://{self.admin[0]}:{self.admin[1]}/api/proxies?status=active"
-        async with aiohttp.ClientSession() as client, asyncio.timeout(START_BOUND):
+        headers = token_beside(self.db)  # the admin answers only after the token file is written
+        async with aiohttp.ClientSession(headers=headers) as client, asyncio.timeout(START_BOUND):
             while True:
                 async with client.get(url) as resp:
                     answer = await resp.json()

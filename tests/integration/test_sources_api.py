@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from config import ConfigError
 from gateway.app import ProxyPool
 from pool.models import Event
+from tests.support.admin import admin_headers
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 PoolFactory = Callable[..., Awaitable[ProxyPool]]
@@ -33,14 +34,21 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def api(pool: ProxyPool, path: str) -> str:
+class Target(NamedTuple):
+    url: str
+    headers: dict[str, str]
+
+
+def api(pool: ProxyPool, path: str) -> Target:
+    """A route of the pool's admin API with the operator's token."""
     assert pool.admin_address is not None
     host, port = pool.admin_address
-    return f"http://{host}:{port}{path}"
+    return Target(f"http://{host}:{port}{path}", admin_headers(pool))
 
 
-async def call(session: aiohttp.ClientSession, method: str, url: str, **kwargs: Any) -> tuple[int, Any]:
-    async with session.request(method, url, **kwargs) as resp:
+async def call(session: aiohttp.ClientSession, method: str, target: Target, **kwargs: Any) -> tuple[int, Any]:
+    headers = {**target.headers, **kwargs.pop("headers", {})}
+    async with session.request(method, target.url, headers=headers, **kwargs) as resp:
         assert resp.content_type == "application/json", await resp.text()
         return resp.status, await resp.json()
 
@@ -128,7 +136,7 @@ async def test_bad_source_input_is_400_with_a_json_error(
         ({"json": {"parser": "plaintext"}}, "url is required"),
         ({"json": {"url": str(listing), "parser": 5}}, "parser must be a string"),
         ({"json": ["not", "an", "object"]}, "must be a JSON object"),
-        ({"data": b"url=/tmp/x", "headers": {"Content-Type": "text/plain"}}, "must be JSON"),
+        ({"data": b"url=/tmp/x", "headers": {"Content-Type": "application/json"}}, "must be JSON"),
     ]
     for kwargs, message in cases:
         status, body = await call(session, "POST", api(pool, "/api/sources"), **kwargs)

@@ -21,6 +21,7 @@ from pool.accounts import create_user
 from pool.errors import DuplicateError, InvalidInputError, NotFoundError
 from pool.store import SqliteStore
 from tests.integration.conftest import pool_settings
+from tests.support.admin import admin_session
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -341,7 +342,7 @@ async def test_events_metrics_and_logs_keep_names_and_passwords_out(make_pool, u
 async def test_api_users_create_list_credit(make_pool, upstreams, origin):
     """POST /api/users answers the password once; it works at once; credits top up; bad input changes nothing."""
     pool = await users_pool(make_pool, upstreams)
-    async with aiohttp.ClientSession() as client:
+    async with admin_session(pool) as client:
         async with client.post(admin_url(pool, "/api/users"), json={"name": "carol", "credits": 2}) as resp:
             assert resp.status == 201
             created = await resp.json()
@@ -468,7 +469,7 @@ async def test_new_password_by_api_and_cli_retires_the_old_one(make_pool, upstre
     """POST /api/users/{name}/password and `users password NAME` show a new password once; the old one
     is refused at once (API) or after the gateway's next flush (CLI on the serving database)."""
     pool = await users_pool(make_pool, upstreams)
-    async with aiohttp.ClientSession() as client:
+    async with admin_session(pool) as client:
         async with client.post(admin_url(pool, "/api/users"), json={"name": "gail", "credits": 10}) as resp:
             first = (await resp.json())["password"]
         assert (await raw_get(pool, origin.port, basic("gail", first))).status == 200

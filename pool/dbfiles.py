@@ -1,0 +1,72 @@
+"""Files kept beside an embedded database: the generated admin token and the ``serve`` lock.
+
+A store that is not a local file (``:memory:``, a ``postgresql://`` URL) has no "beside": then
+``database_file`` is None, no lock is taken (PostgreSQL replicas share one database by design) and the
+admin token must be configured.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+__all__ = ["ServeLock", "ServeLockHeld", "database_file", "sibling"]
+
+
+class ServeLockHeld(Exception):
+    """Another ``serve`` holds this database (one line, exit 2)."""
+
+
+def database_file(location: str) -> Path | None:
+    """The local file behind a storage location, or None when it is not one."""
+    if location == ":memory:" or "://" in location:
+        return None
+    return Path(location)
+
+
+def sibling(database: Path, suffix: str) -> Path:
+    """``/data/pool.db`` + ``.admin-token`` -> ``/data/pool.db.admin-token``."""
+    return database.with_name(database.name + suffix)
+
+
+class ServeLock:
+    """An exclusive ``flock`` on ``DB.serve.lock``, held while ``serve`` runs.
+
+    The kernel drops it when the process dies (kill -9 too), so a stale file never blocks a restart.
+    The CLI's other commands do not take it: they work beside a running ``serve`` by design.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.path = sibling(database, ".serve.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            holder = _read_pid(self.path)
+            who = f" (pid {holder})" if holder else ""
+            raise ServeLockHeld(
+                f"database {self.database} is in use by another `proxy-pool serve`{who}; "
+                "run one serve per database (or use PostgreSQL for replicas)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the lock; the file stays (its removal would race a new holder)
+            self._fd = None
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii", errors="replace").strip()[:20]
+    except OSError:
+        return ""
