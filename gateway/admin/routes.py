@@ -30,8 +30,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def judge(request: web.Request) -> web.Response:
-    """Echo the caller's address and headers, httpbin-style, for self-hosted checking."""
-    return web.json_response({"origin": request.remote, "headers": dict(request.headers)})
+    """Echo the caller's address, query and headers, httpbin-style, for self-hosted checking (the
+    checker's token comes back in ``args`` and ``headers``)."""
+    return web.json_response(
+        {"args": dict(request.query), "origin": request.remote, "headers": dict(request.headers)}
+    )
 
 
 async def list_proxies(request: web.Request) -> web.Response:

@@ -239,7 +239,7 @@ async def test_real_address_is_learned_once_for_many_checks(client, judge):
 
 
 async def test_judges_are_taken_in_turn(client, judge):
-    """Two judges, two checks: each judge carries one proxied request."""
+    """Two judges, two checks: the first judge is taken in turn, the other asked to agree on the exit."""
     checker = http_anonymity.create_plugin(settings())
     async with grade_proxy("elite", "127.0.0.2") as gp:
         used = [
@@ -249,7 +249,7 @@ async def test_judges_are_taken_in_turn(client, judge):
             for _ in range(2)
         ]
     assert sorted(used) == sorted([judge.json_url, judge.azenv_url])
-    assert judge.hits("/get", "127.0.0.2") == 1 and judge.hits("/azenv", "127.0.0.2") == 1
+    assert judge.hits("/get", "127.0.0.2") == 2 and judge.hits("/azenv", "127.0.0.2") == 2
 
 
 # http_anonymity: failures and whose fault -----------------------------------------------------

@@ -45,6 +45,7 @@ async def azenv(request: web.Request) -> web.Response:
         "REMOTE_PORT = 40000",
         f"REQUEST_METHOD = {request.method}",
         f"REQUEST_URI = {request.path_qs}",
+        f"QUERY_STRING = {request.query_string}",
         "REQUEST_TIME = 1700000000",
     ]
     for name, value in _headers(request).items():

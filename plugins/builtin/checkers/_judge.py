@@ -8,6 +8,12 @@ Two formats are found in the wild:
 - azenv-style text, often wrapped in ``<pre>``: ``REMOTE_ADDR = 1.2.3.4`` and one ``HTTP_X_FOO = v``
   line per request header.
 
+Genuine answers: every request a check sends to a judge carries a fresh unguessable token, in the
+query (``pp_check=TOKEN``) and in a header (``X-Check-Token``).  A judge echoes both (httpbin in
+``args`` and ``headers``, azenv in ``QUERY_STRING``/``REQUEST_URI`` and ``HTTP_X_CHECK_TOKEN``); an
+answer that echoes neither was not written by the judge for this request (a proxy answering
+itself with a canned page).
+
 Grades: ``transparent`` when one of the host's real addresses is in ``origin`` or in a forwarding
 header; ``anonymous`` when not, but a proxy header (Via, X-Forwarded-For, Forwarded, ...) is there;
 ``elite`` otherwise.  The Host header and the judge's own front end are never signs: a forwarding
@@ -19,12 +25,28 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import secrets
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
 
 from plugins import AnonymityLevel
 
-__all__ = ["JudgeFormatError", "JudgeReply", "Verdict", "grade", "parse_judge_reply"]
+__all__ = [
+    "TOKEN_HEADER",
+    "TOKEN_PARAM",
+    "JudgeFormatError",
+    "JudgeReply",
+    "Verdict",
+    "echoes_token",
+    "grade",
+    "new_token",
+    "parse_judge_reply",
+    "with_token",
+]
+
+TOKEN_PARAM = "pp_check"
+TOKEN_HEADER = "X-Check-Token"
 
 
 class JudgeFormatError(ValueError):
@@ -35,6 +57,7 @@ class JudgeFormatError(ValueError):
 class JudgeReply:
     origin: list[str]  # addresses the judge reports for its peer, normalised, last = the peer
     headers: dict[str, str] = field(default_factory=dict)  # request headers as the judge saw them
+    query: dict[str, list[str]] = field(default_factory=dict)  # query parameters as the judge saw them
 
     @property
     def exit_ip(self) -> str:
@@ -171,7 +194,13 @@ def _parse_json(text: str) -> JudgeReply:
         if isinstance(value, list):
             value = ", ".join(str(v) for v in value)
         headers[str(name)] = str(value)
-    return JudgeReply(_origin_list(data["origin"]), headers)
+    query: dict[str, list[str]] = {}
+    args = data.get("args", {})
+    if isinstance(args, dict):
+        for name, value in args.items():
+            values = value if isinstance(value, list) else [value]
+            query[str(name)] = [str(v) for v in values]
+    return JudgeReply(_origin_list(data["origin"]), headers, query)
 
 
 def _header_name(env_key: str) -> str:
@@ -182,6 +211,7 @@ def _header_name(env_key: str) -> str:
 def _parse_azenv(text: str) -> JudgeReply:
     remote: str | None = None
     headers: dict[str, str] = {}
+    query: dict[str, list[str]] = {}
     for line in _TAG.sub("\n", text).splitlines():
         match = _AZENV_LINE.match(line)
         if match is None:
@@ -191,9 +221,13 @@ def _parse_azenv(text: str) -> JudgeReply:
             remote = value
         elif key.startswith("HTTP_") and len(key) > 5:
             headers[_header_name(key)] = value
+        elif key in ("QUERY_STRING", "REQUEST_URI"):
+            raw = value.partition("?")[2] if key == "REQUEST_URI" else value
+            for name, values in parse_qs(raw, keep_blank_values=True).items():
+                query.setdefault(name, []).extend(values)
     if remote is None:
         raise JudgeFormatError("judge answered neither JSON with 'origin' nor a REMOTE_ADDR line")
-    return JudgeReply(_origin_list(remote), headers)
+    return JudgeReply(_origin_list(remote), headers, query)
 
 
 def parse_judge_reply(body: bytes) -> JudgeReply:
@@ -202,6 +236,29 @@ def parse_judge_reply(body: bytes) -> JudgeReply:
     if text.startswith("{"):
         return _parse_json(text)
     return _parse_azenv(text)
+
+
+def new_token() -> str:
+    """A fresh token for one judge request: 128 random bits, URL-safe (no escaping anywhere)."""
+    return secrets.token_urlsafe(16)
+
+
+def with_token(url: str, token: str) -> str:
+    """``url`` with ``pp_check=TOKEN`` added to its query (before any fragment)."""
+    base, _, fragment = url.partition("#")
+    parts = urlsplit(base)
+    joiner = "&" if parts.query else ("" if base.endswith("?") else "?")
+    return f"{base}{joiner}{TOKEN_PARAM}={token}" + (f"#{fragment}" if fragment else "")
+
+
+def echoes_token(reply: JudgeReply, token: str) -> bool:
+    """True only when the judge reflected exactly ``token``: as the query parameter or the header."""
+    if not token:
+        return False
+    if token in reply.query.get(TOKEN_PARAM, ()):
+        return True
+    wanted = TOKEN_HEADER.lower()
+    return any(name.lower() == wanted and value.strip() == token for name, value in reply.headers.items())
 
 
 def _is_forwarding(name: str) -> bool:

@@ -75,10 +75,12 @@ class Through:
             await self._own.close()
             self._own = None
 
-    async def get(self, url: str, *, timeout: float, read_body: bool = True) -> Reply:
+    async def get(
+        self, url: str, *, timeout: float, read_body: bool = True, headers: dict[str, str] | None = None
+    ) -> Reply:
         """GET ``url`` through the proxy; raises one of NETWORK_ERRORS on failure."""
         session = self._own or self._shared
-        headers = {"Connection": "close"}  # one request per check: hold no idle sockets
+        headers = {**(headers or {}), "Connection": "close"}  # one request per check: hold no idle sockets
         kwargs: dict[str, object] = {}
         if not self._proxy.protocol.is_socks:
             up = self._proxy.upstream

@@ -10,6 +10,10 @@ Whose fault is a failure?  When the request through the proxy fails, the judge i
 a judge that does not is marked unhealthy for ``judge_retry_after`` and the next one is tried.
 When no judge is healthy the check is *skipped* (no verdict), so a judge outage never kills proxies.
 
+Every request carries a fresh token (``_judge``); an answer through the proxy without it is not the
+judge's and fails the check.  With two or more judges, a second one is asked as well and must see
+the same exit address (a proxy that makes answers up cannot keep two judges' stories straight).
+
 Fills ``context.exit_ip``, ``anonymity_level``, ``headers_forwarded``, ``http_latency_ms`` and,
 when unset, ``real_ip``.
 """
@@ -17,6 +21,7 @@ when unset, ``real_ip``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import ssl
@@ -29,7 +34,16 @@ from config import Settings
 from config.tls import upstream_tls_context
 from plugins import CheckContext, CheckResult, Proxy
 
-from ._judge import JudgeFormatError, JudgeReply, grade, parse_judge_reply
+from ._judge import (
+    TOKEN_HEADER,
+    JudgeFormatError,
+    JudgeReply,
+    echoes_token,
+    grade,
+    new_token,
+    parse_judge_reply,
+    with_token,
+)
 from ._through import NETWORK_ERRORS, Through, describe_failure
 
 __all__ = ["HttpAnonymityChecker", "JudgeHealth", "create_plugin"]
@@ -115,19 +129,28 @@ class HttpAnonymityChecker:
     async def judge_is_up(
         self, judge: str, client: aiohttp.ClientSession, timeout: float, max_age: float
     ) -> bool:
-        """True when ``judge`` answered a direct call in the last ``max_age`` seconds (calling it if needed)."""
+        """True when ``judge`` answered a direct call in the last ``max_age`` seconds (calling it if needed).
+
+        The direct call carries a token too: a judge that does not echo it could never vouch for a
+        proxy, so it counts as down (no proxy is failed for it)."""
         async with self._lock(judge):
             if self.health.verified_within(judge, max_age):
                 return True
             if self.health.is_down(judge):
                 return False
+            token = new_token()
             try:
                 async with client.get(
-                    judge, timeout=aiohttp.ClientTimeout(total=max(timeout, 0.001)), allow_redirects=False
+                    with_token(judge, token),
+                    headers={TOKEN_HEADER: token},
+                    timeout=aiohttp.ClientTimeout(total=max(timeout, 0.001)),
+                    allow_redirects=False,
                 ) as resp:
                     if resp.status != 200:
                         raise JudgeFormatError(f"answered {resp.status}")
                     reply = parse_judge_reply(await resp.content.read(256 * 1024))
+                if not echoes_token(reply, token):
+                    raise JudgeFormatError("does not echo the check token")
             except _JUDGE_ERRORS as exc:
                 reason = str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, timeout)
                 self.health.mark_down(judge, reason)
@@ -146,6 +169,7 @@ class HttpAnonymityChecker:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         client = context.http_client
+        first: tuple[str, JudgeReply, float] | None = None
         async with Through(proxy, client, self.tls) as via:
             for judge in self._order(judges):
                 remaining = deadline - loop.time()
@@ -155,26 +179,56 @@ class HttpAnonymityChecker:
                     continue
                 if not await self.judge_is_up(judge, client, remaining / 2, self.judge_ttl):
                     continue
-                remaining = deadline - loop.time()
-                try:
-                    reply = await via.get(judge, timeout=remaining)
-                    if reply.status != 200:
-                        raise JudgeFormatError(f"answered {reply.status}")
-                    parsed = parse_judge_reply(reply.body)
-                except _JUDGE_ERRORS as exc:
-                    reason = (
-                        str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, self.timeout)
-                    )
-                    left = deadline - loop.time()
-                    if self.health.is_down(judge) or (
-                        left > 0 and not await self.judge_is_up(judge, client, left, self.reprobe_after)
-                    ):
-                        continue  # the judge, not the proxy: try the next one
-                    return CheckResult(False, f"{judge} through proxy: {reason}", metadata={"judge": judge})
-                return self._graded(judge, parsed, reply.elapsed_ms, context)
+                answer = await self._ask(via, judge, client, deadline)
+                if answer is None:
+                    continue  # the judge, not the proxy: try the next one
+                if isinstance(answer, CheckResult):
+                    return answer
+                if first is None:
+                    first = (judge, *answer)
+                    if len(judges) > 1:
+                        continue  # a second judge must see the same exit address
+                    break
+                disagreement = _disagreement(first[0], first[1], judge, answer[0])
+                if disagreement is not None:
+                    return disagreement
+                return self._graded(*first, context, agreed_by=judge)
+        if first is not None:
+            return self._graded(*first, context)  # no second judge could answer: one is all we have
         return CheckResult(False, "no healthy judge", skipped=True)
 
-    def _graded(self, judge: str, reply: JudgeReply, elapsed_ms: float, context: CheckContext) -> CheckResult:
+    async def _ask(
+        self, via: Through, judge: str, client: aiohttp.ClientSession, deadline: float
+    ) -> tuple[JudgeReply, float] | CheckResult | None:
+        """One tokened request through the proxy: the reply, a failed check, or None (the judge's fault)."""
+        loop = asyncio.get_running_loop()
+        token = new_token()
+        try:
+            reply = await via.get(
+                with_token(judge, token), timeout=deadline - loop.time(), headers={TOKEN_HEADER: token}
+            )
+            if reply.status != 200:
+                raise JudgeFormatError(f"answered {reply.status}")
+            parsed = parse_judge_reply(reply.body)
+        except _JUDGE_ERRORS as exc:
+            reason = str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, self.timeout)
+            left = deadline - loop.time()
+            if self.health.is_down(judge) or (
+                left > 0 and not await self.judge_is_up(judge, client, left, self.reprobe_after)
+            ):
+                return None
+            return CheckResult(False, f"{judge} through proxy: {reason}", metadata={"judge": judge})
+        if not echoes_token(parsed, token):
+            return CheckResult(
+                False,
+                f"{judge} through proxy: the answer does not echo the check token (not the judge's own answer)",
+                metadata={"judge": judge},
+            )
+        return parsed, reply.elapsed_ms
+
+    def _graded(
+        self, judge: str, reply: JudgeReply, elapsed_ms: float, context: CheckContext, agreed_by: str | None = None
+    ) -> CheckResult:
         if context.real_ip is None:
             context.real_ip = self.health.origin_seen_by(judge)
         real = self.health.own_addresses()
@@ -197,8 +251,22 @@ class HttpAnonymityChecker:
                 "exit_ip": verdict.exit_ip,
                 "anonymity": verdict.level.value,
                 "headers_forwarded": list(verdict.signs),
+                "agreed_by": agreed_by,
             },
         )
+
+
+def _disagreement(judge_a: str, reply_a: JudgeReply, judge_b: str, reply_b: JudgeReply) -> CheckResult | None:
+    """A failed check when two judges saw different exit addresses of one family (a dual-stack
+    proxy may reach one judge over IPv4 and the other over IPv6: not a lie)."""
+    a, b = ipaddress.ip_address(reply_a.exit_ip), ipaddress.ip_address(reply_b.exit_ip)
+    if a == b or a.version != b.version:
+        return None
+    return CheckResult(
+        False,
+        f"exit address disagrees: {judge_a} saw {a}, {judge_b} saw {b}",
+        metadata={"judge": judge_a, "exit_ips": [str(a), str(b)]},
+    )
 
 
 def create_plugin(settings: Settings) -> HttpAnonymityChecker:
