@@ -283,7 +283,15 @@ class SqliteStore:
                 f"({len(MIGRATIONS)}); upgrade proxy-pool"
             )
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self._db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            try:
+                await self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+            except sqlite3.OperationalError:
+                # two processes opening a new database at once: the one that lost the race finds the
+                # step applied by the other (its own attempt rolled back), and goes on from there
+                await self._db.rollback()
+                if await self.schema_version() >= number:
+                    continue
+                raise
 
     # sources ------------------------------------------------------------------------------
     async def add_source(

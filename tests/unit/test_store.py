@@ -373,3 +373,25 @@ async def test_list_filtered_and_paged(store, listed):
     active = [p.id for p in listed if p.status is ProxyStatus.ACTIVE]
     page, total = await store.list_proxies(ProxyFilter(status=ProxyStatus.ACTIVE), limit=2, offset=1)
     assert [p.id for p in page] == active[1:3] and total == len(active)
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
+    """Two CLI commands on a fresh database race to create its tables: the loser finds them made."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])
+    code = (
+        "import asyncio, sys\nfrom pool.store import SqliteStore\n"
+        "async def main():\n    store = await SqliteStore.open(sys.argv[1])\n    await store.close()\n"
+        "asyncio.run(main())"
+    )
+    env = {**os.environ, "PYTHONPATH": root}
+    for attempt in range(3):
+        db = tmp_path / f"race{attempt}.db"
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, str(db)], stderr=subprocess.PIPE, env=env) for _ in range(4)
+        ]
+        errors = [p.communicate(timeout=30)[1].decode() for p in procs]
+        assert all(p.returncode == 0 for p in procs), [e[-300:] for e in errors if e]
