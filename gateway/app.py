@@ -90,6 +90,7 @@ class ProxyPool:
         )
         self.selector.load(await self.store.all_proxies())
         self.metrics = Metrics(pool_counts=self.selector.counts, country_counts=self._country_counts)
+        self.metrics.tunnel_counts = self.selector.tunnel_counts
         self.events.add_listener(self.metrics.on_event)
         self.events.add_listener(_log_event)
         for checker in self.registry.checkers:

@@ -8,6 +8,7 @@ counted as ``other`` (a client can send any method; a caller may pass a new reas
 |------------------------------------------|-----------|-----------------------------------------------------------|
 | proxies                                  | gauge     | status (new, active, dead), protocol (http, https, socks4, socks5); read at scrape time |
 | active_proxies_by_country                | gauge     | country (ISO code, "unknown"); read at scrape time        |
+| active_proxies_by_tunnels                | gauge     | tunnels (yes, no, unknown); read at scrape time           |
 | gateway_requests_total                   | counter   | method (METHODS, other), outcome (OUTCOMES)                |
 | gateway_request_duration_seconds         | histogram | -  (request start to response head / tunnel established)  |
 | gateway_active_connections               | gauge     | -                                                         |
@@ -117,6 +118,7 @@ FAMILIES = tuple(
     for name in (
         "proxies",
         "active_proxies_by_country",
+        "active_proxies_by_tunnels",
         "gateway_requests_total",
         "gateway_request_duration_seconds",
         "gateway_active_connections",
@@ -148,7 +150,14 @@ class _PoolCollector(Collector):
         self._owner = owner
 
     def describe(self) -> Iterable[Metric]:
-        return [self._proxies_family(), self._country_family()]
+        return [self._proxies_family(), self._country_family(), self._tunnels_family()]
+
+    def _tunnels_family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            PREFIX + "active_proxies_by_tunnels",
+            "Active proxies by CONNECT capability (yes, no: plain HTTP only, unknown: not checked yet).",
+            labels=["tunnels"],
+        )
 
     def _proxies_family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(
@@ -191,6 +200,18 @@ class _PoolCollector(Collector):
                 for country, n in sorted(rows.items()):
                     countries.add_metric([country], n)
         yield countries
+
+        tunnels = self._tunnels_family()
+        by_tunnels = self._owner.tunnel_counts
+        if by_tunnels is not None:
+            try:
+                tunnel_rows = {str(k): int(n) for k, n in by_tunnels().items()}
+            except Exception:
+                log.exception("tunnel_counts callback failed; tunnels gauge left out of this scrape")
+            else:
+                for value in ("yes", "no", "unknown"):
+                    tunnels.add_metric([value], tunnel_rows.get(value, 0))
+        yield tunnels
 
 
 class _GatewayCollector(Collector):
@@ -254,6 +275,7 @@ class Metrics:
         disable_created_metrics()
         self.pool_counts = pool_counts
         self.country_counts = country_counts
+        self.tunnel_counts: Callable[[], dict[str, int]] | None = None  # {"yes"|"no"|"unknown": n}, set later
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         if process_metrics:

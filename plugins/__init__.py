@@ -5,7 +5,7 @@
 Built-in plugins import only from here and from ``config``, exactly like a contrib plugin.
 """
 
-from plugins.protocols import CheckContext, CheckResult, Notifier, ProxyChecker, SourceParser
+from plugins.protocols import CheckContext, CheckResult, Notifier, ProxyChecker, SourceParser, TlsEndpoint
 from plugins.registry import PluginConflictError, PluginRegistry, PluginValidationError
 from pool.models import (
     AnonymityLevel,
@@ -34,5 +34,6 @@ __all__ = [
     "ProxySource",
     "ProxyStatus",
     "SourceParser",
+    "TlsEndpoint",
     "UpstreamURL",
 ]

@@ -6,6 +6,7 @@ stages read what earlier ones learned (exit address, latency).
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,7 +16,7 @@ import aiohttp
 
 from pool.models import AnonymityLevel, DiscoveredProxy, Event, Proxy, ProxySource, utcnow
 
-__all__ = ["CheckContext", "CheckResult", "Notifier", "ProxyChecker", "SourceParser"]
+__all__ = ["CheckContext", "CheckResult", "Notifier", "ProxyChecker", "SourceParser", "TlsEndpoint"]
 
 
 @runtime_checkable
@@ -35,6 +36,17 @@ class SourceParser(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TlsEndpoint:
+    """A TLS server a CONNECT check may reach, and the client context that verifies its certificate."""
+
+    host: str
+    port: int
+    ssl: ssl.SSLContext
+    server_hostname: str
+    label: str  # how details name it
+
+
 @dataclass
 class CheckContext:
     """Shared, mutable state of one pipeline run over one proxy."""
@@ -49,6 +61,8 @@ class CheckContext:
     anonymity_level: AnonymityLevel | None = None
     country: str | None = None
     headers_forwarded: list[str] = field(default_factory=list)
+    tls_endpoints: list[TlsEndpoint] = field(default_factory=list)  # tried before the judges' HTTPS forms
+    tunnels: bool | None = None  # set by tls_tunnel: True carries CONNECT, False plain HTTP only
     extra: dict[str, Any] = field(default_factory=dict)
     _t0: float = field(default_factory=time.monotonic, repr=False)
 

@@ -38,6 +38,7 @@ class RunVerdict:
     country: str | None = None
     failed_check: str | None = None
     detail: str = ""
+    tunnels: bool | None = None  # what tls_tunnel found; None when it did not run or could not tell
 
 
 def apply_run(proxy: Proxy, run: RunVerdict) -> ProxyStatus:
@@ -46,6 +47,7 @@ def apply_run(proxy: Proxy, run: RunVerdict) -> ProxyStatus:
     proxy.last_checked = run.at
     if run.passed is None:
         return before
+    proxy.tunnels = run.tunnels  # a fresh verdict replaces the gateway's "refused CONNECT" mark too
     # interned: a big pool holds a handful of distinct histories, not one string per proxy
     proxy.check_history = sys.intern((proxy.check_history + ("1" if run.passed else "0"))[-HISTORY:])
     proxy.success_ratio = proxy.check_history.count("1") / len(proxy.check_history)

@@ -212,6 +212,7 @@ class Proxy:
     created_at: datetime = field(default_factory=utcnow)
     dead_since: datetime | None = None
     check_history: str = ""  # recent outcomes, newest last: "1" passed, "0" failed
+    tunnels: bool | None = None  # carries CONNECT (tls_tunnel check); False: plain HTTP only; None: not known
 
     @property
     def protocol(self) -> ProxyProtocol:
@@ -263,6 +264,7 @@ class Proxy:
             "success_ratio": None if self.success_ratio is None else round(self.success_ratio, 3),
             "last_checked": self.last_checked.isoformat() if self.last_checked else None,
             "source_id": self.source_id,
+            "tunnels": self.tunnels,
         }
 
 

@@ -27,6 +27,7 @@ from pool.models import Proxy, ProxyCheck
 from pool.selector import Selector
 from pool.store import Store
 from pool.tasks import TaskSet
+from pool.tls_judge import TlsJudge
 
 __all__ = ["CheckRun", "Pipeline", "PoolLowWatch", "run_checkers"]
 
@@ -91,6 +92,7 @@ async def run_checkers(
         if any(r.skipped for r in results):
             no_verdict = True
     failed = run.failed
+    tunnels = context.tunnels
     latency = context.http_latency_ms if context.http_latency_ms is not None else context.tcp_latency_ms
     run.verdict = RunVerdict(
         passed=False if failed else (None if no_verdict else True),
@@ -101,6 +103,7 @@ async def run_checkers(
         country=context.country,
         failed_check=failed[0].name if failed else None,
         detail=failed[1].detail if failed else "",
+        tunnels=tunnels,
     )
     return run
 
@@ -157,6 +160,7 @@ class Pipeline:
         self._pending: list[tuple[Proxy, list[ProxyCheck]]] = []
         self._tasks = TaskSet()
         self._session: aiohttp.ClientSession | None = None
+        self.tls_judge: TlsJudge | None = None  # the pinned TLS endpoint for proxies on loopback
         self.checked_total = 0
         self.on_run: Callable[[CheckRun], None] | None = None
 
@@ -169,6 +173,7 @@ class Pipeline:
             timeout=aiohttp.ClientTimeout(total=self.settings.checker.timeout),
             trust_env=False,
         )
+        self.tls_judge = await TlsJudge.start("127.0.0.1")
         for n in range(self.settings.checker.concurrency if workers else 0):
             self._tasks.spawn(self._worker(), name=f"checker-{n}")
         if self.store is not None:
@@ -179,6 +184,8 @@ class Pipeline:
         await self.flush()
         if self._session is not None:
             await self._session.close()
+        if self.tls_judge is not None:
+            await self.tls_judge.stop()
 
     # asking for checks --------------------------------------------------------------------
     def submit(self, proxies: Iterable[Proxy]) -> int:
@@ -211,7 +218,11 @@ class Pipeline:
     async def check_one(self, proxy: Proxy) -> CheckRun:
         """Run the pipeline on one proxy and apply the verdict (no queue; used by the CLI too)."""
         assert self._session is not None, "start() the pipeline first"
-        context = CheckContext(http_client=self._session, judges=self.judges_for(proxy))
+        context = CheckContext(
+            http_client=self._session,
+            judges=self.judges_for(proxy),
+            tls_endpoints=[self.tls_judge.endpoint] if self.tls_judge and _is_loopback(proxy.host) else [],
+        )
         run = await run_checkers(self.registry.get_checker_pipeline(), proxy, context, self.observe)
         assert run.verdict is not None
         apply_run(proxy, run.verdict)

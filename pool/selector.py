@@ -244,29 +244,41 @@ class Selector:
         bucket = self._buckets.get(route.key)
         return len(bucket.items) if bucket else 0
 
-    def pick(self, route: Route = Route(), *, exclude: frozenset[int] | set[int] = frozenset(), host: str | None = None) -> Proxy | None:
-        """An upstream for one request, or None when nothing matches."""
+    def pick(
+        self,
+        route: Route = Route(),
+        *,
+        exclude: frozenset[int] | set[int] = frozenset(),
+        host: str | None = None,
+        tunnel: bool = False,
+    ) -> Proxy | None:
+        """An upstream for one request, or None when nothing matches.
+
+        ``tunnel=True`` (a client's CONNECT, an HTTPS request, a SOCKS client's tunnel) never picks a
+        proxy known not to carry CONNECT (``tunnels is False``); one not yet known may be picked."""
         bucket = self._buckets.get(route.key)
         if bucket is None:
             return None
         now = self._clock()
         if route.session is not None:
-            sticky = self._sticky(route.session, bucket, exclude, host, now)
+            sticky = self._sticky(route.session, bucket, exclude, host, now, tunnel)
             if sticky is not None:
                 return sticky
         cursor = bucket.cursor
-        proxy = self._choose(bucket, exclude, host, now)
+        proxy = self._choose(bucket, exclude, host, now, tunnel)
         if proxy is None and host is not None and self._cooldowns:
             # every match rests for this host: a resting upstream beats a 503 (or the direct fallback,
             # which would show the gateway's own address to the site that banned the pool)
             bucket.cursor = cursor
-            proxy = self._choose(bucket, exclude, None, now)
+            proxy = self._choose(bucket, exclude, None, now, tunnel)
         if proxy is not None and route.session is not None:
             self._remember(route.session, proxy, now)
         return proxy
 
-    def _usable(self, proxy: Proxy, exclude: frozenset[int] | set[int], host: str | None, now: float) -> bool:
-        if proxy.id in exclude:
+    def _usable(
+        self, proxy: Proxy, exclude: frozenset[int] | set[int], host: str | None, now: float, tunnel: bool = False
+    ) -> bool:
+        if proxy.id in exclude or (tunnel and proxy.tunnels is False):
             return False
         if host is not None and self._cooldowns:
             until = self._cooldowns.get((host, proxy.id))
@@ -276,12 +288,14 @@ class Selector:
                 del self._cooldowns[(host, proxy.id)]
         return True
 
-    def _choose(self, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float) -> Proxy | None:
+    def _choose(
+        self, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float, tunnel: bool
+    ) -> Proxy | None:
         items = bucket.items
         n = len(items)
         if self.strategy == "fastest":
             best = bucket.fastest()
-            usable = [p for p in best if self._usable(p, exclude, host, now)]
+            usable = [p for p in best if self._usable(p, exclude, host, now, tunnel)]
             if usable:
                 return self._rng.choice(usable)
             # all of the best few are excluded: fall back to any usable one
@@ -291,17 +305,24 @@ class Selector:
             start = bucket.cursor % n
             bucket.cursor = start + 1
             proxy = items[start]
-            if proxy.id not in exclude and (host is None or not self._cooldowns):
+            if (
+                proxy.id not in exclude
+                and (host is None or not self._cooldowns)
+                and not (tunnel and proxy.tunnels is False)
+            ):
                 return proxy  # the common case, without a call per candidate
         for step in range(n):
             proxy = items[(start + step) % n]
-            if self._usable(proxy, exclude, host, now):
+            if self._usable(proxy, exclude, host, now, tunnel):
                 if self.strategy == "round_robin":
                     bucket.cursor = start + step + 1
                 return proxy
         return None
 
-    def _sticky(self, session: str, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float) -> Proxy | None:
+    def _sticky(
+        self, session: str, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float,
+        tunnel: bool,
+    ) -> Proxy | None:
         entry = self._sessions.get(session)
         if entry is None:
             return None
@@ -312,7 +333,7 @@ class Selector:
         if proxy_id not in bucket.where:  # gone, dead, benched, or no longer matching
             return None
         proxy = bucket.items[bucket.where[proxy_id]]
-        if not self._usable(proxy, exclude, host, now):
+        if not self._usable(proxy, exclude, host, now, tunnel):
             return None
         self._sessions[session] = (proxy_id, now)
         self._sessions.move_to_end(session)
@@ -372,6 +393,18 @@ class Selector:
             self.on_bench(proxy)
         if self.on_change:
             self.on_change()
+
+    def refused_tunnel(self, proxy: Proxy) -> None:
+        """The gateway saw ``proxy`` refuse a CONNECT: no tunnels for it until its next check says otherwise."""
+        proxy.tunnels = False
+
+    def tunnel_counts(self) -> dict[str, int]:
+        """Active proxies by CONNECT capability (``yes``, ``no``, ``unknown``), for the metrics; O(pool)."""
+        counts = {"yes": 0, "no": 0, "unknown": 0}
+        for proxy in self._proxies.values():
+            if proxy.status is ProxyStatus.ACTIVE:
+                counts["unknown" if proxy.tunnels is None else "yes" if proxy.tunnels else "no"] += 1
+        return counts
 
     def session_upstream(self, session: str) -> int | None:
         """The upstream id a sticky session holds, if any (for stats and tests)."""

@@ -106,6 +106,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX credit_ledger_user ON credit_ledger(user_id);
     """,
+    # 3: whether a proxy carries CONNECT (NULL: not known yet); see plugins/builtin/checkers/tls_tunnel.py
+    """
+    ALTER TABLE proxies ADD COLUMN tunnels INTEGER;
+    """,
 ]
 
 CHECK_LOG_KEEP = 50  # check rows kept per proxy
@@ -193,7 +197,8 @@ def _dt(value: float | None) -> datetime | None:
 
 _PROXY_COLUMNS = (
     "id, protocol, host, port, username, password, status, source_id, latency_ms, success_ratio, "
-    "last_checked, consecutive_failures, exit_ip, anonymity, country, created_at, dead_since, check_history"
+    "last_checked, consecutive_failures, exit_ip, anonymity, country, created_at, dead_since, check_history, "
+    "tunnels"
 )
 
 
@@ -214,6 +219,7 @@ def _proxy(row: sqlite3.Row | tuple[Any, ...]) -> Proxy:
         created_at=_dt(row[15]) or datetime.now(UTC),
         dead_since=_dt(row[16]),
         check_history=sys.intern(row[17]),
+        tunnels=None if row[18] is None else bool(row[18]),
     )
 
 
@@ -453,7 +459,7 @@ class SqliteStore:
                 await self._db.executemany(
                     "UPDATE proxies SET status = ?, latency_ms = ?, success_ratio = ?, last_checked = ?, "
                     "consecutive_failures = ?, exit_ip = ?, anonymity = ?, country = ?, dead_since = ?, "
-                    "check_history = ? WHERE id = ?",
+                    "check_history = ?, tunnels = ? WHERE id = ?",
                     [
                         (
                             p.status.value,
@@ -466,6 +472,7 @@ class SqliteStore:
                             p.country,
                             _ts(p.dead_since),
                             p.check_history,
+                            None if p.tunnels is None else int(p.tunnels),
                             p.id,
                         )
                         for p, _ in results

@@ -238,7 +238,11 @@ async def _proxies(args: argparse.Namespace, settings: Settings) -> int:
             print(proxy.url)  # with credentials: the user asked for a list to use elsewhere
         return 0
     rows = [p.public_dict() for p in proxies]
-    emit(rows, ("id", "url", "status", "latency_ms", "anonymity", "country", "exit_ip", "last_checked"), args.format)
+    emit(
+        rows,
+        ("id", "url", "status", "latency_ms", "anonymity", "country", "exit_ip", "tunnels", "last_checked"),
+        args.format,
+    )
     return 0
 
 

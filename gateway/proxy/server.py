@@ -396,10 +396,13 @@ class GatewayServer(StreamPath):
             raise Refusal(400, exc.message, "bad_request") from None
         return None, route
 
-    def _next_upstream(self, route: Route, tried: set[int], host: str) -> tuple[bool, Proxy | None]:
+    def _next_upstream(
+        self, route: Route, tried: set[int], host: str, *, tunnel: bool = False
+    ) -> tuple[bool, Proxy | None]:
         """The next upstream to try: (True, proxy), (True, None) for the direct fallback, or
-        (False, None) when the attempts are used up; raises the 503 when nothing matched at all."""
-        proxy = self.selector.pick(route, exclude=tried, host=host)
+        (False, None) when the attempts are used up; raises the 503 when nothing matched at all.
+        ``tunnel``: for a CONNECT, never an upstream known not to carry tunnels."""
+        proxy = self.selector.pick(route, exclude=tried, host=host, tunnel=tunnel)
         if proxy is not None:
             tried.add(proxy.id)
             return True, proxy
@@ -416,9 +419,14 @@ class GatewayServer(StreamPath):
         return Refusal(503, f"no active proxy for {what}", "no_proxy")
 
     def _report(self, proxy: Proxy | None, ok: bool, exc: UpstreamError | None = None) -> None:
-        """Passive health: the upstream's own failure, or (``exc.target``) one about that target."""
+        """Passive health: the upstream's own failure, or (``exc.target``) one about that target. An
+        upstream that refused a CONNECT (``exc.refuses_tunnel``) is not failing: it gets no tunnel again
+        until its next check."""
         if proxy is not None:
-            self.selector.report(proxy, ok, target=None if exc is None else exc.target)
+            if exc is not None and getattr(exc, "refuses_tunnel", False):
+                self.selector.refused_tunnel(proxy)
+            else:
+                self.selector.report(proxy, ok, target=None if exc is None else exc.target)
         if exc is not None and self.metrics is not None:
             self.metrics.upstream_failure(exc.reason)  # type: ignore[attr-defined]
 

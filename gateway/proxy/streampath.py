@@ -164,7 +164,7 @@ class StreamPath:
         attempts = Attempts()
         tried: set[int] = set()
         for _ in range(self.gw.max_retries + 1):
-            go, proxy = self._next_upstream(route, tried, head.host)
+            go, proxy = self._next_upstream(route, tried, head.host, tunnel=True)
             if not go:
                 break
             try:

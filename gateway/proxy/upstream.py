@@ -85,7 +85,10 @@ class UpstreamConnectError(UpstreamError, OSError):
 
 
 class UpstreamRefused(UpstreamError):
-    """The upstream answered, but said no (CONNECT 407/5xx, SOCKS rejection)."""
+    """The upstream answered, but said no (CONNECT 407/5xx, SOCKS rejection).
+
+    ``refuses_tunnel``: an HTTP upstream answered CONNECT with a 4xx other than 407: it does not carry
+    tunnels (it may serve plain HTTP well), so it is failed over without blame and marked as such."""
 
     TARGET_HTTP = frozenset({502, 503, 504})
     TARGET_SOCKS = frozenset({3, 4, 5, 6})  # network/host unreachable, connection refused, TTL expired
@@ -96,6 +99,11 @@ class UpstreamRefused(UpstreamError):
         codes = self.TARGET_HTTP if reason == "http_status" else self.TARGET_SOCKS
         super().__init__(message, reason, target=target if status_code in codes else None)
         self.status_code = status_code
+        self.refuses_tunnel = (
+            reason == "http_status" and status_code is not None and 400 <= status_code < 500 and status_code != 407
+        )
+        if self.refuses_tunnel:
+            self.blames_upstream = False  # a capability, not a failure: marked, never benched
 
 
 _SOCKS_TYPES = {

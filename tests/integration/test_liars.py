@@ -3,17 +3,25 @@ every liar ends dead with the detail that names its lie, every honest proxy keep
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import trustme
+from aiohttp.test_utils import TestServer
 
+from bench.upstreams import Services, have
 from config import Settings
 from plugins import CheckContext, Proxy, UpstreamURL
-from plugins.builtin.checkers import http_anonymity
-from tests.support.grade_proxies import grade_proxy
+from plugins.builtin.checkers import http_anonymity, tls_tunnel
+from pool.tls_judge import TlsJudge
+from tests.support.grade_proxies import grade_proxy, microsocks, microsocks_available
 from tests.support.judges import Judge, running_judge
 from tests.support.liars import liar
+from tests.support.upstreams import closed_port, origin_app, start_pproxy
+
+TOKEN = "t" * 32
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -108,3 +116,238 @@ async def test_pipeline_kills_the_fake_judge_and_keeps_honest_grades(make_pool):
         failed = [c for c in checks if not c["passed"]]
         assert failed and failed[0]["checker"] == "http_anonymity"
         assert "does not echo the check token" in failed[0]["detail"]
+
+
+# tls_tunnel -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tls_judge() -> AsyncIterator[TlsJudge]:
+    judge = await TlsJudge.start("127.0.0.1")
+    yield judge
+    await judge.stop()
+
+
+async def _tls_check(client, judge: TlsJudge, url: str) -> tuple[object, CheckContext]:
+    context = CheckContext(client, tls_endpoints=[judge.endpoint])
+    result = await tls_tunnel.create_plugin(Settings(checker={"timeout": 5.0})).check(_proxy(url), context)
+    return result, context
+
+
+async def test_man_in_the_middle_is_caught_by_the_pinned_certificate(client, tls_judge):
+    """A proxy that answers CONNECT itself with a certificate of its own fails: a man in the middle."""
+    async with liar("man_in_the_middle", "127.0.0.36") as mitm:
+        result, context = await _tls_check(client, tls_judge, mitm.url())
+    assert mitm.lies == 1
+    assert not result.passed and not result.skipped
+    assert result.detail.startswith("man in the middle: CONNECT to the checker's TLS judge")
+    assert context.tunnels is None
+
+
+async def test_connect_refuser_is_plain_http_only_not_dead(client, tls_judge):
+    """A refused CONNECT is a capability: the check passes and says the proxy does not tunnel."""
+    async with liar("connect_refuser", "127.0.0.37") as refuser:
+        result, context = await _tls_check(client, tls_judge, refuser.url())
+    assert result.passed, result.detail
+    assert context.tunnels is False
+    assert result.detail == (
+        f"plain HTTP only: CONNECT to the checker's TLS judge 127.0.0.1:{tls_judge.port} refused: 405 Method Not Allowed"
+    )
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks4", "socks5"])
+async def test_honest_proxies_tunnel_to_the_tls_judge(client, tls_judge, scheme):
+    """pproxy over HTTP CONNECT, SOCKS4 and SOCKS5 reaches the judge's own certificate: tunnels."""
+    up = await start_pproxy("127.0.0.38", "http+socks4+socks5")
+    try:
+        result, context = await _tls_check(client, tls_judge, up.url(scheme))
+    finally:
+        await up.stop()
+    assert result.passed, result.detail
+    assert context.tunnels is True
+    assert result.detail.startswith("tunnels: TLS to the checker's TLS judge")
+
+
+async def test_credentialed_http_proxy_tunnels(client, tls_judge):
+    async with grade_proxy("elite", "127.0.0.39", auth=("ann", "pw")) as gp:
+        result, context = await _tls_check(client, tls_judge, gp.url())
+    assert result.passed and context.tunnels is True, result.detail
+    assert "pw" not in result.detail
+
+
+async def test_no_reachable_tls_endpoint_is_not_checked(client):
+    """No own TLS judge and a judge whose HTTPS form answers nothing: no verdict on tunnelling, no death."""
+    checker = tls_tunnel.create_plugin(Settings(checker={"timeout": 2.0}))
+    async with liar("man_in_the_middle", "127.0.0.40") as mitm:
+        context = CheckContext(client, judges=[f"https://127.0.0.1:{closed_port()}/get"])
+        result = await checker.check(_proxy(mitm.url()), context)
+    assert result.passed and context.tunnels is None
+    assert result.detail.startswith("not checked")
+    assert mitm.connects == 0
+
+
+# the whole pool ---------------------------------------------------------------------------------
+
+
+async def _checks(admin: str, proxy_id: int) -> list[dict]:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        async with http.get(f"{admin}/api/proxies/{proxy_id}/checks") as resp:
+            assert resp.status == 200
+            return (await resp.json())["checks"]
+
+
+async def test_default_pipeline_kills_liars_keeps_honest_software(make_pool, tmp_path):
+    """Default checker settings (the admin's judges): the fake judge and the man in the middle are dead
+    with their detail, the CONNECT refuser is active for plain HTTP only, and honest software
+    (pproxy, tinyproxy, squid, microsocks, grade proxies) stays active, tunnelling, with its grade."""
+    honest_software: dict[str, str] = {}
+    with Services(tmp_path / "services") as services:
+        for software, host in (("tinyproxy", "127.0.0.61"), ("squid", "127.0.0.62")):
+            if have(software):
+                honest_software[host] = services.__getattribute__(software)(host).url
+        pproxy = await start_pproxy("127.0.0.63", "http+socks5")
+        async with contextlib_nullcontext_if(not microsocks_available()) as ms, (
+            liar("fake_judge", "127.0.0.51")
+        ) as fake, liar("man_in_the_middle", "127.0.0.52") as mitm, liar(
+            "connect_refuser", "127.0.0.53"
+        ) as refuser, grade_proxy("anonymous", "127.0.0.54") as anonymous:
+            urls = [fake.url(), mitm.url(), refuser.url(), anonymous.url(), pproxy.url("http"), pproxy.url("socks5")]
+            urls += list(honest_software.values())
+            if ms is not None:
+                urls.append(ms.url())
+            try:
+                pool = await make_pool(urls, admin={"token": TOKEN})
+                await pool.wait_until(
+                    lambda: sum(p.last_checked is not None for p in pool.selector.proxies()) == len(urls)
+                )
+                await pool.pipeline.wait_idle()
+                await pool.pipeline.flush()
+                by = {(p.host, p.protocol.value): p for p in pool.selector.proxies()}
+                admin = f"http://127.0.0.1:{pool.admin_address[1]}"
+
+                fake_p, mitm_p, refuser_p = by[("127.0.0.51", "http")], by[("127.0.0.52", "http")], by[("127.0.0.53", "http")]
+                assert fake_p.status.value == "dead" and mitm_p.status.value == "dead"
+                fake_fail = [c for c in await _checks(admin, fake_p.id) if not c["passed"]][0]
+                assert fake_fail["checker"] == "http_anonymity" and "does not echo the check token" in fake_fail["detail"]
+                mitm_fail = [c for c in await _checks(admin, mitm_p.id) if not c["passed"]][0]
+                assert mitm_fail["checker"] == "tls_tunnel" and mitm_fail["detail"].startswith("man in the middle")
+
+                assert refuser_p.status.value == "active" and refuser_p.tunnels is False
+                honest = [p for key, p in by.items() if key[0] not in ("127.0.0.51", "127.0.0.52", "127.0.0.53")]
+                assert len(honest) == len(urls) - 3
+                assert all(p.status.value == "active" and p.tunnels is True for p in honest), [
+                    (p.display_url, p.status, p.tunnels) for p in honest
+                ]
+                assert by[("127.0.0.54", "http")].anonymity.value == "anonymous"
+                assert by[("127.0.0.63", "socks5")].anonymity.value == "elite"
+
+                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                    async with http.get(f"{admin}/api/proxies?status=active&limit=100") as resp:
+                        listed = {p["host"] + "/" + p["protocol"]: p["tunnels"] for p in (await resp.json())["proxies"]}
+                    async with http.get(f"{admin}/metrics") as resp:
+                        metrics = await resp.text()
+                assert listed["127.0.0.53/http"] is False and listed["127.0.0.54/http"] is True
+                assert "proxy_pool_active_proxies_by_tunnels{tunnels=\"no\"} 1.0" in metrics
+                assert f"proxy_pool_active_proxies_by_tunnels{{tunnels=\"yes\"}} {len(honest)}.0" in metrics
+            finally:
+                await pproxy.stop()
+
+
+class contextlib_nullcontext_if:
+    """``async with`` a microsocks, or None when it is not installed."""
+
+    def __init__(self, skip: bool) -> None:
+        self._cm = None if skip else microsocks("127.0.0.64")
+
+    async def __aenter__(self):
+        return None if self._cm is None else await self._cm.__aenter__()
+
+    async def __aexit__(self, *exc):
+        if self._cm is not None:
+            await self._cm.__aexit__(*exc)
+
+
+# the gateway trusts the flags -------------------------------------------------------------------
+
+
+@pytest.fixture
+async def tls_origin() -> AsyncIterator[tuple[TestServer, ssl.SSLContext]]:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    server = TestServer(origin_app(), host="127.0.0.1")
+    await server.start_server(ssl=server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    yield server, client_ctx
+    await server.close()
+
+
+async def _https_through(gateway: str, url: str, ctx: ssl.SSLContext, n: int) -> list[str]:
+    """``n`` HTTPS requests, each its own CONNECT through the gateway; the peers the origin saw."""
+    peers = []
+    connector = aiohttp.TCPConnector(force_close=True, ssl=ctx)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for i in range(n):
+            async with http.get(f"{url}/echo?i={i}", proxy=gateway) as resp:
+                assert resp.status == 200, await resp.text()
+                peers.append((await resp.json())["peer"])
+    return peers
+
+
+async def test_https_never_goes_to_the_connect_refuser(make_pool, tls_origin, origin):
+    """100 HTTPS requests through a gateway whose pool holds the refuser all succeed (none reach it);
+    plain HTTP still uses it."""
+    tls, ctx = tls_origin
+    async with liar("connect_refuser", "127.0.0.71") as refuser, grade_proxy("elite", "127.0.0.72") as honest:
+        pool = await make_pool([refuser.url(), honest.url()], gateway={"allowed_connect_ports": "*"})
+        await pool.wait_until(lambda: pool.selector.active_count == 2)
+        gateway = f"http://127.0.0.1:{pool.gateway_address[1]}"
+        before = refuser.connects
+        peers = await _https_through(gateway, f"https://127.0.0.1:{tls.port}", ctx, 100)
+        assert set(peers) == {"127.0.0.72"}
+        assert refuser.connects == before  # never asked for a tunnel by the gateway
+        async with aiohttp.ClientSession() as http:
+            plain = set()
+            for i in range(6):
+                async with http.get(f"http://127.0.0.1:{origin.port}/echo?p={i}", proxy=gateway) as resp:
+                    plain.add((await resp.json())["peer"])
+        assert plain == {"127.0.0.71", "127.0.0.72"}
+
+
+async def test_a_refused_connect_is_failed_over_and_marks_the_upstream(make_pool, tls_origin):
+    """Before a check knows it, an upstream refusing CONNECT (405) is failed over like a 5xx (the client
+    never sees it), is not benched, and gets no tunnel again until its next check."""
+    tls, ctx = tls_origin
+    async with liar("connect_refuser", "127.0.0.73") as refuser, grade_proxy("elite", "127.0.0.74") as honest:
+        pool = await make_pool([refuser.url(), honest.url()], gateway={"allowed_connect_ports": "*"})
+        await pool.wait_until(lambda: pool.selector.active_count == 2)
+        flagged = next(p for p in pool.selector.proxies() if p.host == "127.0.0.73")
+        assert flagged.tunnels is False
+        flagged.tunnels = None  # as if no check had told (e.g. no TLS endpoint reachable)
+        gateway = f"http://127.0.0.1:{pool.gateway_address[1]}"
+        before = refuser.connects
+        peers = await _https_through(gateway, f"https://127.0.0.1:{tls.port}", ctx, 10)
+        assert set(peers) == {"127.0.0.74"}
+        assert refuser.connects == before + 1  # asked once, failed over, then never again
+        assert flagged.tunnels is False
+        assert flagged.id not in pool.selector.benched and pool.selector.active_count == 2
+        await _https_through(gateway, f"https://127.0.0.1:{tls.port}", ctx, 10)
+        assert refuser.connects == before + 1
+
+
+async def test_https_proxy_tunnels_tls_in_tls(client, tls_judge, tmp_path):
+    """An https:// upstream (TLS to the proxy itself) carries the CONNECT inside its own TLS."""
+    from tests.support.upstreams import start_tls_pproxy
+
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    up = await start_tls_pproxy(ca, "127.0.0.75")
+    try:
+        checker = tls_tunnel.create_plugin(Settings(checker={"timeout": 5.0, "upstream_tls_verify": str(ca_file)}))
+        context = CheckContext(client, tls_endpoints=[tls_judge.endpoint])
+        result = await checker.check(_proxy(up.url("https")), context)
+    finally:
+        await up.stop()
+    assert result.passed and context.tunnels is True, result.detail

@@ -128,9 +128,16 @@ class ManInTheMiddle(Liar):
         self.ca.issue_cert(host or "localhost").configure_cert(ctx)
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.drain()
-        with contextlib.suppress(ssl.SSLError, ConnectionError, OSError, TimeoutError):
-            await asyncio.wait_for(writer.start_tls(ctx), 5)
+        transport = writer.transport
+        loop = asyncio.get_running_loop()
+        try:  # loop.start_tls, not StreamWriter.start_tls: a refused handshake leaves a usable writer
+            tls = await asyncio.wait_for(loop.start_tls(transport, transport.get_protocol(), ctx, server_side=True), 5)
+        except (ssl.SSLError, ConnectionError, OSError, TimeoutError):
+            return True
+        with contextlib.suppress(ConnectionError, OSError, TimeoutError):
             await asyncio.wait_for(reader.read(65536), 5)  # what the victim sends, read by the liar
+        if tls is not None:
+            tls.close()
         return True
 
 

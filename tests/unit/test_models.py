@@ -237,6 +237,7 @@ def test_proxy_public_dict_has_no_credentials():
         "success_ratio",
         "last_checked",
         "source_id",
+        "tunnels",
     }
     assert d["url"] == "socks5://bob:***@10.1.2.3:1080"
     assert "pa55word" not in repr(d)
