@@ -1,10 +1,14 @@
-"""Checker pipeline throughput: N proxies (a few dozen live, the rest closed ports and black holes).
+"""Checker pipeline throughput: N proxies shaped like a free list (a few dozen honest ones, as many
+liars, the rest closed ports and black holes).
 
-    python bench/pipeline_bench.py [--proxies 5000] [--live 40] [--holes 500] [--concurrency 500] [--format json]
+    python bench/pipeline_bench.py [--proxies 5000] [--live 40] [--liars 40] [--holes 500] [--concurrency 500]
+                                   [--format json]
 
-Live upstreams (pproxy), black holes and the judge run in a helper process so the pipeline has its
-event loop to itself, as in ``proxy-pool serve``.  Reports wall time, peak RSS and the peak number of
-open file descriptors of the checking process.  Loopback only.
+Live upstreams (pproxy), liars (tests/support/liars.py, in equal parts: fake judge, HTML injector, man
+in the middle, CONNECT refuser), black holes and the judge (``/judge`` and ``/judge/page``, as a
+proxy-pool admin serves them) run in a helper process so the pipeline has its event loop to itself, as
+in ``proxy-pool serve``.  Reports wall time, peak RSS and the peak number of open file descriptors of
+the checking process, and the share of the list each check removes.  Loopback only.
 """
 
 from __future__ import annotations
@@ -27,30 +31,47 @@ sys.path.insert(0, str(ROOT))
 HELPER = r"""
 import asyncio, json, socket, sys
 sys.modules["uvloop"] = None
+sys.path.insert(0, sys.argv[4])
 import pproxy
 from aiohttp import web
+from tests.support.liars import LIARS
 
-async def main(live, holes):
+KINDS = ["fake_judge", "html_injector", "man_in_the_middle", "connect_refuser"]
+
+async def main(live, holes, liars):
     ports = []
     for i in range(live):
         host = f"127.0.1.{i % 250 + 1}"
         srv = await pproxy.Server(f"http+socks5://{host}:0/@in").start_server({"rserver": [], "verbose": lambda *a, **k: None})
         ports.append([host, srv.sockets[0].getsockname()[1]])
+    liar_ports = []
+    for i in range(liars):
+        kind = KINDS[i % len(KINDS)]
+        proxy = await LIARS[kind](f"127.0.4.{i % 250 + 1}", "elite").start()
+        liar_ports.append([kind, proxy.host, proxy.port])
+    page = open(sys.argv[5], "rb").read()
     hole_socks = []
     hole_ports = []
     for i in range(holes):
         s = socket.socket(); s.bind(("127.0.2.1", 0)); s.listen(4096); hole_socks.append(s)
         hole_ports.append(s.getsockname()[1])
     async def get(request):
-        return web.json_response({"origin": request.remote, "headers": dict(request.headers)})
-    app = web.Application(); app.router.add_get("/get", get)
+        return web.json_response({"args": dict(request.query), "origin": request.remote, "headers": dict(request.headers)})
+    async def page_of(request):
+        return web.Response(body=page, content_type="text/html")
+    app = web.Application(); app.router.add_get("/judge", get); app.router.add_get("/judge/page", page_of)
     runner = web.AppRunner(app, access_log=None); await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0); await site.start()
-    print(json.dumps({"live": ports, "holes": hole_ports, "judge": runner.addresses[0][1]}), flush=True)
+    print(json.dumps({"live": ports, "liars": liar_ports, "holes": hole_ports, "judge": runner.addresses[0][1]}), flush=True)
     await asyncio.Event().wait()
 
-asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
 """
+
+try:  # the page every proxy-pool judge serves; older trees (benched for comparison) have none
+    from plugins import JUDGE_PAGE
+except ImportError:
+    JUDGE_PAGE = b"<html><body>judge page</body></html>"
 
 
 def closed_ports(n: int) -> list[tuple[str, int]]:
@@ -71,6 +92,7 @@ def open_fds() -> int:
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     from config import Settings
+    from config.settings import CheckerSettings
     from gateway.app import open_registry
     from pool.models import UpstreamURL
     from pool.pipeline import Pipeline
@@ -79,19 +101,27 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    page_file = tempfile.NamedTemporaryFile(prefix="judge-page-", suffix=".html")
+    page_file.write(JUDGE_PAGE)
+    page_file.flush()
     helper = subprocess.Popen(
-        [sys.executable, "-c", HELPER, str(args.live), str(args.holes)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HELPER, str(args.live), str(args.holes), str(args.liars), str(ROOT), page_file.name],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         info = json.loads(helper.stdout.readline())  # type: ignore[union-attr]
         live = [(h, p) for h, p in info["live"]]
+        liars = {(h, p): kind for kind, h, p in info["liars"]}
         holes = [("127.0.2.1", p) for p in info["holes"]]
-        closed = closed_ports(args.proxies - len(live) - len(holes))
-        targets = live + holes + closed
+        closed = closed_ports(args.proxies - len(live) - len(liars) - len(holes))
+        targets = live + list(liars) + holes + closed
         random.Random(1).shuffle(targets)
         settings = Settings(
             checker={
-                "judges": [f"http://127.0.0.1:{info['judge']}/get?show_env=1"],
+                "judges": [f"http://127.0.0.1:{info['judge']}/judge"],
+                # offline: the judge's own page only (older trees have no such key)
+                **({"integrity_pages": []} if "integrity_pages" in CheckerSettings.model_fields else {}),
                 "concurrency": args.concurrency,
                 "timeout": args.timeout,
             },
@@ -111,7 +141,24 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     key = f"{run.verdict.failed_check}: {run.verdict.detail[:80]}"
                     live_failures[key] = live_failures.get(key, 0) + 1
 
-            pipeline.on_run = on_run
+            removed_by: dict[str, int] = {}
+            liar_verdicts: dict[str, dict[str, int]] = {}
+
+            def on_run_all(run) -> None:
+                on_run(run)
+                verdict = run.verdict
+                if verdict is not None and verdict.passed is False and verdict.failed_check:
+                    removed_by[verdict.failed_check] = removed_by.get(verdict.failed_check, 0) + 1
+                kind = liars.get((run.proxy.host, run.proxy.port))
+                if kind is not None and verdict is not None:
+                    outcome = (
+                        f"dead ({verdict.failed_check})" if verdict.passed is False
+                        else "active" + ("" if getattr(run.proxy, "tunnels", None) is not False else ", tunnels=false")
+                    )
+                    liar_verdicts.setdefault(kind, {})
+                    liar_verdicts[kind][outcome] = liar_verdicts[kind].get(outcome, 0) + 1
+
+            pipeline.on_run = on_run_all
             await pipeline.start()
             peak_fds = open_fds()
             started = time.perf_counter()
@@ -129,16 +176,22 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             sampler.cancel()
             await pipeline.stop()
             counts = {"active": 0, "dead": 0, "new": 0}
+            tunnels = {"yes": 0, "no": 0, "unknown": 0}
             for proxy in selector.proxies():
                 counts[proxy.status.value] += 1
+                if proxy.status.value == "active":
+                    flag = getattr(proxy, "tunnels", None)
+                    tunnels["unknown" if flag is None else "yes" if flag else "no"] += 1
             await store.close()
     finally:
         helper.kill()
         helper.wait()
+        page_file.close()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "proxies": len(targets),
         "live": len(live),
+        "liars": len(liars),
         "black_holes": len(holes),
         "closed_ports": len(closed),
         "concurrency": args.concurrency,
@@ -149,6 +202,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "peak_open_fds": peak_fds,
         "fd_soft_limit_before": soft,
         "result": counts,
+        "active_tunnels": tunnels,
+        "removed_by": {
+            check: f"{n} ({100 * n / len(targets):.2f} %)" for check, n in sorted(removed_by.items(), key=lambda kv: -kv[1])
+        },
+        "liar_verdicts": liar_verdicts,
         "live_failures": live_failures,
     }
 
@@ -157,6 +215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--proxies", type=int, default=5000)
     parser.add_argument("--live", type=int, default=40)
+    parser.add_argument("--liars", type=int, default=40, help="lying proxies, in equal parts of the four kinds")
     parser.add_argument("--holes", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=10.0)

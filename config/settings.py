@@ -187,6 +187,10 @@ class CheckerSettings(_Section):
     tcp_target: str | None = Field(
         default=None, description="host:port the SOCKS handshake asks for; default: the first judge"
     )
+    integrity_pages: list[str] = Field(
+        default_factory=lambda: ["http://httpbin.org/html"],
+        description="static http:// pages content_integrity compares through a proxy with a direct fetch",
+    )
     upstream_tls_verify: bool | str = Field(
         default=True,
         description="https:// upstreams: true = system store, false = accept any certificate, or a CA file (PEM)",
@@ -197,6 +201,14 @@ class CheckerSettings(_Section):
     def _ca_file(cls, v: bool | str) -> bool | str:
         if isinstance(v, str) and not Path(v).is_file():
             raise ValueError(f"CA file {v!r} does not exist")
+        return v
+
+    @field_validator("integrity_pages")
+    @classmethod
+    def _plain_http(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith("http://"):
+                raise ValueError(f"{url!r} is not an http:// URL (a proxy can only alter what it can read)")
         return v
 
     @field_validator("tcp_target")

@@ -5,6 +5,7 @@
 Built-in plugins import only from here and from ``config``, exactly like a contrib plugin.
 """
 
+from plugins.judge_page import JUDGE_PAGE, JUDGE_PAGE_SHA256
 from plugins.protocols import CheckContext, CheckResult, Notifier, ProxyChecker, SourceParser, TlsEndpoint
 from plugins.registry import PluginConflictError, PluginRegistry, PluginValidationError
 from pool.models import (
@@ -19,6 +20,8 @@ from pool.models import (
 )
 
 __all__ = [
+    "JUDGE_PAGE",
+    "JUDGE_PAGE_SHA256",
     "AnonymityLevel",
     "CheckContext",
     "CheckResult",

@@ -12,12 +12,13 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin.common import MAX_PAGE, POOL, country_param, enum_param, error, int_param, json_object
+from plugins import JUDGE_PAGE
 from pool.errors import InvalidInputError
 from pool.models import AnonymityLevel, ProxyProtocol, ProxyStatus
 from pool.selector import Route
 from pool.sources import add_source
 
-__all__ = ["judge", "add_pool_routes"]
+__all__ = ["judge", "judge_page", "add_pool_routes"]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -35,6 +36,11 @@ async def judge(request: web.Request) -> web.Response:
     return web.json_response(
         {"args": dict(request.query), "origin": request.remote, "headers": dict(request.headers)}
     )
+
+
+async def judge_page(request: web.Request) -> web.Response:
+    """The judge page of fixed content that ``content_integrity`` compares byte for byte."""
+    return web.Response(body=JUDGE_PAGE, content_type="text/html", charset="utf-8")
 
 
 async def list_proxies(request: web.Request) -> web.Response:
@@ -199,6 +205,7 @@ def add_pool_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/judge", judge)
+    app.router.add_get("/judge/page", judge_page)
     app.router.add_get("/api/stats", stats)
     app.router.add_get("/api/proxies", list_proxies)
     app.router.add_get("/api/proxies/pick", pick_proxy)

@@ -125,10 +125,11 @@ class _Progress:
 @contextlib.asynccontextmanager
 async def _local_judge() -> AsyncIterator[str]:
     """A judge on 127.0.0.1 for proxies on this machine (the same answer as the admin's /judge)."""
-    from gateway.admin.routes import judge
+    from gateway.admin.routes import judge, judge_page
 
     app = web.Application()
     app.router.add_route("*", "/judge", judge)
+    app.router.add_get("/judge/page", judge_page)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -197,8 +197,8 @@ async def _checks(admin: str, proxy_id: int) -> list[dict]:
 
 
 async def test_default_pipeline_kills_liars_keeps_honest_software(make_pool, tmp_path):
-    """Default checker settings (the admin's judges): the fake judge and the man in the middle are dead
-    with their detail, the CONNECT refuser is active for plain HTTP only, and honest software
+    """Default checker settings (the admin's judges): the fake judge, the man in the middle and the HTML
+    injector are dead with their detail, the CONNECT refuser is active for plain HTTP only, and honest software
     (pproxy, tinyproxy, squid, microsocks, grade proxies) stays active, tunnelling, with its grade."""
     honest_software: dict[str, str] = {}
     with Services(tmp_path / "services") as services:
@@ -210,8 +210,9 @@ async def test_default_pipeline_kills_liars_keeps_honest_software(make_pool, tmp
             liar("fake_judge", "127.0.0.51")
         ) as fake, liar("man_in_the_middle", "127.0.0.52") as mitm, liar(
             "connect_refuser", "127.0.0.53"
-        ) as refuser, grade_proxy("anonymous", "127.0.0.54") as anonymous:
+        ) as refuser, grade_proxy("anonymous", "127.0.0.54") as anonymous, liar("html_injector", "127.0.0.55") as injector:
             urls = [fake.url(), mitm.url(), refuser.url(), anonymous.url(), pproxy.url("http"), pproxy.url("socks5")]
+            urls.append(injector.url())
             urls += list(honest_software.values())
             if ms is not None:
                 urls.append(ms.url())
@@ -231,10 +232,16 @@ async def test_default_pipeline_kills_liars_keeps_honest_software(make_pool, tmp
                 assert fake_fail["checker"] == "http_anonymity" and "does not echo the check token" in fake_fail["detail"]
                 mitm_fail = [c for c in await _checks(admin, mitm_p.id) if not c["passed"]][0]
                 assert mitm_fail["checker"] == "tls_tunnel" and mitm_fail["detail"].startswith("man in the middle")
+                injector_p = by[("127.0.0.55", "http")]
+                assert injector_p.status.value == "dead"
+                injector_fail = [c for c in await _checks(admin, injector_p.id) if not c["passed"]][0]
+                assert injector_fail["checker"] == "content_integrity"
+                assert injector_fail["detail"].startswith("alters content:")
 
                 assert refuser_p.status.value == "active" and refuser_p.tunnels is False
-                honest = [p for key, p in by.items() if key[0] not in ("127.0.0.51", "127.0.0.52", "127.0.0.53")]
-                assert len(honest) == len(urls) - 3
+                liars = ("127.0.0.51", "127.0.0.52", "127.0.0.53", "127.0.0.55")
+                honest = [p for key, p in by.items() if key[0] not in liars]
+                assert len(honest) == len(urls) - 4
                 assert all(p.status.value == "active" and p.tunnels is True for p in honest), [
                     (p.display_url, p.status, p.tunnels) for p in honest
                 ]
@@ -351,3 +358,56 @@ async def test_https_proxy_tunnels_tls_in_tls(client, tls_judge, tmp_path):
     finally:
         await up.stop()
     assert result.passed and context.tunnels is True, result.detail
+
+
+# content_integrity --------------------------------------------------------------------------------
+
+
+async def test_html_injector_alters_content(make_pool):
+    """A proxy appending a script to text/html is dead with "alters content"; an honest one beside it
+    passes with the page intact, and the judge page served by the admin is the known one."""
+    from plugins import JUDGE_PAGE
+
+    async with liar("html_injector", "127.0.0.81") as injector, grade_proxy("elite", "127.0.0.82") as honest:
+        pool = await make_pool([injector.url(), honest.url()], admin={"token": TOKEN})
+        await pool.wait_until(lambda: sum(p.last_checked is not None for p in pool.selector.proxies()) == 2)
+        await pool.pipeline.wait_idle()
+        await pool.pipeline.flush()
+        by = {p.host: p for p in pool.selector.proxies()}
+        admin = f"http://127.0.0.1:{pool.admin_address[1]}"
+        assert by["127.0.0.81"].status.value == "dead" and injector.lies >= 1
+        failed = [c for c in await _checks(admin, by["127.0.0.81"].id) if not c["passed"]][0]
+        assert failed["checker"] == "content_integrity"
+        assert failed["detail"].startswith(f"alters content: {admin}/judge/page came back 200 with")
+        assert by["127.0.0.82"].status.value == "active"
+        intact = [c for c in await _checks(admin, by["127.0.0.82"].id) if c["checker"] == "content_integrity"][0]
+        assert intact["passed"] and intact["detail"] == f"content intact: {admin}/judge/page ({len(JUDGE_PAGE)} bytes)"
+        async with aiohttp.ClientSession() as http, http.get(f"{admin}/judge/page") as resp:
+            assert resp.headers["Content-Type"].startswith("text/html")
+            assert await resp.read() == JUDGE_PAGE
+
+
+async def test_static_integrity_page_learned_directly(client, origin):
+    """A configured static page: its content is learned by a direct fetch, then compared through the proxy."""
+    from plugins.builtin.checkers import content_integrity
+
+    static = f"http://127.0.0.1:{origin.port}/big?size=5000"
+    checker = content_integrity.create_plugin(Settings(checker={"timeout": 5.0, "integrity_pages": [static]}))
+    async with grade_proxy("elite", "127.0.0.83") as honest, liar("html_injector", "127.0.0.84") as injector:
+        good = await checker.check(_proxy(honest.url()), CheckContext(client))
+        # the injector leaves non-HTML alone: it only lies to pages
+        also_good = await checker.check(_proxy(injector.url()), CheckContext(client))
+    assert good.passed and good.detail == f"content intact: {static} (5000 bytes)"
+    assert also_good.passed, also_good.detail
+
+
+async def test_no_page_reachable_is_not_checked(client):
+    from plugins.builtin.checkers import content_integrity
+
+    checker = content_integrity.create_plugin(
+        Settings(checker={"timeout": 2.0, "integrity_pages": [f"http://127.0.0.1:{closed_port()}/html"]})
+    )
+    async with liar("html_injector", "127.0.0.85") as injector:
+        result = await checker.check(_proxy(injector.url()), CheckContext(client))
+    assert result.passed and result.detail.startswith("not checked")
+    assert injector.lies == 0
