@@ -91,6 +91,9 @@ class GatewaySettings(_Section):
     response_timeout: float = Field(default=60.0, gt=0, description="seconds an upstream may take to answer")
     idle_timeout: float = Field(default=120.0, gt=0)
     head_timeout: float = Field(default=15.0, gt=0, description="seconds for a client to send a whole head")
+    read_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a body being relayed may go without a byte, either direction"
+    )
     max_connections: int = Field(default=2048, ge=1)
     max_header_bytes: int = Field(default=65536, ge=1024)
     allowed_connect_ports: list[int] | Literal["*"] = Field(default_factory=lambda: [443, 80])

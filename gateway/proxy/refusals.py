@@ -1,7 +1,6 @@
 """Our own answers: a status, a one-line reason, and the outcome label metrics count it under.
 
-Shared by both request paths (``gateway.proxy.fastpath`` and ``gateway.proxy.streampath``), so that a client gets
-the same answer whichever path served it.
+Every step of a request may end in one of these; the client connection writes it and accounting counts it.
 """
 
 from __future__ import annotations
@@ -14,9 +13,10 @@ from gateway.proxy.upstream import UpstreamError, UpstreamTimeout
 from pool.models import Proxy
 from pool.selector import Route
 
-__all__ = ["AUTH_REALM", "Admission", "Attempts", "KEEP_AFTER", "NeedsVerification", "Picked", "Refusal"]
+__all__ = ["AUTH_REALM", "Admission", "Attempts", "KEEP_AFTER", "NeedsVerification", "Refusal"]
 
-KEEP_AFTER = frozenset({402, 403, 407, 503})
+# after a 407 the connection closes: an unauthenticated client holds no slot (issue 12, item 5)
+KEEP_AFTER = frozenset({402, 403, 503})
 AUTH_REALM = [("Proxy-Authenticate", 'Basic realm="proxy-pool"')]
 
 
@@ -41,8 +41,8 @@ class Refusal(GatewayError):
 
 
 class NeedsVerification(GatewayError):
-    """Credentials not in the accounts' cache: the slow check (a thread) must be awaited first,
-    which the synchronous fast path cannot do; the request goes to the stream path for it."""
+    """Credentials not in the accounts' cache: the slow check (a thread) must be awaited first, which
+    the synchronous admission cannot do; the client connection awaits it in a task, then goes on."""
 
     def __init__(self, name: str, password: str) -> None:
         super().__init__("credentials need the slow check")
@@ -71,17 +71,6 @@ class Attempts:
             return Refusal(504, f"upstream timed out ({len(self.reasons)} attempts)", "timeout")
         summary = "; ".join(self.reasons[-5:])
         return Refusal(502, f"all {len(self.reasons)} attempts failed: {summary}", "upstream_error")
-
-
-@dataclass(slots=True)
-class Picked:
-    """What the callback path had done for a request it hands to the stream path mid-way: the upstream
-    it picked (a SOCKS one, which only the stream path dials), the ones it tried, and why they failed.
-    The stream path goes on from there, so a request costs one pick, not two (round-robin stays fair)."""
-
-    proxy: Proxy
-    tried: set[int]
-    attempts: Attempts
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,11 @@
-"""The byte pump of a tunnel: both directions at once, half-close passed on, idle tunnels closed.
+"""Step 6 for a tunnel, relay: two transports wired to each other, half-close passed on, idle ones cut.
 
-Once a tunnel is up, the two transports are wired to each other with small protocols: bytes go
-from one ``data_received`` straight into the other transport, and a full write buffer on one side
-pauses reading on the other.  No coroutine runs per chunk (measured in bench/gateway_bench.py (c):
-the stream pump this replaced spent its time in task wake-ups, not in copying).  States are
-explicit (mitmproxy's ``TunnelState``) so ``repr()`` tells where a tunnel is.
+Once a CONNECT tunnel is up, the client's transport and the upstream's get small protocols
+(``transport.set_protocol``): bytes go from one ``data_received`` straight into the other transport,
+and a full write buffer on one side pauses reading on the other.  No coroutine runs at all (measured
+in bench/gateway_bench.py: the stream pump this replaced spent its time in task wake-ups).  One timer
+cuts the tunnel after ``idle_timeout`` without a byte either way.  States are explicit (mitmproxy's
+``TunnelState``) so ``repr()`` tells where a tunnel is.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ class TunnelState(enum.Enum):
 class _Half(asyncio.Protocol):
     """One side of the tunnel: what it receives goes to ``peer``."""
 
-    def __init__(self, tunnel: Tunnel, direction: str) -> None:
+    def __init__(self, tunnel: Tunnel, transport: asyncio.Transport, direction: str) -> None:
         self.tunnel = tunnel
+        self.transport = transport
         self.direction = direction  # of the bytes this side receives
-        self.transport: asyncio.Transport | None = None
         self.peer: _Half | None = None
         self.eof = False
         self.lost = False
@@ -44,14 +45,14 @@ class _Half(asyncio.Protocol):
         if tunnel.on_bytes is not None:
             tunnel.on_bytes(self.direction, n)
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.lost:
+        if peer is not None and not peer.lost:
             peer.transport.write(data)
 
     def eof_received(self) -> bool:
         # pass the EOF on: the other side may still answer (half-close)
         self.eof = True
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.lost:
+        if peer is not None and not peer.lost:
             try:
                 if peer.transport.can_write_eof():
                     peer.transport.write_eof()
@@ -62,89 +63,88 @@ class _Half(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.tunnel.side_lost()
+        self.tunnel.close()
 
     def pause_writing(self) -> None:  # our transport is full: stop reading from the other side
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.lost:
+        if peer is not None and not peer.lost:
             peer.transport.pause_reading()
 
     def resume_writing(self) -> None:
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer.lost:
+        if peer is not None and not peer.lost:
             peer.transport.resume_reading()
 
 
 class Tunnel:
-    """Relays client <-> upstream until both sides are done or the tunnel idles out."""
+    """Relays client <-> upstream until both sides are done or the tunnel idles out; ``on_closed``
+    hears of the end once."""
 
     def __init__(
         self,
-        client: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-        upstream: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+        client: asyncio.Transport,
+        upstream: asyncio.Transport,
         *,
         idle_timeout: float,
         on_bytes: Callable[[str, int], None] | None = None,
+        on_closed: Callable[[Tunnel], None] | None = None,
     ) -> None:
-        self.client = client
-        self.upstream = upstream
+        self.loop = asyncio.get_running_loop()
         self.idle_timeout = idle_timeout
         self.on_bytes = on_bytes
+        self.on_closed = on_closed
         self.state = TunnelState.OPEN
         self.sent = 0  # client -> upstream
         self.received = 0  # upstream -> client
-        self.loop = asyncio.get_running_loop()
         self.last = self.loop.time()
-        self._done: asyncio.Future[None] = self.loop.create_future()
-        self._halves: list[_Half] = []
+        self._client = _Half(self, client, "client_to_upstream")
+        self._upstream = _Half(self, upstream, "upstream_to_client")
+        self._client.peer, self._upstream.peer = self._upstream, self._client
+        self._timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<Tunnel {self.state.value} up={self.sent} down={self.received}>"
 
+    def start(self, client_bytes: bytes = b"", upstream_bytes: bytes = b"") -> None:
+        """Take both transports over; bytes either side sent early are passed on first."""
+        for half, early in ((self._client, client_bytes), (self._upstream, upstream_bytes)):
+            if half.transport.is_closing():
+                half.lost = True
+                continue
+            half.transport.set_protocol(half)
+            if early:
+                half.data_received(early)
+        if self._client.lost or self._upstream.lost:
+            self.close()
+            return
+        for half in (self._client, self._upstream):
+            half.transport.resume_reading()
+        self._timer = self.loop.call_at(self.last + self.idle_timeout, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.state is TunnelState.CLOSED:
+            return
+        due = self.last + self.idle_timeout
+        if self.loop.time() < due:
+            self._timer = self.loop.call_at(due, self._on_timer)
+            return
+        self.close()
+
     def half_closed(self) -> None:
         if self.state is TunnelState.OPEN:
             self.state = TunnelState.HALF_CLOSED
-        if all(h.eof or h.lost for h in self._halves):
-            self._finish()
+        if (self._client.eof or self._client.lost) and (self._upstream.eof or self._upstream.lost):
+            self.close()
 
-    def side_lost(self) -> None:
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
-
-    async def run(self) -> None:
-        (cr, cw), (ur, uw) = self.client, self.upstream
-        client_half = _Half(self, "client_to_upstream")
-        up_half = _Half(self, "upstream_to_client")
-        client_half.peer, up_half.peer = up_half, client_half
-        self._halves = [client_half, up_half]
-        sides = ((client_half, cr, cw), (up_half, ur, uw))
-        for half, _, writer in sides:
-            half.transport = writer.transport  # type: ignore[assignment]
-        for half, reader, writer in sides:
-            buffered = bytes(reader._buffer)  # noqa: SLF001  (bytes the stream read ahead)
-            reader._buffer.clear()  # noqa: SLF001
-            writer.transport.set_protocol(half)
-            if buffered:
-                half.data_received(buffered)
-            if reader.at_eof():  # the EOF arrived before the swap: pass it on now
-                half.eof_received()
-            if reader.exception() is not None or writer.transport.is_closing():
-                half.lost = True  # reset or closed before the swap (e.g. while the upstream was dialed)
-                self._finish()
-        for half in self._halves:
-            if half.transport is not None and not half.transport.is_closing():
-                half.transport.resume_reading()
-        try:
-            while not self._done.done():
-                remaining = self.idle_timeout - (self.loop.time() - self.last)
-                if remaining <= 0:
-                    break
-                await asyncio.wait({self._done}, timeout=remaining)
-        finally:
-            self.state = TunnelState.CLOSED
-            for half in self._halves:
-                if half.transport is not None:
-                    half.transport.close()
+    def close(self) -> None:
+        if self.state is TunnelState.CLOSED:
+            return
+        self.state = TunnelState.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for half in (self._client, self._upstream):
+            half.transport.close()
+        if self.on_closed is not None:
+            self.on_closed(self)

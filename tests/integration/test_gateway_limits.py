@@ -23,7 +23,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from gateway.app import ProxyPool
-from gateway.proxy.fastpath import ClientProtocol
+from gateway.proxy.client import ClientConnection, ClientState
 from tests.support.upstreams import Upstream, start_pproxy
 from tests.support.waiting import eventually
 
@@ -180,7 +180,6 @@ def bookkeeping(pool: ProxyPool) -> dict[str, int]:
     gateway = pool.gateway
     return {
         "clients": len(gateway._clients),
-        "streams": len(gateway._streams),
         "waiting": len(gateway._waiting),
         "tasks": len(gateway._tasks),
     }
@@ -422,7 +421,7 @@ async def test_raw_socket_battery_leaks_no_task_or_socket(
     base_sockets = socket_count()
     base_tasks = set(asyncio.all_tasks())
     base_books = bookkeeping(pool)
-    assert base_books["clients"] == base_books["streams"] == base_books["waiting"] == 0, base_books
+    assert base_books["clients"] == base_books["waiting"] == 0, base_books
 
     for case in BATTERY:
         try:
@@ -551,8 +550,7 @@ async def test_client_gone_while_tunnel_is_dialed(make_pool: PoolFactory, leave:
             writer.close()
 
         def client_gone() -> bool:
-            streams = list(gateway._streams.values())
-            return all(s.reader.at_eof() or s.writer.transport.is_closing() for s in streams)
+            return all(c.state is ClientState.CLOSED for c in gateway._clients)
 
         await eventually(client_gone, lambda: "the gateway did not see the client leave")
         held.answer.set()  # only now does the tunnel come up, with nobody on the client side
@@ -650,9 +648,9 @@ async def test_idle_client_outlives_head_timeout(
 async def test_waiting_connection_is_served_when_a_slot_frees(
     make_pool: PoolFactory, upstreams: list[Upstream], origin: TestServer, holder: str
 ) -> None:
-    """max_connections = 1: a second client waits while the first holds the slot (an idle keep-alive
-    client, or an open tunnel) and is served, not 503, once the first goes; a third that waits past
-    the brief wait gets 503 with one line."""
+    """max_connections = 1: an idle keep-alive holder is closed at once to make room for a newcomer
+    (nobody waits for an idle client); a busy holder (an open tunnel) makes the newcomer wait, and it is
+    served, not 503, once the holder goes; one that waits past the brief wait behind a tunnel gets 503."""
     pool = await make_pool(
         [upstreams[0].url()], gateway={"max_connections": 1, "head_timeout": 30, "allowed_connect_ports": "*"}
     )
@@ -662,21 +660,27 @@ async def test_waiting_connection_is_served_when_a_slot_frees(
     first_reader, first_writer = await _served_once(holder, pool.gateway_address, target)
     async with connection(pool.gateway_address) as (reader, writer):
         writer.write(get(target))
-        await eventually(
-            lambda: len(gateway._waiting) == 1, lambda: f"waiting {len(gateway._waiting)}"
-        )
-        first_writer.close()  # the slot frees: the waiting client takes it
+        if holder == "tunnel":
+            await eventually(
+                lambda: len(gateway._waiting) == 1, lambda: f"waiting {len(gateway._waiting)}"
+            )
+            first_writer.close()  # the slot frees: the waiting client takes it
         answer = await read_answer(reader)
         assert answer.status == 200, answer.head
         assert await read_to_eof(first_reader) == b""
+    first_writer.close()
 
-        # the second client now holds the slot (keep-alive); a third waits, then is turned away
+    # a tunnel holds the slot: a third client waits, then is turned away with one line
+    tunnel_reader, tunnel_writer = await _served_once("tunnel", pool.gateway_address, target)
+    try:
         async with connection(pool.gateway_address) as (third_reader, third_writer):
             third_writer.write(get(target, close=True))
             turned_away = await read_answer(third_reader)
         assert turned_away.status == 503
         assert "connections" in one_line(turned_away)
-        await _still_usable("fast", reader, writer, target)
+        await _still_usable("tunnel", tunnel_reader, tunnel_writer, target)
+    finally:
+        tunnel_writer.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,7 +699,7 @@ async def test_one_keepalive_connection_rotates_per_request(
     gateway = pool.gateway
     target = f"127.0.0.1:{origin.port}"
     peers: Counter[str] = Counter()
-    clients: set[ClientProtocol] = set()
+    clients: set[ClientConnection] = set()
     async with connection(pool.gateway_address) as (reader, writer):
         local = writer.get_extra_info("sockname")
         for _ in range(9):

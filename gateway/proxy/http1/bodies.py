@@ -16,6 +16,32 @@ from gateway.proxy.http1.grammar import (
 
 
 _READ_SIZE = 1 << 16
+# RFC 9110 6.5.1: fields that frame, route, authenticate or describe the content are not allowed in
+# trailers, and a recipient that merged them would be desynchronised (RFC 9112 7.1.2): refused.
+_NOT_IN_TRAILERS = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"trailer",
+        b"te",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"upgrade",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+        b"authorization",
+        b"proxy-authorization",
+        b"set-cookie",
+        b"expect",
+    }
+)
+
+
+def _forbidden_trailer(line: bytes) -> bool:
+    return line.partition(b":")[0].strip().lower() in _NOT_IN_TRAILERS
 _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_BYTES = 1 << 16
 
@@ -175,6 +201,8 @@ async def _copy_chunked(
             raise malformed("trailer section too large")
         if _TRAILER_LINE.fullmatch(line) is None:
             raise malformed(f"invalid trailer line {line[:40]!r}")
+        if _forbidden_trailer(line):
+            raise malformed(f"framing or routing field in the trailer section {line[:40]!r}")
     await flush()
 
 
@@ -197,24 +225,33 @@ class BodyTracker:
         self.line = bytearray()
         self.trailer_bytes = 0
 
-    def feed(self, data: bytes, start: int = 0) -> tuple[int, bool]:
-        """How many bytes of ``data[start:]`` belong to the body, and whether it ended."""
+    def feed(self, data: bytes, start: int = 0, collect: list[bytes] | None = None) -> tuple[int, bool]:
+        """How many bytes of ``data[start:]`` belong to the body, and whether it ended.
+
+        With ``collect``, the body's data without its chunk framing is appended there (for an HTTP/1.0
+        client, which cannot read chunks)."""
         kind = self.kind
         if kind is FramingKind.NONE:
             return 0, True
         if kind is FramingKind.UNTIL_CLOSE:
+            if collect is not None:
+                collect.append(data[start:])
             return len(data) - start, False
         if kind is FramingKind.LENGTH:
             take = min(self.remaining, len(data) - start)
             self.remaining -= take
+            if collect is not None and take:
+                collect.append(data[start : start + take])
             return take, self.remaining == 0
-        return self._chunked(data, start)
+        return self._chunked(data, start, collect)
 
-    def _chunked(self, data: bytes, start: int) -> tuple[int, bool]:
+    def _chunked(self, data: bytes, start: int, collect: list[bytes] | None) -> tuple[int, bool]:
         i, n = start, len(data)
         while i < n:
             if self.state is BodyState.DATA:
                 take = min(self.remaining, n - i)
+                if collect is not None:
+                    collect.append(data[i : i + take])
                 i += take
                 self.remaining -= take
                 if not self.remaining:
@@ -247,4 +284,6 @@ class BodyTracker:
                 self.trailer_bytes += len(line)
                 if self.trailer_bytes > _MAX_TRAILER_BYTES or _TRAILER_LINE.fullmatch(line) is None:
                     raise BadResponse(f"invalid trailer line {line[:40]!r}")
+                if _forbidden_trailer(line):
+                    raise BadResponse(f"framing or routing field in the trailer section {line[:40]!r}")
         return i - start, False

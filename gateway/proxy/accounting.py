@@ -1,0 +1,79 @@
+"""The last step of a request, account: metrics, the access log line, and passive health.
+
+Every request ends here once, whatever served it or refused it: ``request_done`` counts it (and logs
+it when ``log.access_log`` is on), ``report`` tells the selector how an upstream did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from gateway.proxy.upstream import UpstreamError
+from pool.models import Proxy
+from pool.selector import Selector
+
+__all__ = ["Accounting"]
+
+access_log = logging.getLogger("proxy_pool.access")
+
+
+class Accounting:
+    def __init__(self, selector: Selector, metrics: object | None, access: bool) -> None:
+        self.selector = selector
+        self.metrics = metrics
+        self.access = access
+        self.on_bytes: Callable[[str, int], None] | None = getattr(metrics, "bytes", None)
+        self._request_done: Callable[[str, str, float], None] | None = getattr(metrics, "request_done", None)
+
+    def request_done(
+        self,
+        method: str,
+        outcome: str,
+        seconds: float,
+        *,
+        peer: str = "?",
+        user: str | None = None,
+        host: str = "-",
+        status: int = 0,
+        upstream: Proxy | None = None,
+        sent: int = 0,
+        received: int = 0,
+    ) -> None:
+        """One request finished: counted, and logged with who, what, where and how much."""
+        if self._request_done is not None:
+            self._request_done(method, outcome, seconds)
+        if self.access:
+            access_log.info(
+                "%s %s %s %s %s %s upstream=%s up=%d down=%d %.1fms",
+                peer,
+                user or "-",
+                method,
+                host or "-",
+                status or "-",
+                outcome,
+                upstream.id if upstream is not None else "direct" if outcome == "ok" else "-",
+                sent,
+                received,
+                seconds * 1000,
+            )
+
+    def report(self, proxy: Proxy | None, ok: bool, exc: UpstreamError | None = None) -> None:
+        """Passive health: the upstream's own failure, or (``exc.target``) one about that target;
+        metrics count every failure.  An upstream that refused a CONNECT (``exc.refuses_tunnel``) is not
+        failing: it gets no tunnel again until its next check."""
+        if proxy is not None:
+            if exc is not None and getattr(exc, "refuses_tunnel", False):
+                self.selector.refused_tunnel(proxy)
+            else:
+                self.selector.report(proxy, ok, target=None if exc is None else exc.target)
+        if exc is not None:
+            self.failure(exc.reason)
+
+    def failure(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.upstream_failure(reason)  # type: ignore[attr-defined]
+
+    def bytes(self, direction: str, n: int) -> None:
+        if self.on_bytes is not None and n:
+            self.on_bytes(direction, n)

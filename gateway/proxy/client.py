@@ -1,0 +1,433 @@
+"""Step 2 of a request, read the head: one state machine per client connection, on protocol callbacks.
+
+``ClientConnection`` is the whole life of a client connection (uvicorn's ``HttpToolsProtocol`` shape):
+the first byte is sniffed (a TLS ClientHello or a SOCKS greeting on the HTTP port is answered at
+once), heads are read under ``head_timeout`` from their first byte and parsed, each request is
+admitted (``gateway.proxy.admission``) and handed to an ``Exchange`` or a ``Connect``
+(``gateway.proxy.exchange``), its body streamed from here to the upstream as it arrives (reading
+paused while the upstream's buffer is full), and a pipelined next request waits with reading paused
+until the answer is complete.  A CONNECT ends in ``gateway.proxy.relay.Tunnel``, which takes the
+transport over (``transport.set_protocol``).  ``connection_lost`` aborts whatever the connection holds
+upstream, so no slot, task or upstream connection outlives its client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+import time
+
+from gateway.proxy import fasthead, http1
+from gateway.proxy.connection import UpstreamConnection
+from gateway.proxy.errors import BadRequest, BadResponse
+from gateway.proxy.exchange import Connect, Exchange
+from gateway.proxy.refusals import Admission, NeedsVerification, Refusal
+from gateway.proxy.relay import Tunnel
+from gateway.proxy.services import Services
+
+__all__ = ["ClientConnection", "ClientState"]
+
+_PAUSE_AT = 1 << 17  # bytes held from a client before its reading is paused
+_REQUEST_LINE = re.compile(rb"[^ ]+ [^ ]+ HTTP/[0-9]\.[0-9]\r\n")
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_TLS_HANDSHAKE = 0x16
+
+
+class ClientState(enum.Enum):
+    WAITING = "waiting"  # for a slot (max_connections reached)
+    IDLE = "idle"  # between requests
+    BUSY = "busy"  # a request is being served
+    TUNNEL = "tunnel"  # handed to the relay
+    CLOSED = "closed"
+
+
+class ClientConnection(asyncio.Protocol):
+    """A client connection, from accept to close (see the module docstring)."""
+
+    def __init__(self, svc: Services, slots: Slots) -> None:
+        self.svc = svc
+        self.slots = slots
+        self._loop = svc.loop
+        self.state = ClientState.WAITING
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.request: Exchange | Connect | None = None
+        self.peer = "?"
+        self.first = True
+        self.idle_since = 0.0
+        self.done: asyncio.Future[None] | None = None
+        self.tunnel_of: Tunnel | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._deadline = 0.0
+        self._body: http1.BodyTracker | None = None  # the request body still to come from the client
+        self._body_flowing = False  # the upstream takes body bytes now
+        self._paused_reading = False
+        self._paused_upstream = False
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection {self.peer} {self.state.name}>"
+
+    @property
+    def idle(self) -> bool:
+        """Between requests with nothing read: may be closed to make room (``max_connections``)."""
+        return self.state is ClientState.IDLE and not self.buffer and not self.first
+
+    # connection -----------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.done = self._loop.create_future()
+        self.slots.arrived(self)
+
+    def start(self) -> None:
+        """Called once the server has a connection slot for us."""
+        self.state = ClientState.IDLE
+        self._arm(self.svc.gw.head_timeout)
+        if self.buffer:
+            self._try_head()
+
+    def _arm(self, seconds: float) -> None:
+        # one handle per connection: moved later by a re-check when it fires, moved sooner by a new one
+        self._deadline = deadline = self._loop.time() + seconds
+        if self._timer is None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+        elif deadline < self._timer_at:
+            self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        state = self.state
+        if state is ClientState.CLOSED or state is ClientState.TUNNEL:
+            return
+        if state is ClientState.BUSY and self._body is None:
+            return  # the upstream connection's timers watch the answer
+        if self._loop.time() < self._deadline:  # re-armed since: sleep again (one handle, not one per request)
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            self._timer_at = self._deadline
+            return
+        if state is ClientState.BUSY:  # the client stalled in the middle of its body
+            self._abort("client_timeout")
+            self.close()
+            return
+        if self.first or self.buffer:
+            self.write(http1.simple_response(408, "request head not received in time", close=True))
+            self._count("?", Refusal(408, "", "timeout").outcome)
+        self.close()
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is ClientState.IDLE and not self.buffer:
+            if self.first and data[0] in (_TLS_HANDSHAKE, 4, 5):
+                self._sniffed(data)
+                return
+            # the common case: exactly one whole head in this read, nothing before it
+            end = data.find(b"\r\n\r\n")
+            if end > 0 and end + 4 == len(data) <= self.svc.gw.max_header_bytes:
+                self._request(data)
+                return
+        self.buffer += data
+        if state is ClientState.BUSY:
+            if self._body is not None:
+                self._deadline = self._loop.time() + self.svc.gw.read_timeout
+                if self._body_flowing:
+                    self._pump_body()
+                    return
+            if len(self.buffer) > _PAUSE_AT:
+                self._pause()  # a pipelining client waits for its previous answer
+            return
+        if state is ClientState.WAITING:
+            if len(self.buffer) > _PAUSE_AT:
+                self._pause()
+            return
+        if not self.first and len(self.buffer) == len(data):
+            # the first bytes of a later head: from now on it has head_timeout, not idle_timeout (slowloris)
+            self._arm(self.svc.gw.head_timeout)
+        self._try_head()
+
+    def _sniffed(self, data: bytes) -> None:
+        """Not HTTP: answer what was recognised at once, rather than after ``head_timeout``."""
+        if data[0] == _TLS_HANDSHAKE:
+            self._bad(BadRequest(400, "TLS sent to the HTTP proxy port: use http:// for the proxy address"))
+            return
+        if data[0] == 5:
+            self.write(b"\x05\xff")  # SOCKS5: no acceptable method (this port speaks HTTP)
+        else:
+            self.write(b"\x00\x5b\x00\x00\x00\x00\x00\x00")  # SOCKS4: request rejected
+        self._count("?", "bad_request")
+        self.close()
+
+    def _try_head(self) -> None:
+        buffer = self.buffer
+        while buffer[:2] == b"\r\n":  # RFC 9112 2.2: ignore CRLF before a request line
+            del buffer[:2]
+        end = buffer.find(b"\r\n\r\n")
+        limit = self.svc.gw.max_header_bytes
+        if end < 0 or end + 4 > limit:
+            if len(buffer) > limit or end + 4 > limit:
+                self._bad(BadRequest(431, f"request head larger than {limit} bytes"))
+            elif buffer:
+                self._early_error(buffer)
+            return
+        raw = bytes(buffer[: end + 4])
+        del buffer[: end + 4]
+        self._request(raw)
+
+    def _early_error(self, buffer: bytearray) -> None:
+        """A head that can never become valid is refused now: bare LF line ends, HTTP/0.9."""
+        if _BARE_LF.search(buffer) is not None:
+            self._bad(BadRequest(400, "bare LF in the request head (lines must end with CRLF)"))
+            return
+        line_end = buffer.find(b"\r\n")
+        if line_end >= 0 and _REQUEST_LINE.match(buffer, 0, line_end + 2) is None:
+            try:
+                http1.parse_request_head(bytes(buffer[: line_end + 2]) + b"\r\n")
+            except BadRequest as exc:
+                self._bad(exc)
+                return
+            self._bad(BadRequest(400, "malformed request line"))
+
+    def _request(self, raw: bytes) -> None:
+        try:
+            head = fasthead.plain_request(raw) or http1.parse_request_head(raw)
+        except BadRequest as exc:
+            self._bad(exc)
+            return
+        self.first = False
+        self.state = ClientState.BUSY
+        try:
+            admission = self.svc.admitter.admit(head)
+        except Refusal as refusal:
+            self._refuse(head, refusal, time.perf_counter())
+            return
+        except NeedsVerification:  # a password not verified yet: the slow check runs in a thread
+            self.svc.spawn(self._verify(head), "client-verify")
+            return
+        self._begin(head, admission)
+
+    async def _verify(self, head: http1.RequestHead) -> None:
+        started = time.perf_counter()
+        try:
+            admission = await self.svc.admitter.admit_slow(head, self.peer)
+        except Refusal as refusal:
+            if self.state is ClientState.BUSY:
+                self._refuse(head, refusal, started)
+            return
+        if self.state is ClientState.BUSY:  # else the client left meanwhile
+            self._begin(head, admission)
+
+    def _begin(self, head: http1.RequestHead, admission: Admission) -> None:
+        svc = self.svc
+        if head.is_connect:
+            self.request = request = Connect(svc, self, head, admission)
+        else:
+            self.request = request = Exchange(svc, self, head, admission)
+            if request.body:
+                framing = http1.request_body_framing(head)
+                self._body = http1.BodyTracker(framing.kind, framing.length)
+                self._upload = request
+                self._after_body = None
+                self._body_flowing = False
+                self._deadline = self._loop.time() + svc.gw.read_timeout
+                self._arm(svc.gw.read_timeout)
+        request.start()
+
+    def _bad(self, exc: BadRequest) -> None:
+        self.state = ClientState.BUSY
+        self.write(http1.simple_response(exc.status, exc.message, close=True))
+        self._count("?", "headers_too_large" if exc.status == 431 else "bad_request")
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and self.state is not ClientState.CLOSED:
+            self.transport.write(data)
+
+    # the request body: client -> upstream --------------------------------------------------------
+    def body_wanted(self) -> None:
+        """The upstream takes body bytes (again): send what is held and read on."""
+        self._body_flowing = True
+        self._pump_body()
+
+    def _pump_body(self) -> None:
+        body = self._body
+        request = self.request
+        if body is None or not isinstance(request, Exchange):
+            return
+        buffer = self.buffer
+        if buffer:
+            data = bytes(buffer)
+            try:
+                used, done = body.feed(data)
+            except BadResponse as exc:  # a broken chunked body: nothing more goes upstream
+                self._abort("bad_request")
+                if not request.responded:
+                    self.write(http1.simple_response(400, exc.message, close=True))
+                self.close()
+                return
+            del buffer[:used]
+            if used:
+                room = request.body_data(data if used == len(data) else data[:used])
+            else:
+                room = True
+            if done:
+                self._body = None
+                self._body_flowing = False
+                request.body_end()
+                if buffer:
+                    self._pause()  # a pipelined request waits for this answer
+                return
+            if not room:
+                self._body_flowing = False
+                self._pause()
+                return
+        self._resume()
+
+    def _pause(self) -> None:
+        if not self._paused_reading and self.transport is not None and self.state is not ClientState.CLOSED:
+            self.transport.pause_reading()
+            self._paused_reading = True
+
+    def _resume(self) -> None:
+        if self._paused_reading and self.transport is not None and self.state is not ClientState.CLOSED:
+            self.transport.resume_reading()
+            self._paused_reading = False
+
+    # the end of a request --------------------------------------------------------------------------
+    def refused(self, request: Exchange | Connect, refusal: Refusal) -> None:
+        self.request = None
+        self._refuse(request.head, refusal, request.started, request)
+
+    def _refuse(self, head: http1.RequestHead, refusal: Refusal, started: float, request: Exchange | Connect | None = None) -> None:
+        keep = refusal.keeps(head)
+        self.write(http1.simple_response(refusal.status, refusal.message, headers=refusal.headers, close=not keep))
+        self._count(head.method, refusal.outcome, started, head, request, refusal.status)
+        self._body = None
+        self._next(keep)
+
+    def answered(self, request: Exchange | Connect, outcome: str, keep: bool) -> None:
+        self.request = None
+        if self._body is not None:  # answered before the whole body came: the connection cannot go on
+            keep = False
+            self._body = None
+        self._count(request.head.method, outcome, request.started, request.head, request, request.status)
+        self._next(keep)
+
+    def _count(
+        self,
+        method: str,
+        outcome: str,
+        started: float | None = None,
+        head: http1.RequestHead | None = None,
+        request: Exchange | Connect | None = None,
+        status: int = 0,
+    ) -> None:
+        seconds = time.perf_counter() - started if started is not None else 0.0
+        self.svc.accounting.request_done(
+            method,
+            outcome,
+            seconds,
+            peer=self.peer,
+            user=request.admission.user if request is not None else None,
+            host=head.host if head is not None else "-",
+            status=status,
+            upstream=request.proxy if request is not None else None,
+            sent=request.sent if request is not None else 0,
+            received=request.received if request is not None else 0,
+        )
+
+    def _next(self, keep: bool) -> None:
+        if not keep or self.svc.closing:
+            self.close()
+            return
+        self.state = ClientState.IDLE
+        self.idle_since = self._loop.time()
+        self._arm(self.svc.gw.idle_timeout)
+        self._resume()
+        if self.buffer:
+            self._try_head()
+        else:
+            self.slots.idle(self)
+
+    def tunnel(self, request: Connect, conn: UpstreamConnection, established: bytes) -> None:
+        """The CONNECT is through: the relay takes both transports over."""
+        self.request = None
+        assert self.transport is not None and conn.transport is not None
+        self.state = ClientState.TUNNEL
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.write(established)
+        started = request.started
+
+        def closed(tunnel: Tunnel) -> None:
+            request.sent, request.received = tunnel.sent, tunnel.received
+            self._count(request.head.method, "ok", started, request.head, request, 200)
+            self._lost()
+
+        self.tunnel_of = Tunnel(
+            self.transport, conn.transport, idle_timeout=self.svc.gw.idle_timeout, on_bytes=self.svc.accounting.on_bytes,
+            on_closed=closed,
+        )
+        early = bytes(self.buffer)
+        self.buffer.clear()
+        self._paused_reading = False
+        self.tunnel_of.start(client_bytes=early)
+
+    def close(self) -> None:
+        if self.state is ClientState.TUNNEL and self.tunnel_of is not None:
+            self.tunnel_of.close()
+            return
+        if self.state is not ClientState.CLOSED and self.transport is not None:
+            self.transport.close()
+        if self.state is not ClientState.TUNNEL:
+            self.state = ClientState.CLOSED
+
+    def _abort(self, outcome: str) -> None:
+        request, self.request = self.request, None
+        if request is not None and not request.finished:
+            request.abort()
+            self._count(request.head.method, outcome, request.started, request.head, request, request.status)
+        elif request is not None:
+            request.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.state is ClientState.TUNNEL:
+            return  # the tunnel's own protocol hears of it
+        self._abort("client_closed")
+        self._lost()
+
+    def _lost(self) -> None:
+        self.state = ClientState.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.slots.left(self)
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    # flow control: a slow client pauses the upstream that feeds it -----------------------------
+    def pause_writing(self) -> None:
+        conn = self.request.conn if self.request is not None else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()
+            self._paused_upstream = True
+
+    def resume_writing(self) -> None:
+        conn = self.request.conn if self.request is not None else None
+        if self._paused_upstream and conn is not None and conn.transport is not None:
+            conn.transport.resume_reading()
+        self._paused_upstream = False
+
+
+class Slots:
+    """Where a client connection reports arriving, idling and leaving (``gateway.proxy.server``)."""
+
+    def arrived(self, client: ClientConnection) -> None: ...
+    def idle(self, client: ClientConnection) -> None: ...
+    def left(self, client: ClientConnection) -> None: ...
+

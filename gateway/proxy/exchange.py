@@ -1,0 +1,451 @@
+"""Steps 4 to 6 of a request, pick -> dial or reuse -> relay, across attempts on several upstreams.
+
+``Exchange`` carries one HTTP request: it picks an upstream (``selector.pick``, in memory), takes an
+idle connection to that upstream and target from the pool or has one dialed, sends the head, streams
+the body (flow control both ways, never buffered whole) and relays the answer from the connection's
+callbacks straight into the client's transport.  ``Connect`` does the same for a client's CONNECT and
+ends in a tunnel.  Failures move to the next upstream while that is safe:
+
+* a dial that failed, always (nothing was sent);
+* after sending, only an idempotent request without a body (RFC 9110 9.2.2); others get the 502/504;
+* a request with a body, or one not idempotent, never rides a pooled connection (the upstream may
+  have closed it while we sent: nothing would tell us whether it acted), so it is never lost to one;
+* an answer whose status is in ``retry_on_status`` (a ban) is held back, unread, while another upstream
+  tries; the last one held goes to the client when nobody does better.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from gateway.proxy import fasthead, http1
+from gateway.proxy.connection import UpstreamConnection
+from gateway.proxy.dialing import Plan
+from gateway.proxy.refusals import Admission, Attempts, Refusal
+from gateway.proxy.services import Services
+from gateway.proxy.upstream import UpstreamError, UpstreamTimeout, proxy_authorization
+from pool.models import Proxy
+
+__all__ = ["ClientSide", "Connect", "Exchange"]
+
+_KEEP_ALIVE = (("Connection", "keep-alive"),)
+
+
+class ClientSide(Protocol):
+    """What a request needs from its client connection (``gateway.proxy.client.ClientConnection``)."""
+
+    peer: str
+
+    def write(self, data: bytes) -> None: ...
+    def answered(self, request: Exchange | Connect, outcome: str, keep: bool) -> None: ...
+    def refused(self, request: Exchange | Connect, refusal: Refusal) -> None: ...
+    def body_wanted(self) -> None: ...
+    def tunnel(self, request: Connect, conn: UpstreamConnection, established: bytes) -> None: ...
+
+
+class _Attempting:
+    """What both kinds of request share: the picks so far and why they failed."""
+
+    __slots__ = (
+        "_attempts",
+        "admission",
+        "client",
+        "conn",
+        "direct_tried",
+        "finished",
+        "head",
+        "proxy",
+        "received",
+        "sent",
+        "started",
+        "status",
+        "svc",
+        "tried",
+    )
+
+    def __init__(self, svc: Services, client: ClientSide, head: http1.RequestHead, admission: Admission) -> None:
+        self.svc = svc
+        self.client = client
+        self.head = head
+        self.admission = admission
+        self.tried: set[int] = set()
+        self.direct_tried = False
+        self._attempts: Attempts | None = None  # made on the first failure only
+        self.proxy: Proxy | None = None
+        self.conn: UpstreamConnection | None = None
+        self.started = time.perf_counter()
+        self.finished = False
+        self.status = 0
+        self.sent = 0
+        self.received = 0
+
+    @property
+    def target(self) -> str:
+        """``host:port`` of the request, for passive health (``UpstreamError(target=...)``)."""
+        return f"{self.head.host}:{self.head.port}"
+
+    @property
+    def attempts(self) -> Attempts:
+        if self._attempts is None:
+            self._attempts = Attempts()
+        return self._attempts
+
+    def _pick(self, tunnel: bool = False) -> tuple[bool, Proxy | None]:
+        """(True, proxy), (True, None) for the direct fallback, or (False, None) when nothing is left;
+        raises the 503 when nothing matched at all.  ``tunnel`` (a CONNECT): never an upstream known
+        not to carry tunnels."""
+        svc = self.svc
+        if len(self.tried) + self.direct_tried > svc.gw.max_retries:
+            return False, None
+        proxy = svc.selector.pick(self.admission.route, exclude=self.tried, host=self.head.host, tunnel=tunnel)
+        if proxy is not None:
+            self.tried.add(proxy.id)
+            return True, proxy
+        if self.tried or self.direct_tried:
+            return False, None
+        if svc.gw.fallback != "direct":
+            raise _no_proxy(self.admission)
+        self.direct_tried = True
+        return True, None
+
+    def _debug_headers(self) -> list[tuple[str, str]]:
+        if not self.svc.gw.debug_headers:
+            return []
+        return [("X-Proxy-Pool-Upstream", str(self.proxy.id) if self.proxy else "direct")]
+
+    def _refuse(self, refusal: Refusal) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.status = refusal.status
+        self.svc.admitter.refund_own_failure(self.admission, refusal)
+        self.client.refused(self, refusal)
+
+    def _failed(self, exc: UpstreamError) -> None:
+        self.conn = None
+        self.attempts.failed(self.proxy, exc)
+        self.svc.accounting.report(self.proxy, False, exc)
+
+
+def _no_proxy(admission: Admission) -> Refusal:
+    what = admission.route.describe()
+    if what == "any":
+        return Refusal(503, "no active proxy in the pool yet", "no_proxy")
+    return Refusal(503, f"no active proxy for {what}", "no_proxy")
+
+
+class Exchange(_Attempting):
+    """One HTTP request (not CONNECT), across attempts."""
+
+    __slots__ = (
+        "_banned",
+        "_fresh_retry",
+        "_out",
+        "_plan",
+        "body",
+        "body_done",
+        "keep",
+        "responded",
+        "retryable",
+        "sending",
+    )
+
+    def __init__(self, svc: Services, client: ClientSide, head: http1.RequestHead, admission: Admission) -> None:
+        super().__init__(svc, client, head, admission)
+        self.body = head.chunked or bool(head.content_length)
+        self.retryable = not self.body and head.method in http1.IDEMPOTENT
+        self.body_done = not self.body
+        self.sending = False  # the head went out on the current connection
+        self.responded = False
+        self.keep = False
+        self._fresh_retry = False
+        self._out = b""
+        self._plan: Plan | None = None
+        # a ban answer held back: (proxy, connection, head) while another upstream tries
+        self._banned: tuple[Proxy, UpstreamConnection, http1.ResponseHead] | None = None
+
+    # attempts -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._attempt()
+
+    def _attempt(self) -> None:
+        if self.finished:
+            return
+        try:
+            go, proxy = self._pick()
+        except Refusal as refusal:
+            self._refuse(refusal)
+            return
+        if not go:
+            self._give_up()
+            return
+        self.proxy = proxy
+        head = self.head
+        svc = self.svc
+        plan = self._plan = svc.dialer.plan(proxy, head.host, head.port, tunnel_only=False)
+        conn = svc.dialer.reuse(plan) if self.retryable else None
+        if conn is not None:
+            self._send(conn)
+        else:
+            self._dial(fresh_retry=False)
+
+    def _dial(self, fresh_retry: bool) -> None:
+        self._fresh_retry = fresh_retry
+        self.svc.spawn(self._dial_task(), "upstream-dial")
+
+    async def _dial_task(self) -> None:
+        plan = self._plan
+        assert plan is not None
+        try:
+            conn = await self.svc.dialer.dial(plan, self.head.host, self.head.port)
+        except UpstreamError as exc:
+            if not self.finished:
+                self._failed(exc)
+                if self.proxy is None:
+                    self._give_up()  # the direct fallback is one try
+                else:
+                    self._attempt()
+            return
+        except Refusal as refusal:
+            self._refuse(refusal)
+            return
+        if self.finished:
+            conn.close()
+            return
+        self._send(conn)
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        head = self.head
+        plan = self._plan
+        assert plan is not None
+        self.conn = conn
+        if plan.absolute:
+            assert self.proxy is not None
+            extra = proxy_authorization(self.proxy.upstream)
+            extra.append(("Connection", "keep-alive"))
+            self._out = http1.forward_request_head(head, absolute=True, extra=extra)
+        else:
+            self._out = head.origin_form or http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE)
+        conn.dechunk = [] if head.version == "HTTP/1.0" else None
+        gw = self.svc.gw
+        self.sending = True
+        conn.send(self, head.method, self._out, gw.response_timeout if self.body_done else gw.read_timeout, gw.read_timeout)
+        if not self.body_done:
+            if head.expect_continue and self._attempts is None:
+                self.client.write(http1.CONTINUE_100)
+            self.client.body_wanted()
+
+    def _give_up(self) -> None:
+        banned, self._banned = self._banned, None
+        if banned is not None and not self.finished:
+            proxy, conn, resp = banned
+            self.proxy = proxy
+            self.conn = conn
+            framing = http1.response_body_framing(resp, self.head.method)
+            conn.unpark(self, self._client_head(resp, framing.kind))
+            return
+        self._refuse(self.attempts.refusal())
+
+    # the request body, from the client ---------------------------------------------------------
+    def body_data(self, data: bytes) -> bool:
+        """Body bytes for the upstream; False when the upstream's buffer is full (pause the client)."""
+        conn = self.conn
+        if conn is None:
+            return False
+        conn.write(data)
+        self.sent += len(data)
+        self.svc.accounting.bytes("client_to_upstream", len(data))
+        return not conn.write_paused
+
+    def body_end(self) -> None:
+        self.body_done = True
+        if self.conn is not None:
+            self.conn.wait_answer(self.svc.gw.response_timeout)
+
+    def writable(self) -> None:
+        if not self.body_done:
+            self.client.body_wanted()
+
+    # the answer, from the connection -----------------------------------------------------------
+    def _is_ban(self, status: int) -> bool:
+        svc = self.svc
+        return (
+            status in svc.gw.retry_on_status
+            and self.retryable
+            and self.proxy is not None
+            and len(self.tried) <= svc.gw.max_retries
+        )
+
+    def plain_head(self, data: bytes, plain: fasthead.PlainResponse) -> bytes | None:
+        """The head for the client, sliced from an everyday one (the bytes ``response_head`` would build)."""
+        if self._is_ban(plain.status):
+            return None  # the connection parses it fully and asks response_head
+        self._answering(plain.status)
+        svc = self.svc
+        self.keep = keep = self.head.keep_alive and plain.framing is not http1.FramingKind.UNTIL_CLOSE and not svc.closing
+        ending = fasthead.KEEP_ALIVE if keep else fasthead.CLOSE
+        if svc.gw.debug_headers:
+            extra = [f"{name}: {value}\r\n".encode("latin-1") for name, value in self._debug_headers()]
+            ending = b"".join(extra) + ending
+        if plain.cut_start == plain.fields_end:  # no Connection line to cut
+            return data[: plain.fields_end] + ending
+        return data[: plain.cut_start] + data[plain.cut_end : plain.fields_end] + ending
+
+    def response_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes | None:
+        if self._is_ban(resp.status):
+            conn = self.conn
+            assert conn is not None and self.proxy is not None
+            svc = self.svc
+            svc.selector.cooldown(self.proxy, self.head.host, svc.gw.retry_cooldown)
+            svc.accounting.report(self.proxy, True)
+            svc.accounting.failure("banned")
+            if self._banned is not None:
+                self._banned[1].close()
+            self._banned = (self.proxy, conn, resp)
+            self.conn = None
+            svc.loop.call_soon(self._attempt)
+            return None
+        self._answering(resp.status)
+        return self._client_head(resp, framing)
+
+    def _answering(self, status: int) -> None:
+        self.responded = True
+        self.status = status
+        if self._banned is not None:
+            self._banned[1].close()
+            self._banned = None
+
+    def _client_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes:
+        self.responded = True
+        self.status = resp.status
+        dechunk = self.head.version == "HTTP/1.0"  # a 1.0 client cannot read chunked framing
+        self.keep = (
+            self.head.keep_alive and framing is not http1.FramingKind.UNTIL_CLOSE and not self.svc.closing and not dechunk
+        )
+        return http1.forward_response_head(resp, keep_alive=self.keep, extra=self._debug_headers(), dechunk=dechunk)
+
+    def relay(self, data: bytes, body_bytes: int) -> None:
+        self.client.write(data)
+        self.received += body_bytes
+        self.svc.accounting.bytes("upstream_to_client", body_bytes)
+
+    def done(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.conn = None
+        self.svc.accounting.report(self.proxy, True)  # passive health: a real success
+        self.client.answered(self, "ok", self.keep)
+
+    def cut_short(self) -> None:
+        """The answer broke after bytes went to the client: nothing to retry, close the client."""
+        if self.finished:
+            return
+        self.finished = True
+        self.conn = None
+        self.svc.accounting.report(self.proxy, False, UpstreamError("upstream cut the answer short", "reset", target=self.target))
+        self.client.answered(self, "upstream_error", False)
+
+    def timed_out(self, conn: UpstreamConnection) -> None:
+        conn.close()
+        if self.finished:
+            return
+        if self.responded:
+            self.cut_short()
+        else:
+            self._after_send_failure(UpstreamTimeout("upstream did not answer in time", target=self.target))
+
+    def upstream_failed(self, conn: UpstreamConnection, message: str) -> None:
+        if self.responded:
+            self.cut_short()
+        else:
+            self._after_send_failure(UpstreamError(message, "protocol_error", target=self.target))
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        """The upstream closed before answering: a stale pooled connection gets one fresh try."""
+        if self.finished:
+            return
+        if conn.uses > 0 and not self._fresh_retry and self.retryable:
+            self.conn = None
+            self._dial(fresh_retry=True)
+            return
+        self._after_send_failure(
+            UpstreamError("upstream closed the connection without answering", "reset", target=self.target)
+        )
+
+    def _after_send_failure(self, exc: UpstreamError) -> None:
+        self._failed(exc)
+        if self.retryable:
+            self._attempt()
+        else:
+            self._give_up()  # it may have been acted on, or its body is gone: never sent twice
+
+    def abort(self) -> None:
+        """The client went away: everything this request holds upstream is closed at once."""
+        self.finished = True
+        for conn in (self.conn, self._banned[1] if self._banned else None):
+            if conn is not None:
+                conn.close()
+        self.conn = None
+        self._banned = None
+
+
+class Connect(_Attempting):
+    """A client's CONNECT: a fresh tunnel through the first upstream that opens one."""
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        self._attempt()
+
+    def _attempt(self) -> None:
+        if self.finished:
+            return
+        try:
+            go, proxy = self._pick(tunnel=True)
+        except Refusal as refusal:
+            self._refuse(refusal)
+            return
+        if not go:
+            self._refuse(self.attempts.refusal())
+            return
+        self.proxy = proxy
+        self.svc.spawn(self._dial_task(proxy), "upstream-tunnel")
+
+    async def _dial_task(self, proxy: Proxy | None) -> None:
+        head = self.head
+        dialer = self.svc.dialer
+        plan = dialer.plan(proxy, head.host, head.port, tunnel_only=True)
+        try:
+            conn = await dialer.dial(plan, head.host, head.port, tunnel_only=True)
+        except UpstreamError as exc:
+            if self.finished:
+                return
+            self._failed(exc)
+            if proxy is None:
+                self._refuse(self.attempts.refusal())
+            else:
+                self._attempt()
+            return
+        except Refusal as refusal:
+            self._refuse(refusal)
+            return
+        if self.finished:
+            conn.close()
+            return
+        self.svc.accounting.report(proxy, True)
+        self.status = 200
+        established = http1.CONNECT_ESTABLISHED
+        extra = self._debug_headers()
+        if extra:
+            established = established[:-2] + b"".join(f"{k}: {v}\r\n".encode() for k, v in extra) + b"\r\n"
+        self.finished = True
+        self.conn = conn
+        self.client.tunnel(self, conn, established)
+
+    def abort(self) -> None:
+        self.finished = True
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
