@@ -86,9 +86,12 @@ def median_of(results: list[WrkResult]) -> WrkResult:
 
 
 def run_wrk(proxy: tuple[str, int], target_url: str, *, close: bool, duration: float, connections: int,
-            threads: int) -> dict[str, Any]:
-    """One wrk run against ``proxy`` asking for ``target_url``; the Lua script's JSON summary."""
+            threads: int, body_bytes: int = 0) -> dict[str, Any]:
+    """One wrk run against ``proxy`` asking for ``target_url`` (a POST of ``body_bytes`` when set);
+    the Lua script's JSON summary."""
     env = {**os.environ, "WRK_TARGET": target_url, "WRK_CLOSE": "1" if close else "0"}
+    if body_bytes:
+        env.update(WRK_METHOD="POST", WRK_BODY_BYTES=str(body_bytes))
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
             "-s", str(LUA), f"http://{proxy[0]}:{proxy[1]}/"]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration + 30, check=False)
@@ -105,11 +108,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def wrk_case(case: str, name: str, proxy: tuple[str, int], pid: int, target: str, args: argparse.Namespace, *,
-             close: bool, note: str = "") -> WrkResult:
+             close: bool, note: str = "", body_bytes: int = 0) -> WrkResult:
     """One measured wrk run; also the CPU the proxy process spent per request (robust to a busy machine)."""
     before = cpu_seconds(pid)
     raw = run_wrk(proxy, target, close=close, duration=args.duration, connections=args.connections,
-                  threads=args.threads)
+                  threads=args.threads, body_bytes=body_bytes)
     spent = cpu_seconds(pid) - before
     errors = {k: raw[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "bad_status") if raw[k]}
     result = WrkResult(case, name, raw["rps"], raw["p50_us"] / 1000, raw["p99_us"] / 1000, raw["requests"],
@@ -124,7 +127,7 @@ class Gateway:
     """``proxy-pool serve`` as a subprocess in its own process group, with its admin API."""
 
     def __init__(self, services: Services, work: Path, *, proxies: list[str] | None, db: Path,
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", root: Path = ROOT) -> None:
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -139,7 +142,7 @@ class Gateway:
             listing.write_text("\n".join(proxies) + "\n")
             argv += ["--proxies", str(listing)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_POOL_")}
-        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = services.spawn(argv, work, env)
         # registered with the services so their close() kills it too
         services.services.append(
@@ -261,6 +264,83 @@ def bulk_downloads(origin: Origin, upstreams: list[Service], fronts: dict[str, t
     out["_cpu_ms_per_mb"] = {k: round(statistics.mean(v), 2) for k, v in cpu.items()}
     say(f"(c) CPU ms per MB of the relaying process: {out['_cpu_ms_per_mb']}")
     return out
+
+
+# (f) pools with SOCKS upstreams: proxy-pool against pproxy -s rr over the same upstreams ------------------
+POOLS = {
+    "mixed": ("tinyproxy", "squid", "microsocks", "pproxy-socks5"),
+    "socks5": ("microsocks", "pproxy-socks5"),
+    "http": ("tinyproxy", "squid"),
+}
+POOL_ROWS = [  # (row, pool, close, body bytes)
+    ("keep-alive mixed", "mixed", False, 0),
+    ("keep-alive SOCKS5 only", "socks5", False, 0),
+    ("keep-alive HTTP only", "http", False, 0),
+    ("Connection: close mixed", "mixed", True, 0),
+    ("Connection: close HTTP only", "http", True, 0),
+    ("1 MiB POST keep-alive mixed", "mixed", False, 1 << 20),
+]
+
+
+def _pool_upstream(services: Services, software: str, host: str) -> Service:
+    if software == "pproxy-socks5":
+        return services.pproxy(host, schemes="socks5", leave_from_self=True)
+    return getattr(services, software)(host)
+
+
+def pools_case(services: Services, origin: Origin, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Each pool once (its upstreams, a proxy-pool gateway and a pproxy -s rr front over them), then every
+    row as interleaved rounds (proxy-pool, pproxy, proxy-pool, ...); medians, CPU per request, errors."""
+    hosts = iter(f"127.0.0.{i}" for i in range(20, 60))
+    software = sorted({s for pool in POOLS.values() for s in pool})
+    ups = {name: _pool_upstream(services, name, next(hosts)) for name in software}
+    fronts: dict[str, dict[str, tuple[tuple[str, int], int]]] = {}
+    for pool, members in POOLS.items():
+        if not any(row[1] == pool for row in POOL_ROWS if row[0] in args.rows):
+            continue
+        urls = [ups[m].url for m in members]
+        fronts[pool] = {}
+        for label, root in (("proxy-pool", ROOT), *((("proxy-pool (old)", r),) if (r := args.old_root) else ())):
+            gw = Gateway(services, work / f"gw-{pool}-{len(fronts[pool])}", proxies=urls,
+                         db=work / f"gw-{pool}-{len(fronts[pool])}.db", root=root)
+            gw.wait_active(len(urls))
+            fronts[pool][label] = (gw.address, gw.proc.pid)
+        pp = services.pproxy("127.0.0.1", remotes=urls)
+        fronts[pool]["pproxy -s rr"] = ((pp.host, pp.port), pp.pid)
+        say(f"(f) pool {pool}: {', '.join(urls)}")
+    out: dict[str, Any] = {"pools": {k: [ups[m].url for m in v] for k, v in POOLS.items()}, "rows": []}
+    page = f"{origin.base()}/"
+    post = f"{origin.base()}/post"
+    for row, pool, close, body in POOL_ROWS:
+        if row not in args.rows:
+            continue
+        target = post if body else page
+        for address, _ in fronts[pool].values():  # warm-up
+            run_wrk(address, target, close=close, duration=1, connections=args.connections, threads=args.threads,
+                    body_bytes=body)
+        runs: dict[str, list[WrkResult]] = {name: [] for name in fronts[pool]}
+        for _ in range(max(1, args.rounds)):
+            for name, (address, pid) in fronts[pool].items():
+                runs[name].append(wrk_case(f"(f) {row}", name, address, pid, target, args, close=close,
+                                           body_bytes=body))
+        out["rows"].append({"row": row, "pool": pool, "results": {n: asdict(median_of(r)) for n, r in runs.items()}})
+    return out
+
+
+def render_pools(data: dict[str, Any]) -> str:
+    """The (f) table: one line per row, proxy-pool (and the old code) beside pproxy, with the ratio."""
+    lines = ["| row | " + " | ".join(next(iter(data["rows"]))["results"]) + " | ratio |", "|---|"]
+    lines[1] += "---|" * (len(next(iter(data["rows"]))["results"]) + 1)
+    for row in data["rows"]:
+        results = row["results"]
+        cells = []
+        for r in results.values():
+            errors = sum(r["errors"].values())
+            cells.append(f"{r['rps']:,.0f} req/s, p50 {r['p50_ms']:.1f} ms, CPU {r['cpu_us_per_request']:.0f} µs/req"
+                         + (f", {errors} errors/non-2xx" if errors else "") + f" (rounds {r['runs']})")
+        ratio = results["proxy-pool"]["rps"] / max(1.0, results["pproxy -s rr"]["rps"])
+        lines.append(f"| {row['row']} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    return "\n".join(lines) + "\n"
 
 
 # (e) memory with a big pool, and the filtered pick -----------------------------------------
@@ -611,6 +691,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="leave out a case (repeatable); 'uvloop' leaves out pproxy on uvloop")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the gateway during one extra keep-alive run (needs py-spy)")
+    parser.add_argument("--pools", action="store_true",
+                        help="run only (f): pools with SOCKS upstreams (mixed, SOCKS5 only, HTTP only) against pproxy -s rr")
+    parser.add_argument("--rows", type=lambda t: [r.strip() for r in t.split(",")],
+                        default=[r[0] for r in POOL_ROWS], help="(f) rows to run, comma-separated (default all)")
+    parser.add_argument("--old-root", type=Path, default=None,
+                        help="(f) also run proxy-pool from this source tree (e.g. an export of the previous commit)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     parser.add_argument("--output", type=Path, default=RESULTS, help="markdown file (default bench/results/gateway.md)")
     args = parser.parse_args(argv)
@@ -634,6 +720,19 @@ def main(argv: list[str] | None = None) -> int:
     data: dict[str, Any] = {"at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(),
                             "loadavg_before": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
                             "wrk": [], "bulk": {}, "bulk_paths": [], "memory": None, "pick_us": {}}
+    if args.pools:
+        try:
+            with Services(log=say) as services:
+                origin = services.nginx("127.0.0.1", big_mb=args.big_mb)
+                data["pools"] = pools_case(services, origin, work, args)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        data["config"] = {"duration": args.duration, "connections": args.connections, "rounds": args.rounds}
+        text = f"# (f) pools, {data['at']}, loadavg before {data['loadavg_before']}\n\n" + render_pools(data["pools"])
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.with_name("gateway-pools.md").write_text(text)
+        print(json.dumps(data, indent=2) if args.format == "json" else text)
+        return 0
     try:
         with Services(log=say) as services:  # its own 0755 temp root: nginx/squid drop privileges
             origin = services.nginx("127.0.0.1", big_mb=args.big_mb)

@@ -333,6 +333,10 @@ class Services:
             "    location = /big.bin {\n"
             f"      access_log {access} peer;\n"
             "    }\n"
+            "    location = /post {\n"  # takes a POST body (read and discarded) and answers 200
+            "      client_max_body_size 16m;\n"
+            "      return 200 \"ok\\n\";\n"
+            "    }\n"
             "  }\n"
             "}\n"
         )

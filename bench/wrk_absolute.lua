@@ -3,6 +3,7 @@
 -- Environment:
 --   WRK_TARGET  the absolute URI to request (required), e.g. http://127.0.0.1:8080/
 --   WRK_CLOSE   "1" to send `Connection: close` (a new client connection per request)
+--   WRK_METHOD  the method (default GET); WRK_BODY_BYTES a body of that many bytes (default none)
 -- At the end it prints one line `WRK_JSON {...}` with requests, req/s, latency percentiles (µs),
 -- errors and non-2xx/3xx answers, so the caller needs no parsing of wrk's human output.
 
@@ -16,7 +17,18 @@ if os.getenv("WRK_CLOSE") == "1" then
   headers["Connection"] = "close"
 end
 
-local req = wrk.format("GET", target, headers)
+local method = os.getenv("WRK_METHOD")
+if method == nil or method == "" then
+  method = "GET"
+end
+local body = nil
+local size = tonumber(os.getenv("WRK_BODY_BYTES") or "0")
+if size > 0 then
+  body = string.rep("x", size)
+  headers["Content-Type"] = "application/octet-stream"
+end
+
+local req = wrk.format(method, target, headers, body)
 
 request = function()
   return req

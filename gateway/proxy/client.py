@@ -63,6 +63,8 @@ class ClientConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._body: http1.BodyTracker | None = None  # the request body still to come from the client
         self._body_flowing = False  # the upstream takes body bytes now
+        self._upload: Exchange | None = None  # whose body it is
+        self._after_body: bool | None = None  # answered early: whether to keep the connection once the body is in
         self._paused_reading = False
         self._paused_upstream = False
 
@@ -71,8 +73,8 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        """Between requests with nothing read: may be closed to make room (``max_connections``)."""
-        return self.state is ClientState.IDLE and not self.buffer and not self.first
+        """Nothing in progress and nothing read: may be closed to make room (``max_connections``)."""
+        return self.state is ClientState.IDLE and not self.buffer
 
     # connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,6 +87,7 @@ class ClientConnection(asyncio.Protocol):
     def start(self) -> None:
         """Called once the server has a connection slot for us."""
         self.state = ClientState.IDLE
+        self.idle_since = self._loop.time()
         self._arm(self.svc.gw.head_timeout)
         if self.buffer:
             self._try_head()
@@ -255,8 +258,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _pump_body(self) -> None:
         body = self._body
-        request = self.request
-        if body is None or not isinstance(request, Exchange):
+        request = self._upload
+        if body is None or request is None:
             return
         buffer = self.buffer
         if buffer:
@@ -276,9 +279,13 @@ class ClientConnection(asyncio.Protocol):
                 room = True
             if done:
                 self._body = None
+                self._upload = None
                 self._body_flowing = False
                 request.body_end()
-                if buffer:
+                if self._after_body is not None:  # the answer came first: now the next request
+                    keep, self._after_body = self._after_body, None
+                    self._next(keep)
+                elif buffer:
                     self._pause()  # a pipelined request waits for this answer
                 return
             if not room:
@@ -311,10 +318,14 @@ class ClientConnection(asyncio.Protocol):
 
     def answered(self, request: Exchange | Connect, outcome: str, keep: bool) -> None:
         self.request = None
-        if self._body is not None:  # answered before the whole body came: the connection cannot go on
-            keep = False
-            self._body = None
         self._count(request.head.method, outcome, request.started, request.head, request, request.status)
+        if self._body is not None:
+            if keep and outcome == "ok":  # answered before the whole body came: it still goes upstream
+                self._after_body = True
+                return
+            self._body = None
+            self._upload = None
+            keep = False
         self._next(keep)
 
     def _count(
@@ -370,7 +381,7 @@ class ClientConnection(asyncio.Protocol):
             self._lost()
 
         self.tunnel_of = Tunnel(
-            self.transport, conn.transport, idle_timeout=self.svc.gw.idle_timeout, on_bytes=self.svc.accounting.on_bytes,
+            self.transport, conn.transport, idle_timeout=min(self.svc.gw.read_timeout, self.svc.gw.idle_timeout), on_bytes=self.svc.accounting.on_bytes,
             on_closed=closed,
         )
         early = bytes(self.buffer)
@@ -388,12 +399,16 @@ class ClientConnection(asyncio.Protocol):
             self.state = ClientState.CLOSED
 
     def _abort(self, outcome: str) -> None:
+        """Close whatever this connection holds upstream: the request in progress, a body still going out."""
         request, self.request = self.request, None
-        if request is not None and not request.finished:
+        upload, self._upload = self._upload, None
+        self._body = None
+        if request is not None:
+            if not request.finished:
+                self._count(request.head.method, outcome, request.started, request.head, request, request.status)
             request.abort()
-            self._count(request.head.method, outcome, request.started, request.head, request, request.status)
-        elif request is not None:
-            request.abort()
+        if upload is not None and upload is not request:
+            upload.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is ClientState.TUNNEL:

@@ -64,6 +64,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.method = "GET"
         self.dechunk: list[bytes] | None = None  # HTTP/1.0 client: the chunk data goes out, not the framing
         self.write_paused = False
+        self.request_sent = True  # False while a request body is still going out
+        self._answered = False  # the answer ended while the request body was still going out
         self._head = bytearray()
         self._responded = False
         self._keep_alive = False
@@ -72,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.handshake: asyncio.Future[int] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
+        self._timer_at = 0.0
         self.read_timeout = 30.0
 
     def __repr__(self) -> str:
@@ -98,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.receiver = receiver
         self.method = method
         self.read_timeout = read_timeout
+        self._answered = False
         self._head.clear()
         self._responded = False
         self._body = None
@@ -109,18 +113,25 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def wait_answer(self, timeout: float) -> None:
-        """The whole request is out: the answer's head has ``timeout`` from now."""
-        if not self._responded:
+        """The whole request is out: the answer's head has ``timeout`` from now (or, when the answer
+        came first, the connection is free: pooled only now, its request and answer both complete)."""
+        self.request_sent = True
+        if self._answered:
+            self._answered = False
+            self.pool.release(self)
+        elif not self._responded:
             self._arm(timeout, force=True)
 
     def _arm(self, seconds: float, force: bool = False) -> None:
-        # one handle per connection, moved later by a re-check when it fires
-        self._deadline = self.loop.time() + seconds
+        # one handle per connection: moved later by a re-check when it fires, moved sooner when needed
+        self._deadline = deadline = self.loop.time() + seconds
         if self._timer is None:
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
-        elif force:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
+        elif force or deadline < self._timer_at:
             self._timer.cancel()
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+            self._timer_at = deadline
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -129,6 +140,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.loop.time() < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            self._timer_at = self._deadline
             return
         receiver.timed_out(self)
 
@@ -269,15 +281,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._responded = True
         self._keep_alive = keep_alive and kind is not _UNTIL_CLOSE
         self._body = http1.BodyTracker(kind, length)
-        self._deadline = self.loop.time() + self.read_timeout
+        self._arm(self.read_timeout)  # from the head on, the body may not stall longer than read_timeout
 
     def _finish(self, clean: bool) -> None:
         receiver, self.receiver = self.receiver, None
         assert receiver is not None
-        if clean and self._keep_alive and self.dechunk is None:
+        if not (clean and self._keep_alive and self.dechunk is None):
+            self.close()
+        elif self.request_sent:
             self.pool.release(self)
         else:
-            self.close()
+            self._answered = True  # the rest of the request body still goes out on it first
         receiver.done()
 
     def connection_lost(self, exc: Exception | None) -> None:

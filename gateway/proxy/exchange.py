@@ -228,6 +228,7 @@ class Exchange(_Attempting):
         else:
             self._out = head.origin_form or http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE)
         conn.dechunk = [] if head.version == "HTTP/1.0" else None
+        conn.request_sent = self.body_done
         gw = self.svc.gw
         self.sending = True
         conn.send(self, head.method, self._out, gw.response_timeout if self.body_done else gw.read_timeout, gw.read_timeout)
@@ -334,7 +335,8 @@ class Exchange(_Attempting):
         if self.finished:
             return
         self.finished = True
-        self.conn = None
+        if self.body_done:
+            self.conn = None  # else the rest of the body still goes out on it (an early answer)
         self.svc.accounting.report(self.proxy, True)  # passive health: a real success
         self.client.answered(self, "ok", self.keep)
 

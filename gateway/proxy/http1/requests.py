@@ -143,6 +143,8 @@ def parse_request_head(data: bytes) -> RequestHead:
             raise BadRequest(400, "Transfer-Encoding must end with chunked")
         if "chunked" in codings[:-1]:
             raise BadRequest(400, "Transfer-Encoding applies chunked more than once")
+        if "identity" in codings:  # RFC 9112 removed it; proxies disagree on what it means (smuggling)
+            raise BadRequest(400, "Transfer-Encoding identity is not a transfer coding (RFC 9112)")
         chunked = True
 
     is_connect = method == "CONNECT"

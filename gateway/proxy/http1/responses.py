@@ -91,6 +91,8 @@ def parse_response_head(data: bytes) -> ResponseHead:
             raise BadResponse("both Content-Length and Transfer-Encoding in the response")
         if "chunked" in codings[:-1]:
             raise BadResponse("Transfer-Encoding applies chunked more than once")
+        if "identity" in codings:
+            raise BadResponse("Transfer-Encoding identity in the response (not a transfer coding, RFC 9112)")
         chunked = bool(codings) and codings[-1] == "chunked"
     if version == "HTTP/1.1":
         keep_alive = "close" not in connection
