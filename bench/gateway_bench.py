@@ -295,6 +295,7 @@ def pools_case(services: Services, origin: Origin, work: Path, args: argparse.Na
     software = sorted({s for pool in POOLS.values() for s in pool})
     ups = {name: _pool_upstream(services, name, next(hosts)) for name in software}
     fronts: dict[str, dict[str, tuple[tuple[str, int], int]]] = {}
+    gateways: dict[str, Gateway] = {}
     for pool, members in POOLS.items():
         if not any(row[1] == pool for row in POOL_ROWS if row[0] in args.rows):
             continue
@@ -305,6 +306,8 @@ def pools_case(services: Services, origin: Origin, work: Path, args: argparse.Na
                          db=work / f"gw-{pool}-{len(fronts[pool])}.db", root=root)
             gw.wait_active(len(urls))
             fronts[pool][label] = (gw.address, gw.proc.pid)
+            if label == "proxy-pool":
+                gateways[pool] = gw
         pp = services.pproxy("127.0.0.1", remotes=urls)
         fronts[pool]["pproxy -s rr"] = ((pp.host, pp.port), pp.pid)
         say(f"(f) pool {pool}: {', '.join(urls)}")
@@ -324,6 +327,8 @@ def pools_case(services: Services, origin: Origin, work: Path, args: argparse.Na
                 runs[name].append(wrk_case(f"(f) {row}", name, address, pid, target, args, close=close,
                                            body_bytes=body))
         out["rows"].append({"row": row, "pool": pool, "results": {n: asdict(median_of(r)) for n, r in runs.items()}})
+    if args.profile and "mixed" in gateways:
+        out["profile"] = profile_gateway(gateways["mixed"], page, args, args.output.with_name("gateway-pools-profile"))
     return out
 
 

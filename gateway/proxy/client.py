@@ -73,8 +73,9 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        """Nothing in progress and nothing read: may be closed to make room (``max_connections``)."""
-        return self.state is ClientState.IDLE and not self.buffer
+        """A keep-alive client between requests, nothing read: may be closed to make room
+        (``max_connections``).  One that never sent a request is not: ``head_timeout`` is its limit."""
+        return self.state is ClientState.IDLE and not self.buffer and not self.first
 
     # connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -140,6 +140,7 @@ class Exchange(_Attempting):
 
     __slots__ = (
         "_banned",
+        "_continued",
         "_fresh_retry",
         "_out",
         "_plan",
@@ -148,7 +149,6 @@ class Exchange(_Attempting):
         "keep",
         "responded",
         "retryable",
-        "sending",
     )
 
     def __init__(self, svc: Services, client: ClientSide, head: http1.RequestHead, admission: Admission) -> None:
@@ -156,10 +156,10 @@ class Exchange(_Attempting):
         self.body = head.chunked or bool(head.content_length)
         self.retryable = not self.body and head.method in http1.IDEMPOTENT
         self.body_done = not self.body
-        self.sending = False  # the head went out on the current connection
         self.responded = False
         self.keep = False
         self._fresh_retry = False
+        self._continued = False  # our 100 Continue went to the client
         self._out = b""
         self._plan: Plan | None = None
         # a ban answer held back: (proxy, connection, head) while another upstream tries
@@ -230,10 +230,10 @@ class Exchange(_Attempting):
         conn.dechunk = [] if head.version == "HTTP/1.0" else None
         conn.request_sent = self.body_done
         gw = self.svc.gw
-        self.sending = True
         conn.send(self, head.method, self._out, gw.response_timeout if self.body_done else gw.read_timeout, gw.read_timeout)
         if not self.body_done:
-            if head.expect_continue and self._attempts is None:
+            if head.expect_continue and not self._continued:
+                self._continued = True
                 self.client.write(http1.CONTINUE_100)
             self.client.body_wanted()
 

@@ -281,32 +281,37 @@ async def test_stalled_upload_is_cut_after_read_timeout(make_pool: PoolFactory, 
 async def test_idle_and_unauthenticated_clients_do_not_lock_out_a_user(
     make_pool: PoolFactory, upstreams: list[Upstream], origin
 ) -> None:
-    """max_connections = 5, auth = users: 8 clients that got a 407 (closed now) and 8 that never spoke;
-    an authenticated client is then served 200 at once (the oldest idle ones made room)."""
+    """max_connections = 5, auth = users: 8 clients that got a 407 (each closed by the gateway at once),
+    then 5 idle keep-alive clients holding every slot; a sixth authenticated client is served 200 at once
+    (the oldest idle one is closed to make room), not after a wait, not 503."""
     pool = await make_pool([upstreams[0].url()], gateway={"auth": "users", "max_connections": 5, "head_timeout": 30})
     await pool.wait_until(lambda: pool.selector.active_count == 1)
     alice = await pool.accounts.add_user("alice", credits=100)
     target = f"127.0.0.1:{origin.port}"
-    held = []
+    token = base64.b64encode(f"alice:{alice.password}".encode()).decode()
+    authed = f"GET http://{target}/echo HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {token}\r\n\r\n"
+    idle = []
     try:
         for _ in range(8):
+            async with connection(pool.gateway_address) as (reader, writer):
+                writer.write(get(target))
+                answer = await read_answer(reader)
+                assert answer.status == 407 and b"Connection: close" in answer.head
+                assert await read_to_eof(reader) == b""  # a 407 closes the connection
+        for _ in range(5):
             reader, writer = await asyncio.open_connection(*pool.gateway_address)
-            writer.write(get(target))
-            answer = await read_answer(reader)
-            assert answer.status == 407 and b"Connection: close" in answer.head
-            assert await read_to_eof(reader) == b""  # a 407 closes the connection
-            writer.close()
-        for _ in range(8):
-            held.append(await asyncio.open_connection(*pool.gateway_address))
-        token = base64.b64encode(f"alice:{alice.password}".encode()).decode()
+            writer.write(authed.encode())
+            assert (await read_answer(reader)).status == 200
+            idle.append((reader, writer))
+        assert bookkeeping(pool)["clients"] == 5
         async with connection(pool.gateway_address) as (reader, writer):
-            writer.write(
-                f"GET http://{target}/echo HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {token}\r\n\r\n".encode()
-            )
+            writer.write(authed.encode())
             answer = await read_answer(reader)
             assert answer.status == 200, answer.head
+            assert bookkeeping(pool)["waiting"] == 0
+        assert await read_to_eof(idle[0][0]) == b""  # the oldest idle client made room
     finally:
-        for _, writer in held:
+        for _, writer in idle:
             writer.close()
 
 
