@@ -3,7 +3,7 @@
 Nearly every answer a proxy relays looks alike: ``HTTP/1.1 200 OK``, a dozen ``Name: value`` lines
 with one space after the colon, a Content-Length or ``Transfer-Encoding: chunked``, maybe a
 ``Connection`` line.  For such a head, what ``http1.forward_response_head`` would build is the
-upstream's own bytes with the Connection line cut out and ours appended, so the fast path slices it.
+upstream's own bytes with the Connection line cut out and ours appended, so the gateway slices it.
 
 One compiled pattern decides whether a head has that shape; a second finds the few fields that
 matter to a proxy.  Anything else (another version, a 1xx, whitespace the strict parser would strip,

@@ -4,8 +4,10 @@ Once a CONNECT tunnel is up, the client's transport and the upstream's get small
 (``transport.set_protocol``): bytes go from one ``data_received`` straight into the other transport,
 and a full write buffer on one side pauses reading on the other.  No coroutine runs at all (measured
 in bench/gateway_bench.py: the stream pump this replaced spent its time in task wake-ups).  One timer
-cuts the tunnel after ``idle_timeout`` (the smaller of ``gateway.read_timeout`` and ``gateway.idle_timeout``: it is a stalled relay and an idle client at once) without a byte either way.  States are explicit (mitmproxy's
-``TunnelState``) so ``repr()`` tells where a tunnel is.
+cuts the tunnel after ``idle_timeout`` without a byte either way (the client connection passes the
+smaller of ``gateway.read_timeout`` and ``gateway.idle_timeout``: a silent tunnel is a stalled relay and
+an idle client at once).  States are explicit (mitmproxy's ``TunnelState``) so ``repr()`` tells where a
+tunnel is.
 """
 
 from __future__ import annotations

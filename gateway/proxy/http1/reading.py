@@ -1,4 +1,5 @@
-"""Reading a head from an asyncio stream (the stream path's way in)."""
+"""Reading a head from an asyncio stream: for callers that hold a StreamReader (the gateway reads heads in
+callbacks, ``gateway.proxy.client``; these stay for stream users and are tested with the rest of the grammar)."""
 
 from __future__ import annotations
 
