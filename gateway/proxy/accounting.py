@@ -58,6 +58,11 @@ class Accounting:
                 seconds * 1000,
             )
 
+    def count(self, method: str, outcome: str, seconds: float) -> None:
+        """``request_done`` without the access log's details (when it is off)."""
+        if self._request_done is not None:
+            self._request_done(method, outcome, seconds)
+
     def report(self, proxy: Proxy | None, ok: bool, exc: UpstreamError | None = None) -> None:
         """Passive health: the upstream's own failure, or (``exc.target``) one about that target;
         metrics count every failure.  An upstream that refused a CONNECT (``exc.refuses_tunnel``) is not

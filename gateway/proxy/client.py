@@ -339,7 +339,11 @@ class ClientConnection(asyncio.Protocol):
         status: int = 0,
     ) -> None:
         seconds = time.perf_counter() - started if started is not None else 0.0
-        self.svc.accounting.request_done(
+        accounting = self.svc.accounting
+        if not accounting.access:  # the common case: a counter, no log line to fill in
+            accounting.count(method, outcome, seconds)
+            return
+        accounting.request_done(
             method,
             outcome,
             seconds,

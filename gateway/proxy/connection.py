@@ -193,8 +193,9 @@ class UpstreamConnection(asyncio.Protocol):
                     if head is None:  # wanted in full (a ban answer): parsed below
                         plain = None
                     elif plain.framing is _LENGTH and len(data) - plain.end == plain.length:
-                        # the everyday answer: head and whole body in one read
-                        self._start_body(plain.framing, plain.length, plain.keep_alive)
+                        # the everyday answer: head and whole body in one read (no tracker, no timer)
+                        self._responded = True
+                        self._keep_alive = plain.keep_alive
                         receiver.relay(head + data[plain.end :], plain.length)
                         self._finish(clean=True)
                         return
