@@ -297,6 +297,9 @@ class LogSettings(_Section):
 
 class SourcesFetchSettings(_Section):
     timeout: float = Field(default=30.0, gt=0)
+    parse_timeout: float = Field(
+        default=30.0, gt=0, description="seconds a parser plugin's parse() may take on one source body"
+    )
     max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_redirects: int = Field(default=5, ge=0)
 

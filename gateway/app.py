@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from config import ConfigError, Settings
@@ -16,6 +17,7 @@ from gateway.admin.token import ensure_token
 from gateway.metrics import Metrics
 from gateway.proxy.server import GatewayServer
 from plugins.discovery import load_all_plugins
+from plugins.watchdog import LoopWatchdog
 from plugins.registry import PluginConflictError, PluginRegistry
 from pool.accounts import Accounts
 from pool.dbfiles import ServeLock, ServeLockHeld, database_file
@@ -95,6 +97,11 @@ class ProxyPool:
         self.events.add_listener(_log_event)
         for checker in self.registry.checkers:
             self.metrics.register_checker(checker.name)
+        self.registry.health.on_error = self.metrics.plugin_error
+        for info in self.registry.errors:  # modules skipped at discovery count as their plugin's errors
+            self.metrics.plugin_error(Path(info.module).stem if "/" in info.module else info.module)
+        self.watchdog = LoopWatchdog(self.registry.health)
+        self.watchdog.start()
         self.pool_low = PoolLowWatch(
             settings.pool.low_threshold,
             lambda type_, payload: self.registry.emit_event(type_, **payload),
@@ -228,6 +235,9 @@ class ProxyPool:
         scheduler = getattr(self, "scheduler", None)
         if scheduler is not None:
             await scheduler.stop()
+        watchdog = getattr(self, "watchdog", None)
+        if watchdog is not None:
+            watchdog.stop()
         await self._tasks.close()
         pipeline = getattr(self, "pipeline", None)
         if pipeline is not None:

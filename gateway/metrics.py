@@ -21,8 +21,9 @@ counted as ``other`` (a client can send any method; a caller may pass a new reas
 | notifier_up                              | gauge     | notifier (plugin name)                                    |
 | events_total                             | counter   | type (pool.events.EVENT_TYPES, other)                     |
 | credits_spent_total                      | counter   | -                                                         |
+| plugin_errors_total                      | counter   | plugin (plugin name)                                      |
 
-``checker`` and ``notifier`` are bounded by the installed plugins; ``source`` is the numeric source
+``checker``, ``notifier`` and ``plugin`` are bounded by the installed plugins; ``source`` is the numeric source
 id, bounded because sources are few and defined by the operator (``forget_source`` drops a removed
 one).  No proxy address and no user name is ever a label.
 
@@ -131,6 +132,7 @@ FAMILIES = tuple(
         "notifier_up",
         "events_total",
         "credits_spent_total",
+        "plugin_errors_total",
     )
 )
 
@@ -329,6 +331,12 @@ class Metrics:
         )
         self._events_family = Counter(PREFIX + "events", "Events emitted by type.", ["type"], registry=reg)
         self._credits = Counter(PREFIX + "credits_spent", "Credits charged to gateway users.", registry=reg)
+        self._plugin_errors_family = Counter(
+            PREFIX + "plugin_errors",
+            "Exceptions raised by plugin calls (and calls that blocked the event loop), by plugin.",
+            ["plugin"],
+            registry=reg,
+        )
 
         # Children cached by label values: after first use the hot path is a dict lookup, no .labels().
         self._known_methods = frozenset(METHODS)
@@ -434,6 +442,10 @@ class Metrics:
         if child is None:
             child = self._notifiers[name] = self._notifier_family.labels(name)
         child.set(1 if up else 0)
+
+    def plugin_error(self, plugin: str) -> None:
+        """A plugin call raised (or blocked the loop); ``plugin`` is its name."""
+        self._plugin_errors_family.labels(plugin).inc()
 
     def event(self, type_: str) -> None:
         child = self._events.get(type_)

@@ -1,7 +1,8 @@
 """Find plugins: every module's ``create_plugin(settings)`` under a directory.
 
-A module that fails to import, raises in its factory, or returns something that is no plugin is
-recorded in ``registry.errors`` and skipped: one bad contrib file never stops the gateway.  A parser
+A module that fails to import, raises in its factory (``SystemExit`` and ``KeyboardInterrupt``
+included: a plugin must not end the process), or returns something that is no plugin is recorded in
+``registry.errors``, logged with its traceback, and skipped: one bad contrib file never stops the gateway.  A parser
 name conflict is the exception: it raises ``PluginConflictError``, because silently picking one of
 two parsers would scrape with the wrong one.
 """
@@ -87,8 +88,8 @@ async def discover_plugins(plugins_dir: Path, registry: PluginRegistry, settings
         label = name if builtin else str(path)
         try:
             module = _import(path, name)
-        except Exception as exc:
-            _record(registry, label, f"import failed: {type(exc).__name__}: {exc}")
+        except _PLUGIN_FAULTS as exc:
+            _record(registry, label, f"import failed: {type(exc).__name__}: {exc}", exc)
             continue
         factory = getattr(module, "create_plugin", None)
         if factory is None:
@@ -98,8 +99,8 @@ async def discover_plugins(plugins_dir: Path, registry: PluginRegistry, settings
             continue
         try:
             produced = factory(settings)
-        except Exception as exc:
-            _record(registry, label, f"create_plugin failed: {type(exc).__name__}: {exc}")
+        except _PLUGIN_FAULTS as exc:
+            _record(registry, label, f"create_plugin failed: {type(exc).__name__}: {exc}", exc)
             continue
         if produced is None:
             registry.opted_out.append(PluginInfo("off", name.rsplit(".", 1)[-1], label))
@@ -112,11 +113,18 @@ async def discover_plugins(plugins_dir: Path, registry: PluginRegistry, settings
                 raise
             except PluginError as exc:
                 _record(registry, label, str(exc))
+            except Exception as exc:  # e.g. a property that raises while its shape is checked
+                _record(registry, label, f"invalid plugin: {type(exc).__name__}: {exc}", exc)
 
 
-def _record(registry: PluginRegistry, module: str, error: str) -> None:
-    log.warning("plugin %s skipped: %s", module, error)
-    registry.errors.append(PluginInfo("error", "-", module, error=error))
+# what a plugin module may raise at import or in its factory; CancelledError and GeneratorExit are
+# not a module's to raise, everything else is that module's error
+_PLUGIN_FAULTS = (Exception, SystemExit, KeyboardInterrupt)
+
+
+def _record(registry: PluginRegistry, module: str, error: str, exc: BaseException | None = None) -> None:
+    log.warning("plugin %s skipped: %s", module, error, exc_info=exc)
+    registry.errors.append(PluginInfo("error", "-", module, error=error[:300]))
 
 
 async def load_all_plugins(settings: Settings, registry: PluginRegistry | None = None) -> PluginRegistry:

@@ -28,7 +28,8 @@ class SourceParser(Protocol):
         ...
 
     async def parse(self, raw: bytes, source: ProxySource) -> list[DiscoveredProxy]:
-        """Extract proxies from a fetched body.  Duplicates are fine: the store dedupes."""
+        """Extract proxies from a fetched body.  Duplicates are fine: the store dedupes.  Raise
+        ValueError for a body this parser cannot read; runs under ``fetch.parse_timeout``."""
         ...
 
     def default_schedule(self) -> str | None:
@@ -87,7 +88,8 @@ class ProxyChecker(Protocol):
     timeout: float
 
     async def check(self, proxy: Proxy, context: CheckContext) -> CheckResult:
-        """Judge one proxy; a raised exception or timeout counts as a failed check."""
+        """Judge one proxy.  A timeout counts as a failed check; a raised exception is a bug of
+        the checker, not a verdict (no verdict; a checker raising on its first 20 proxies is disabled)."""
         ...
 
     def should_skip(self, proxy: Proxy) -> bool:

@@ -6,6 +6,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
+from plugins.health import PluginHealth
 from plugins.protocols import Notifier, ProxyChecker, SourceParser
 from pool.events import EventBus
 from pool.models import Event
@@ -106,6 +107,7 @@ class PluginRegistry:
         self.errors: list[PluginInfo] = []
         self.opted_out: list[PluginInfo] = []  # modules whose create_plugin returned None (not configured)
         self.events = events or EventBus()
+        self.health = PluginHealth()  # run-time errors of the plugins, disabled checkers
 
     # registration -------------------------------------------------------------------------
     def register(self, plugin: object, module: str = "") -> None:
@@ -166,22 +168,24 @@ class PluginRegistry:
 
     def get_parser_for_url(self, url: str) -> SourceParser | None:
         for parser in self._parsers.values():
-            try:
-                if parser.supports(url):
-                    return parser
-            except Exception:
-                continue
+            if self.health.guard(parser.name, "supports", lambda parser=parser: bool(parser.supports(url)), False):
+                return parser
         return None
 
     def get_checker_pipeline(self) -> list[ProxyChecker]:
-        return list(self._checkers)
+        """The checkers to run: every registered one but those disabled for raising (see health)."""
+        disabled = self.health.disabled
+        return [c for c in self._checkers if c.name not in disabled] if disabled else list(self._checkers)
 
     def module_of(self, plugin: object) -> str:
         return self._modules.get(id(plugin), "")
 
     def describe(self) -> list[PluginInfo]:
         rows = [PluginInfo("parser", p.name, self.module_of(p)) for p in self._parsers.values()]
-        rows += [PluginInfo("checker", c.name, self.module_of(c), c.stage, c.priority) for c in self._checkers]
+        rows += [
+            PluginInfo("checker", c.name, self.module_of(c), c.stage, c.priority, self.health.disabled.get(c.name))
+            for c in self._checkers
+        ]
         rows += [PluginInfo("notifier", n.name, self.module_of(n)) for n in self._notifiers]
         return rows + list(self.opted_out) + list(self.errors)
 

@@ -1,8 +1,11 @@
 """Runs the checker plugins over proxies, stage by stage, and acts on what they say.
 
 Within a stage the checkers run together (``asyncio.gather``); the first stage with a failure ends
-the run.  A checker that raises or overruns its timeout is a failed check with the reason as
-detail (mitmproxy's ``safecall``); one that returns ``skipped`` gives no verdict.  Every result goes
+the run.  A checker that overruns its timeout is a failed check.  A checker that raises (or
+returns something that is no ``CheckResult``) has a bug: that is no verdict on the proxy (the run
+records it as skipped, the proxy keeps its status), it is counted as the plugin's error, and a
+checker that raised on each of its first 20 proxies is disabled (``plugins.health``).  One that
+returns ``skipped`` gives no verdict either.  Every result goes
 to the check log, written behind in batches: the selector learns the new state at once, the
 database a moment later.
 """
@@ -10,6 +13,7 @@ database a moment later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
@@ -20,6 +24,7 @@ from datetime import UTC, datetime
 import aiohttp
 
 from config import Settings
+from plugins.health import PluginHealth
 from plugins.protocols import CheckContext, CheckResult, ProxyChecker
 from plugins.registry import PluginRegistry
 from pool.lifecycle import RunVerdict, apply_run
@@ -51,20 +56,32 @@ class CheckRun:
 
 
 async def _run_one(
-    checker: ProxyChecker, proxy: Proxy, context: CheckContext, observe: CheckObserver | None
+    checker: ProxyChecker,
+    proxy: Proxy,
+    context: CheckContext,
+    observe: CheckObserver | None,
+    health: PluginHealth | None = None,
 ) -> CheckResult:
     started = time.monotonic()
+    raised: Exception | None = None
     try:
-        result = await asyncio.wait_for(checker.check(proxy, context), checker.timeout)
+        # asyncio.timeout, not wait_for: the check runs in this task, which the loop watchdog can name
+        with health.calling(checker.name, "check") if health else contextlib.nullcontext():
+            async with asyncio.timeout(checker.timeout):
+                result = await checker.check(proxy, context)
         if not isinstance(result, CheckResult):
-            result = CheckResult(False, f"checker returned {type(result).__name__}, not CheckResult")
+            raise TypeError(f"check() returned {type(result).__name__}, not CheckResult")
     except TimeoutError:
         result = CheckResult(False, f"timed out after {checker.timeout:g} s")
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # a crashing plugin fails this check, never the pipeline
-        log.debug("checker %s raised on %s", checker.name, proxy.display_url, exc_info=True)
-        result = CheckResult(False, f"{checker.name} raised {type(exc).__name__}: {exc}"[:300])
+    except Exception as exc:  # the checker's bug: no verdict on the proxy, never a stop of the pipeline
+        raised = exc
+        if health is not None:
+            health.failed(checker.name, "check", exc)
+        result = CheckResult(False, f"{checker.name} raised {type(exc).__name__}: {exc}"[:300], skipped=True)
+    if health is not None:
+        health.checker_ran(checker.name, raised)
     seconds = time.monotonic() - started
     if result.latency_ms is None and result.passed:
         result.latency_ms = seconds * 1000
@@ -74,18 +91,27 @@ async def _run_one(
 
 
 async def run_checkers(
-    checkers: Sequence[ProxyChecker], proxy: Proxy, context: CheckContext, observe: CheckObserver | None = None
+    checkers: Sequence[ProxyChecker],
+    proxy: Proxy,
+    context: CheckContext,
+    observe: CheckObserver | None = None,
+    health: PluginHealth | None = None,
 ) -> CheckRun:
     """One proxy through every stage; stops after the first stage with a failure."""
     run = CheckRun(proxy)
     stages: dict[int, list[ProxyChecker]] = {}
     for checker in checkers:
-        if not checker.should_skip(proxy):
+        skip = (
+            health.guard(checker.name, "should_skip", lambda c=checker: bool(c.should_skip(proxy)), False)
+            if health is not None
+            else checker.should_skip(proxy)
+        )
+        if not skip:
             stages.setdefault(checker.stage, []).append(checker)
     no_verdict = False
     for stage in sorted(stages):
         group = sorted(stages[stage], key=lambda c: c.priority)
-        results = await asyncio.gather(*(_run_one(c, proxy, context, observe) for c in group))
+        results = await asyncio.gather(*(_run_one(c, proxy, context, observe, health) for c in group))
         run.results.extend(zip(group, results, strict=True))
         if any(not r.passed and not r.skipped for r in results):
             break
@@ -223,7 +249,9 @@ class Pipeline:
             judges=self.judges_for(proxy),
             tls_endpoints=[self.tls_judge.endpoint] if self.tls_judge and _is_loopback(proxy.host) else [],
         )
-        run = await run_checkers(self.registry.get_checker_pipeline(), proxy, context, self.observe)
+        run = await run_checkers(
+            self.registry.get_checker_pipeline(), proxy, context, self.observe, self.registry.health
+        )
         assert run.verdict is not None
         apply_run(proxy, run.verdict)
         self.checked_total += 1

@@ -90,10 +90,12 @@ class Scheduler:
             return source.schedule
         try:
             parser = self.scraper.parser_for(source)
-            schedule = parser.default_schedule() or DEFAULT_SCHEDULE
         except UnknownParserError:
             return DEFAULT_SCHEDULE
-        if not croniter.is_valid(schedule):  # a plugin's bad default must not stop every source
+        # a plugin that raises here is that plugin's error, never a stop of every scheduler pass
+        schedule = self.registry.health.guard(parser.name, "default_schedule", parser.default_schedule, None)
+        schedule = schedule or DEFAULT_SCHEDULE
+        if not isinstance(schedule, str) or not croniter.is_valid(schedule):  # a bad default stops no source
             if parser.name not in self._bad_schedules:
                 self._bad_schedules.add(parser.name)
                 log.warning("parser %s: default_schedule %r is not cron, ignored", parser.name, schedule)

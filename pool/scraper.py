@@ -20,7 +20,7 @@ import aiohttp
 from config.settings import SourcesFetchSettings
 from plugins.protocols import SourceParser
 from plugins.registry import PluginRegistry
-from pool.models import Event, Proxy, ProxySource, UpstreamURL
+from pool.models import DiscoveredProxy, Event, Proxy, ProxySource, UpstreamURL
 from pool.store import Store
 
 __all__ = ["FetchError", "ScrapeResult", "Scraper", "fetch_source", "local_path"]
@@ -166,6 +166,31 @@ class Scraper:
         )
         return await asyncio.shield(task)
 
+    async def _parse(self, parser: SourceParser, raw: bytes, source: ProxySource) -> list[DiscoveredProxy]:
+        """``parser.parse`` under ``fetch.parse_timeout``.  ValueError is the parser's way to say
+        "this body is not mine to read" (the source fails with its message); any other exception,
+        an overrun or an answer that is no list is the parser's bug: counted as its error too."""
+        health = self.registry.health
+        timeout = self.fetch_settings.parse_timeout
+        try:
+            # asyncio.timeout, not wait_for: parse() runs in this task, which the loop watchdog can name
+            with health.calling(parser.name, "parse"):
+                async with asyncio.timeout(timeout):
+                    discovered = await parser.parse(raw, source)
+            if not isinstance(discovered, (list, tuple)):
+                raise TypeError(f"parse() returned {type(discovered).__name__}, not a list")
+        except ValueError as exc:
+            text = str(exc)
+            message = text if text.startswith(f"{parser.name}:") else f"{parser.name}: {text}"
+            raise FetchError(message[:400]) from None
+        except TimeoutError:
+            health.failed(parser.name, "parse", TimeoutError(f"parse() took more than {timeout:g} s"))
+            raise FetchError(f"{parser.name}: parse timed out after {timeout:g} s") from None
+        except Exception as exc:
+            health.failed(parser.name, "parse", exc)
+            raise FetchError(f"{parser.name}: parser failed: {type(exc).__name__}: {exc}"[:400]) from None
+        return list(discovered)
+
     async def _scrape(self, source: ProxySource) -> ScrapeResult:
         at = datetime.now(UTC)
         try:
@@ -173,18 +198,13 @@ class Scraper:
             if self._session is None and local_path(source.url) is None:
                 self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
             raw = await fetch_source(source.url, self.fetch_settings, self._session)
-            try:
-                discovered = await parser.parse(raw, source)
-            except Exception as exc:
-                text = str(exc)
-                message = text if text.startswith(f"{parser.name}:") else f"{parser.name}: {text}"
-                raise FetchError(message[:400]) from None
+            discovered = await self._parse(parser, raw, source)
             upstreams: list[UpstreamURL] = []
             skipped = 0
             for item in discovered:
                 try:
                     upstreams.append(item.to_upstream(source.default_protocol))
-                except (ValueError, TypeError):
+                except (ValueError, TypeError, AttributeError):  # AttributeError: not a DiscoveredProxy
                     skipped += 1
             result = await self.store.upsert_proxies(source.id, upstreams)
         except Exception as exc:  # every failure of a source is reported the same way

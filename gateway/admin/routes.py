@@ -132,6 +132,11 @@ async def stats(request: web.Request) -> web.Response:
                 "backlog": pool.pipeline.backlog,
                 "checked": pool.pipeline.checked_total,
                 "checkers": [c.name for c in pool.registry.checkers],
+                "disabled": dict(pool.registry.health.disabled),
+            },
+            "plugins": {
+                **pool.registry.health.summary(),
+                "skipped": [{"module": i.module, "error": i.error} for i in pool.registry.errors],
             },
         }
     )

@@ -299,18 +299,46 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
 # plugins ----------------------------------------------------------------------------------
 async def _plugins(args: argparse.Namespace, settings: Settings) -> int:
     registry = await open_registry(settings)
+    running = await _running_plugin_health(settings)  # what a serving proxy-pool has seen them do
+    errors: dict[str, int] = running.get("errors", {}) if running else {}
+    disabled: dict[str, str] = running.get("disabled", {}) if running else {}
     rows = []
     for info in registry.describe():
         stage = f"{info.stage}/{info.priority}" if info.stage is not None else ""
-        rows.append(
-            {
-                "kind": info.kind,
-                "name": info.name,
-                "module": info.module,
-                "stage": stage,
-                "health": "error: " + info.error if info.error else ("not configured" if info.kind == "off" else "ok"),
-            }
-        )
+        if info.kind == "error":
+            health = "error: " + (info.error or "")
+        elif info.kind == "off":
+            health = "not configured"
+        elif info.kind == "checker" and (info.name in disabled or info.error):
+            health = disabled.get(info.name) or info.error or ""
+        elif errors.get(info.name):
+            health = f"ok, {errors[info.name]} errors while serving"
+        else:
+            health = "ok"
+        rows.append({"kind": info.kind, "name": info.name, "module": info.module, "stage": stage, "health": health})
     emit(rows, ("kind", "name", "module", "stage", "health"), args.format)
     return 0
+
+
+async def _running_plugin_health(settings: Settings) -> dict[str, Any] | None:
+    """The ``plugins`` part of a running serve's ``/api/stats`` (errors, disabled checkers), or None
+    when no serve answers on ``admin.listen``: the listing then shows what discovery found."""
+    import aiohttp
+
+    host, port = settings.admin.host_port
+    if port == 0:
+        return None
+    token = settings.admin.token.get_secret_value() if settings.admin.token else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), trust_env=False) as session:
+            async with session.get(f"http://{netloc}/api/stats", headers=headers) as resp:
+                if resp.status != 200:
+                    return None
+                stats = await resp.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+    plugins = stats.get("plugins") if isinstance(stats, dict) else None
+    return plugins if isinstance(plugins, dict) else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -408,6 +409,28 @@ async def test_site_reach_fails_when_too_few_answer(client, origin):
         result = await checker.check(make_proxy(gp.url()), ctx(client))
     assert not result.passed
     assert result.detail.startswith("1/3 targets reached (need 2)")
+
+
+@pytest.mark.parametrize("kind", ["pproxy-http", "pproxy-socks4", "pproxy-socks5", "microsocks", "grade-http"])
+async def test_site_reach_has_one_rule_for_a_dead_target(client, origin, kind):
+    """One live and one dead target, min 1: every kind of proxy passes, and the dead target is "not
+    reached" however the proxy reports it (closes, SOCKS "connection refused", HTTP 502); never an error."""
+    if kind == "microsocks" and not microsocks_available():
+        pytest.skip("microsocks is not installed")
+    dead = f"http://127.0.0.1:{closed_port()}/"
+    checker = site_reach.create_plugin(settings(site_reach_targets=[_url(origin, "/ok"), dead], site_reach_min=1))
+    async with contextlib.AsyncExitStack() as stack:
+        if kind.startswith("pproxy"):
+            (up,) = await stack.enter_async_context(pproxy_upstreams(1, "http+socks4+socks5"))
+            url = up.url(kind.split("-")[1])
+        elif kind == "microsocks":
+            url = (await stack.enter_async_context(microsocks())).url()
+        else:
+            url = (await stack.enter_async_context(grade_proxy("elite", "127.0.0.2"))).url()
+        result = await checker.check(make_proxy(url), ctx(client))
+    assert result.passed, result.detail
+    assert result.metadata == {"reached": 1, "failed": [dead]}
+    assert result.detail.startswith("1/2 targets reached (need 1)") and "raised" not in result.detail
 
 
 async def test_site_reach_through_black_hole_fails(client, origin):

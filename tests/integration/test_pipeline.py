@@ -16,6 +16,7 @@ from config import Settings
 from plugins import CheckContext, CheckResult
 from plugins.registry import PluginRegistry
 from pool.models import AnonymityLevel, Event, Proxy, ProxyStatus, UpstreamURL
+from plugins.health import PluginHealth
 from pool.pipeline import Pipeline, PoolLowWatch, run_checkers
 from pool.selector import Selector
 from pool.store import SqliteStore
@@ -64,8 +65,9 @@ async def test_stages_stop_at_first_failure():
     assert run.verdict.passed is False and run.verdict.failed_check == "b"
 
 
-async def test_crashing_and_slow_checkers_fail_the_check_not_the_pipeline():
-    """A checker that raises or overruns its timeout is a failed check with the reason."""
+async def test_a_crashing_checker_is_no_verdict_and_a_slow_one_fails():
+    """A checker that raises has a bug: no verdict (the reason is logged); one that overruns its timeout
+    is a failed check; neither stops the pipeline."""
     crash = FakeChecker("crash", 1, RuntimeError("boom"))
 
     class Slow(FakeChecker):
@@ -74,11 +76,15 @@ async def test_crashing_and_slow_checkers_fail_the_check_not_the_pipeline():
 
     slow = Slow("slow", 1, CheckResult(True, ""))
     slow.timeout = 0.05
+    health = PluginHealth()
     async with aiohttp.ClientSession() as session:
-        run = await run_checkers([crash, slow], proxy(), CheckContext(http_client=session))
+        alone = await run_checkers([crash], proxy(), CheckContext(http_client=session), health=health)
+        run = await run_checkers([crash, slow], proxy(), CheckContext(http_client=session), health=health)
+    assert alone.verdict.passed is None and "boom" in alone.results[0][1].detail
     details = {c.name: r.detail for c, r in run.results}
     assert "boom" in details["crash"] and "timed out" in details["slow"]
-    assert run.verdict.passed is False
+    assert run.verdict.passed is False and run.verdict.failed_check == "slow"
+    assert health.errors == {"crash": 2}
 
 
 async def test_skipped_result_gives_no_verdict():

@@ -216,6 +216,9 @@ async def test_two_contrib_dirs_with_the_same_file_names_do_not_collide(tmp_path
         ("def broken(:\n", "import failed: SyntaxError"),
         ("import no_such_module_for_proxy_pool_tests\n", "import failed: ModuleNotFoundError"),
         ("raise RuntimeError('module-level boom')\n", "import failed: RuntimeError: module-level boom"),
+        ("import sys\nsys.exit(3)\n", "import failed: SystemExit: 3"),
+        ("raise KeyboardInterrupt\n", "import failed: KeyboardInterrupt"),
+        ("def create_plugin(settings):\n    raise SystemExit(4)\n", "create_plugin failed: SystemExit: 4"),
         (
             "def create_plugin(settings):\n    raise ValueError('factory boom')\n",
             "create_plugin failed: ValueError: factory boom",

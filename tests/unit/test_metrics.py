@@ -30,6 +30,7 @@ CONTRACT_FAMILIES = [
     "proxy_pool_notifier_up",
     "proxy_pool_events_total",
     "proxy_pool_credits_spent_total",
+    "proxy_pool_plugin_errors_total",
 ]
 
 
@@ -51,6 +52,7 @@ def exercised(pool: dict[tuple[str, str], int] | None = None) -> Metrics:
     m.notifier_up("webhook", True)
     m.event("proxy.pool_low")
     m.credits_spent(3)
+    m.plugin_error("crashy")
     return m
 
 

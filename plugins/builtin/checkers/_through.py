@@ -19,7 +19,10 @@ from types import TracebackType
 from typing import Self
 
 import aiohttp
+from aiohttp_socks import ProxyConnectionError as SocksConnectionError
 from aiohttp_socks import ProxyConnector
+from aiohttp_socks import ProxyError as SocksProxyError
+from aiohttp_socks import ProxyTimeoutError as SocksTimeoutError
 from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 
 from config.tls import tls_failure
@@ -34,6 +37,9 @@ NETWORK_ERRORS: tuple[type[Exception], ...] = (
     ProxyError,
     ProxyConnectionError,
     ProxyTimeoutError,
+    SocksProxyError,  # aiohttp-socks re-raises python-socks errors as classes of its own
+    SocksConnectionError,
+    SocksTimeoutError,
     ssl.SSLError,
     OSError,
     ValueError,  # aiohttp raises it for a malformed answer in a few places
@@ -124,7 +130,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 def describe_failure(exc: BaseException, timeout: float) -> str:
     """A short reason naming the cause, never the proxy's credentials."""
-    if isinstance(exc, (asyncio.TimeoutError, ProxyTimeoutError, aiohttp.ServerTimeoutError)):
+    if isinstance(exc, (asyncio.TimeoutError, ProxyTimeoutError, SocksTimeoutError, aiohttp.ServerTimeoutError)):
         return f"timed out after {timeout:g}s"
     if isinstance(exc, aiohttp.ClientSSLError) and isinstance(exc.os_error, ssl.SSLError):
         return f"TLS failed: {tls_failure(exc.os_error)}"
@@ -134,9 +140,9 @@ def describe_failure(exc: BaseException, timeout: float) -> str:
         return f"proxy answered {exc.status} {exc.message}".strip()
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         return f"cannot connect to proxy: {_os_reason(exc.os_error)}"
-    if isinstance(exc, ProxyConnectionError):
+    if isinstance(exc, (ProxyConnectionError, SocksConnectionError)):
         return f"cannot connect to proxy: {exc}"
-    if isinstance(exc, ProxyError):
+    if isinstance(exc, (ProxyError, SocksProxyError)):
         return f"proxy refused: {exc}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "proxy closed the connection without an answer"

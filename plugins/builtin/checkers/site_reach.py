@@ -1,8 +1,11 @@
 """Stage 3, optional: can the proxy reach the sites the user cares about?
 
 GETs every ``checker.site_reach_targets`` URL through the proxy at once; passes when at least
-``checker.site_reach_min`` of them answer with a status below 500 (a 403 from a site is an
-answer: the proxy reached it).  Opts out when the list is empty.
+``checker.site_reach_min`` of them are reached.  One rule for every protocol: a target is reached
+when it answers with a status below 500 (a 403 from a site is an answer: the proxy reached it);
+anything else is "not reached", never an error of the check: a refusal, a close or a timeout,
+whether the proxy reports it (HTTP 502/503/504, a SOCKS "connection refused by destination host")
+or the connection just fails, and a 5xx.  Opts out when the list is empty.
 """
 
 from __future__ import annotations
