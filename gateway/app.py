@@ -98,6 +98,7 @@ class ProxyPool:
         for checker in self.registry.checkers:
             self.metrics.register_checker(checker.name)
         self.registry.health.on_error = self.metrics.plugin_error
+        self.events.on_plugin_error = self.registry.health.failed
         for info in self.registry.errors:  # modules skipped at discovery count as their plugin's errors
             self.metrics.plugin_error(Path(info.module).stem if "/" in info.module else info.module)
         self.watchdog = LoopWatchdog(self.registry.health)
@@ -220,6 +221,8 @@ class ProxyPool:
                 error = None if up else "health check failed"
             except Exception as exc:
                 up, error = False, f"{type(exc).__name__}: {exc}"[:200]
+                if not isinstance(exc, TimeoutError):
+                    self.registry.health.failed(notifier.name, "health_check", exc)
             was = self.notifier_health.get(notifier.name, {}).get("up")
             self.notifier_health[notifier.name] = {"up": up, "error": error}
             self.metrics.notifier_up(notifier.name, up)

@@ -56,6 +56,7 @@ class EventBus:
         self._notify_timeout = notify_timeout
         self.delivery_failures: dict[str, int] = {}
         self.last_error: dict[str, str] = {}
+        self.on_plugin_error: Callable[[str, str, BaseException], None] | None = None  # plugin, hook, exc
 
     def add_notifier(self, notifier: Notifier) -> None:
         self._notifiers.append(notifier)
@@ -84,6 +85,8 @@ class EventBus:
             self.delivery_failures[notifier.name] = self.delivery_failures.get(notifier.name, 0) + 1
             self.last_error[notifier.name] = f"{type(exc).__name__}: {exc}"[:300]
             log.warning("notifier %s failed on %s: %s", notifier.name, event.type, self.last_error[notifier.name])
+            if self.on_plugin_error is not None and not isinstance(exc, TimeoutError):
+                self.on_plugin_error(notifier.name, "notify", exc)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Give pending deliveries a moment at shutdown, then cancel the rest."""

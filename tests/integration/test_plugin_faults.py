@@ -261,3 +261,32 @@ async def test_serve_survives_a_plugin_module_calling_sys_exit(tmp_path, contrib
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_raising_notifier_is_counted_as_its_error(make_pool, tmp_path, contrib):
+    """A notifier whose notify() raises is logged and counted in plugin_errors_total; the event's
+    producer (a scrape here) goes on as if nothing happened."""
+    (contrib / "shouty.py").write_text(
+        textwrap.dedent(
+            """
+            class Shouty:
+                name = "shouty"
+                subscribes_to = ["source.*"]
+
+                async def notify(self, event):
+                    raise RuntimeError("notifier bug")
+
+                async def health_check(self):
+                    return True
+
+
+            def create_plugin(settings):
+                return Shouty()
+            """
+        )
+    )
+    pool = await make_pool(plugins={"contrib_dir": str(contrib)})
+    source = await pool.store.add_source(str(tmp_path / "missing.txt"), parser="plaintext")
+    result = await pool.scraper.scrape(source)
+    assert result.error is not None  # source.failed went to the notifier
+    await eventually(lambda: plugin_errors(pool).get("shouty", 0) >= 1, lambda: str(plugin_errors(pool)))
