@@ -328,8 +328,11 @@ async def _running_plugin_health(settings: Settings) -> dict[str, Any] | None:
     host, port = settings.admin.host_port
     if port == 0:
         return None
-    token = settings.admin.token.get_secret_value() if settings.admin.token else None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        token = stored_token(settings)
+    except NoTokenYet:
+        return None  # no serve has run on this database yet
+    headers = {"Authorization": f"Bearer {token}"}
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), trust_env=False) as session:

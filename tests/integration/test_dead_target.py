@@ -73,6 +73,7 @@ async def test_dead_target_benches_no_healthy_upstream(make_pool, origin, scheme
 
         await asyncio.gather(attack(), legit(), legit())
         assert len(attack_status) == ATTACKS * 2
+        print(f"{scheme}: {len(attack_status)} attacking requests, {len(legit_status)} legitimate ones")
         bad = [s for s in legit_status if s != 200]
         assert not bad, f"{len(bad)} of {len(legit_status)} legitimate requests failed: {set(bad)}"
         # pproxy's SOCKS side grants a CONNECT before it dials, then closes the tunnel: a 200, then nothing
