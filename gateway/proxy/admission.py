@@ -11,9 +11,11 @@ import ipaddress
 
 from config import Settings
 from gateway.proxy import http1
+from gateway.proxy.errors import BadRequest
 from gateway.proxy.loops import OwnAddresses
 from gateway.proxy.refusals import AUTH_REALM, Admission, NeedsVerification, Refusal
 from gateway.proxy.routing import Credentials, RouteError, parse_proxy_authorization, route_for
+from gateway.proxy.targets import canonical_host
 from pool.selector import Route
 
 __all__ = ["ANY_ROUTE", "Accounts", "Admitter"]
@@ -84,6 +86,13 @@ class Admitter:
         return True
 
     def _check_target(self, head: http1.RequestHead) -> None:
+        """The target in its canonical form (what the upstream is sent, too), then the port and loop rules."""
+        try:
+            host = canonical_host(head.host)
+        except BadRequest as exc:
+            raise Refusal(400, exc.message, "bad_request") from None
+        if host != head.host:
+            head.host, head.origin_form = host, None  # the client's spelling goes nowhere
         if head.is_connect and self._allowed_ports is not None and head.port not in self._allowed_ports:
             raise Refusal(403, f"CONNECT to port {head.port} is not allowed", "forbidden")
         if head.port in self.own.ports and self.own.loops(head.host, head.port):

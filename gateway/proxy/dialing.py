@@ -154,6 +154,8 @@ class Dialer:
         except (OSError, TimeoutError):
             raise UpstreamError(f"cannot resolve {host}", "dns") from None
         address = infos[0][4][0]
+        if port in self.admitter.own.ports and self.admitter.own.loops(address, port):  # a name that resolves to us
+            raise Refusal(403, "request loops back to the gateway itself", "forbidden")
         if not self.admitter.direct_allowed(address):
             raise Refusal(403, f"direct connection to {host} ({address}) is not allowed", "forbidden")
         try:
