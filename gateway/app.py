@@ -20,8 +20,9 @@ from plugins.discovery import load_all_plugins
 from plugins.watchdog import LoopWatchdog
 from plugins.registry import PluginConflictError, PluginRegistry
 from pool.accounts import Accounts
-from pool.dbfiles import ServeLock, ServeLockHeld, database_file
+from pool.dbfiles import ServeLock, ServeLockHeld, local_database
 from pool.errors import DuplicateError
+from pool.models import masked_url, scrub_url_secrets
 from pool.events import EventBus
 from pool.pipeline import Pipeline, PoolLowWatch
 from pool.scheduler import Scheduler
@@ -62,7 +63,7 @@ class ProxyPool:
 
     async def start(self) -> None:
         settings = self.settings
-        database = database_file(settings.storage.path)
+        database = local_database(settings.storage)
         if database is not None:  # a shared store (PostgreSQL) has replicas by design: no lock
             lock = ServeLock(database)
             try:
@@ -172,12 +173,12 @@ class ProxyPool:
             except DuplicateError:
                 pass
             except ValueError as exc:
-                raise ConfigError(f"sources: {url}: {exc}") from None
+                raise ConfigError(f"sources: {masked_url(url)}: {scrub_url_secrets(str(exc), url)}") from None
         for url in self.extra_sources:
             try:
                 normalised = normalise_source_url(url)
             except ValueError as exc:
-                raise ConfigError(f"--proxies {url}: {exc}") from None
+                raise ConfigError(f"--proxies {masked_url(url)}: {scrub_url_secrets(str(exc), url)}") from None
             source = await self.store.find_source(normalised)
             if source is None:
                 # a local list is plain text unless its name says otherwise (issue 3: bare host:port lines)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ServeLock", "ServeLockHeld", "database_file", "sibling"]
+__all__ = ["ServeLock", "ServeLockHeld", "database_file", "local_database", "sibling"]
 
 
 class ServeLockHeld(Exception):
@@ -23,6 +24,13 @@ def database_file(location: str) -> Path | None:
     if location == ":memory:" or "://" in location:
         return None
     return Path(location)
+
+
+def local_database(storage: Any) -> Path | None:
+    """The SQLite file of the ``[storage]`` settings; None for a server database (``storage.url``)."""
+    if getattr(storage, "url", None):
+        return None
+    return database_file(str(storage.path))
 
 
 def sibling(database: Path, suffix: str) -> Path:

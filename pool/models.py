@@ -4,6 +4,10 @@
 'socks5://u:***@10.0.0.1:1080'
 >>> UpstreamURL.parse("[2001:db8::1]:3128", default_protocol="http").url
 'http://[2001:db8::1]:3128'
+>>> UpstreamURL.parse("http://TOKEN@10.0.0.1:3128").display
+'http://***@10.0.0.1:3128'
+>>> masked_url("https://u:pw@example.com/list.txt?apikey=K&fmt=txt")
+'https://u:***@example.com/list.txt?apikey=***&fmt=***'
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = [
     "AnonymityLevel",
@@ -25,12 +29,63 @@ __all__ = [
     "ProxySource",
     "ProxyStatus",
     "UpstreamURL",
+    "masked_url",
+    "scrub_url_secrets",
     "utcnow",
 ]
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+MASK = "***"
+
+
+def masked_url(url: str) -> str:
+    """A URL safe to show (logs, API answers, events, errors): the password, a username given alone (a
+    token: ``http://TOKEN@host``) and every query value become ``***``; the URL itself is stored whole."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return MASK
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:{MASK}@{hostport}" if sep and user else f"{MASK}@{hostport}"
+    query = "&".join(
+        (f"{item.partition('=')[0]}={MASK}" if "=" in item else item) for item in parts.query.split("&")
+    ) if parts.query else ""
+    fragment = MASK if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` that ``masked_url`` hides, raw and percent-decoded, longest first (the whole URL
+    is replaced before them, so a short one never shows there either)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return [url]
+    found: set[str] = set()
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        user, sep, password = userinfo.partition(":")
+        found.add(password if sep and user else userinfo)
+    found.update(item.partition("=")[2] for item in parts.query.split("&") if "=" in item)
+    found.add(parts.fragment)
+    found |= {unquote(f) for f in found}
+    return sorted((f for f in found if len(f) >= 4), key=len, reverse=True)  # "1" would mangle any text
+
+
+def scrub_url_secrets(text: str, url: str) -> str:
+    """``text`` (an error message, say) with ``url`` shown masked and its secrets replaced by ``***``."""
+    if url in text:
+        text = text.replace(url, masked_url(url))
+    for secret in _url_secrets(url):
+        text = text.replace(secret, MASK)
+    return text
 
 
 class ProxyProtocol(enum.StrEnum):
@@ -150,10 +205,12 @@ class UpstreamURL:
     def netloc(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
-    def _with_userinfo(self, password: str | None) -> str:
+    def _with_userinfo(self, password: str | None, *, masked: bool = False) -> str:
         if self.username is None and self.password is None:
             return f"{self.protocol}://{self.netloc}"
         user = quote(self.username or "", safe="")
+        if masked and password is None:
+            return f"{self.protocol}://{MASK}@{self.netloc}"  # a username alone is a token: hide it
         secret = "" if password is None else f":{password}"
         return f"{self.protocol}://{user}{secret}@{self.netloc}"
 
@@ -168,8 +225,8 @@ class UpstreamURL:
 
     @property
     def display(self) -> str:
-        """Safe to log or show: a password is always ``***``."""
-        return self._with_userinfo(None if self.password is None else "***")
+        """Safe to log or show: a password is always ``***``, and so is a username given alone."""
+        return self._with_userinfo(None if self.password is None else MASK, masked=True)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -284,10 +341,19 @@ class ProxySource:
     last_error: str | None = None
     consecutive_failures: int = 0
 
+    @property
+    def display_url(self) -> str:
+        """The URL safe to show: password, lone username and query values as ``***``."""
+        return masked_url(self.url)
+
+    def scrub(self, text: str) -> str:
+        """``text`` without this source's secrets (for errors that quote the URL or a part of it)."""
+        return scrub_url_secrets(text, self.url)
+
     def public_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "url": self.url,
+            "url": self.display_url,
             "parser": self.parser,
             "schedule": self.schedule,
             "default_protocol": self.default_protocol.value,

@@ -160,7 +160,7 @@ class Scheduler:
                 self.registry.emit_nowait(
                     Event(
                         "source.stale",
-                        {"source_id": source.id, "source": source.url, "hours_since_success": round(hours, 1)},
+                        {"source_id": source.id, "source": source.display_url, "hours_since_success": round(hours, 1)},
                     )
                 )
 

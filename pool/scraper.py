@@ -208,15 +208,15 @@ class Scraper:
                     skipped += 1
             result = await self.store.upsert_proxies(source.id, upstreams)
         except Exception as exc:  # every failure of a source is reported the same way
-            error = str(exc) if isinstance(exc, FetchError) else f"{type(exc).__name__}: {exc}"
+            error = source.scrub(str(exc) if isinstance(exc, FetchError) else f"{type(exc).__name__}: {exc}")
             updated = await self.store.record_scrape(source.id, at=at, found=None, new=None, error=error)
-            log.warning("source #%d %s failed: %s", source.id, source.url, error)
+            log.warning("source #%d %s failed: %s", source.id, source.display_url, error)
             self.registry.emit_nowait(
                 Event(
                     "source.failed",
                     {
                         "source_id": source.id,
-                        "source": source.url,
+                        "source": source.display_url,
                         "error": error,
                         "consecutive_failures": updated.consecutive_failures,
                     },
@@ -227,10 +227,10 @@ class Scraper:
             updated = await self.store.record_scrape(
                 source.id, at=at, found=result.found, new=len(result.new), error=None
             )
-            log.info("source #%d %s: %d found, %d new", source.id, source.url, result.found, len(result.new))
+            log.info("source #%d %s: %d found, %d new", source.id, source.display_url, result.found, len(result.new))
             if result.new:
                 self.registry.emit_nowait(
-                    Event("proxy.new_batch", {"source_id": source.id, "source": source.url, "count": len(result.new)})
+                    Event("proxy.new_batch", {"source_id": source.id, "source": source.display_url, "count": len(result.new)})
                 )
                 if self.on_new is not None:
                     self.on_new(result.new)

@@ -6,7 +6,7 @@ from croniter import croniter
 
 from plugins.registry import PluginRegistry
 from pool.errors import InvalidInputError
-from pool.models import ProxyProtocol, ProxySource
+from pool.models import ProxyProtocol, ProxySource, masked_url
 from pool.scraper import local_path
 from pool.store import Store
 
@@ -30,7 +30,7 @@ def normalise_source_url(url: str, *, must_exist: bool = True) -> str:
     if text.startswith(("http://", "https://")):
         return text
     if "://" in text and not text.startswith("file://"):
-        raise InvalidInputError(f"unsupported source URL {text!r}: use http(s)://, file:// or a local path")
+        raise InvalidInputError(f"unsupported source URL {masked_url(text)!r}: use http(s)://, file:// or a local path")
     path = local_path(text)
     assert path is not None
     path = path.resolve()

@@ -27,6 +27,7 @@ from pool.models import (
     ProxySource,
     ProxyStatus,
     UpstreamURL,
+    masked_url,
 )
 
 __all__ = ["MIGRATIONS", "LedgerEntry", "ProxyFilter", "SqliteStore", "Store", "UpsertResult", "UserRecord"]
@@ -318,7 +319,7 @@ class SqliteStore:
                     (url, parser, schedule, ProxyProtocol(default_protocol).value, origin, now.timestamp()),
                 )
             except sqlite3.IntegrityError:
-                raise DuplicateError(f"source {url} already exists") from None
+                raise DuplicateError(f"source {masked_url(url)} already exists") from None
             await self._db.commit()
         assert cur.lastrowid is not None
         return await self.get_source(cur.lastrowid)

@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 from config import ConfigError, Settings
-from pool.dbfiles import database_file, sibling
+from pool.dbfiles import local_database, sibling
 
 __all__ = ["NoTokenYet", "ensure_token", "stored_token", "token_file"]
 
@@ -22,7 +22,7 @@ class NoTokenYet(Exception):
 
 def token_file(settings: Settings) -> Path | None:
     """Where the generated token lives; None when the store is not a local file."""
-    database = database_file(settings.storage.path)
+    database = local_database(settings.storage)
     return None if database is None else sibling(database.absolute(), ".admin-token")
 
 

@@ -267,7 +267,7 @@ async def _sources(args: argparse.Namespace, settings: Settings) -> int:
             source = await add_source(
                 store, registry, args.url, parser=args.parser, schedule=args.schedule, protocol=args.protocol
             )
-            print(f"added source {source.id}: {source.url}")
+            print(f"added source {source.id}: {source.display_url}")
             return 0
         # scrape
         sources = [await store.get_source(args.id)] if args.id is not None else await store.list_sources()
@@ -281,7 +281,7 @@ async def _sources(args: argparse.Namespace, settings: Settings) -> int:
                 result = await scraper.scrape(source)
                 progress.step()
                 rows.append(
-                    {"id": source.id, "url": source.url, "found": result.found, "new": len(result.new), "error": result.error}
+                    {"id": source.id, "url": source.display_url, "found": result.found, "new": len(result.new), "error": result.error}
                 )
         finally:
             progress.close()

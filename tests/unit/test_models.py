@@ -19,6 +19,7 @@ from pool.models import (
     ProxySource,
     ProxyStatus,
     UpstreamURL,
+    masked_url,
 )
 
 # -- strategies ------------------------------------------------------------------------------------
@@ -152,6 +153,46 @@ def test_display_masks_password_example():
     """The docstring example: socks5://u:***@host:port."""
     assert UpstreamURL.parse("socks5://u:p@10.0.0.1:1080").display == "socks5://u:***@10.0.0.1:1080"
     assert "hunter2" not in repr(Proxy(1, UpstreamURL.parse("http://u:hunter2@h.example:1")))
+
+
+@given(protocols, hosts, ports, st.text(alphabet="abcdefghijk0123456789", min_size=6, max_size=12))
+def test_display_never_shows_a_lone_username(protocol, host, port, token):
+    """Property: a username given alone (``http://TOKEN@host:port``, a token) is shown as ``***@``."""
+    up = UpstreamURL(protocol, host, port, token, None)
+    assert up.display == f"{protocol.value}://***@{netloc(host, port)}"
+    assert UpstreamURL.parse(up.url) == up  # the stored / dialled form keeps it
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://srcuser:SRCPASS@host.example/list.txt?apikey=SRCKEY",
+         "http://srcuser:***@host.example/list.txt?apikey=***"),
+        ("http://TOKEN@host.example/list.txt", "http://***@host.example/list.txt"),
+        ("https://host.example/l.txt?key=K1&fmt=txt&flag", "https://host.example/l.txt?key=***&fmt=***&flag"),
+        ("https://host.example/l.txt#access_token=abc", "https://host.example/l.txt#***"),
+        ("https://u:p%40ss@host.example:8443/x", "https://u:***@host.example:8443/x"),
+        ("file:///srv/lists/mine.txt", "file:///srv/lists/mine.txt"),
+        ("https://host.example/plain.txt", "https://host.example/plain.txt"),
+    ],
+)
+def test_masked_source_urls(url, shown):
+    """A source URL is shown with its password, a lone username and every query value as ***."""
+    assert masked_url(url) == shown
+    source = ProxySource(id=1, url=url)
+    assert source.display_url == shown and source.public_dict()["url"] == shown
+    assert source.url == url  # stored whole
+
+
+@given(st.text(alphabet="abcdefghijkLMNOP0123456789-_.~", min_size=4, max_size=16),
+       st.text(alphabet="abcdefghijkLMNOP0123456789", min_size=4, max_size=16))
+def test_scrubbed_text_never_holds_a_source_secret(password, key):
+    """Property: an error quoting the URL or its secrets keeps none of them."""
+    url = f"https://user:{password}@lists.example/p.txt?apikey={key}"
+    text = f"GET {url} failed: bad key {key}; auth {password}"
+    scrubbed = ProxySource(id=1, url=url).scrub(text)
+    assert password not in scrubbed and key not in scrubbed
+    assert "https://user:***@lists.example/p.txt?apikey=***" in scrubbed
 
 
 @pytest.mark.parametrize("text", ["http://2001:db8::1:80", "2001:db8::1:80", "socks5://u:p@::1:1080"])
