@@ -11,6 +11,8 @@ import contextvars
 import ipaddress
 import os
 import tomllib
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -386,6 +388,9 @@ class Settings(BaseSettings):
                 raise ConfigError(f"config file {path}: {exc}") from None
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+        unknown = unknown_environment_variable(os.environ)
+        if unknown is not None:
+            raise ConfigError(unknown)
         token = _toml_data.set(data)
         try:
             return cls(**_drop_none(overrides))
@@ -395,6 +400,46 @@ class Settings(BaseSettings):
             raise ConfigError(describe_settings_error(exc)) from None
         finally:
             _toml_data.reset(token)
+
+
+ENV_PREFIX = "PROXY_POOL_"
+_NOT_SETTINGS = frozenset({"PROXY_POOL_CONFIG"})  # the config file's path, read before the settings
+
+
+def _names_a_setting(path: list[str], model: type[BaseModel]) -> bool:
+    """Whether ``gateway``/``listen``-style parts name a field, walking nested models."""
+    fields = {name.lower(): info for name, info in model.model_fields.items()}
+    info = fields.get(path[0].lower())
+    if info is None or not path[0]:
+        return False
+    if len(path) == 1:
+        return True
+    nested = [a for a in (info.annotation, *typing.get_args(info.annotation)) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return any(_names_a_setting(path[1:], sub) for sub in nested)
+
+
+def unknown_environment_variable(environ: Mapping[str, str]) -> str | None:
+    """The one-line error for the first ``PROXY_POOL_*`` variable that names no setting (a typo such as
+    ``PROXY_POOL_GATEWAY_AUTH`` would otherwise be ignored, silently running with the default), else None."""
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in _NOT_SETTINGS:
+            continue
+        rest = name[len(ENV_PREFIX):]
+        if _names_a_setting(rest.split("__")[:1], Settings):
+            continue  # a known section: pydantic names an unknown key inside it ("gateway.bogus: unknown key")
+        hint = ""
+        for i, char in enumerate(rest):
+            if char == "_" and rest[i - 1 : i] != "_" and rest[i + 1 : i + 2] != "_":
+                guess = rest[:i] + "__" + rest[i + 1 :]
+                if _names_a_setting(guess.split("__"), Settings):
+                    hint = f" (did you mean {ENV_PREFIX}{guess}?)"
+                    break
+        return (
+            f"config error: environment variable {name} names no setting{hint}; "
+            f"settings are {ENV_PREFIX}<SECTION>__<KEY>, e.g. {ENV_PREFIX}GATEWAY__LISTEN"
+        )
+    return None
 
 
 def _find_config_file(config_file: str | os.PathLike[str] | None) -> Path | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from config import ConfigError, Settings
+from config.settings import is_loopback_host
 from gateway.admin.token import ensure_token
 from gateway.metrics import Metrics
 from gateway.proxy.server import GatewayServer
@@ -75,6 +76,7 @@ class ProxyPool:
             self.admin_token, token_path = ensure_token(settings)
             if token_path is not None:
                 log.info("admin API token: in %s (`proxy-pool admin-token` prints it)", token_path)
+            _warn_if_open(settings)
             self.store = await SqliteStore.open(settings.storage.path)
             await self._start()
         except BaseException:
@@ -273,6 +275,17 @@ class ProxyPool:
             self._lock.release()
             self._lock = None
         self.started = False
+
+
+def _warn_if_open(settings: Settings) -> None:
+    """``allow_open`` lets a public gateway without auth start: say so at every start, not only once."""
+    gateway = settings.gateway
+    if gateway.allow_open and gateway.auth == "none" and not is_loopback_host(gateway.host_port[0]):
+        log.warning(
+            "gateway.allow_open = true: the gateway on %s is an open proxy (no authentication) for anyone who "
+            "can reach it; keep that port firewalled or published on 127.0.0.1 only, or set gateway.auth = \"users\"",
+            gateway.listen,
+        )
 
 
 def _netloc(host: str, port: int) -> str:

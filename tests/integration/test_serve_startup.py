@@ -74,3 +74,50 @@ def test_cli_commands_work_beside_a_running_serve(tmp_path):
             assert done.returncode == 0, (argv, done.stderr)
     finally:
         running.kill()
+
+
+def test_allow_open_on_a_public_address_warns_at_every_start(tmp_path):
+    """gateway.allow_open = true on a non-loopback listen address with auth none: a WARNING line at every start
+    (the listening socket takes no traffic in this test)."""
+    env = {**os.environ, "PROXY_POOL_GATEWAY__ALLOW_OPEN": "true"}
+    for _ in range(2):
+        serving = Serving(tmp_path / "pool.db", "--listen", "0.0.0.0:0", env=env)
+        log = serving.kill() if serving.serving else "".join(serving.lines)
+        assert serving.serving, log
+        warnings = [line for line in log.splitlines() if "WARNING" in line and "allow_open" in line]
+        assert len(warnings) == 1 and "open proxy" in warnings[0], log
+    quiet = Serving(tmp_path / "pool.db")  # loopback: nothing to warn about
+    assert "open proxy" not in quiet.kill()
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [("PROXY_POOL_GATEWAY_AUTH", "PROXY_POOL_GATEWAY__AUTH"), ("PROXY_POOL_GATEWAYS__AUTH", None),
+     ("PROXY_POOL_ADMIN_TOKEN", "PROXY_POOL_ADMIN__TOKEN"), ("PROXY_POOL_BOGUS", None)],
+)
+def test_unknown_environment_variable_refuses_to_start(tmp_path, name, hint):
+    """A PROXY_POOL_* variable that names no setting stops serve (and every command) with one line naming it,
+    exit 2, like an unknown TOML key; nothing is created."""
+    env = {**os.environ, name: "users"}
+    for argv in (serve_argv(tmp_path / "pool.db"), [sys.executable, "-m", "gateway", "users", "list",
+                                                    "--db", str(tmp_path / "pool.db")]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0] and "names no setting" in lines[0], lines
+        if hint:
+            assert f"did you mean {hint}?" in lines[0]
+    assert not (tmp_path / "pool.db").exists()
+
+
+def test_known_environment_variables_still_work(tmp_path):
+    """Nested (PROXY_POOL_NOTIFIERS__WEBHOOK__URL), top-level (PROXY_POOL_DEFAULT_SOURCES) and
+    PROXY_POOL_CONFIG are settings, not typos."""
+    config = tmp_path / "c.toml"
+    config.write_text("[gateway]\nstrategy = \"random\"\n")
+    env = {**os.environ, "PROXY_POOL_CONFIG": str(config), "PROXY_POOL_DEFAULT_SOURCES": "false",
+           "PROXY_POOL_NOTIFIERS__WEBHOOK__URL": "http://127.0.0.1:1/hook", "PROXY_POOL_GATEWAY__AUTH": "users"}
+    done = subprocess.run([sys.executable, "-m", "gateway", "plugins", "--db", str(tmp_path / "p.db")],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "webhook" in done.stdout
