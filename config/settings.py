@@ -171,6 +171,23 @@ class AdminSettings(_Section):
 
 class StorageSettings(_Section):
     path: str = "proxy-pool.db"
+    url: str | None = Field(default=None, description="postgresql://user@host:port/db: replicas share one pool")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql://user@host:port/dbname URL (a SQLite file goes in storage.path)")
+        return v
+
+    @property
+    def location(self) -> str:
+        """What the store opens: the PostgreSQL URL when set, else the SQLite file."""
+        return self.url or self.path
+
+    @property
+    def shared(self) -> bool:
+        return self.url is not None
 
 
 class CheckerSettings(_Section):

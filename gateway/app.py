@@ -30,7 +30,7 @@ from pool.scheduler import Scheduler
 from pool.scraper import Scraper, ScrapeResult
 from pool.selector import Selector
 from pool.sources import DEFAULT_SOURCES, add_source, normalise_source_url
-from pool.store import SqliteStore
+from pool.stores import open_store
 from pool.tasks import TaskSet
 
 __all__ = ["ProxyPool", "open_registry"]
@@ -77,7 +77,7 @@ class ProxyPool:
             if token_path is not None:
                 log.info("admin API token: in %s (`proxy-pool admin-token` prints it)", token_path)
             _warn_if_open(settings)
-            self.store = await SqliteStore.open(settings.storage.path)
+            self.store = await open_store(settings.storage.location)
             await self._start()
         except BaseException:
             await self.stop()

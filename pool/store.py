@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from pool.models import (
     masked_url,
 )
 
-__all__ = ["MIGRATIONS", "LedgerEntry", "ProxyFilter", "SqliteStore", "Store", "UpsertResult", "UserRecord"]
+__all__ = ["MIGRATIONS", "ChangeHandler", "CreditState", "LedgerEntry", "Settlement", "ProxyFilter", "SqliteStore", "Store", "UpsertResult", "UserRecord"]
 
 
 MIGRATIONS: list[str] = [
@@ -111,6 +111,19 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE proxies ADD COLUMN tunnels INTEGER;
     """,
+    # 4: credit leases (replicas charge from blocks leased out of users.balance, the unleased credits:
+    # SUM(ledger) = balance + SUM(leases)) and check claims (one replica checks a due proxy)
+    """
+    ALTER TABLE users ADD COLUMN balance INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0);
+    UPDATE users SET balance = (SELECT COALESCE(SUM(delta), 0) FROM credit_ledger WHERE user_id = users.id);
+    CREATE TABLE credit_leases (
+        replica TEXT NOT NULL,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        amount INTEGER NOT NULL CHECK (amount >= 0),
+        PRIMARY KEY (replica, user_id)
+    );
+    ALTER TABLE proxies ADD COLUMN claimed_until REAL;
+    """,
 ]
 
 CHECK_LOG_KEEP = 50  # check rows kept per proxy
@@ -141,6 +154,28 @@ class UserRecord:
     password_changed_at: datetime
     rev: int
     balance: int
+
+
+@dataclass(frozen=True)
+class CreditState:
+    """A user's credits as the database sees them: ``free`` can be leased, ``total`` includes leases."""
+
+    user_id: int
+    free: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a replica reports for one user: charged and refunded since its last report, lease given back."""
+
+    user_id: int
+    spent: int = 0
+    refunded: int = 0
+    returned: int = 0
+
+
+ChangeHandler = Callable[[str, list[int]], None]  # (kind, ids): proxies | deleted | users | sources | credits | resync
 
 
 @dataclass(frozen=True)
@@ -186,6 +221,18 @@ class Store(Protocol):
     async def append_ledger(self, entries: Sequence[tuple[int, int, str]]) -> list[int]: ...
     async def ledger_since(self, after_id: int, user_id: int | None = None) -> list[LedgerEntry]: ...
     async def ledger_state(self) -> tuple[list[UserRecord], int]: ...
+
+    # replicas: shared is True when several processes may serve from this database at once
+    shared: bool
+
+    async def lease_credits(self, replica: str, user_id: int, want: int) -> int: ...
+    async def settle_credits(self, replica: str, rows: Sequence[Settlement]) -> list[int]: ...
+    async def settle_stale_leases(self, replica: str | None, *, forfeit: bool) -> int: ...
+    async def credit_state(self) -> list[CreditState]: ...
+    async def claim_source(self, source_id: int, last_run_at: datetime | None, at: datetime) -> bool: ...
+    async def claim_checks(self, ids: Sequence[int], until: datetime) -> list[int]: ...
+    async def get_proxies(self, ids: Sequence[int]) -> list[Proxy]: ...
+    def subscribe(self, handler: ChangeHandler) -> None: ...
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -249,7 +296,13 @@ def _source(row: sqlite3.Row | tuple[Any, ...]) -> ProxySource:
 
 
 class SqliteStore:
-    """The embedded store.  One connection; aiosqlite runs it on its own thread."""
+    """The embedded store.  One connection; aiosqlite runs it on its own thread.
+
+    One serving process per file (``shared`` is False): it leases every credit it sees, its claims
+    always succeed, and nobody else's changes need announcing (the CLI's are read on each flush).
+    """
+
+    shared = False
 
     def __init__(self, db: aiosqlite.Connection, path: str) -> None:
         self._db = db
@@ -547,9 +600,9 @@ class SqliteStore:
         async with self._write_lock:
             try:
                 cur = await self._db.execute(
-                    "INSERT INTO users (name, password_hash, created_at, password_changed_at, rev) "
-                    "VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(rev), 0) + 1 FROM users))",
-                    (name, password_hash, now, now),
+                    "INSERT INTO users (name, password_hash, created_at, password_changed_at, rev, balance) "
+                    "VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(rev), 0) + 1 FROM users), ?)",
+                    (name, password_hash, now, now, max(credits, 0)),
                 )
                 if credits > 0:
                     await self._db.execute(
@@ -612,6 +665,10 @@ class SqliteStore:
                     "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, ?, ?)",
                     [(user_id, delta, kind, now) for user_id, delta, kind in entries],
                 )
+                await self._db.executemany(  # top-ups (and debits) change the unleased credits
+                    "UPDATE users SET balance = balance + ? WHERE id = ?",
+                    [(delta, user_id) for user_id, delta, _ in entries],
+                )
                 async with self._db.execute("SELECT id FROM credit_ledger WHERE id > ? ORDER BY id", (before,)) as cur:
                     ids = [int(r[0]) for r in await cur.fetchall()]
                 await self._db.commit()
@@ -643,3 +700,127 @@ class SqliteStore:
         async with self._db.execute(f"{self._USER_SELECT} ORDER BY u.id", (last,)) as cur:
             users = [self._user(r) for r in await cur.fetchall()]
         return users, last
+
+    # replicas (a single owner here: the same answers as PostgreSQL gives one replica) ------------
+    async def lease_credits(self, replica: str, user_id: int, want: int) -> int:
+        """Move up to ``want`` unleased credits into ``replica``'s lease; returns how many moved."""
+        if want <= 0:
+            return 0
+        async with self._write_lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                async with self._db.execute("SELECT balance FROM users WHERE id = ?", (user_id,)) as cur:
+                    row = await cur.fetchone()
+                taken = min(int(row[0]), want) if row else 0
+                if taken > 0:
+                    await self._db.execute("UPDATE users SET balance = balance - ? WHERE id = ?", (taken, user_id))
+                    await self._db.execute(
+                        "INSERT INTO credit_leases (replica, user_id, amount) VALUES (?, ?, ?) "
+                        "ON CONFLICT (replica, user_id) DO UPDATE SET amount = amount + excluded.amount",
+                        (replica, user_id, taken),
+                    )
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return taken
+
+    async def settle_credits(self, replica: str, rows: Sequence[Settlement]) -> list[int]:
+        """Spends and refunds as ledger rows, out of the lease; ``returned`` goes back to the user."""
+        rows = [r for r in rows if r.spent or r.refunded or r.returned]
+        if not rows:
+            return []
+        now = datetime.now(UTC).timestamp()
+        async with self._write_lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM credit_ledger") as cur:
+                    row = await cur.fetchone()
+                before = int(row[0]) if row else 0
+                ledger = [(r.user_id, -r.spent, "spend", now) for r in rows if r.spent] + [
+                    (r.user_id, r.refunded, "refund", now) for r in rows if r.refunded
+                ]
+                await self._db.executemany(
+                    "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, ?, ?)", ledger
+                )
+                for r in rows:
+                    await self._db.execute(
+                        "UPDATE credit_leases SET amount = amount - ? WHERE replica = ? AND user_id = ?",
+                        (r.spent - r.refunded + r.returned, replica, r.user_id),
+                    )
+                    if r.returned:
+                        await self._db.execute(
+                            "UPDATE users SET balance = balance + ? WHERE id = ?", (r.returned, r.user_id)
+                        )
+                await self._db.execute("DELETE FROM credit_leases WHERE amount = 0")
+                async with self._db.execute("SELECT id FROM credit_ledger WHERE id > ? ORDER BY id", (before,)) as cur:
+                    ids = [int(r[0]) for r in await cur.fetchall()]
+                await self._db.commit()
+            except sqlite3.IntegrityError as exc:
+                await self._db.rollback()
+                raise InvalidInputError(f"settlement rejected: {exc}") from None
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return ids
+
+    async def settle_stale_leases(self, replica: str | None, *, forfeit: bool) -> int:
+        """Leases left by a replica that died (``None``: by anyone): spent (forfeit) or given back."""
+        async with self._write_lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                where, args = ("", ()) if replica is None else (" WHERE replica = ?", (replica,))
+                async with self._db.execute(f"SELECT user_id, amount FROM credit_leases{where}", args) as cur:
+                    leases = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
+                now = datetime.now(UTC).timestamp()
+                for user_id, amount in leases:
+                    if amount <= 0:
+                        continue
+                    if forfeit:
+                        await self._db.execute(
+                            "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, 'spend', ?)",
+                            (user_id, -amount, now),
+                        )
+                    else:
+                        await self._db.execute("UPDATE users SET balance = balance + ? WHERE id = ?", (amount, user_id))
+                await self._db.execute(f"DELETE FROM credit_leases{where}", args)
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return sum(a for _, a in leases)
+
+    async def credit_state(self) -> list[CreditState]:
+        async with self._db.execute(
+            "SELECT u.id, u.balance, u.balance + COALESCE((SELECT SUM(amount) FROM credit_leases l "
+            "WHERE l.user_id = u.id), 0) FROM users u ORDER BY u.id"
+        ) as cur:
+            return [CreditState(int(r[0]), int(r[1]), int(r[2])) for r in await cur.fetchall()]
+
+    async def claim_source(self, source_id: int, last_run_at: datetime | None, at: datetime) -> bool:
+        """Mark the source as run at ``at`` if nobody did since ``last_run_at``: the winner scrapes it."""
+        async with self._write_lock:
+            cur = await self._db.execute(
+                "UPDATE sources SET last_run_at = ? WHERE id = ? AND last_run_at IS ?",
+                (at.timestamp(), source_id, _ts(last_run_at)),
+            )
+            await self._db.commit()
+        return cur.rowcount == 1
+
+    async def claim_checks(self, ids: Sequence[int], until: datetime) -> list[int]:
+        return list(ids)  # one process checks everything it finds due
+
+    async def get_proxies(self, ids: Sequence[int]) -> list[Proxy]:
+        found: list[Proxy] = []
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self._db.execute(
+                f"SELECT {_PROXY_COLUMNS} FROM proxies WHERE id IN ({marks}) ORDER BY id", chunk
+            ) as cur:
+                found.extend(_proxy(r) for r in await cur.fetchall())
+        return found
+
+    def subscribe(self, handler: ChangeHandler) -> None:
+        """Nothing to hear: nobody else serves from this file."""

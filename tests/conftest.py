@@ -16,3 +16,28 @@ for _key in list(os.environ):
 def _isolated_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL, started once per session (skips saying why where it cannot run)."""
+    from tests.support.postgres import PgServer, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PgServer()
+    try:
+        server.init()
+        server.start()
+    except BaseException:
+        server.destroy()
+        raise
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    """A fresh, empty database on the session's PostgreSQL."""
+    return pg_server.create_database()

@@ -33,7 +33,8 @@ log = logging.getLogger("proxy_pool")
 
 
 def load_settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    storage = {"path": args.db} if getattr(args, "db", None) else {}
+    db = getattr(args, "db", None)
+    storage = {} if not db else {"url": db} if db.startswith(("postgresql://", "postgres://")) else {"path": db}
     log_over = {k: v for k, v in (("format", args.log_format), ("level", args.log_level)) if v}
     return Settings.load(args.config, storage=storage, log=log_over, **overrides)
 

@@ -8,7 +8,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from config import Settings
-from pool.store import SqliteStore
+from pool.store import Store
+from pool.stores import display_location
+from pool.stores import open_store as _open
 
 __all__ = ["CommandFailed", "emit", "open_store", "table"]
 
@@ -18,11 +20,12 @@ class CommandFailed(Exception):
 
 
 @contextlib.asynccontextmanager
-async def open_store(settings: Settings) -> AsyncIterator[SqliteStore]:
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    location = settings.storage.location
     try:
-        store = await SqliteStore.open(settings.storage.path)
+        store = await _open(location)
     except Exception as exc:
-        raise CommandFailed(f"cannot open database {settings.storage.path}: {exc}") from None
+        raise CommandFailed(f"cannot open database {display_location(location)}: {exc}") from None
     try:
         yield store
     finally:

@@ -25,7 +25,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="F", help="TOML settings file (default: ./proxy-pool.toml if present)")
-    parser.add_argument("--db", metavar="PATH", help="SQLite database (default: storage.path)")
+    parser.add_argument(
+        "--db", metavar="PATH_OR_URL", help="SQLite file or postgresql://user@host:port/db (default: storage.path)"
+    )
     parser.add_argument("--log-format", choices=("text", "json"), help="log line format")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level")
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+import pool.pgstore as pgstore_module
 import pool.store as store_module
 from pool.errors import DuplicateError, NotFoundError
 from pool.models import AnonymityLevel, ProxyCheck, ProxyProtocol, ProxyStatus, UpstreamURL
+from pool.pgstore import PostgresStore
 from pool.store import CHECK_LOG_KEEP, MIGRATIONS, ProxyFilter, SqliteStore
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -20,13 +24,25 @@ def up(text: str) -> UpstreamURL:
     return UpstreamURL.parse(text, default_protocol="http")
 
 
-@pytest.fixture
-async def store(tmp_path: Path):
-    s = await SqliteStore.open(tmp_path / "db" / "pool.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request, tmp_path: Path):
+    """Every store test runs on both stores behind the seam."""
+    if request.param == "sqlite":
+        s = await SqliteStore.open(tmp_path / "db" / "pool.db")
+    else:
+        s = await PostgresStore.open(request.getfixturevalue("pg_url"))
     try:
         yield s
     finally:
         await s.close()
+
+
+async def count_rows(store, table: str) -> int:
+    """A peek under the seam, for tests only."""
+    if isinstance(store, PostgresStore):
+        return int(await store._pool.fetchval(f"SELECT COUNT(*) FROM {table}"))
+    with sqlite3.connect(store.path) as db:
+        return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
 def check(proxy_id: int, n: int, passed: bool = True) -> ProxyCheck:
@@ -105,6 +121,70 @@ async def test_database_from_a_newer_program_is_refused(tmp_path):
         db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
     with pytest.raises(RuntimeError, match="upgrade"):
         await SqliteStore.open(path)
+
+
+# -- PostgreSQL: the same schema versions, migrated by one replica while the others wait ------------
+
+
+def test_every_migration_exists_for_postgresql_too():
+    """A new SQLite step needs its PostgreSQL twin in pool/pgstore.py PG_MIGRATIONS (same version numbers)."""
+    assert len(pgstore_module.PG_MIGRATIONS) == len(MIGRATIONS), (
+        "port the new migration in pool/store.py MIGRATIONS to pool/pgstore.py PG_MIGRATIONS"
+    )
+
+
+async def test_postgres_new_database_gets_the_latest_schema(pg_url):
+    """A fresh PostgreSQL database is migrated to the same version number as SQLite's."""
+    s = await PostgresStore.open(pg_url)
+    try:
+        assert await s.schema_version() == len(MIGRATIONS)
+    finally:
+        await s.close()
+
+
+async def test_postgres_replicas_opening_at_once_migrate_once(pg_url):
+    """Five replicas start together: one migrates under the advisory lock, the others wait and find it done."""
+    stores = await asyncio.gather(*(PostgresStore.open(pg_url) for _ in range(5)))
+    try:
+        assert {await s.schema_version() for s in stores} == {len(MIGRATIONS)}
+        await stores[0].upsert_proxies(None, [up("1.2.3.4:80")])
+        assert [p.url for p in await stores[4].all_proxies()] == ["http://1.2.3.4:80"]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_postgres_new_step_upgrades_and_a_failing_one_changes_nothing(pg_url, monkeypatch):
+    """A step N+1 runs once with data kept; a broken step neither half-applies nor bumps the version."""
+    s = await PostgresStore.open(pg_url)
+    await s.upsert_proxies(None, [up("1.2.3.4:80")])
+    await s.close()
+    broken = "ALTER TABLE proxies ADD COLUMN half TEXT;\nTHIS IS NOT SQL;"
+    monkeypatch.setattr(pgstore_module, "PG_MIGRATIONS", [*pgstore_module.PG_MIGRATIONS, broken])
+    with pytest.raises(asyncpg.PostgresSyntaxError):
+        await PostgresStore.open(pg_url)
+    monkeypatch.setattr(
+        pgstore_module, "PG_MIGRATIONS", [*pgstore_module.PG_MIGRATIONS[:-1], "ALTER TABLE proxies ADD COLUMN note TEXT;"]
+    )
+    s = await PostgresStore.open(pg_url)
+    try:
+        assert await s.schema_version() == len(MIGRATIONS) + 1
+        assert len(await s.all_proxies()) == 1
+        columns = {r[0] for r in await s._pool.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'proxies'"
+        )}
+        assert "note" in columns and "half" not in columns
+    finally:
+        await s.close()
+
+
+async def test_postgres_database_from_a_newer_program_is_refused(pg_url):
+    """A schema version above what this program knows stops it, saying to upgrade."""
+    s = await PostgresStore.open(pg_url)
+    await s._pool.execute("UPDATE schema_version SET version = version + 5")
+    await s.close()
+    with pytest.raises(RuntimeError, match="upgrade"):
+        await PostgresStore.open(pg_url)
 
 
 # -- sources ---------------------------------------------------------------------------------------
@@ -298,8 +378,7 @@ async def test_deleting_a_proxy_deletes_its_checks(store):
     await store.save_results([(a, [check(a.id, 1)])])
     await store.delete_proxies([a.id])
     await store.delete_proxies([])
-    with sqlite3.connect(store.path) as db:
-        assert db.execute("SELECT COUNT(*) FROM proxy_checks").fetchone()[0] == 0
+    assert await count_rows(store, "proxy_checks") == 0
 
 
 async def test_unknown_proxy_is_not_found(store):
