@@ -260,6 +260,9 @@ class CreditsSettings(_Section):
     low_balance_threshold: int = Field(default=100, ge=0)
     refund_gateway_failures: bool = True
     flush_interval: float = Field(default=1.0, gt=0)
+    lease_block: int = Field(
+        default=100, ge=1, description="credits a replica on PostgreSQL leases per user at a time"
+    )
 
 
 class SourceSettings(_Section):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,18 @@ async def open_registry(settings: Settings, events: EventBus | None = None) -> P
 
 
 class ProxyPool:
-    def __init__(self, settings: Settings, *, extra_sources: list[str] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, extra_sources: list[str] | None = None, replica_name: str | None = None
+    ) -> None:
         self.settings = settings
         self.extra_sources = list(extra_sources or [])
+        # a replica's name: its leases and its ``replica`` metric label (default: host name and port)
+        self.replica = replica_name or f"{socket.gethostname()}:{settings.gateway.host_port[1]}"
+        self._named = replica_name is not None
+        self.reuse_port = False  # a worker of ``serve --workers N``
+        self._heard_ids: set[int] = set()
+        self._resync = False
+        self._heard = asyncio.Event()
         self._tasks = TaskSet()
         self.started = False
         self.gateway_address: tuple[str, int] | None = None
@@ -96,6 +107,8 @@ class ProxyPool:
         self.selector.load(await self.store.all_proxies())
         self.metrics = Metrics(pool_counts=self.selector.counts, country_counts=self._country_counts)
         self.metrics.tunnel_counts = self.selector.tunnel_counts
+        if self.store.shared or self._named:
+            self.metrics.replica = self.replica
         self.events.add_listener(self.metrics.on_event)
         self.events.add_listener(_log_event)
         for checker in self.registry.checkers:
@@ -136,9 +149,11 @@ class ProxyPool:
             settings.credits,
             on_event=lambda type_, payload: self.registry.emit_event(type_, **payload),
             on_spent=self.metrics.credits_spent,
+            replica=self.replica,
         )
         self.accounts.start()
         self.gateway = GatewayServer(settings, self.selector, metrics=self.metrics, accounts=self.accounts)
+        self.gateway.reuse_port = self.reuse_port
         self.admin_runner, self.admin_address = await start_admin(self, admin_host, admin_port, self.admin_token)
         self.gateway.add_own_address(*self.admin_address)
         self.pipeline.self_judge = f"http://{_netloc(*self.admin_address)}/judge"
@@ -149,6 +164,8 @@ class ProxyPool:
         self.gateway_address = await self.gateway.start()
         await self.scheduler.start()
         self._tasks.spawn(self._notifier_health_loop(), name="notifier-health")
+        self._tasks.spawn(self._follow_changes(), name="follow-changes")
+        self.store.subscribe(self._store_changed)
         self.started = True
         log.info(
             "proxy-pool serving: gateway %s, admin %s, %d proxies known (%d active), %d sources",
@@ -188,7 +205,54 @@ class ProxyPool:
                 local = normalised.startswith("file://")
                 parser = "plaintext" if local and suffix not in ("json", "html", "htm") else None
                 source = await add_source(self.store, self.registry, normalised, parser=parser, origin="cli")
-            self._tasks.spawn(self.scraper.scrape(source), name=f"scrape-cli-{source.id}")
+            # replicas started with the same list: the first to claim it scrapes it
+            if await self.store.claim_source(source.id, source.last_run_at, datetime.now(UTC)):
+                self._tasks.spawn(self.scraper.scrape(source), name=f"scrape-cli-{source.id}")
+
+    # other replicas' changes (a shared store announces them; a store of our own never does) ----
+    def _store_changed(self, kind: str, ids: list[int]) -> None:
+        if kind == "proxies":
+            self._heard_ids.update(ids)
+        elif kind == "deleted":
+            for proxy_id in ids:
+                self.selector.remove(proxy_id)
+        elif kind == "sources":
+            self.scheduler.wake()
+        elif kind == "resync":
+            self._resync = True
+        else:
+            return
+        self._heard.set()
+
+    async def _follow_changes(self) -> None:
+        """Bring changed proxies into the selector (only ids travel); everything after a reconnect."""
+        while True:
+            await self._heard.wait()
+            self._heard.clear()
+            ids, self._heard_ids = self._heard_ids, set()
+            resync, self._resync = self._resync, False
+            try:
+                if resync:
+                    fresh = await self.store.all_proxies()
+                    gone = {p.id for p in self.selector.proxies()} - {p.id for p in fresh}
+                else:
+                    fresh = await self.store.get_proxies(sorted(ids))
+                    gone = ids - {p.id for p in fresh}
+                for source in await self.store.list_sources():
+                    self.metrics.register_source(source.id)
+            except Exception as exc:  # the database is away: keep serving, try again shortly
+                log.warning("could not read changes from the database (%s); retrying", exc)
+                self._heard_ids |= ids
+                self._resync |= resync
+                await asyncio.sleep(1.0)
+                self._heard.set()
+                continue
+            for proxy in fresh:
+                self.selector.update(proxy, notify=False)
+            for proxy_id in gone:
+                self.selector.remove(proxy_id)
+            if fresh:
+                self._pool_changed()
 
     def _pool_changed(self) -> None:
         self.pool_low.observe(self.selector.active_count)

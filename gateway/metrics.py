@@ -257,6 +257,20 @@ class _GatewayCollector(Collector):
         yield relayed
 
 
+class _Labelled:
+    """A registry seen through ``replica="NAME"`` added to every sample (what exposition reads)."""
+
+    def __init__(self, registry: CollectorRegistry, replica: str) -> None:
+        self.registry = registry
+        self.replica = replica
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            labelled.samples = [s._replace(labels={**s.labels, "replica": self.replica}) for s in family.samples]
+            yield labelled
+
+
 class Metrics:
     """All proxy-pool metrics in a private ``CollectorRegistry`` (so tests can build many).
 
@@ -278,6 +292,7 @@ class Metrics:
         self.pool_counts = pool_counts
         self.country_counts = country_counts
         self.tunnel_counts: Callable[[], dict[str, int]] | None = None  # {"yes"|"no"|"unknown": n}, set later
+        self.replica: str | None = None  # with replicas: a ``replica`` label on every series
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         if process_metrics:
@@ -460,7 +475,8 @@ class Metrics:
     def exposition(self, accept: str | None = None) -> tuple[builtins.bytes, str]:
         """The body and Content-Type for ``GET /metrics`` (OpenMetrics when the scraper asks for it)."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        registry: Any = self.registry if self.replica is None else _Labelled(self.registry, self.replica)
+        return encoder(registry), content_type
 
     def summary(self) -> dict[str, Any]:
         """Gateway and checker figures for ``/api/stats``, read through the public collect() API."""

@@ -14,15 +14,24 @@ The gateway asks three synchronous questions per request and none touches the di
   under any concurrency the balance never goes below zero and no credit is spent twice.
 - ``refund(user, cost)``: gives a charge back (the gateway's own 5xx answers).
 
-Durability: spends and refunds are summed in memory and written as one ledger row per user and
-kind at least every ``credits.flush_interval`` seconds and at ``close()``.  Top-ups are written
-first and applied in memory after the commit.  At start every balance is rebuilt as the sum of
-the user's ledger rows, so "balance = sum of the ledger" holds after each flush.  A clean stop
-loses nothing; a crash (SIGKILL, power loss) loses the spends of at most the last flush interval,
-in the users' favour: credits are never taken twice.
+Leases: ``charge`` spends from credits this process has *leased* from the store (moved out of the
+user's free balance in one conditional update), so any number of replicas on one database never
+spend more than a balance together.  With a store of its own (SQLite, ``store.shared`` False) the
+process leases every free credit; on a shared store it leases blocks of ``credits.lease_block``,
+tops them up in the background when they run low (the first short charge wakes that, it never
+waits for it), gives an idle lease back when another replica asks for that user's credits, and
+returns what is left at ``close()``.
 
-The same flush also reads ledger rows and users written by someone else (``proxy-pool users
-credit`` / ``users add`` run while the gateway serves), so those take effect within one interval.
+Durability: spends and refunds are summed in memory and settled (ledger rows out of the lease) at
+least every ``credits.flush_interval`` seconds and at ``close()``, so "balance = sum of the ledger"
+holds after each flush.  A clean stop loses nothing.  A crash (SIGKILL, power loss) of the only
+process gives its lease back at the next start (the spends of the last interval are lost in the
+users' favour, as before leases); a crashed replica's lease is forfeited when a replica of that
+name starts again: a ``kill -9`` costs a user at most what that replica held, never more than
+the balance is spent.
+
+The same flush reads users and top-ups written by someone else (another replica, ``proxy-pool
+users credit``); on a shared store a notification brings them in within a second.
 
 Events: ``credits.low_balance`` once when a balance drops below the threshold, ``credits.exhausted``
 once when it can no longer pay a request (zero with the default cost 1); both are re-armed only by a
@@ -48,7 +57,7 @@ from typing import Any
 
 from config.settings import CreditsSettings
 from pool.errors import InvalidInputError, NotFoundError
-from pool.store import Store, UserRecord
+from pool.store import Settlement, Store, UserRecord
 from pool.tasks import TaskSet
 
 __all__ = [
@@ -211,12 +220,22 @@ class _Account:
     id: int
     name: str
     password_hash: str
-    balance: int
+    balance: int  # leased here and not yet charged: what charge() spends from
+    total: int = 0  # the user's credits as the store last said (ledger sum, every replica's lease)
     spent: int = 0  # charged since the last flush
     refunded: int = 0  # refunded since the last flush
     verified: bytes | None = None  # keyed digest of the (name, password) that passed scrypt
     low_armed: bool = True
     exhausted_armed: bool = True
+    charges: int = 0  # charge attempts, to tell an idle lease from a busy one
+    seen_charges: int = 0  # ``charges`` at the last flush
+    asked: bool = False  # another replica wants this user's credits
+    yielded: bool = False  # gave the lease away: lease again only when a charge here asks
+
+    @property
+    def known(self) -> int:
+        """The balance as far as this process knows: the store's total less what it charged since."""
+        return self.total - self.spent + self.refunded
 
     def forget_password(self, password_hash: str) -> None:
         self.password_hash = password_hash
@@ -251,8 +270,11 @@ class Accounts:
         *,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         on_spent: Callable[[int], None] | None = None,
+        replica: str = "local",
     ) -> None:
         self.store = store
+        self.replica = replica
+        self.shared = bool(getattr(store, "shared", False))
         self.settings = settings
         self.on_event = on_event
         self.on_spent = on_spent
@@ -265,9 +287,8 @@ class Accounts:
         self._in_flight: dict[bytes, asyncio.Future[bool]] = {}  # one scrypt per pair at a time
         self._hasher: ThreadPoolExecutor | None = None
         self._dummy_hash = ""  # what an unknown name is checked against (made on first use)
-        self._ledger_cursor = 0
         self._user_rev = 0
-        self._own_rows: set[int] = set()
+        self._wake = asyncio.Event()  # a lease is wanted, or another process changed users or credits
         self._unreported = 0  # spent minus refunded, not yet given to on_spent
         self._lock = asyncio.Lock()
         self._tasks = TaskSet()
@@ -281,33 +302,55 @@ class Accounts:
         return accounts
 
     async def load(self) -> None:
-        """Rebuild every balance from the ledger."""
-        users, cursor = await self.store.ledger_state()
+        """Settle what a crashed run left leased, rebuild every balance from the ledger, lease."""
+        if self.shared:
+            lost = await self.store.settle_stale_leases(self.replica, forfeit=True)
+            if lost:
+                log.warning("replica %s had %d credits leased when it stopped uncleanly: forfeited", self.replica, lost)
+        else:
+            await self.store.settle_stale_leases(None, forfeit=False)
+        users, _ = await self.store.ledger_state()
         self._by_name.clear()
         self._by_id.clear()
         for record in users:
             self._remember(record, record.balance)
-        self._ledger_cursor = cursor
         self._user_rev = max((u.rev for u in users), default=0)
+        await self._refresh_credits()
 
     def start(self) -> None:
         self._tasks.spawn(self._flush_loop(), name="accounts-flush")
+        self.store.subscribe(self._heard)
+
+    def _heard(self, kind: str, ids: list[int]) -> None:
+        """Another process changed users or credits (or wants some of a user's): look now."""
+        if kind == "wanted":
+            for user_id in ids:
+                account = self._by_id.get(user_id)
+                if account is not None:
+                    account.asked = True
+        elif kind not in ("users", "credits", "resync"):
+            return
+        self._wake.set()
 
     async def close(self) -> None:
-        """Stop the loop and write what is pending: a clean stop loses nothing."""
+        """Stop the loop, write what is pending and give the leases back: a clean stop loses nothing."""
         await self._tasks.close()
         if self._hasher is not None:
             self._hasher.shutdown(wait=False, cancel_futures=True)
             self._hasher = None
         try:
-            await self.flush()
+            await self.flush(give_back=True)
         except Exception as exc:  # noqa: BLE001  (shutdown goes on; say what is lost)
             pending = sum(a.spent - a.refunded for a in self._by_id.values())
             log.error("final credit flush failed, %d spent credits not recorded: %s", pending, exc)
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.flush_interval)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
             try:
                 # shielded: a stop during a write lets it finish, then close() flushes the rest
                 await asyncio.shield(self.flush())
@@ -403,19 +446,32 @@ class Accounts:
         account = self._by_name.get(user)
         if account is None:
             return False
-        before = account.balance
-        if before < cost:
-            self._exhausted(account)
+        account.charges += 1
+        if account.balance < cost:
+            if account.known < max(cost, 1):
+                self._exhausted(account)
+            else:
+                self._want_lease(account)  # credits exist, just not here yet: lease, never wait
             return False
-        after = account.balance = before - cost
+        account.balance -= cost
         account.spent += cost
+        after = account.known
         threshold = self.settings.low_balance_threshold
-        if account.low_armed and after < threshold <= before:
+        if account.low_armed and after < threshold <= after + cost:
             account.low_armed = False
             self._emit("credits.low_balance", user_id=account.id, balance=after, threshold=threshold)
         if after < max(cost, 1):
             self._exhausted(account)
+        elif account.balance < self._refill_at():
+            self._want_lease(account)
         return True
+
+    def _refill_at(self) -> int:
+        return self.settings.lease_block // 2 if self.shared else 1
+
+    def _want_lease(self, account: _Account) -> None:
+        account.yielded = False
+        self._wake.set()
 
     def refund(self, user: str, cost: int) -> None:
         account = self._by_name.get(user)
@@ -441,10 +497,10 @@ class Accounts:
         account = self._by_name.get(name)
         if account is None:
             raise NotFoundError(f"no user named {name!r}")
-        return account.balance
+        return account.known
 
     def users(self) -> list[UserView]:
-        return [UserView(a.id, a.name, a.balance) for a in sorted(self._by_id.values(), key=lambda a: a.id)]
+        return [UserView(a.id, a.name, a.known) for a in sorted(self._by_id.values(), key=lambda a: a.id)]
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -485,64 +541,81 @@ class Accounts:
         return password
 
     # write-behind ---------------------------------------------------------------------------
-    async def flush(self) -> None:
-        """Write pending spends and refunds as batched ledger rows, then read others' changes."""
+    async def flush(self, *, give_back: bool = False) -> None:
+        """Settle charges and refunds (and leases given back), then read others' changes and lease."""
         async with self._lock:
-            batch: list[tuple[int, int, str]] = []
-            taken: list[tuple[_Account, int, int]] = []
+            rows: list[Settlement] = []
+            taken: list[tuple[_Account, int, int, int]] = []
             for account in self._by_id.values():  # no await in this loop: nothing slips between
-                if account.spent or account.refunded:
-                    taken.append((account, account.spent, account.refunded))
-                    if account.spent:
-                        batch.append((account.id, -account.spent, "spend"))
-                    if account.refunded:
-                        batch.append((account.id, account.refunded, "refund"))
+                idle = account.charges == account.seen_charges
+                account.seen_charges = account.charges
+                returned = 0
+                if account.balance and (give_back or (account.asked and idle and self.shared)):
+                    returned, account.balance = account.balance, 0
+                    account.yielded = not give_back
+                account.asked = False
+                if account.spent or account.refunded or returned:
+                    taken.append((account, account.spent, account.refunded, returned))
+                    rows.append(Settlement(account.id, account.spent, account.refunded, returned))
+                    account.total -= account.spent - account.refunded
                     account.spent = account.refunded = 0
             try:
-                ids = await self.store.append_ledger(batch)
+                await self.store.settle_credits(self.replica, rows)
             except BaseException:
-                for account, spent, refunded in taken:  # kept for the next round
+                for account, spent, refunded, returned in taken:  # kept for the next round
                     account.spent += spent
                     account.refunded += refunded
+                    account.total += spent - refunded
+                    account.balance += returned
                 raise
-            self._own_rows.update(ids)
-            self._unreported += sum(s - r for _, s, r in taken)
+            self._unreported += sum(s - r for _, s, r, _ in taken)
             if self._unreported > 0 and self.on_spent is not None:
                 self.on_spent(self._unreported)
                 self._unreported = 0
-            await self._sync()
+            if not give_back:
+                await self._sync()
 
     async def _sync(self) -> None:
-        """Apply users and ledger rows written by anyone but this object's flushes."""
+        """Apply users and credits written by anyone else, then top the leases up."""
         await self._sync_users()
-        rows = await self.store.ledger_since(self._ledger_cursor)
-        if any(r.user_id not in self._by_id for r in rows):
-            await self._sync_users()  # a user added between the two reads
-        for row in rows:
-            self._ledger_cursor = max(self._ledger_cursor, row.id)
-            if row.id in self._own_rows:
-                self._own_rows.discard(row.id)
-                continue
-            account = self._by_id.get(row.user_id)
+        await self._refresh_credits()
+
+    async def _refresh_credits(self) -> None:
+        block = self.settings.lease_block
+        for state in await self.store.credit_state():
+            account = self._by_id.get(state.user_id)
             if account is None:
                 continue
-            account.balance += row.delta
-            if row.kind == "credit":
+            before = account.known
+            account.total = state.total  # our unsettled charges are still inside our lease there
+            if account.known > before:
                 self._rearm(account)
+            if state.free <= 0 or account.yielded:
+                continue
+            if self.shared:
+                if account.balance >= self._refill_at():
+                    continue
+                want = block - account.balance
+            else:
+                want = state.free  # the only process: everything free is ours
+            got = await self.store.lease_credits(self.replica, account.id, want)
+            account.balance += got
+            if got and account.known >= max(self.settings.cost_per_request, 1):
+                account.exhausted_armed = True
 
     async def _sync_users(self) -> None:
-        for record in await self.store.users_since(self._user_rev, ledger_upto=self._ledger_cursor):
+        for record in await self.store.users_since(self._user_rev):
             self._user_rev = max(self._user_rev, record.rev)
             known = self._by_id.get(record.id)
             if known is None:
-                # balance up to our cursor; the rows after it arrive through ledger_since
                 self._remember(record, record.balance)
             elif known.password_hash != record.password_hash:
                 known.forget_password(record.password_hash)
                 self._rejected.clear()  # a pair refused before may be the new password
 
     def _remember(self, record: UserRecord, balance: int) -> None:
-        account = _Account(record.id, record.name, record.password_hash, balance)
+        """A user, with nothing leased yet (``_refresh_credits`` leases) and ``balance`` as its total."""
+        account = _Account(record.id, record.name, record.password_hash, 0, total=balance)
         self._rejected.clear()  # a pair refused for an unknown name may be this new user's
         # armed only when there is something to cross: a user loaded (or created) below the
         # threshold, or broke, gets no event until a top-up lifts the balance
@@ -552,7 +625,7 @@ class Accounts:
         self._by_id[record.id] = account
 
     def _rearm(self, account: _Account) -> None:
-        if account.balance >= self.settings.low_balance_threshold:
+        if account.known >= self.settings.low_balance_threshold:
             account.low_armed = True
-        if account.balance >= max(self.settings.cost_per_request, 1):
+        if account.known >= max(self.settings.cost_per_request, 1):
             account.exhausted_armed = True

@@ -665,7 +665,8 @@ class PostgresStore:
 
     async def claim_source(self, source_id: int, last_run_at: datetime | None, at: datetime) -> bool:
         status = await self._pool.execute(
-            "UPDATE sources SET last_run_at = $1 WHERE id = $2 AND last_run_at IS NOT DISTINCT FROM $3",
+            "UPDATE sources SET last_run_at = $1 WHERE id = $2 AND "
+            "(CASE WHEN $3::float8 IS NULL THEN last_run_at IS NULL ELSE abs(last_run_at - $3) < 0.001 END)",
             at.timestamp(), source_id, _ts(last_run_at),
         )
         return status.endswith(" 1")

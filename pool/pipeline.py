@@ -294,5 +294,7 @@ class Pipeline:
         batch, self._pending = self._pending, []
         try:
             await self.store.save_results(batch)
-        except Exception:
-            log.exception("could not write %d check results", len(batch))
+        except Exception as exc:  # the database is away: keep them (bounded) for the next round
+            log.error("could not write %d check results: %s", len(batch), exc)
+            if len(self._pending) + len(batch) <= 100_000:
+                self._pending[:0] = batch

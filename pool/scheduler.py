@@ -143,11 +143,12 @@ class Scheduler:
             sources = [s for s in sources if s.origin != "default"]
         due = [s for s in sources if self._due(s, now)]
         for source in due:
-            if source.id not in self._scraping:
+            # one replica scrapes it: the one whose claim moves last_run_at on first
+            if source.id not in self._scraping and await self.store.claim_source(source.id, source.last_run_at, now):
                 self._scraping.add(source.id)
                 self._tasks.spawn(self._scrape(source), name=f"scrape-{source.id}")
         self._announce_stale(sources, now)
-        self._recheck(now)
+        await self._recheck(now)
         await self._remove_dead(now)
 
     def _announce_stale(self, sources: list[ProxySource], now: datetime) -> None:
@@ -164,7 +165,7 @@ class Scheduler:
                     )
                 )
 
-    def _recheck(self, now: datetime) -> None:
+    async def _recheck(self, now: datetime) -> None:
         interval = timedelta(seconds=min(30.0, self.settings.checker.recheck_interval / 4))
         if self._last_recheck_scan is not None and now - self._last_recheck_scan < interval:
             return
@@ -172,7 +173,10 @@ class Scheduler:
         checker = self.settings.checker
         due = [p for p in self.selector.proxies() if is_due(p, checker, now)]
         if due:
-            self.pipeline.submit(due)
+            # each due proxy is checked by one replica: the one that claims it (held for a whole run)
+            hold = timedelta(seconds=max(60.0, checker.timeout * 6))
+            claimed = set(await self.store.claim_checks([p.id for p in due], datetime.now(UTC) + hold))
+            self.pipeline.submit([p for p in due if p.id in claimed])
 
     async def _remove_dead(self, now: datetime) -> None:
         checker = self.settings.checker

@@ -4,10 +4,17 @@
 non-benched proxy sits in eight buckets, one per subset of (protocol, country, anonymity), so a
 filtered pick is a list index, never a scan of the pool.  Strategies live here, apart from dialing
 (glider's ``rule/``); the pipeline tells the selector of every change with ``update()``.
+
+Sticky sessions choose by rendezvous hashing (the matching upstream with the highest
+``hash(session, id)``), not by the strategy: replicas with the same view of the pool agree on a
+session's upstream without a shared write, and when it dies they all move to the same next one.
+The session table only remembers that choice (for ``session_ttl``, and a retry's move on this
+replica); benches and cool-downs are local to a replica, so a session can differ where they do.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import random
 import time
@@ -265,7 +272,10 @@ class Selector:
             if sticky is not None:
                 return sticky
         cursor = bucket.cursor
-        proxy = self._choose(bucket, exclude, host, now, tunnel)
+        if route.session is not None:
+            proxy = self._rendezvous(route.session, bucket, exclude, host, now, tunnel)
+        else:
+            proxy = self._choose(bucket, exclude, host, now, tunnel)
         if proxy is None and host is not None and self._cooldowns:
             # every match rests for this host: a resting upstream beats a 503 (or the direct fallback,
             # which would show the gateway's own address to the site that banned the pool)
@@ -318,6 +328,20 @@ class Selector:
                     bucket.cursor = start + step + 1
                 return proxy
         return None
+
+    def _rendezvous(
+        self, session: str, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float,
+        tunnel: bool,
+    ) -> Proxy | None:
+        """The usable match with the highest score for this session: the same on every replica."""
+        seed = int.from_bytes(hashlib.blake2b(session.encode(), digest_size=8).digest(), "big")
+        best: Proxy | None = None
+        best_score = 0
+        for proxy in bucket.items:
+            score = hash((seed, proxy.id))  # ints hash alike in every process (no PYTHONHASHSEED)
+            if (best is None or score > best_score) and self._usable(proxy, exclude, host, now, tunnel):
+                best, best_score = proxy, score
+        return best
 
     def _sticky(
         self, session: str, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float,

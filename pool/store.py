@@ -801,8 +801,10 @@ class SqliteStore:
         """Mark the source as run at ``at`` if nobody did since ``last_run_at``: the winner scrapes it."""
         async with self._write_lock:
             cur = await self._db.execute(
-                "UPDATE sources SET last_run_at = ? WHERE id = ? AND last_run_at IS ?",
-                (at.timestamp(), source_id, _ts(last_run_at)),
+                # within a millisecond: the value went through a datetime (microseconds) on its way
+                "UPDATE sources SET last_run_at = ? WHERE id = ? AND "
+                "(CASE WHEN ? IS NULL THEN last_run_at IS NULL ELSE abs(last_run_at - ?) < 0.001 END)",
+                (at.timestamp(), source_id, _ts(last_run_at), _ts(last_run_at)),
             )
             await self._db.commit()
         return cur.rowcount == 1

@@ -50,7 +50,7 @@ async def start_admin(
 ) -> tuple[web.AppRunner, tuple[str, int]]:
     runner = web.AppRunner(make_app(pool, token), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=pool.reuse_port or None)
     await site.start()
     sockname = runner.addresses[0]
     return runner, (sockname[0], sockname[1])

@@ -111,6 +111,7 @@ async def stats(request: web.Request) -> web.Response:
             item["last_delivery_error"] = pool.events.last_error.get(item["name"])
     return web.json_response(
         {
+            "replica": pool.replica,
             "pool": {
                 "total": len(pool.selector),
                 "selectable": pool.selector.active_count,

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from config import Settings
+from config import ConfigError, Settings
 from gateway.admin.token import NoTokenYet, stored_token
 from gateway.app import ProxyPool, open_registry
 from gateway.cli.common import CommandFailed, emit, open_store
@@ -47,16 +47,30 @@ def serve(args: argparse.Namespace) -> int:
         admin={"listen": args.admin_listen} if args.admin_listen else {},
         default_sources=False if args.no_default_sources else None,
     )
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
+    if args.workers > 1 and not settings.storage.shared:
+        raise ConfigError(
+            "--workers needs a shared database (--db postgresql://...): a SQLite file has one serving process"
+        )
     setup_logging(settings.log.level, settings.log.format, settings.log.access_log)
+    if args.workers > 1:
+        from gateway.cli.workers import run_workers
+
+        return run_workers(args, settings)
+    main = _serve(settings, args.proxies, replica_name=args.replica_name, reuse_port=args.worker_of is not None)
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(_serve(settings, args.proxies))
-    return uvloop.run(_serve(settings, args.proxies))
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
-async def _serve(settings: Settings, extra_sources: list[str]) -> int:
-    pool = ProxyPool(settings, extra_sources=extra_sources)
+async def _serve(
+    settings: Settings, extra_sources: list[str], *, replica_name: str | None = None, reuse_port: bool = False
+) -> int:
+    pool = ProxyPool(settings, extra_sources=extra_sources, replica_name=replica_name)
+    pool.reuse_port = reuse_port
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--proxies", metavar="F_OR_URL", action="append", default=[], help="a proxy list to serve from (repeatable)"
     )
     serve.add_argument("--no-default-sources", action="store_true", help="do not scrape the built-in public lists")
+    serve.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="N processes sharing the listening sockets (PostgreSQL only)"
+    )
+    serve.add_argument("--replica-name", metavar="NAME", help="this replica's name (default: host name and port)")
+    serve.add_argument("--worker-of", metavar="N", type=int, help=argparse.SUPPRESS)  # set by --workers for its children
 
     check = sub.add_parser("check", help="run the checker pipeline once on some proxies")
     _common(check)
@@ -113,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # serve --workers passes it on
     from gateway.cli import commands
 
     try:

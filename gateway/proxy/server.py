@@ -83,13 +83,16 @@ class GatewayServer(Slots):
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> object:
         return self._tasks.spawn(coro, name=name)
 
+    reuse_port = False  # serve --workers N: N processes share the listening socket (SO_REUSEPORT)
+
     # lifecycle ----------------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
         host, port = self.gw.host_port
         loop = asyncio.get_running_loop()
         svc = self.svc if self.svc is not None and self.svc.loop is loop else self._build(loop)
         self._server = await loop.create_server(
-            lambda: ClientConnection(svc, self), host, port, backlog=1024, reuse_address=True
+            lambda: ClientConnection(svc, self), host, port, backlog=1024, reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         bound = self._server.sockets[0].getsockname()
         self.add_own_address(bound[0], bound[1])

@@ -407,10 +407,29 @@ def test_session_sticks_to_its_upstream():
     assert sel.session_upstream("s1") == first.id
 
 
-def test_two_sessions_can_differ():
-    """Different session ids are independent."""
-    sel = selector(make_proxy(), make_proxy(), strategy="round_robin")
-    assert sel.pick(Route(session="a")) is not sel.pick(Route(session="b"))
+def test_sessions_spread_over_the_matches():
+    """Different session ids are independent: forty sessions over four upstreams use all four."""
+    sel = selector(*(make_proxy() for _ in range(4)), strategy="round_robin")
+    assert len({sel.pick(Route(session=f"s{i}")).id for i in range(40)}) == 4
+
+
+def test_replicas_agree_on_sessions_and_move_together():
+    """Two selectors (two replicas) that loaded the same pool in other orders pick the same upstream
+    for every session, with no shared state; when that upstream dies both move to the same next one."""
+    ps = [make_proxy(country="DE") for _ in range(8)]
+    one = selector(*ps, strategy="round_robin")
+    two = selector(*reversed(ps), strategy="random")
+    two.pick(Route())  # unrelated traffic on one replica changes nothing
+    sessions = [f"user{i}" for i in range(30)]
+    first = {s: one.pick(Route(country="DE", session=s)).id for s in sessions}
+    assert {s: two.pick(Route(country="DE", session=s)).id for s in sessions} == first
+    dead = one.get(first["user0"])
+    dead.status, dead.consecutive_failures = ProxyStatus.DEAD, 1
+    one.update(dead)
+    two.update(dead)
+    moved_one = one.pick(Route(country="DE", session="user0"))
+    moved_two = two.pick(Route(country="DE", session="user0"))
+    assert moved_one is moved_two and moved_one.id != dead.id
 
 
 def test_session_moves_when_its_upstream_dies_and_sticks_there():
@@ -459,9 +478,11 @@ def test_session_expires_after_ttl_since_last_use():
         assert sel.pick(Route(session="s")) is first
     clock.now += 61.0
     sel.pick(Route())  # move the round-robin cursor on
+    before = sel.session_count
     after = sel.pick(Route(session="s"))
     assert sel.session_upstream("s") == after.id
-    assert after is not first  # forgotten: chosen afresh by the strategy
+    assert sel.session_count == before  # forgotten, then chosen afresh: by rendezvous, so the same one
+    assert after is first
 
 
 def test_session_table_is_bounded_oldest_dropped_first():
