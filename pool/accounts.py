@@ -231,6 +231,7 @@ class _Account:
     seen_charges: int = 0  # ``charges`` at the last flush
     asked: bool = False  # another replica wants this user's credits
     yielded: bool = False  # gave the lease away: lease again only when a charge here asks
+    short: bool = False  # a charge was refused for want of a lease while credits exist elsewhere
 
     @property
     def known(self) -> int:
@@ -347,7 +348,8 @@ class Accounts:
     async def _flush_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval)
+                async with asyncio.timeout(self.settings.flush_interval):  # no helper task, unlike wait_for
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -451,6 +453,7 @@ class Accounts:
             if account.known < max(cost, 1):
                 self._exhausted(account)
             else:
+                account.short = True
                 self._want_lease(account)  # credits exist, just not here yet: lease, never wait
             return False
         account.balance -= cost
@@ -582,6 +585,7 @@ class Accounts:
 
     async def _refresh_credits(self) -> None:
         block = self.settings.lease_block
+        starving: list[int] = []
         for state in await self.store.credit_state():
             account = self._by_id.get(state.user_id)
             if account is None:
@@ -590,7 +594,10 @@ class Accounts:
             account.total = state.total  # our unsettled charges are still inside our lease there
             if account.known > before:
                 self._rearm(account)
+            short, account.short = account.short, False
             if state.free <= 0 or account.yielded:
+                if short and self.shared and state.total > state.free:
+                    starving.append(account.id)  # every credit sits in some replica's lease
                 continue
             if self.shared:
                 if account.balance >= self._refill_at():
@@ -602,6 +609,10 @@ class Accounts:
             account.balance += got
             if got and account.known >= max(self.settings.cost_per_request, 1):
                 account.exhausted_armed = True
+            if short and got < want and self.shared:
+                starving.append(account.id)
+        if starving:
+            await self.store.ask_credits(starving)  # idle holders give theirs back
 
     async def _sync_users(self) -> None:
         for record in await self.store.users_since(self._user_rev):

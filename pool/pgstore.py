@@ -290,7 +290,8 @@ class PostgresStore:
                 delay = 0.2
                 while not lost.is_set():
                     try:
-                        await asyncio.wait_for(lost.wait(), 2.0)
+                        async with asyncio.timeout(2.0):
+                            await lost.wait()
                     except TimeoutError:
                         try:  # a silent network loss shows up here
                             await con.execute("SELECT 1", timeout=5)
@@ -446,7 +447,7 @@ class PostgresStore:
             await con.executemany(
                 "UPDATE proxies SET status = $1, latency_ms = $2, success_ratio = $3, last_checked = $4, "
                 "consecutive_failures = $5, exit_ip = $6, anonymity = $7, country = $8, dead_since = $9, "
-                "check_history = $10 WHERE id = $11",
+                "check_history = $10, claimed_until = NULL WHERE id = $11",
                 [
                     (
                         p.status.value, p.latency_ms, p.success_ratio, _ts(p.last_checked), p.consecutive_failures,
@@ -596,9 +597,13 @@ class PostgresStore:
                     "ON CONFLICT (replica, user_id) DO UPDATE SET amount = credit_leases.amount + excluded.amount",
                     replica, user_id, taken,
                 )
-            if taken < want:
-                await self._notify(con, "wanted", [user_id])  # idle holders may give theirs back
         return taken
+
+    async def ask_credits(self, user_ids: Sequence[int]) -> None:
+        """Tell the other replicas these users' requests are refused here for want of a lease."""
+        if user_ids:
+            async with self._pool.acquire() as con:
+                await self._notify(con, "wanted", sorted(user_ids))
 
     async def settle_credits(self, replica: str, rows: Sequence[Settlement]) -> list[int]:
         rows = [r for r in rows if r.spent or r.refunded or r.returned]
@@ -671,15 +676,20 @@ class PostgresStore:
         )
         return status.endswith(" 1")
 
-    async def claim_checks(self, ids: Sequence[int], until: datetime) -> list[int]:
-        """The due proxies nobody else holds, now held by us until ``until`` (SKIP LOCKED)."""
-        if not ids:
+    async def claim_checks(self, proxies: Sequence[Proxy], until: datetime) -> list[int]:
+        """The due proxies nobody else holds, now held by us until ``until`` or our result (SKIP LOCKED).
+
+        Only where our view is current (the stored ``last_checked`` is the one we hold): a replica
+        that has not heard of another's fresh result yet does not check that proxy again."""
+        if not proxies:
             return []
         now = datetime.now(UTC).timestamp()
         rows = await self._pool.fetch(
-            "UPDATE proxies SET claimed_until = $2 WHERE id IN ("
-            "SELECT id FROM proxies WHERE id = ANY($1::bigint[]) AND (claimed_until IS NULL OR claimed_until < $3) "
-            "FOR UPDATE SKIP LOCKED) RETURNING id",
-            list(ids), until.timestamp(), now,
+            "UPDATE proxies SET claimed_until = $3 WHERE id IN ("
+            "SELECT p.id FROM proxies p JOIN unnest($1::bigint[], $2::float8[]) AS t(id, seen) ON p.id = t.id "
+            "WHERE (p.claimed_until IS NULL OR p.claimed_until < $4) AND "
+            "(CASE WHEN t.seen IS NULL THEN p.last_checked IS NULL ELSE abs(p.last_checked - t.seen) < 0.001 END) "
+            "FOR UPDATE OF p SKIP LOCKED) RETURNING id",
+            [p.id for p in proxies], [_ts(p.last_checked) for p in proxies], until.timestamp(), now,
         )
         return sorted(int(r[0]) for r in rows)

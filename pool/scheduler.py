@@ -175,7 +175,7 @@ class Scheduler:
         if due:
             # each due proxy is checked by one replica: the one that claims it (held for a whole run)
             hold = timedelta(seconds=max(60.0, checker.timeout * 6))
-            claimed = set(await self.store.claim_checks([p.id for p in due], datetime.now(UTC) + hold))
+            claimed = set(await self.store.claim_checks(due, datetime.now(UTC) + hold))
             self.pipeline.submit([p for p in due if p.id in claimed])
 
     async def _remove_dead(self, now: datetime) -> None:

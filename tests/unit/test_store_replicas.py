@@ -94,15 +94,29 @@ async def test_postgres_check_claims_split_due_proxies(pg_url):
     """Two replicas claim the same due proxies at once: each proxy goes to exactly one; an expired claim is free."""
     a, b = await PostgresStore.open(pg_url), await PostgresStore.open(pg_url)
     try:
-        ids = [p.id for p in (await a.upsert_proxies(None, [up(f"10.0.0.{i}:80") for i in range(1, 101)])).new]
+        proxies = (await a.upsert_proxies(None, [up(f"10.0.0.{i}:80") for i in range(1, 101)])).new
+        ids = [p.id for p in proxies]
         until = datetime.now(UTC) + timedelta(minutes=2)
-        got_a, got_b = await asyncio.gather(a.claim_checks(ids, until), b.claim_checks(ids, until))
+        got_a, got_b = await asyncio.gather(a.claim_checks(proxies, until), b.claim_checks(proxies, until))
         assert not set(got_a) & set(got_b)
         assert sorted(got_a + got_b) == ids
-        assert await a.claim_checks(ids, until) == []
+        assert await a.claim_checks(proxies, until) == []
         past = datetime.now(UTC) - timedelta(seconds=1)
         await a._pool.execute("UPDATE proxies SET claimed_until = $1", past.timestamp())
-        assert await b.claim_checks(ids[:3], until) == ids[:3]
+        assert await b.claim_checks(proxies[:3], until) == ids[:3]
+        # a result saved releases the claim; a replica that has not heard of it yet does not claim again
+        checked = proxies[3]
+        checked.last_checked = T0
+        await a.save_results([(checked, [])])
+        assert await b.claim_checks([(await b.get_proxy(checked.id))], until) == [checked.id]
+        stale = (await a.upsert_proxies(None, [up("10.0.0.1:80")])).new  # nothing new
+        assert stale == []
+        await a._pool.execute("UPDATE proxies SET claimed_until = NULL")
+        old_view = proxies[4]  # last_checked None here, T0 in the database
+        fresh = await a.get_proxy(old_view.id)
+        fresh.last_checked = T0
+        await a.save_results([(fresh, [])])
+        assert await b.claim_checks([old_view], until) == []
     finally:
         await a.close()
         await b.close()

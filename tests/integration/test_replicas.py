@@ -1,0 +1,307 @@
+"""Several real ``serve`` replicas on one real PostgreSQL: one pool, one ledger, no coordinator.
+
+Upstreams are pproxy servers on 127.0.0.x, the origin an aiohttp server; every replica is the real
+command line.  Waiting is bounded polling of the replicas' admin APIs (external processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.support.replicas import Balancer, Replica, start_replica
+from tests.support.upstreams import Upstream, start_pproxy
+
+pytestmark = pytest.mark.timeout(120)
+
+BOUND = 30.0
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], what: str, bound: float = BOUND) -> None:
+    """Poll ``probe`` (other processes: no event to wait on) until it holds, at most ``bound`` seconds."""
+    try:
+        async with asyncio.timeout(bound):
+            while not await probe():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {bound:g} s: {what}") from None
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[int]:
+    async def ok(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    assert server.port is not None
+    yield server.port
+    await server.close()
+
+
+@contextlib.asynccontextmanager
+async def upstreams(count: int) -> AsyncIterator[list[Upstream]]:
+    ups = [await start_pproxy(f"127.0.0.{i + 2}", "http") for i in range(count)]
+    try:
+        yield ups
+    finally:
+        for up in ups:
+            await up.stop()
+
+
+@contextlib.asynccontextmanager
+async def replicas(url: str, cwd: Path, count: int, env: dict[str, str] | None = None) -> AsyncIterator[list[Replica]]:
+    started: list[Replica] = []
+    try:
+        for i in range(count):
+            started.append(await start_replica(url, f"r{i}", cwd, env=env))
+        yield started
+    finally:
+        for replica in started:
+            if replica.proc.returncode is None:
+                await replica.stop()
+
+
+async def active(replica: Replica) -> list[dict[str, Any]]:
+    _, answer = await replica.api("GET", "/api/proxies?status=active")
+    return list(answer["proxies"])
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def get_through(proxy_url: str, origin_port: int, auth: str | None = None) -> int:
+    headers = {"Proxy-Authorization": auth} if auth else {}
+    async with aiohttp.ClientSession() as client, client.get(
+        f"http://127.0.0.1:{origin_port}/ok", proxy=proxy_url, headers=headers,
+        timeout=aiohttp.ClientTimeout(total=20),
+    ) as resp:
+        await resp.read()
+        return resp.status
+
+
+async def test_a_source_is_scraped_once_checks_split_and_a_dead_proxy_is_benched_everywhere(
+    pg_url: str, tmp_path: Path, origin: int
+) -> None:
+    """Three replicas; a source added on one is scraped by one; each proxy is checked once per round;
+    a proxy that dies, benched by the replica whose traffic met it, is out of every replica's pool."""
+    async with upstreams(4) as ups, replicas(
+        pg_url, tmp_path, 3, env={"PROXY_POOL_CHECKER__RECHECK_INTERVAL": "3"}
+    ) as (a, b, c):
+        listing = tmp_path / "list.txt"
+        listing.write_text("".join(up.url() + "\n" for up in ups))
+        status, source = await a.api("POST", "/api/sources", {"url": str(listing)})
+        assert status == 201, source
+
+        async def all_active() -> bool:
+            return all([len(await active(r)) == 4 for r in (a, b, c)])
+
+        await eventually(all_active, "the 4 proxies active on every replica")
+        scrapes = [await r.metric("proxy_pool_scrapes_total", source=str(source["id"])) for r in (a, b, c)]
+        assert sum(scrapes) == 1, scrapes
+
+        # two rounds of re-checks: each proxy checked once per round, whoever claimed it
+        proxies = await active(a)
+
+        async def two_more_rounds() -> bool:
+            for proxy in proxies:
+                _, checks = await b.api("GET", f"/api/proxies/{proxy['id']}/checks")
+                if len({c["at"] for c in checks["checks"]}) < 3:
+                    return False
+            return True
+
+        await eventually(two_more_rounds, "three check runs of every proxy", bound=60)
+        for proxy in proxies:
+            _, checks = await c.api("GET", f"/api/proxies/{proxy['id']}/checks")
+            runs = sorted(datetime.fromisoformat(at) for at in {check["at"] for check in checks["checks"]})
+            # a run starts only recheck_interval (3 s) after the last verdict: a second replica checking
+            # the same proxy in the same round would leave two runs closer together than that
+            gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(runs)]
+            assert len(runs) >= 3 and min(gaps) >= 2.99, gaps
+
+        # one upstream dies: traffic through one replica benches it there and has it re-checked;
+        # the dead verdict reaches the other two
+        victim = next(p for p in proxies if p["port"] == ups[0].port)
+        await ups[0].stop()
+        for _ in range(12):
+            assert await get_through(b.proxy_url, origin) == 200  # retried on a live upstream
+
+        async def benched_everywhere() -> bool:
+            for replica in (a, b, c):
+                if any(p["id"] == victim["id"] for p in await active(replica)):
+                    return False
+            return True
+
+        await eventually(benched_everywhere, "the dead proxy out of every replica's pool")
+        for replica in (a, b, c):
+            for _ in range(6):
+                assert await get_through(replica.proxy_url, origin) == 200
+
+
+async def _counted_requests(replica: Replica, origin: int, auth: str, n: int) -> list[int]:
+    return await asyncio.gather(*(get_through(replica.proxy_url, origin, auth) for _ in range(n)))
+
+
+async def leased(pg_server, pg_url: str) -> dict[str, int]:
+    database = pg_url.rsplit("/", 1)[1]
+    text = pg_server.psql("SELECT replica || '=' || amount FROM credit_leases", database=database)
+    return {k: int(v) for k, v in (line.split("=") for line in text.splitlines() if line)}
+
+
+def free_credits(pg_server, pg_url: str) -> int:
+    database = pg_url.rsplit("/", 1)[1]
+    return int(pg_server.psql("SELECT COALESCE(SUM(balance), 0) FROM users", database=database))
+
+
+async def test_credits_stay_exact_across_replicas_and_a_kill_costs_at_most_its_lease(
+    pg_server, pg_url: str, tmp_path: Path, origin: int
+) -> None:
+    """3 replicas x 40 parallel requests on 50 credits: exactly 50 answered.  Then 30 more credits; the
+    replica holding the most is killed with SIGKILL: the others spend what they hold, and the user
+    loses at most the killed replica's lease (forfeited when it starts again)."""
+    env = {"PROXY_POOL_GATEWAY__AUTH": "users", "PROXY_POOL_CREDITS__LEASE_BLOCK": "20"}
+    async with upstreams(1) as _ups, replicas(pg_url, tmp_path, 3, env=env) as (a, b, c):
+        listing = tmp_path / "list.txt"
+        listing.write_text(_ups[0].url() + "\n")
+        await a.api("POST", "/api/sources", {"url": str(listing)})
+
+        async def serving_everywhere() -> bool:
+            return all([len(await active(r)) == 1 for r in (a, b, c)])
+
+        await eventually(serving_everywhere, "the upstream active on every replica")
+        status, user = await a.api("POST", "/api/users", {"name": "alice", "credits": 50})
+        assert status == 201, user
+        auth = basic("alice", user["password"])
+
+        async def all_leased() -> bool:
+            return free_credits(pg_server, pg_url) == 0 and len(await leased(pg_server, pg_url)) == 3
+
+        try:
+            await eventually(all_leased, "the 50 credits leased out to the three replicas")
+        except AssertionError:
+            raise AssertionError(f"{await leased(pg_server, pg_url)} free={free_credits(pg_server, pg_url)}" + a.messages()[-3000:] + b.messages()[-3000:]) from None
+        answers = await asyncio.gather(*(_counted_requests(r, origin, auth, 40) for r in (a, b, c)))
+        flat = [s for batch in answers for s in batch]
+        assert flat.count(200) == 50, {s: flat.count(s) for s in set(flat)}
+        assert set(flat) == {200, 402}
+
+        # a top-up made on one replica reaches the others' leases
+        status, answer = await b.api("POST", "/api/users/alice/credits", {"amount": 30})
+        assert status == 200, answer
+
+        async def topped_up() -> bool:
+            return free_credits(pg_server, pg_url) == 0 and sum((await leased(pg_server, pg_url)).values()) == 30
+
+        await eventually(topped_up, "the 30 new credits leased")
+        leases = await leased(pg_server, pg_url)
+        victim_name = max(leases, key=lambda k: leases[k])
+        victim = {"r0": a, "r1": b, "r2": c}[victim_name]
+        survivors = [r for r in (a, b, c) if r is not victim]
+        await victim.kill()
+        lost = leases[victim_name]
+        assert lost <= 20
+
+        served = 0
+        for _ in range(6):  # idle replicas give their lease to the one that asks; bounded rounds
+            for replica in survivors:
+                served += (await _counted_requests(replica, origin, auth, 10)).count(200)
+        assert served == 30 - lost
+
+        restarted = await start_replica(pg_url, victim_name, tmp_path, env=env)
+        try:
+            async def forfeited() -> bool:
+                return victim_name not in await leased(pg_server, pg_url)
+
+            await eventually(forfeited, "the dead replica's lease settled at its restart")
+        finally:
+            await restarted.stop()
+    database = pg_url.rsplit("/", 1)[1]
+    ledger = int(pg_server.psql("SELECT SUM(delta) FROM credit_ledger", database=database))
+    assert ledger == 0 and free_credits(pg_server, pg_url) == 0
+    assert await leased(pg_server, pg_url) == {}
+
+
+async def test_a_password_change_on_one_replica_is_refused_by_all(
+    pg_url: str, tmp_path: Path, origin: int
+) -> None:
+    """A user added on one replica works on the others; after a new password on one, the old one is
+    refused (407) by every replica and the new one accepted."""
+    env = {"PROXY_POOL_GATEWAY__AUTH": "users"}
+    async with upstreams(1) as ups, replicas(pg_url, tmp_path, 3, env=env) as group:
+        listing = tmp_path / "list.txt"
+        listing.write_text(ups[0].url() + "\n")
+        await group[0].api("POST", "/api/sources", {"url": str(listing)})
+
+        async def ready() -> bool:
+            return all([len(await active(r)) == 1 for r in group])
+
+        await eventually(ready, "the upstream active everywhere")
+        _, user = await group[1].api("POST", "/api/users", {"name": "bob", "credits": 1000})
+        old = basic("bob", user["password"])
+
+        async def known_everywhere() -> bool:
+            return all([await get_through(r.proxy_url, origin, old) == 200 for r in group])
+
+        await eventually(known_everywhere, "the new user served by every replica")
+        status, answer = await group[2].api("POST", "/api/users/bob/password")
+        assert status == 200, answer
+        new = basic("bob", answer["password"])
+
+        async def old_refused() -> bool:
+            return all([await get_through(r.proxy_url, origin, old) == 407 for r in group])
+
+        await eventually(old_refused, "the old password refused by every replica", bound=5)
+        for replica in group:
+            assert await get_through(replica.proxy_url, origin, new) == 200
+
+
+async def test_clients_behind_a_balancer_get_answers_when_a_replica_dies(
+    pg_url: str, tmp_path: Path, origin: int
+) -> None:
+    """Clients spread over three replicas by a TCP balancer; one replica is killed midway: every
+    request is answered (one retry for a connection that was on the killed replica)."""
+    async with upstreams(2) as ups, replicas(pg_url, tmp_path, 3) as group:
+        listing = tmp_path / "list.txt"
+        listing.write_text("".join(up.url() + "\n" for up in ups))
+        await group[0].api("POST", "/api/sources", {"url": str(listing)})
+
+        async def ready() -> bool:
+            return all([len(await active(r)) == 2 for r in group])
+
+        await eventually(ready, "both upstreams active everywhere")
+        balancer = Balancer([r.gateway for r in group])
+        await balancer.start()
+        url = f"http://127.0.0.1:{balancer.port}"
+        killed = asyncio.Event()
+        results: list[int] = []
+
+        async def client(n: int) -> None:
+            for i in range(12):
+                if n == 0 and i == 4:
+                    await group[1].kill()
+                    killed.set()
+                try:
+                    results.append(await get_through(url, origin))
+                except (aiohttp.ClientError, TimeoutError):
+                    results.append(await get_through(url, origin))  # the retry a client makes
+
+        try:
+            await asyncio.gather(*(client(n) for n in range(6)))
+        finally:
+            await balancer.close()
+        assert killed.is_set()
+        assert results == [200] * 72
