@@ -305,3 +305,87 @@ async def test_clients_behind_a_balancer_get_answers_when_a_replica_dies(
             await balancer.close()
         assert killed.is_set()
         assert results == [200] * 72
+
+
+async def test_a_replica_that_loses_the_database_keeps_serving_and_catches_up(
+    pg_server, pg_url: str, tmp_path: Path, origin: int
+) -> None:
+    """PostgreSQL stops: both replicas keep answering from memory (pool and leased credits); when it
+    is back, a change made on one reaches the other again (LISTEN reconnects, full resync)."""
+    env = {"PROXY_POOL_GATEWAY__AUTH": "users"}
+    async with upstreams(1) as ups, replicas(pg_url, tmp_path, 2, env=env) as (a, b):
+        listing = tmp_path / "list.txt"
+        listing.write_text(ups[0].url() + "\n")
+        await a.api("POST", "/api/sources", {"url": str(listing)})
+        _, user = await a.api("POST", "/api/users", {"name": "carol", "credits": 1000})
+        auth = basic("carol", user["password"])
+
+        async def ready() -> bool:
+            return all([len(await active(r)) == 1 and await get_through(r.proxy_url, origin, auth) == 200 for r in (a, b)])
+
+        await eventually(ready, "both replicas serving carol")
+        pg_server.stop()
+        try:
+            for replica in (a, b):
+                for _ in range(5):
+                    assert await get_through(replica.proxy_url, origin, auth) == 200
+        finally:
+            pg_server.start()
+        status, answer = await a.api("POST", "/api/users/carol/password")
+        assert status == 200, answer
+
+        async def old_refused_on_b() -> bool:
+            return await get_through(b.proxy_url, origin, auth) == 407
+
+        await eventually(old_refused_on_b, "the password change reaching the other replica after the outage")
+        assert await get_through(b.proxy_url, origin, basic("carol", answer["password"])) == 200
+
+
+async def test_workers_share_the_listening_sockets(pg_url: str, tmp_path: Path, origin: int) -> None:
+    """serve --workers 2: two processes answer on the same gateway and admin ports (SO_REUSEPORT),
+    each a replica named NAME/wK; SIGTERM to the supervisor stops both, exit 0."""
+    import os
+    import signal
+    import sys
+
+    from tests.support.replicas import REPO, TOKEN
+    from tests.support.upstreams import free_port
+
+    gw_port, admin_port = free_port(), free_port()
+    async with upstreams(1) as ups:
+        listing = tmp_path / "list.txt"
+        listing.write_text(ups[0].url() + "\n")
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_POOL_")}
+        environ.update(
+            PYTHONPATH=str(REPO), PROXY_POOL_ADMIN__TOKEN=TOKEN, PROXY_POOL_CHECKER__JUDGES="[]",
+            PROXY_POOL_PLUGINS__CONTRIB_DIR=str(tmp_path / "none"), PROXY_POOL_GATEWAY__DRAIN_TIMEOUT="2",
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--workers", "2", "--db", pg_url, "--no-default-sources",
+            "--listen", f"127.0.0.1:{gw_port}", "--admin-listen", f"127.0.0.1:{admin_port}",
+            "--replica-name", "box", "--proxies", str(listing), "--log-format", "json",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            cwd=tmp_path, env=environ,
+        )
+        try:
+            seen: set[str] = set()
+
+            async def both_workers_answer() -> bool:
+                try:
+                    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+                        async with client.get(f"http://127.0.0.1:{admin_port}/api/stats") as resp:
+                            stats = await resp.json()
+                except (aiohttp.ClientError, ValueError):
+                    return False
+                if stats["pool"]["selectable"] == 1:
+                    seen.add(stats["replica"])
+                return seen == {"box/w0", "box/w1"}
+
+            await eventually(both_workers_answer, "both workers answering on the shared admin port")
+            for _ in range(10):
+                assert await get_through(f"http://127.0.0.1:{gw_port}", origin) == 200
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                code = await proc.wait()
+        assert code == 0

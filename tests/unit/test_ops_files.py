@@ -13,6 +13,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from config import Settings
 from gateway.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,3 +242,83 @@ def test_compose_file_publishes_only_loopback_and_mounts_existing_files():
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (ROOT / source).exists(), source
+
+
+# -- docker-compose.postgres.yml: two replicas on PostgreSQL behind HAProxy (no Docker engine here) ---
+
+
+def _replicas_compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.postgres.yml").read_text())
+
+
+def test_replicas_compose_runs_two_named_gateways_on_one_postgres():
+    """PostgreSQL, two gateway replicas with distinct --replica-name on the same storage.url, HAProxy,
+    Prometheus and Grafana; only loopback published; every bind-mounted file exists."""
+    compose = _replicas_compose()
+    services = compose["services"]
+    assert set(services) == {"postgres", "gateway-1", "gateway-2", "haproxy", "prometheus", "grafana"}
+    assert services["postgres"]["image"].startswith("postgres:15")
+    names = []
+    urls = set()
+    for name in ("gateway-1", "gateway-2"):
+        gw = services[name]
+        assert gw["build"] == "."
+        assert "ports" not in gw  # reached through HAProxy only
+        command = gw["command"]
+        names.append(command[command.index("--replica-name") + 1])
+        env = gw["environment"]
+        urls.add(env["PROXY_POOL_STORAGE__URL"])
+        assert env["PROXY_POOL_ADMIN__LISTEN"] == "0.0.0.0:8898" and "PROXY_POOL_ADMIN__TOKEN" in env
+        assert gw["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert names == ["gateway-1", "gateway-2"]
+    (url,) = urls
+    assert url.startswith("postgresql://") and "@postgres:5432/" in url
+    Settings.load(None, storage={"url": url})  # the settings accept it
+    assert services["haproxy"]["ports"] == ["127.0.0.1:8899:8899"]
+    for service in services.values():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), port
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), source
+
+
+def test_replicas_haproxy_balances_both_gateways_with_health_checks():
+    """HAProxy in TCP mode (CONNECT and SOCKS pass untouched) over both replicas, checked on /healthz."""
+    cfg = (CONFIG / "haproxy.cfg").read_text()
+    assert re.search(r"^\s*mode tcp\s*$", cfg, re.M)
+    assert re.search(r"^\s*bind :8899\s*$", cfg, re.M)
+    assert "option httpchk GET /healthz" in cfg
+    servers = re.findall(r"^\s*server (\S+) (\S+) check port 8898", cfg, re.M)
+    assert servers == [("gateway-1", "gateway-1:8899"), ("gateway-2", "gateway-2:8899")]
+
+
+def test_replicas_prometheus_scrapes_every_replica():
+    """The replicas' Prometheus config scrapes both admin ports and loads the same alert rules."""
+    prom = yaml.safe_load((CONFIG / "prometheus.replicas.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "proxy-pool")
+    assert job["static_configs"][0]["targets"] == ["gateway-1:8898", "gateway-2:8898"]
+    assert prom["rule_files"] == ["alerts.yml"]
+    volumes = _replicas_compose()["services"]["prometheus"]["volumes"]
+    assert "./config/prometheus.replicas.yml:/etc/prometheus/prometheus.yml:ro" in volumes
+
+
+@needs_promtool
+def test_replicas_prometheus_config_passes_promtool():
+    done = promtool("check", "config", "config/prometheus.replicas.yml")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_series_carries_the_replica_label_when_named():
+    """With a replica name set, every sample in /metrics carries replica="NAME" (and promtool's rules hold)."""
+    m = Metrics(lambda: {("active", "http"): 1}, lambda: {"DE": 1})
+    m.replica = "gateway-1"
+    m.request_done("GET", "ok", 0.1)
+    m.credits_spent(1)
+    body, _ = m.exposition()
+    samples = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples]
+    assert samples and all(s.labels.get("replica") == "gateway-1" for s in samples)
+    if PROMTOOL is not None:
+        done = subprocess.run([PROMTOOL, "check", "metrics"], input=body.decode(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
