@@ -229,6 +229,7 @@ class _Account:
     exhausted_armed: bool = True
     charges: int = 0  # charge attempts, to tell an idle lease from a busy one
     seen_charges: int = 0  # ``charges`` at the last flush
+    idle_flushes: int = 0  # flushes in a row with no charge attempt in between
     asked: bool = False  # another replica wants this user's credits
     yielded: bool = False  # gave the lease away: lease again only when a charge here asks
     short: bool = False  # a charge was refused for want of a lease while credits exist elsewhere
@@ -550,8 +551,10 @@ class Accounts:
             rows: list[Settlement] = []
             taken: list[tuple[_Account, int, int, int]] = []
             for account in self._by_id.values():  # no await in this loop: nothing slips between
-                idle = account.charges == account.seen_charges
+                account.idle_flushes = account.idle_flushes + 1 if account.charges == account.seen_charges else 0
                 account.seen_charges = account.charges
+                # idle for a whole flush interval at least: a burst that is still authenticating keeps its lease
+                idle = account.idle_flushes >= 2
                 returned = 0
                 if account.balance and (give_back or (account.asked and idle and self.shared)):
                     returned, account.balance = account.balance, 0

@@ -170,7 +170,7 @@ def free_credits(pg_server, pg_url: str) -> int:
 async def test_credits_stay_exact_across_replicas_and_a_kill_costs_at_most_its_lease(
     pg_server, pg_url: str, tmp_path: Path, origin: int
 ) -> None:
-    """3 replicas x 40 parallel requests on 50 credits: exactly 50 answered.  Then 30 more credits; the
+    """3 replicas x 40 parallel requests on 50 credits (3 spent first, one per replica): exactly 47 answered.  Then 30 more credits; the
     replica holding the most is killed with SIGKILL: the others spend what they hold, and the user
     loses at most the killed replica's lease (forfeited when it starts again)."""
     env = {"PROXY_POOL_GATEWAY__AUTH": "users", "PROXY_POOL_CREDITS__LEASE_BLOCK": "20"}
@@ -190,13 +190,12 @@ async def test_credits_stay_exact_across_replicas_and_a_kill_costs_at_most_its_l
         async def all_leased() -> bool:
             return free_credits(pg_server, pg_url) == 0 and len(await leased(pg_server, pg_url)) == 3
 
-        try:
-            await eventually(all_leased, "the 50 credits leased out to the three replicas")
-        except AssertionError:
-            raise AssertionError(f"{await leased(pg_server, pg_url)} free={free_credits(pg_server, pg_url)}" + a.messages()[-3000:] + b.messages()[-3000:]) from None
+        await eventually(all_leased, "the 50 credits leased out to the three replicas")
+        for replica in (a, b, c):  # each replica has checked the password once: the burst charges at once
+            assert await get_through(replica.proxy_url, origin, auth) == 200
         answers = await asyncio.gather(*(_counted_requests(r, origin, auth, 40) for r in (a, b, c)))
         flat = [s for batch in answers for s in batch]
-        assert flat.count(200) == 50, {s: flat.count(s) for s in set(flat)}
+        assert flat.count(200) == 50 - 3, {s: flat.count(s) for s in set(flat)}
         assert set(flat) == {200, 402}
 
         # a top-up made on one replica reaches the others' leases

@@ -51,12 +51,13 @@ async def test_a_drained_replica_gets_more_and_an_idle_one_gives_back_when_asked
     b.start()
     assert stores[1]._listening is not None
     await asyncio.wait_for(stores[1]._listening.wait(), 10)
-    await b.flush()  # b's charge counter seen: idle from here on
+    await b.flush()
+    await b.flush()  # no charge on b for a whole interval: idle
     try:
         assert sum(a.charge("alice", 1) for _ in range(25)) == 20  # the last 5 ask for a lease: none free
         await a.flush()  # settles 20 spent, finds nothing free: asks the others
         await asyncio.wait_for(_until(lambda: b._by_name["alice"].asked or b._by_name["alice"].balance == 0), 5)
-        await b.flush()  # idle since its last flush: gives its 20 back
+        await b.flush()  # idle, and asked: gives its 20 back
         a._by_name["alice"].short = True  # the next refused charge on a
         await a.flush()
         assert a._by_name["alice"].balance == 20 and b._by_name["alice"].balance == 0

@@ -1,0 +1,296 @@
+"""Replicas on PostgreSQL: what ``--workers 2`` buys, what PostgreSQL costs, how fast changes travel.
+
+    python bench/replicas_bench.py [--duration 8] [--rounds 2] [--pool-size 100000] [--changes 60]
+
+(a) ``serve --workers 2`` against one ``serve`` process on the same PostgreSQL database and the same
+    upstreams (tinyproxy x2 + squid, nginx origin, ``wrk`` with 32 keep-alive connections): req/s,
+    p50/p99 and the CPU every gateway process together spent per request; interleaved rounds.
+(b) 100,000 proxies (half active) in PostgreSQL and in SQLite: the time to load the pool into the
+    selector, the µs of a filtered ``Selector.pick`` on each, and the RSS of ``serve`` on each.
+(c) two replicas: the time from a top-up request on one to the other replica's in-memory balance
+    showing it (its ``/api/users``, polled every 2 ms): p50 and p99.
+
+Starts its own PostgreSQL (tests/support/postgres.py: initdb + pg_ctl in a temp dir) and kills
+everything it started at the end.  Figures vary with the load of the shared machine: compare
+figures of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.gateway_bench import cpu_seconds, generated_pool, run_wrk  # noqa: E402
+from bench.upstreams import Services, free_port  # noqa: E402
+from tests.support.postgres import PgServer, missing_reason  # noqa: E402
+
+TOKEN = "bench-token"
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Serve:
+    """``proxy-pool serve`` (optionally ``--workers N``) as a subprocess on fixed ports."""
+
+    def __init__(self, work: Path, db: str, *, workers: int = 1, proxies: Path | None = None, name: str = "bench",
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.port, self.admin = free_port(), free_port()
+        argv = [sys.executable, "-m", "gateway", "serve", "--no-default-sources", "--db", db,
+                "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin}",
+                "--replica-name", name, "--log-level", "warning"]
+        if workers > 1:
+            argv += ["--workers", str(workers)]
+        if proxies is not None:
+            argv += ["--proxies", str(proxies)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_POOL_")}
+        env.update(PROXY_POOL_ADMIN__TOKEN=TOKEN, PROXY_POOL_CHECKER__JUDGES="[]",
+                   PROXY_POOL_PLUGINS__CONTRIB_DIR=str(work / "none"), PYTHONPATH=str(ROOT), **(extra_env or {}))
+        self.proc = subprocess.Popen(argv, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *children(self.proc.pid)]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids() if Path(f"/proc/{p}").exists())
+
+    def api(self, path: str, body: Any = None, method: str | None = None) -> Any:
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin}{path}", data=data, method=method,
+                                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+
+    def wait_ready(self, selectable: int, bound: float = 120.0) -> None:
+        deadline = time.monotonic() + bound
+        while time.monotonic() < deadline:
+            try:
+                if self.api("/api/stats")["pool"]["selectable"] >= selectable:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"serve not ready with {selectable} selectable after {bound}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+# (a) ------------------------------------------------------------------------------------------
+def bench_workers(pg: PgServer, services: Services, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    origin = services.nginx("127.0.0.1", big_mb=1)
+    ups = [services.tinyproxy("127.0.0.2"), services.tinyproxy("127.0.0.3"), services.squid("127.0.0.4")]
+    listing = work / "upstreams.txt"
+    listing.write_text("".join(u.url + "\n" for u in ups))
+    rows: dict[str, list[dict[str, Any]]] = {"1 process": [], "--workers 2": []}
+    for _ in range(args.rounds):
+        for label, workers in (("1 process", 1), ("--workers 2", 2)):
+            serve = Serve(work, pg.create_database(), workers=workers, proxies=listing)
+            try:
+                serve.wait_ready(len(ups))
+                if workers > 1:
+                    time.sleep(1.0)  # both workers up (each loads the pool)
+                before = serve.cpu()
+                raw = run_wrk(("127.0.0.1", serve.port), origin.base() + "/", close=False, duration=args.duration,
+                              connections=32, threads=2)
+                spent = serve.cpu() - before
+            finally:
+                serve.stop()
+            row = {"rps": raw["rps"], "p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
+                   "cpu_us_per_request": 1e6 * spent / max(1, raw["requests"]), "requests": raw["requests"]}
+            say(f"(a) {label:<12} {row['rps']:7.0f} req/s  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
+                f"cpu {row['cpu_us_per_request']:.0f} us/req")
+            rows[label].append(row)
+    out = []
+    for label, runs in rows.items():
+        out.append({"case": label, **{k: statistics.median(r[k] for r in runs) for k in runs[0]},
+                    "rounds_rps": [round(r["rps"]) for r in runs]})
+    return out
+
+
+# (b) ------------------------------------------------------------------------------------------
+async def fill(store: Any, count: int) -> None:
+    from datetime import UTC, datetime
+
+    from pool.models import AnonymityLevel, ProxyProtocol, ProxyStatus, UpstreamURL
+
+    rows = generated_pool(count)
+    half = count // 2
+    urls = [UpstreamURL(ProxyProtocol(p), h, port) for h, port, p, _, _ in rows]
+    await store.insert_proxies_bulk(urls[:half], ProxyStatus.ACTIVE)
+    await store.insert_proxies_bulk(urls[half:], ProxyStatus.DEAD)
+    facts = {(h, port, p): (c, a) for h, port, p, c, a in rows}
+    now = datetime.now(UTC)
+    proxies = await store.all_proxies()
+    for proxy in proxies:
+        country, anonymity = facts[(proxy.host, proxy.port, proxy.protocol.value)]
+        proxy.country, proxy.anonymity, proxy.last_checked = country, AnonymityLevel(anonymity), now
+        proxy.latency_ms, proxy.success_ratio, proxy.check_history = 100.0, 1.0, "1"
+        if proxy.status is ProxyStatus.DEAD:
+            proxy.dead_since, proxy.consecutive_failures, proxy.check_history = now, 1, "0"
+    for start in range(0, len(proxies), 10_000):
+        await store.save_results([(p, ()) for p in proxies[start : start + 10_000]])
+
+
+async def load_and_pick(location: str) -> dict[str, float]:
+    from pool.models import ProxyProtocol
+    from pool.selector import Route, Selector
+    from pool.stores import open_store
+
+    store = await open_store(location)
+    try:
+        started = time.perf_counter()
+        proxies = await store.all_proxies()
+        load_s = time.perf_counter() - started
+    finally:
+        await store.close()
+    sel = Selector("round_robin")
+    sel.load(proxies)
+    route = Route(protocol=ProxyProtocol.HTTP, country="DE")
+    number = 100_000
+    pick = min(timeit.repeat(lambda: sel.pick(route), number=number, repeat=3)) / number * 1e6
+    sticky = min(timeit.repeat(lambda: sel.pick(Route(country="DE", session="s1")), number=10_000, repeat=3))
+    fresh = iter(range(10**9))
+    new_session = min(timeit.repeat(lambda: sel.pick(Route(country="DE", session=f"n{next(fresh)}")), number=200, repeat=3))
+    return {"load_s": load_s, "pick_us": pick, "sticky_pick_us": sticky / 10_000 * 1e6,
+            "new_session_pick_us": new_session / 200 * 1e6, "selectable": sel.active_count}
+
+
+def bench_big_pool(pg: PgServer, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from pool.pgstore import PostgresStore
+    from pool.store import SqliteStore
+
+    out = []
+    sqlite_path = str(work / "big.db")
+    pg_url = pg.create_database()
+    for label, location, opener in (("SQLite", sqlite_path, SqliteStore.open), ("PostgreSQL", pg_url, PostgresStore.open)):
+        async def prepare(location: str = location, opener: Any = opener) -> None:
+            store = await opener(location)
+            try:
+                await fill(store, args.pool_size)
+            finally:
+                await store.close()
+
+        asyncio.run(prepare())
+        figures = asyncio.run(load_and_pick(location))
+        serve = Serve(work, location)
+        try:
+            serve.wait_ready(args.pool_size // 2)
+            time.sleep(1.0)
+            figures["serve_rss_mb"] = sum(rss_mb(p) for p in serve.pids())
+        finally:
+            serve.stop()
+        say(f"(b) {label:<10} load {figures['load_s']:.2f} s  pick {figures['pick_us']:.2f} us  "
+            f"known session {figures['sticky_pick_us']:.1f} us  new session (rendezvous over the DE bucket) "
+            f"{figures['new_session_pick_us']:.0f} us  serve RSS {figures['serve_rss_mb']:.0f} MB")
+        out.append({"store": label, **figures})
+    return out
+
+
+# (c) ------------------------------------------------------------------------------------------
+def bench_propagation(pg: PgServer, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    url = pg.create_database()
+    a, b = Serve(work, url, name="a"), Serve(work, url, name="b")
+    times: list[float] = []
+    try:
+        a.wait_ready(0)
+        b.wait_ready(0)
+        a.api("/api/users", {"name": "topped", "credits": 1})
+        want = 1
+        for _ in range(args.changes):
+            time.sleep(0.05)
+            want += 7
+            started = time.perf_counter()  # from the top-up request on a to b's in-memory balance
+            a.api("/api/users/topped/credits", {"amount": 7})
+            name = "topped"
+            deadline = started + 10
+            while time.perf_counter() < deadline:
+                users = b.api("/api/users")["users"]
+                if any(u["name"] == name and u["credits"] == want for u in users):
+                    break
+                time.sleep(0.002)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        a.stop()
+        b.stop()
+    times.sort()
+    out = {"changes": len(times), "p50_ms": statistics.median(times), "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))],
+           "max_ms": times[-1]}
+    say(f"(c) change on one replica seen by the other: p50 {out['p50_ms']:.0f} ms  p99 {out['p99_ms']:.0f} ms "
+        f"(max {out['max_ms']:.0f} ms, {len(times)} changes)")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pool-size", type=int, default=100_000)
+    parser.add_argument("--changes", type=int, default=60)
+    parser.add_argument("--skip", default="", help="comma list of a,b,c to skip")
+    args = parser.parse_args()
+    reason = missing_reason()
+    if reason:
+        raise SystemExit(reason)
+    skip = set(filter(None, args.skip.split(",")))
+    pg = PgServer()
+    pg.init()
+    pg.start()
+    results: dict[str, Any] = {"load_average": os.getloadavg()}
+    try:
+        with tempfile.TemporaryDirectory(prefix="replicas-bench-") as tmp:
+            work = Path(tmp)
+            os.chmod(work, 0o755)
+            if "a" not in skip:
+                with Services(log=say) as services:
+                    results["workers"] = bench_workers(pg, services, work, args)
+            if "b" not in skip:
+                results["big_pool"] = bench_big_pool(pg, work, args)
+            if "c" not in skip:
+                results["propagation"] = bench_propagation(pg, work, args)
+    finally:
+        pg.destroy()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
