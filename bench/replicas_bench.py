@@ -34,9 +34,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_bench import cpu_seconds, generated_pool, run_wrk  # noqa: E402
-from bench.upstreams import Services, free_port  # noqa: E402
-from tests.support.postgres import PgServer, missing_reason  # noqa: E402
+from bench.gateway_bench import cpu_seconds, generated_pool, run_wrk
+from bench.upstreams import Services, free_port
+from tests.support.postgres import PgServer, missing_reason
 
 TOKEN = "bench-token"
 

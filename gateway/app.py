@@ -240,7 +240,7 @@ class ProxyPool:
                     gone = ids - {p.id for p in fresh}
                 for source in await self.store.list_sources():
                     self.metrics.register_source(source.id)
-            except Exception as exc:  # the database is away: keep serving, try again shortly
+            except Exception as exc:  # noqa: BLE001  (the database is away: keep serving, try again shortly)
                 log.warning("could not read changes from the database (%s); retrying", exc)
                 self._heard_ids |= ids
                 self._resync |= resync

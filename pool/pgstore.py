@@ -40,6 +40,7 @@ from pool.store import (
     _source,
     _ts,
 )
+from pool.tasks import TaskSet
 
 __all__ = ["PG_MIGRATIONS", "PostgresStore", "is_postgres_url"]
 
@@ -124,7 +125,11 @@ PG_MIGRATIONS: list[str] = [
     );
     CREATE INDEX credit_ledger_user ON credit_ledger(user_id);
     """,
-    # 3: credit leases and check claims
+    # 3: whether a proxy carries CONNECT (NULL: not known yet)
+    """
+    ALTER TABLE proxies ADD COLUMN tunnels INTEGER;
+    """,
+    # 4: credit leases and check claims
     """
     ALTER TABLE users ADD COLUMN balance BIGINT NOT NULL DEFAULT 0 CHECK (balance >= 0);
     UPDATE users SET balance = (SELECT COALESCE(SUM(delta), 0) FROM credit_ledger WHERE user_id = users.id);
@@ -192,6 +197,7 @@ class PostgresStore:
         self._token = secrets.token_hex(4)  # tells our own notifications from the others'
         self._handlers: list[ChangeHandler] = []
         self._listener: asyncio.Task[None] | None = None
+        self._tasks = TaskSet()
         self._listening: asyncio.Event | None = None  # set while LISTEN is in place (tests wait on it)
         self._closing = False
 
@@ -208,9 +214,7 @@ class PostgresStore:
 
     async def close(self) -> None:
         self._closing = True
-        if self._listener is not None:
-            self._listener.cancel()
-            await asyncio.gather(self._listener, return_exceptions=True)
+        await self._tasks.close()
         await self._pool.close()
 
     # schema ---------------------------------------------------------------------------------
@@ -248,7 +252,7 @@ class PostgresStore:
         self._handlers.append(handler)
         if self._listener is None:
             self._listening = asyncio.Event()
-            self._listener = asyncio.ensure_future(self._listen())
+            self._listener = self._tasks.spawn(self._listen(), name="pg-listen")
 
     def _dispatch(self, kind: str, ids: list[int]) -> None:
         for handler in list(self._handlers):
@@ -278,7 +282,7 @@ class PostgresStore:
                 delay = min(delay * 2, 5.0)
                 continue
             lost = asyncio.Event()
-            con.add_termination_listener(lambda _c: lost.set())
+            con.add_termination_listener(lambda _c, lost=lost: lost.set())
             try:
                 await con.add_listener(CHANNEL, self._heard)
                 assert self._listening is not None
@@ -447,12 +451,12 @@ class PostgresStore:
             await con.executemany(
                 "UPDATE proxies SET status = $1, latency_ms = $2, success_ratio = $3, last_checked = $4, "
                 "consecutive_failures = $5, exit_ip = $6, anonymity = $7, country = $8, dead_since = $9, "
-                "check_history = $10, claimed_until = NULL WHERE id = $11",
+                "check_history = $10, tunnels = $11, claimed_until = NULL WHERE id = $12",
                 [
                     (
                         p.status.value, p.latency_ms, p.success_ratio, _ts(p.last_checked), p.consecutive_failures,
                         p.exit_ip, p.anonymity.value if p.anonymity else None, p.country, _ts(p.dead_since),
-                        p.check_history, p.id,
+                        p.check_history, None if p.tunnels is None else int(p.tunnels), p.id,
                     )
                     for p, _ in results
                 ],

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import aiohttp
 
 from pool.tasks import TaskSet
 
-__all__ = ["Balancer", "Replica", "TOKEN", "start_replica"]
+__all__ = ["TOKEN", "Balancer", "Replica", "start_replica"]
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "replica-test-token"
