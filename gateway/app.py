@@ -167,13 +167,17 @@ class ProxyPool:
         self._tasks.spawn(self._follow_changes(), name="follow-changes")
         self.store.subscribe(self._store_changed)
         self.started = True
+        sources = await self.store.list_sources()
+        if not self.settings.default_sources:  # the ones that will be scraped
+            sources = [s for s in sources if s.origin != "default"]
         log.info(
-            "proxy-pool serving: gateway %s, admin %s, %d proxies known (%d active), %d sources",
+            "proxy-pool serving: gateway %s, admin %s, event loop %s, pool of %d proxies (%d active), %d sources",
             _netloc(*self.gateway_address),
             _netloc(*self.admin_address),
+            type(asyncio.get_running_loop()).__module__.partition(".")[0],
             len(self.selector),
             self.selector.active_count,
-            len(await self.store.list_sources()),
+            len(sources),
         )
 
     async def _sync_sources(self) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -36,8 +37,16 @@ def _format(parser: argparse.ArgumentParser, choices: tuple[str, ...] = ("table"
     parser.add_argument("--format", choices=choices, default="table", help="output format")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("proxy-pool")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="proxy-pool", description="Self-hosted rotating proxy gateway with its own validated pool.")
+    parser.add_argument("--version", action="version", version=f"proxy-pool {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the gateway, the admin API, the scraper and the checker")
