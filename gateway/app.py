@@ -170,14 +170,16 @@ class ProxyPool:
         sources = await self.store.list_sources()
         if not self.settings.default_sources:  # the ones that will be scraped
             sources = [s for s in sources if s.origin != "default"]
+        socks = self.gateway.socks_address
         log.info(
-            "proxy-pool serving: gateway %s, admin %s, event loop %s, pool of %d proxies (%d active), %d sources",
+            "proxy-pool serving: gateway %s, admin %s, event loop %s, pool of %d proxies (%d active), %d sources%s",
             _netloc(*self.gateway_address),
             _netloc(*self.admin_address),
             type(asyncio.get_running_loop()).__module__.partition(".")[0],
             len(self.selector),
             self.selector.active_count,
             len(sources),
+            f", SOCKS-only port {_netloc(*socks)}" if socks else "",
         )
 
     async def _sync_sources(self) -> None:

@@ -9,7 +9,7 @@ counted as ``other`` (a client can send any method; a caller may pass a new reas
 | proxies                                  | gauge     | status (new, active, dead), protocol (http, https, socks4, socks5); read at scrape time |
 | active_proxies_by_country                | gauge     | country (ISO code, "unknown"); read at scrape time        |
 | active_proxies_by_tunnels                | gauge     | tunnels (yes, no, unknown); read at scrape time           |
-| gateway_requests_total                   | counter   | method (METHODS, other), outcome (OUTCOMES)                |
+| gateway_requests_total                   | counter   | method (METHODS, other), outcome (OUTCOMES), protocol (PROTOCOLS) |
 | gateway_request_duration_seconds         | histogram | -  (request start to response head / tunnel established)  |
 | gateway_active_connections               | gauge     | -                                                         |
 | gateway_bytes_total                      | counter   | direction (upstream_to_client, client_to_upstream)        |
@@ -78,6 +78,7 @@ log = logging.getLogger("proxy_pool.metrics")
 PREFIX = "proxy_pool_"
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
+PROTOCOLS = ("http", "connect", "socks5", "socks4")  # how the client spoke to the gateway
 OUTCOMES = (
     "ok",  # a response (any status from the origin) or an established tunnel reached the client
     "bad_request",  # 400
@@ -229,8 +230,8 @@ class _GatewayCollector(Collector):
         return (
             CounterMetricFamily(
                 PREFIX + "gateway_requests",
-                "Gateway requests (each CONNECT counts once) by method and outcome.",
-                labels=["method", "outcome"],
+                "Gateway requests (each CONNECT, each SOCKS connection counts once) by method, outcome and protocol.",
+                labels=["method", "outcome", "protocol"],
             ),
             HistogramMetricFamily(
                 PREFIX + "gateway_request_duration_seconds",
@@ -242,8 +243,8 @@ class _GatewayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         owner = self._owner
         requests, duration, relayed = self._families()
-        for (method, outcome), n in list(owner.request_counts.items()):
-            requests.add_metric([method, outcome], n)
+        for (method, outcome, protocol), n in list(owner.request_counts.items()):
+            requests.add_metric([method, outcome, protocol], n)
         cumulative = 0
         buckets = []
         for bound, n in zip((*REQUEST_BUCKETS, float("inf")), list(owner.duration_counts), strict=True):
@@ -302,7 +303,8 @@ class Metrics:
         reg.register(_PoolCollector(self))
 
         # per-request families: plain numbers, read by _GatewayCollector at scrape time
-        self.request_counts: dict[tuple[str, str], int] = {}  # keys only ever (known method | other, outcome)
+        # keys only ever (known method | other, known outcome | other, PROTOCOLS)
+        self.request_counts: dict[tuple[str, str, str], int] = {}
         self.duration_counts = [0] * (len(REQUEST_BUCKETS) + 1)  # per bucket, not cumulative; last is +Inf
         self.duration_sum = 0.0
         self.bytes_relayed = dict.fromkeys(DIRECTIONS, 0)
@@ -366,15 +368,19 @@ class Metrics:
 
     # -- gateway (hot path) -------------------------------------------------------------------
 
-    def request_done(self, method: str, outcome: str, seconds: float) -> None:
-        """One request or CONNECT finished; ``seconds`` until its response head / tunnel was up."""
+    def request_done(self, method: str, outcome: str, seconds: float, protocol: str | None = None) -> None:
+        """One request or CONNECT finished; ``seconds`` until its response head / tunnel was up.
+        ``protocol`` is the client's (``socks5``, ``socks4``); HTTP clients leave it to ``method``."""
         counts = self.request_counts
-        key = (method, outcome)
+        if protocol is None:
+            protocol = "connect" if method == "CONNECT" else "http"
+        key = (method, outcome, protocol)
         n = counts.get(key)
         if n is None:
             key = (
                 method if method in self._known_methods else "other",
                 outcome if outcome in self._known_outcomes else "other",
+                protocol if protocol in PROTOCOLS else "other",
             )
             n = counts.get(key, 0)
         counts[key] = n + 1

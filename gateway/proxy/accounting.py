@@ -39,16 +39,21 @@ class Accounting:
         upstream: Proxy | None = None,
         sent: int = 0,
         received: int = 0,
+        protocol: str | None = None,
     ) -> None:
-        """One request finished: counted, and logged with who, what, where and how much."""
+        """One request finished: counted, and logged with who, what, where and how much.
+        ``protocol``: a SOCKS client's (``socks5``, ``socks4``); HTTP clients leave it to the method."""
         if self._request_done is not None:
-            self._request_done(method, outcome, seconds)
+            if protocol is None:
+                self._request_done(method, outcome, seconds)
+            else:
+                self._request_done(method, outcome, seconds, protocol)  # type: ignore[call-arg]
         if self.access:
             access_log.info(
                 "%s %s %s %s %s %s upstream=%s up=%d down=%d %.1fms",
                 peer,
                 user or "-",
-                method,
+                method if protocol is None else f"{protocol.upper()}-{method}",
                 host or "-",
                 status or "-",
                 outcome,
@@ -58,10 +63,13 @@ class Accounting:
                 seconds * 1000,
             )
 
-    def count(self, method: str, outcome: str, seconds: float) -> None:
+    def count(self, method: str, outcome: str, seconds: float, protocol: str | None = None) -> None:
         """``request_done`` without the access log's details (when it is off)."""
         if self._request_done is not None:
-            self._request_done(method, outcome, seconds)
+            if protocol is None:
+                self._request_done(method, outcome, seconds)
+            else:
+                self._request_done(method, outcome, seconds, protocol)  # type: ignore[call-arg]
 
     def report(self, proxy: Proxy | None, ok: bool, exc: UpstreamError | None = None) -> None:
         """Passive health: the upstream's own failure, or (``exc.target``) one about that target;

@@ -42,13 +42,16 @@ class Admitter:
         self._allowed_ports = None if self.gw.allowed_connect_ports == "*" else frozenset(self.gw.allowed_connect_ports)
         self.direct_allow = [ipaddress.ip_network(n, strict=False) for n in self.gw.direct_allow]
 
-    def admit(self, head: http1.RequestHead, verified: str | None = None) -> Admission:
+    def admit(
+        self, head: http1.RequestHead, verified: str | None = None, credentials: Credentials | None = None
+    ) -> Admission:
         """Check the target, authenticate, and charge: once per request, before any dialing.
 
         Raises ``NeedsVerification`` for credentials the accounts have not verified yet: then
-        ``admit_slow`` does the slow check without blocking the loop."""
+        ``admit_slow`` does the slow check without blocking the loop.  ``credentials``: a SOCKS
+        client's (its head is the CONNECT an HTTP client would have sent, ``gateway.proxy.socksproto``)."""
         self._check_target(head)
-        user, route = self._authorize(head, verified)
+        user, route = self._authorize(head, verified, credentials)
         if user is None and route is ANY_ROUTE:
             return _ANYONE_ANYWHERE
         cost = self.settings.credits.cost_per_request if user is not None else 0
@@ -98,10 +101,12 @@ class Admitter:
         if head.port in self.own.ports and self.own.loops(head.host, head.port):
             raise Refusal(403, "request loops back to the gateway itself", "forbidden")
 
-    def _authorize(self, head: http1.RequestHead, verified: str | None = None) -> tuple[str | None, Route]:
-        if head.proxy_authorization is None and not head.pool_params and self.gw.auth == "none":
+    def _authorize(
+        self, head: http1.RequestHead, verified: str | None = None, credentials: Credentials | None = None
+    ) -> tuple[str | None, Route]:
+        if head.proxy_authorization is None and credentials is None and not head.pool_params and self.gw.auth == "none":
             return None, ANY_ROUTE  # the common case: nothing asked, nothing to check
-        creds: Credentials | None = parse_proxy_authorization(head.proxy_authorization)
+        creds = credentials or parse_proxy_authorization(head.proxy_authorization)
         if self.gw.auth == "users":
             if creds is None:
                 raise Refusal(407, "proxy authentication required", "auth_required", AUTH_REALM)

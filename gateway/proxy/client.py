@@ -25,6 +25,7 @@ from gateway.proxy.exchange import Connect, Exchange
 from gateway.proxy.refusals import Admission, NeedsVerification, Refusal
 from gateway.proxy.relay import Tunnel
 from gateway.proxy.services import Services
+from gateway.proxy.socksproto import SocksProtocol
 
 __all__ = ["ClientConnection", "ClientState"]
 
@@ -32,6 +33,7 @@ _PAUSE_AT = 1 << 17  # bytes held from a client before its reading is paused
 _REQUEST_LINE = re.compile(rb"[^ ]+ [^ ]+ HTTP/[0-9]\.[0-9]\r\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _TLS_HANDSHAKE = 0x16
+_SNIFFED = (_TLS_HANDSHAKE, 4, 5)  # first bytes that are not HTTP: TLS, SOCKS4, SOCKS5
 
 
 class ClientState(enum.Enum):
@@ -39,15 +41,17 @@ class ClientState(enum.Enum):
     IDLE = "idle"  # between requests
     BUSY = "busy"  # a request is being served
     TUNNEL = "tunnel"  # handed to the relay
+    SOCKS = "socks"  # handed to the SOCKS handshake (gateway.proxy.socksproto)
     CLOSED = "closed"
 
 
 class ClientConnection(asyncio.Protocol):
     """A client connection, from accept to close (see the module docstring)."""
 
-    def __init__(self, svc: Services, slots: Slots) -> None:
+    def __init__(self, svc: Services, slots: Slots, socks_only: bool = False) -> None:
         self.svc = svc
         self.slots = slots
+        self.socks_only = socks_only  # accepted on gateway.socks_listen
         self._loop = svc.loop
         self.state = ClientState.WAITING
         self.transport: asyncio.Transport | None = None
@@ -91,6 +95,11 @@ class ClientConnection(asyncio.Protocol):
         self.idle_since = self._loop.time()
         self._arm(self.svc.gw.head_timeout)
         if self.buffer:
+            if self.buffer[0] in _SNIFFED or self.socks_only:
+                data = bytes(self.buffer)
+                self.buffer.clear()
+                self._sniffed(data)
+                return
             self._try_head()
 
     def _arm(self, seconds: float) -> None:
@@ -127,7 +136,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state is ClientState.IDLE and not self.buffer:
-            if self.first and data[0] in (_TLS_HANDSHAKE, 4, 5):
+            if self.first and (data[0] in _SNIFFED or self.socks_only):
                 self._sniffed(data)
                 return
             # the common case: exactly one whole head in this read, nothing before it
@@ -155,16 +164,29 @@ class ClientConnection(asyncio.Protocol):
         self._try_head()
 
     def _sniffed(self, data: bytes) -> None:
-        """Not HTTP: answer what was recognised at once, rather than after ``head_timeout``."""
-        if data[0] == _TLS_HANDSHAKE:
+        """Not HTTP: a TLS ClientHello is answered at once; a SOCKS greeting (0x05, 0x04), and anything
+        on ``gateway.socks_listen``, goes to the SOCKS protocol, which takes the transport over."""
+        if data[0] == _TLS_HANDSHAKE and not self.socks_only:
             self._bad(BadRequest(400, "TLS sent to the HTTP proxy port: use http:// for the proxy address"))
             return
-        if data[0] == 5:
-            self.write(b"\x05\xff")  # SOCKS5: no acceptable method (this port speaks HTTP)
-        else:
-            self.write(b"\x00\x5b\x00\x00\x00\x00\x00\x00")  # SOCKS4: request rejected
-        self._count("?", "bad_request")
-        self.close()
+        assert self.transport is not None
+        self.first = False
+        self.state = ClientState.SOCKS
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        socks = SocksProtocol(self.svc, self)
+        self.transport.set_protocol(socks)
+        socks.data_received(data)  # anything but SOCKS is refused there and closed
+
+    def hand_to_tunnel(self, tunnel: Tunnel) -> None:
+        """A SOCKS client's CONNECT is through: closing this connection now closes its tunnel."""
+        self.state = ClientState.TUNNEL
+        self.tunnel_of = tunnel
+
+    def socks_done(self) -> None:
+        """A SOCKS client's connection ended (its handshake failed, its dial, or its tunnel)."""
+        self._lost()
 
     def _try_head(self) -> None:
         buffer = self.buffer

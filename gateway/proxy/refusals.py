@@ -29,6 +29,7 @@ class Refusal(GatewayError):
         self.message = message
         self.outcome = outcome
         self.headers = headers or []
+        self.cause: UpstreamError | None = None  # the last upstream failure behind a 502/504 (SOCKS reply codes)
 
     def keeps(self, head: http1.RequestHead) -> bool:
         """Whether the client connection survives this answer: only when no unread body follows."""
@@ -59,18 +60,23 @@ class Attempts:
 
     reasons: list[str] = field(default_factory=list)
     timeouts: int = 0
+    last: UpstreamError | None = None
 
     def failed(self, proxy: Proxy | None, exc: UpstreamError) -> None:
         label = f"upstream #{proxy.id}" if proxy else "direct"
         self.reasons.append(f"{label}: {exc.message}")
+        self.last = exc
         if isinstance(exc, UpstreamTimeout):
             self.timeouts += 1
 
     def refusal(self) -> Refusal:
         if self.reasons and self.timeouts == len(self.reasons):
-            return Refusal(504, f"upstream timed out ({len(self.reasons)} attempts)", "timeout")
-        summary = "; ".join(self.reasons[-5:])
-        return Refusal(502, f"all {len(self.reasons)} attempts failed: {summary}", "upstream_error")
+            refusal = Refusal(504, f"upstream timed out ({len(self.reasons)} attempts)", "timeout")
+        else:
+            summary = "; ".join(self.reasons[-5:])
+            refusal = Refusal(502, f"all {len(self.reasons)} attempts failed: {summary}", "upstream_error")
+        refusal.cause = self.last
+        return refusal
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-from config import Settings
+from config import Settings, parse_host_port
 from config.tls import upstream_tls_context
 from gateway.proxy import http1
 from gateway.proxy.accounting import Accounting
@@ -53,6 +53,7 @@ class GatewayServer(Slots):
         self.pool = ConnectionPool(per_key=self.gw.upstream_pool_size, idle_timeout=self.gw.upstream_idle_timeout)
         self._own = OwnAddresses(own_addresses or ())
         self._server: asyncio.AbstractServer | None = None
+        self._socks_server: asyncio.AbstractServer | None = None  # gateway.socks_listen
         self._clients: set[ClientConnection] = set()  # holding a slot
         self._waiting: deque[tuple[ClientConnection, asyncio.TimerHandle]] = deque()
         self._tasks = TaskSet()
@@ -96,8 +97,24 @@ class GatewayServer(Slots):
         )
         bound = self._server.sockets[0].getsockname()
         self.add_own_address(bound[0], bound[1])
+        if self.gw.socks_listen:  # a SOCKS-only port beside the mixed one
+            socks_host, socks_port = parse_host_port(self.gw.socks_listen)
+            self._socks_server = await loop.create_server(
+                lambda: ClientConnection(svc, self, socks_only=True), socks_host, socks_port, backlog=1024,
+                reuse_address=True,
+            )
+            socks_bound = self._socks_server.sockets[0].getsockname()
+            self.add_own_address(socks_bound[0], socks_bound[1])
         self._tasks.spawn(self._prune_loop(), name="gateway-pool-prune")
         return bound[0], bound[1]
+
+    @property
+    def socks_address(self) -> tuple[str, int] | None:
+        """The bound ``gateway.socks_listen`` address, when there is one."""
+        if self._socks_server is None:
+            return None
+        sock = self._socks_server.sockets[0].getsockname()
+        return sock[0], sock[1]
 
     @property
     def address(self) -> tuple[str, int]:
@@ -115,6 +132,8 @@ class GatewayServer(Slots):
             self.svc.closing = True
         if self._server is not None:
             self._server.close()
+        if self._socks_server is not None:
+            self._socks_server.close()
         for waiting, timer in list(self._waiting):
             timer.cancel()
             waiting.close()
@@ -134,6 +153,8 @@ class GatewayServer(Slots):
         self.pool.close()
         if self._server is not None:
             await self._server.wait_closed()
+        if self._socks_server is not None:
+            await self._socks_server.wait_closed()
 
     @property
     def idle_upstream_connections(self) -> int:

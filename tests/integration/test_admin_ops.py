@@ -238,7 +238,7 @@ async def test_live_metrics_pass_promtool(make_pool, upstreams, origin):
     )
     out, _ = await proc.communicate(text.encode())
     assert proc.returncode == 0, out.decode()
-    assert 'proxy_pool_gateway_requests_total{method="GET",outcome="ok"} 3.0' in text
+    assert 'proxy_pool_gateway_requests_total{method="GET",outcome="ok",protocol="http"} 3.0' in text
     assert 'proxy_pool_proxies{protocol="http",status="active"} 1.0' in text
     assert upstreams[0].host not in text
 

@@ -164,3 +164,30 @@ async def test_browser_follows_the_pac_file(make_pool, tmp_path):
         assert "no active proxy in the pool yet" in dom, dom[:400]
     finally:
         await origin.close()
+
+
+async def test_browser_through_the_gateway_as_a_socks5_proxy(make_pool, upstreams, tmp_path):
+    """Chromium with --proxy-server=socks5://GATEWAY (the same port as HTTP) loads an HTTP and an HTTPS page."""
+    http_origin = TestServer(browser_app(2), host="127.0.0.1")
+    await http_origin.start_server()
+    ca = trustme.CA()
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    https_origin = TestServer(browser_app(2), host="127.0.0.1")
+    await https_origin.start_server(ssl=ctx)
+    try:
+        pool = await make_pool(
+            [u.url() for u in upstreams], gateway={"allowed_connect_ports": "*"}, pool={"passive_failure_limit": 1000}
+        )
+        await pool.wait_until(lambda: pool.selector.active_count == 3)
+        host, port = pool.gateway_address
+        socks = [f"--proxy-server=socks5://{host}:{port}", "--proxy-bypass-list=<-loopback>"]
+        upstream_hosts = {u.host for u in upstreams}
+        for origin, scheme in ((http_origin, "http"), (https_origin, "https")):
+            dom = await dump_dom(pool.gateway_address, f"{scheme}://127.0.0.1:{origin.port}/", tmp_path, socks)
+            assert "proxy-pool browser page" in dom, dom[:400]
+            assert set(peers_of(dom)) <= upstream_hosts
+        assert pool.metrics.request_counts.get(("CONNECT", "ok", "socks5"), 0) >= 2
+    finally:
+        await http_origin.close()
+        await https_origin.close()

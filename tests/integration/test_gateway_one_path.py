@@ -321,8 +321,9 @@ async def test_idle_and_unauthenticated_clients_do_not_lock_out_a_user(
 
 NOT_HTTP = {
     "tls_client_hello": (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(32), b"HTTP/1.1 400 "),
-    "socks5_greeting": (b"\x05\x01\x00", b"\x05\xff"),
-    "socks4_request": (b"\x04\x01\x00\x50\x7f\x00\x00\x01user\x00", b"\x00\x5b"),
+    # SOCKS is served on this port (gateway.proxy.socksproto): a BIND gets "command not supported" at once
+    "socks5_bind": (b"\x05\x01\x00\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", b"\x05\x00\x05\x07"),
+    "socks4_bind": (b"\x04\x02\x00\x50\x7f\x00\x00\x01user\x00", b"\x00\x5b"),
     "bare_lf": (b"GET http://127.0.0.1/ HTTP/1.1\nHost: 127.0.0.1\n", b"HTTP/1.1 400 "),
     "http09": (b"GET /index.html\r\n", b"HTTP/1.1 400 "),
 }
@@ -330,7 +331,7 @@ NOT_HTTP = {
 
 @pytest.mark.parametrize("name", sorted(NOT_HTTP))
 async def test_not_http_is_answered_at_once(make_pool: PoolFactory, upstreams: list[Upstream], name: str) -> None:
-    """With head_timeout 60 s, a TLS ClientHello, a SOCKS greeting, a bare-LF head or an HTTP/0.9 line
+    """With head_timeout 60 s, a TLS ClientHello, a SOCKS BIND, a bare-LF head or an HTTP/0.9 line
     is answered (and closed) within the read bound, long before head_timeout."""
     payload, expected = NOT_HTTP[name]
     pool = await make_pool([upstreams[0].url()], gateway={"head_timeout": 60})

@@ -147,7 +147,8 @@ def test_failing_pool_callback_does_not_break_the_scrape():
     m = Metrics(broken)
     m.request_done("GET", "ok", 0.01)
     got = samples(m)
-    assert got[("proxy_pool_gateway_requests_total", frozenset({("method", "GET"), ("outcome", "ok")}))] == 1
+    key = frozenset({("method", "GET"), ("outcome", "ok"), ("protocol", "http")})
+    assert got[("proxy_pool_gateway_requests_total", key)] == 1
     assert not any(name == "proxy_pool_proxies" for name, _ in got)
 
 
@@ -161,8 +162,8 @@ def test_country_gauge_names_unknown():
 def test_recorded_values():
     """Each recording method moves its own series by the amount given."""
     m = exercised()
-    assert value(m, "proxy_pool_gateway_requests_total", method="GET", outcome="ok") == 1
-    assert value(m, "proxy_pool_gateway_requests_total", method="CONNECT", outcome="upstream_error") == 1
+    assert value(m, "proxy_pool_gateway_requests_total", method="GET", outcome="ok", protocol="http") == 1
+    assert value(m, "proxy_pool_gateway_requests_total", method="CONNECT", outcome="upstream_error", protocol="connect") == 1
     assert value(m, "proxy_pool_gateway_request_duration_seconds_count") == 2
     assert value(m, "proxy_pool_gateway_request_duration_seconds_bucket", le="0.1") == 1
     assert value(m, "proxy_pool_gateway_active_connections") == 1
@@ -200,7 +201,8 @@ def test_labels_stay_bounded_whatever_clients_send():
     assert methods == {"other", "GET"} and methods <= set(METHODS) | {"other"}
     assert outcomes == {"ok", "other"}
     assert (
-        got[("proxy_pool_gateway_requests_total", frozenset({("method", "other"), ("outcome", "ok")}))] == 500
+        got[("proxy_pool_gateway_requests_total", frozenset({("method", "other"), ("outcome", "ok"), ("protocol", "http")}))]
+        == 500
     )
     assert got[("proxy_pool_upstream_failures_total", frozenset({("reason", "other")}))] == 500
     assert got[("proxy_pool_events_total", frozenset({("type", "other")}))] == 500
@@ -260,3 +262,18 @@ def test_summary_for_api_stats():
     assert s["upstream_failures"] == {"refused": 1}
     assert s["checks"] == {"passed": 1, "failed": 0, "skipped": 1}
     assert s["credits_spent"] == 3
+
+
+def test_request_metrics_carry_the_client_protocol():
+    """http and connect follow from the method; SOCKS clients name theirs; anything else is 'other'."""
+    m = Metrics()
+    m.request_done("GET", "ok", 0.01)
+    m.request_done("CONNECT", "ok", 0.01)
+    m.request_done("CONNECT", "ok", 0.01, "socks5")
+    m.request_done("CONNECT", "forbidden", 0.0, "socks4")
+    m.request_done("CONNECT", "ok", 0.0, "gopher")
+    assert value(m, "proxy_pool_gateway_requests_total", method="GET", outcome="ok", protocol="http") == 1
+    assert value(m, "proxy_pool_gateway_requests_total", method="CONNECT", outcome="ok", protocol="connect") == 1
+    assert value(m, "proxy_pool_gateway_requests_total", method="CONNECT", outcome="ok", protocol="socks5") == 1
+    assert value(m, "proxy_pool_gateway_requests_total", method="CONNECT", outcome="forbidden", protocol="socks4") == 1
+    assert value(m, "proxy_pool_gateway_requests_total", method="CONNECT", outcome="ok", protocol="other") == 1
