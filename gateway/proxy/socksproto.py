@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.proxy import http1
 from gateway.proxy.exchange import Connect
@@ -41,7 +41,6 @@ from gateway.proxy.socks import (
 from gateway.proxy.upstream import UpstreamError, UpstreamRefused, UpstreamTimeout
 
 if TYPE_CHECKING:
-    from gateway.proxy.client import ClientConnection
     from gateway.proxy.connection import UpstreamConnection
     from gateway.proxy.exchange import Exchange
     from gateway.proxy.services import Services
@@ -96,11 +95,21 @@ class SocksAnswer:
         return reply5(socks5_code(refusal)) if self.version == 5 else reply4(False)
 
 
+class Slot(Protocol):
+    """What a SOCKS connection needs from its place in the server (``gateway.proxy.client.ClientConnection``)."""
+
+    peer: str
+    transport: asyncio.Transport | None
+
+    def hand_to_tunnel(self, tunnel: Tunnel) -> None: ...
+    def socks_done(self) -> None: ...
+
+
 class SocksProtocol(asyncio.Protocol):
     """One SOCKS client, from its first byte to its tunnel.  ``slot`` stays the connection's place in
     the server (its ``ClientConnection``); this is the client side of its ``Connect``."""
 
-    def __init__(self, svc: Services, slot: ClientConnection) -> None:
+    def __init__(self, svc: Services, slot: Slot) -> None:
         self.svc = svc
         self.slot = slot
         self.transport = slot.transport
