@@ -133,7 +133,8 @@ class Gateway:
         self.port = free_port()
         self.admin_port = free_port()
         config = work / "proxy-pool.toml"
-        config.write_text('[gateway]\nallowed_connect_ports = "*"\n' + extra_config)
+        self.token = "bench-" + os.urandom(8).hex()  # /api/* wants the bearer token, also from loopback
+        config.write_text(f'[admin]\ntoken = "{self.token}"\n[gateway]\nallowed_connect_ports = "*"\n' + extra_config)
         argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--no-default-sources",
                 "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
                 "--db", str(db)]
@@ -154,7 +155,10 @@ class Gateway:
         return ("127.0.0.1", self.port)
 
     def admin(self, path: str) -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=10) as resp:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}{path}", headers={"Authorization": f"Bearer {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return json.loads(resp.read())
 
     def wait_active(self, count: int, timeout: float = 60.0) -> float:
