@@ -137,3 +137,24 @@ def test_with_token_keeps_the_query(url, expected_query):
 def test_empty_token_never_matches():
     reply = parse_judge_reply(json.dumps({"origin": "1.2.3.4", "args": {TOKEN_PARAM: ""}}).encode())
     assert not echoes_token(reply, "")
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "disagrees"),
+    [
+        ("203.0.113.7", "203.0.113.7", False),
+        ("127.0.0.5", "127.0.0.6", True),  # two local judges: the same reach, different stories
+        ("8.8.8.8", "1.1.1.1", True),
+        ("127.0.0.5", "8.8.8.8", False),  # our own judge sees the loopback exit, a public one the public exit
+        ("192.168.1.4", "8.8.8.8", False),
+        ("8.8.8.8", "2001:4860:4860::8888", False),  # dual stack
+    ],
+)
+def test_exit_agreement_compares_like_with_like(first, second, disagrees):
+    from plugins.builtin.checkers.http_anonymity import _disagreement
+
+    reply = lambda ip: parse_judge_reply(json.dumps({"origin": ip}).encode())  # noqa: E731
+    result = _disagreement("a", reply(first), "b", reply(second))
+    assert (result is not None) is disagrees
+    if disagrees:
+        assert result is not None and result.detail == f"exit address disagrees: a saw {first}, b saw {second}"

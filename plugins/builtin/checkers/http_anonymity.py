@@ -257,10 +257,11 @@ class HttpAnonymityChecker:
 
 
 def _disagreement(judge_a: str, reply_a: JudgeReply, judge_b: str, reply_b: JudgeReply) -> CheckResult | None:
-    """A failed check when two judges saw different exit addresses of one family (a dual-stack
-    proxy may reach one judge over IPv4 and the other over IPv6: not a lie)."""
+    """A failed check when two judges saw different exit addresses of one family and one reach. Not a
+    lie: a dual-stack proxy reaching one judge over IPv4 and the other over IPv6, or a local proxy that
+    our own judge sees at its loopback or LAN address and a public judge at the site's public one."""
     a, b = ipaddress.ip_address(reply_a.exit_ip), ipaddress.ip_address(reply_b.exit_ip)
-    if a == b or a.version != b.version:
+    if a == b or a.version != b.version or a.is_global != b.is_global:
         return None
     return CheckResult(
         False,
