@@ -378,7 +378,7 @@ async def test_html_injector_alters_content(make_pool):
         assert by["127.0.0.81"].status.value == "dead" and injector.lies >= 1
         failed = [c for c in await _checks(admin, by["127.0.0.81"].id) if not c["passed"]][0]
         assert failed["checker"] == "content_integrity"
-        assert failed["detail"].startswith(f"alters content: {admin}/judge/page came back 200 with")
+        assert failed["detail"].startswith(f"alters content: {admin}/judge/page came back with")
         assert by["127.0.0.82"].status.value == "active"
         intact = [c for c in await _checks(admin, by["127.0.0.82"].id) if c["checker"] == "content_integrity"][0]
         assert intact["passed"] and intact["detail"] == f"content intact: {admin}/judge/page ({len(JUDGE_PAGE)} bytes)"
@@ -411,3 +411,29 @@ async def test_no_page_reachable_is_not_checked(client):
         result = await checker.check(_proxy(injector.url()), CheckContext(client))
     assert result.passed and result.detail.startswith("not checked")
     assert injector.lies == 0
+
+
+async def test_a_page_refused_through_the_proxy_is_not_an_alteration(client):
+    """A 503 through the proxy (a site rate-limiting that exit) says nothing about the proxy's honesty."""
+    from aiohttp import web
+
+    from plugins.builtin.checkers import content_integrity
+
+    async def page(request: web.Request) -> web.Response:
+        if request.remote == "127.0.0.86":  # the proxy's exit is rate-limited
+            return web.Response(status=503, text="slow down")
+        return web.Response(text="<html><body>static</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/html", page)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = f"http://127.0.0.1:{server.port}/html"
+        checker = content_integrity.create_plugin(Settings(checker={"timeout": 5.0, "integrity_pages": [url]}))
+        async with grade_proxy("elite", "127.0.0.86") as limited:
+            result = await checker.check(_proxy(limited.url()), CheckContext(client))
+    finally:
+        await server.close()
+    assert result.passed, result.detail
+    assert result.detail == f"not checked: {url} answered 503 through the proxy"

@@ -9,7 +9,8 @@ URL ending in ``/judge``; its content is ``plugins.JUDGE_PAGE``), then ``checker
 (static pages, e.g. ``http://httpbin.org/html``, whose content is learned by a direct fetch).  Like
 a judge, a page is first fetched directly (cached ``page_ttl``): one that does not answer, or whose
 judge page is not the known one, is skipped, and a failure through the proxy is re-checked directly
-before it is blamed on the proxy.  With no usable page the check passes with "not checked".  Cost:
+before it is blamed on the proxy.  Only a 200 with other bytes is an alteration: a 403 or 503 through
+the proxy is the site refusing that exit (httpbin rate-limits), and the next page is tried.  With no usable page the check passes with "not checked".  Cost:
 one request through the proxy per check.
 """
 
@@ -105,6 +106,7 @@ class ContentIntegrityChecker:
         client = context.http_client
         own = judge_pages(context.judges)
         candidates = [(p, JUDGE_PAGE) for p in own] + [(p, None) for p in self.pages if p not in own]
+        refused: list[str] = []
         async with Through(proxy, client, self._tls) as via:
             for page, expected in candidates:
                 remaining = deadline - loop.time()
@@ -120,7 +122,11 @@ class ContentIntegrityChecker:
                     if left > 0 and await self.reference(page, expected, client, left, self.reprobe_after) is None:
                         continue  # the page's fault, not the proxy's
                     return CheckResult(False, f"{page} through proxy: {describe_failure(exc, self.timeout)}")
-                if reply.status == 200 and reply.body == known:
+                if reply.status != 200:
+                    # the site refused this exit (a rate limit, a ban) or the proxy did: no content to judge
+                    refused.append(f"{page} answered {reply.status}")
+                    continue
+                if reply.body == known:
                     return CheckResult(
                         True,
                         f"content intact: {page} ({len(known)} bytes)",
@@ -130,11 +136,13 @@ class ContentIntegrityChecker:
                 got = hashlib.sha256(reply.body).hexdigest()
                 return CheckResult(
                     False,
-                    f"alters content: {page} came back {reply.status} with {len(reply.body)} bytes "
+                    f"alters content: {page} came back with {len(reply.body)} bytes "
                     f"(sha256 {got[:16]}), not the {len(known)} bytes sent "
                     f"(sha256 {hashlib.sha256(known).hexdigest()[:16]})",
                     metadata={"page": page, "sha256": got},
                 )
+        if refused:
+            return CheckResult(True, f"not checked: {'; '.join(refused)} through the proxy")
         return CheckResult(True, "not checked: no page of known content could be fetched directly")
 
 
