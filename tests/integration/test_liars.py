@@ -3,8 +3,14 @@ every liar ends dead with the detail that names its lie, every honest proxy keep
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -22,6 +28,7 @@ from tests.support.liars import liar
 from tests.support.upstreams import closed_port, origin_app, start_pproxy
 
 TOKEN = "t" * 32
+ROOT = str(Path(__file__).resolve().parents[2])
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -198,80 +205,75 @@ async def _checks(admin: str, proxy_id: int) -> list[dict]:
 
 async def test_default_pipeline_kills_liars_keeps_honest_software(make_pool, tmp_path):
     """Default checker settings (the admin's judges): the fake judge, the man in the middle and the HTML
-    injector are dead with their detail, the CONNECT refuser is active for plain HTTP only, and honest software
-    (pproxy, tinyproxy, squid, microsocks, grade proxies) stays active, tunnelling, with its grade."""
-    honest_software: dict[str, str] = {}
-    with Services(tmp_path / "services") as services:
-        for software, host in (("tinyproxy", "127.0.0.61"), ("squid", "127.0.0.62")):
-            if have(software):
-                honest_software[host] = services.__getattribute__(software)(host).url
+    injector are dead with their detail, the CONNECT refuser is active for plain HTTP only, and honest
+    software (pproxy, tinyproxy, squid, microsocks, a grade proxy) stays active and tunnelling."""
+    async with contextlib.AsyncExitStack() as stack:
+        services = stack.enter_context(Services(tmp_path / "services"))
+        urls = [services.tinyproxy("127.0.0.61").url] if have("tinyproxy") else []
+        urls += [services.squid("127.0.0.62").url] if have("squid") else []
+        if microsocks_available():
+            urls.append((await stack.enter_async_context(microsocks("127.0.0.64"))).url())
         pproxy = await start_pproxy("127.0.0.63", "http+socks5")
-        async with contextlib_nullcontext_if(not microsocks_available()) as ms, (
-            liar("fake_judge", "127.0.0.51")
-        ) as fake, liar("man_in_the_middle", "127.0.0.52") as mitm, liar(
-            "connect_refuser", "127.0.0.53"
-        ) as refuser, grade_proxy("anonymous", "127.0.0.54") as anonymous, liar("html_injector", "127.0.0.55") as injector:
-            urls = [fake.url(), mitm.url(), refuser.url(), anonymous.url(), pproxy.url("http"), pproxy.url("socks5")]
-            urls.append(injector.url())
-            urls += list(honest_software.values())
-            if ms is not None:
-                urls.append(ms.url())
-            try:
-                pool = await make_pool(urls, admin={"token": TOKEN})
-                await pool.wait_until(
-                    lambda: sum(p.last_checked is not None for p in pool.selector.proxies()) == len(urls)
-                )
-                await pool.pipeline.wait_idle()
-                await pool.pipeline.flush()
-                by = {(p.host, p.protocol.value): p for p in pool.selector.proxies()}
-                admin = f"http://127.0.0.1:{pool.admin_address[1]}"
+        stack.push_async_callback(pproxy.stop)
+        urls += [pproxy.url("http"), pproxy.url("socks5")]
+        urls.append((await stack.enter_async_context(grade_proxy("anonymous", "127.0.0.54"))).url())
+        liars = {}
+        for kind, host in (
+            ("fake_judge", "127.0.0.51"),
+            ("man_in_the_middle", "127.0.0.52"),
+            ("connect_refuser", "127.0.0.53"),
+            ("html_injector", "127.0.0.55"),
+        ):
+            liars[kind] = await stack.enter_async_context(liar(kind, host))
+        urls += [one.url() for one in liars.values()]
+        pool = await make_pool(urls, admin={"token": TOKEN})
+        await pool.wait_until(lambda: sum(p.last_checked is not None for p in pool.selector.proxies()) == len(urls))
+        await pool.pipeline.wait_idle()
+        await pool.pipeline.flush()
+        by = {(p.host, p.protocol.value): p for p in pool.selector.proxies()}
+        admin = f"http://127.0.0.1:{pool.admin_address[1]}"
 
-                fake_p, mitm_p, refuser_p = by[("127.0.0.51", "http")], by[("127.0.0.52", "http")], by[("127.0.0.53", "http")]
-                assert fake_p.status.value == "dead" and mitm_p.status.value == "dead"
-                fake_fail = [c for c in await _checks(admin, fake_p.id) if not c["passed"]][0]
-                assert fake_fail["checker"] == "http_anonymity" and "does not echo the check token" in fake_fail["detail"]
-                mitm_fail = [c for c in await _checks(admin, mitm_p.id) if not c["passed"]][0]
-                assert mitm_fail["checker"] == "tls_tunnel" and mitm_fail["detail"].startswith("man in the middle")
-                injector_p = by[("127.0.0.55", "http")]
-                assert injector_p.status.value == "dead"
-                injector_fail = [c for c in await _checks(admin, injector_p.id) if not c["passed"]][0]
-                assert injector_fail["checker"] == "content_integrity"
-                assert injector_fail["detail"].startswith("alters content:")
+        for kind, checker, detail in (
+            ("fake_judge", "http_anonymity", "the answer does not echo the check token"),
+            ("man_in_the_middle", "tls_tunnel", "man in the middle: CONNECT to the checker's TLS judge"),
+            ("html_injector", "content_integrity", "alters content: "),
+        ):
+            proxy = by[(liars[kind].host, "http")]
+            assert proxy.status.value == "dead", kind
+            failed = next(c for c in await _checks(admin, proxy.id) if not c["passed"])
+            assert failed["checker"] == checker and detail in failed["detail"], (kind, failed)
+        refuser = by[("127.0.0.53", "http")]
+        assert refuser.status.value == "active" and refuser.tunnels is False
 
-                assert refuser_p.status.value == "active" and refuser_p.tunnels is False
-                liars = ("127.0.0.51", "127.0.0.52", "127.0.0.53", "127.0.0.55")
-                honest = [p for key, p in by.items() if key[0] not in liars]
-                assert len(honest) == len(urls) - 4
-                assert all(p.status.value == "active" and p.tunnels is True for p in honest), [
-                    (p.display_url, p.status, p.tunnels) for p in honest
-                ]
-                assert by[("127.0.0.54", "http")].anonymity.value == "anonymous"
-                assert by[("127.0.0.63", "socks5")].anonymity.value == "elite"
+        liar_hosts = {one.host for one in liars.values()}
+        honest = [p for key, p in by.items() if key[0] not in liar_hosts]
+        assert len(honest) == len(urls) - 4
+        assert all(p.status.value == "active" and p.tunnels is True for p in honest), [
+            (p.display_url, p.status, p.tunnels) for p in honest
+        ]
+        assert by[("127.0.0.54", "http")].anonymity.value == "anonymous"
+        assert by[("127.0.0.63", "socks5")].anonymity.value == "elite"
 
-                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-                    async with http.get(f"{admin}/api/proxies?status=active&limit=100") as resp:
-                        listed = {p["host"] + "/" + p["protocol"]: p["tunnels"] for p in (await resp.json())["proxies"]}
-                    async with http.get(f"{admin}/metrics") as resp:
-                        metrics = await resp.text()
-                assert listed["127.0.0.53/http"] is False and listed["127.0.0.54/http"] is True
-                assert "proxy_pool_active_proxies_by_tunnels{tunnels=\"no\"} 1.0" in metrics
-                assert f"proxy_pool_active_proxies_by_tunnels{{tunnels=\"yes\"}} {len(honest)}.0" in metrics
-            finally:
-                await pproxy.stop()
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            async with http.get(f"{admin}/api/proxies?status=active&limit=100") as resp:
+                listed = {p["host"] + "/" + p["protocol"]: p["tunnels"] for p in (await resp.json())["proxies"]}
+            async with http.get(f"{admin}/metrics") as resp:
+                metrics = await resp.text()
+        assert listed["127.0.0.53/http"] is False and listed["127.0.0.54/http"] is True
+        assert 'proxy_pool_active_proxies_by_tunnels{tunnels="no"} 1.0' in metrics
+        assert f'proxy_pool_active_proxies_by_tunnels{{tunnels="yes"}} {len(honest)}.0' in metrics
 
-
-class contextlib_nullcontext_if:
-    """``async with`` a microsocks, or None when it is not installed."""
-
-    def __init__(self, skip: bool) -> None:
-        self._cm = None if skip else microsocks("127.0.0.64")
-
-    async def __aenter__(self):
-        return None if self._cm is None else await self._cm.__aenter__()
-
-    async def __aexit__(self, *exc):
-        if self._cm is not None:
-            await self._cm.__aexit__(*exc)
+        # the CLI reads the same flag from the database
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "proxies", "--status", "active", "--db", pool.settings.storage.path,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": ROOT},
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(cli.communicate(), 30)
+        assert cli.returncode == 0, stderr.decode()
+        header, *rows = stdout.decode().splitlines()
+        assert "TUNNELS" in header.split()
+        assert "False" in next(r for r in rows if "127.0.0.53" in r).split()
+        assert "True" in next(r for r in rows if "127.0.0.54" in r).split()
 
 
 # the gateway trusts the flags -------------------------------------------------------------------
@@ -376,11 +378,11 @@ async def test_html_injector_alters_content(make_pool):
         by = {p.host: p for p in pool.selector.proxies()}
         admin = f"http://127.0.0.1:{pool.admin_address[1]}"
         assert by["127.0.0.81"].status.value == "dead" and injector.lies >= 1
-        failed = [c for c in await _checks(admin, by["127.0.0.81"].id) if not c["passed"]][0]
+        failed = next(c for c in await _checks(admin, by["127.0.0.81"].id) if not c["passed"])
         assert failed["checker"] == "content_integrity"
         assert failed["detail"].startswith(f"alters content: {admin}/judge/page came back with")
         assert by["127.0.0.82"].status.value == "active"
-        intact = [c for c in await _checks(admin, by["127.0.0.82"].id) if c["checker"] == "content_integrity"][0]
+        intact = next(c for c in await _checks(admin, by["127.0.0.82"].id) if c["checker"] == "content_integrity")
         assert intact["passed"] and intact["detail"] == f"content intact: {admin}/judge/page ({len(JUDGE_PAGE)} bytes)"
         async with aiohttp.ClientSession() as http, http.get(f"{admin}/judge/page") as resp:
             assert resp.headers["Content-Type"].startswith("text/html")
