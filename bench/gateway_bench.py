@@ -10,6 +10,9 @@ measures with wrk (absolute-URI requests, ``bench/wrk_absolute.lua``):
   (c) CONNECT download of a large file: MB/s through each upstream straight, via proxy-pool, via pproxy
   (d) (a) and (b) sent straight to one upstream of each software: the ceiling
   (e) RSS of ``proxy-pool serve`` with 100,000 proxies (half active), and the time of a filtered pick
+  (f) with ``--pools``, only this: pools with SOCKS upstreams (microsocks, pproxy socks5) and mixed
+      pools, proxy-pool against pproxy ``-s rr`` over the same upstreams: keep-alive, ``Connection:
+      close``, 1 MiB POSTs (nginx ``/post``); ``--old-root`` runs another source tree beside it
 
 Run:  python bench/gateway_bench.py [--duration 6] [--rounds 3] [--format json]
 Needs Debian packages: nginx-light (or nginx), tinyproxy, squid, wrk; Python: pproxy (uvloop optional).
