@@ -87,3 +87,26 @@ def test_length_framing_claims_exactly_n_bytes(data: bytes, n: int, cuts: list[i
         assert done and used == n and collected == data[:n]
     elif n:
         assert not done and used == len(data)
+
+
+MALFORMED_CHUNKS = [
+    b"g\r\n",
+    b"-5\r\nhello\r\n0\r\n\r\n",
+    b" 5\r\nhello\r\n0\r\n\r\n",
+    b"5 junk\r\nhello\r\n0\r\n\r\n",
+    b"\r\n",
+    b"5\r\nhelloXX0\r\n\r\n",
+    b"5\nhello\r\n0\r\n\r\n",
+    b"1" * 17 + b"\r\n",
+    b"5;" + b"a" * 5000 + b"\r\nhello\r\n0\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n",
+    b"5\r\nhello\r\n0\r\nX: a\x00b\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", MALFORMED_CHUNKS, ids=[repr(d[:30]) for d in MALFORMED_CHUNKS])
+def test_malformed_chunks_are_refused(data: bytes) -> None:
+    """Bad hex sizes, missing CRLFs, over-long size lines and bad trailers: BadResponse (the client's
+    connection turns it into a 400, an upstream's into a cut answer)."""
+    with pytest.raises(BadResponse):
+        track(data + b"\r\n\r\n" * 4, [])

@@ -16,14 +16,14 @@ The regexes are built from named pieces with the RFC ABNF quoted above each (h11
 deviations from the ABNF say why.
 
 By concern: ``grammar`` (the ABNF pieces, header semantics, framing), ``requests`` (request heads),
-``responses`` (response heads, our own answers), ``bodies`` (finding a body's end, copying one),
-``reading`` (a head from an asyncio stream).  This module is the one import surface.
+``responses`` (response heads, our own answers), ``bodies`` (finding where a body ends as its bytes
+pass).  This module is the one import surface.
 """
 
 from __future__ import annotations
 
 from gateway.proxy.errors import BadRequest, BadResponse, IncompleteBody, OriginFormRequest
-from gateway.proxy.http1.bodies import BodyState, BodyTracker, copy_body
+from gateway.proxy.http1.bodies import BodyState, BodyTracker
 from gateway.proxy.http1.grammar import (
     CONNECT_ESTABLISHED,
     CONTINUE_100,
@@ -32,7 +32,6 @@ from gateway.proxy.http1.grammar import (
     Framing,
     FramingKind,
 )
-from gateway.proxy.http1.reading import read_head, read_response_head
 from gateway.proxy.http1.requests import (
     RequestHead,
     connect_request_head,
@@ -65,14 +64,11 @@ __all__ = [
     "RequestHead",
     "ResponseHead",
     "connect_request_head",
-    "copy_body",
     "format_authority",
     "forward_request_head",
     "forward_response_head",
     "parse_request_head",
     "parse_response_head",
-    "read_head",
-    "read_response_head",
     "request_body_framing",
     "response_body_framing",
     "simple_response",

@@ -138,7 +138,7 @@ def forward_response_head(
     then ``extra``, then ``Connection: keep-alive`` or ``close`` (none on a 1xx).
 
     ``dechunk=True`` is for HTTP/1.0 clients, which cannot read chunked bodies: chunked is removed
-    from Transfer-Encoding, the body must then be copied with ``copy_body(..., dechunk=True)`` and
+    from Transfer-Encoding, the body must then be sent de-chunked (``BodyTracker.feed(collect=...)``) and
     the connection closed (``keep_alive`` is forced off).
     """
     status = resp.status
