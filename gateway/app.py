@@ -25,7 +25,7 @@ from plugins.registry import PluginConflictError, PluginRegistry
 from pool.accounts import Accounts
 from pool.dbfiles import ServeLock, ServeLockHeld, local_database
 from pool.errors import DuplicateError
-from pool.models import masked_url, scrub_url_secrets
+from pool.models import Proxy, masked_url, scrub_url_secrets
 from pool.events import EventBus
 from pool.pipeline import Pipeline, PoolLowWatch
 from pool.scheduler import Scheduler
@@ -139,7 +139,7 @@ class ProxyPool:
         self.selector.on_bench = lambda proxy: self.pipeline.submit([proxy])
         self.selector.on_suspect = lambda proxy: self.pipeline.submit([proxy])  # target failures: re-check now
         self.scraper = Scraper(
-            self.store, self.registry, settings.fetch, on_new=self.pipeline.submit, on_scraped=self._scraped
+            self.store, self.registry, settings.fetch, on_new=self._new_proxies, on_scraped=self._scraped
         )
         self.scheduler = Scheduler(
             settings, self.store, self.registry, self.scraper, self.pipeline, self.selector
@@ -259,6 +259,18 @@ class ProxyPool:
                 self.selector.remove(proxy_id)
             if fresh:
                 self._pool_changed()
+
+    def _new_proxies(self, proxies: list[Proxy]) -> None:
+        """New proxies are in the pool's view (status ``new``, listed, not picked) while they are checked."""
+        for proxy in proxies:
+            self.selector.update(proxy, notify=False)
+        self.pipeline.submit(proxies)
+
+    def remove_proxies(self, proxy_ids: list[int]) -> None:
+        """Proxies deleted from the store leave the view; a check still running for them is dropped."""
+        self.pipeline.forget(proxy_ids)
+        for proxy_id in proxy_ids:
+            self.selector.remove(proxy_id)
 
     def _pool_changed(self) -> None:
         self.pool_low.observe(self.selector.active_count)

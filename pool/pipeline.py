@@ -189,6 +189,7 @@ class Pipeline:
         self.tls_judge: TlsJudge | None = None  # the pinned TLS endpoint for proxies on loopback
         self.checked_total = 0
         self.on_run: Callable[[CheckRun], None] | None = None
+        self._removed: set[int] = set()  # removed from the pool: a check still running changes nothing
 
     # lifecycle ----------------------------------------------------------------------------
     async def start(self, *, workers: bool = True) -> None:
@@ -227,6 +228,10 @@ class Pipeline:
             self._idle.clear()
         return added
 
+    def forget(self, proxy_ids: Iterable[int]) -> None:
+        """These proxies left the pool: a check of them that is queued or running is not applied."""
+        self._removed.update(proxy_ids)
+
     @property
     def backlog(self) -> int:
         return self._queue.qsize() + self._in_flight
@@ -259,6 +264,8 @@ class Pipeline:
         checks = [
             ProxyCheck(proxy.id, c.name, c.stage, r.passed, r.detail, r.latency_ms, at) for c, r in run.results
         ]
+        if proxy.id in self._removed:
+            return run
         if self.selector is not None:
             self.selector.update(proxy)
         if self.store is not None:

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.admin.common import MAX_PAGE, POOL, country_param, enum_param, error, int_param, json_object
 from plugins import JUDGE_PAGE
-from pool.errors import InvalidInputError
+from pool.errors import InvalidInputError, NotFoundError
 from pool.models import AnonymityLevel, ProxyProtocol, ProxyStatus
 from pool.selector import Route
 from pool.sources import add_source
@@ -182,6 +182,41 @@ def _source_id(request: web.Request) -> int:
         raise InvalidInputError("source id must be an integer") from None
 
 
+def _proxy_id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise InvalidInputError("proxy id must be an integer") from None
+
+
+async def recheck_proxy(request: web.Request) -> web.Response:
+    """Run the checker pipeline on one proxy now; answers the proxy as it is afterwards."""
+    pool = request.app[POOL]
+    proxy_id = _proxy_id(request)
+    proxy = pool.selector.get(proxy_id)
+    if proxy is None:
+        raise NotFoundError(f"no proxy with id {proxy_id}")
+    run = await pool.pipeline.check_one(proxy)
+    failed = run.failed
+    return web.json_response(
+        {
+            "proxy": proxy.public_dict(),
+            "failed_check": failed[0].name if failed else None,
+            "detail": failed[1].detail if failed else "",
+        }
+    )
+
+
+async def delete_proxy(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    proxy_id = _proxy_id(request)
+    await pool.store.get_proxy(proxy_id)  # 404 for an unknown id
+    await pool.pipeline.flush()
+    await pool.store.delete_proxies([proxy_id])
+    pool.remove_proxies([proxy_id])
+    return web.json_response({"deleted": proxy_id})
+
+
 async def delete_source(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     source_id = _source_id(request)
@@ -216,6 +251,8 @@ def add_pool_routes(app: web.Application) -> None:
     app.router.add_get("/api/proxies", list_proxies)
     app.router.add_get("/api/proxies/pick", pick_proxy)
     app.router.add_get("/api/proxies/{id}/checks", proxy_checks)
+    app.router.add_post("/api/proxies/{id}/recheck", recheck_proxy)
+    app.router.add_delete("/api/proxies/{id}", delete_proxy)
     app.router.add_get("/api/sources", list_sources)
     app.router.add_post("/api/sources", create_source)
     app.router.add_delete("/api/sources/{id}", delete_source)
