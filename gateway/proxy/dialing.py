@@ -108,9 +108,9 @@ class Dialer:
         try:
             async with asyncio.timeout(self.connect_timeout):
                 status = await conn.start_tunnel(request)
-        except TimeoutError:
+        except TimeoutError:  # connected, then no answer: the upstream is still dialing the target
             conn.close()
-            raise UpstreamTimeout("http upstream timed out") from None
+            raise UpstreamTimeout("upstream did not answer CONNECT in time", target=f"{host}:{port}") from None
         except BaseException:
             conn.close()
             raise

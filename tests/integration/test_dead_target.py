@@ -9,6 +9,9 @@ upstream and three of them benched it, so legitimate clients got ``503 no active
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -101,3 +104,54 @@ async def test_upstream_failing_one_target_is_rechecked_and_dropped_when_broken(
             assert 900 not in pool.selector.benched  # dead by the check's verdict, not by passive health
             for _ in range(4):
                 assert (await request(pool, get_request(origin))).status == 200
+
+
+@contextlib.contextmanager
+def black_hole_target() -> Iterator[int]:
+    """A port on 127.0.0.1 whose connects hang (a full accept queue drops SYNs): a filtered site."""
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(0)
+    port = hole.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        hole.close()
+
+
+async def test_connect_to_a_black_hole_target_benches_no_upstream(make_pool, origin):
+    """CONNECTs to a target whose connects hang make healthy upstreams time out waiting for the CONNECT
+    answer; that timeout concerns the target: nothing is benched, legitimate requests get 200."""
+    with black_hole_target() as port:
+        async with pproxy_upstreams(2) as ups:
+            pool = await make_pool(
+                [u.url() for u in ups], gateway={"allowed_connect_ports": "*", "connect_timeout": 0.5}
+            )
+            await pool.wait_until(lambda: pool.selector.active_count == 2)
+            gw_host, gw_port = pool.gateway_address
+            gw = f"http://{gw_host}:{gw_port}"
+
+            async def attack() -> bytes:
+                reader, writer = await asyncio.open_connection(gw_host, gw_port)
+                try:
+                    writer.write(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+                    return await asyncio.wait_for(reader.readline(), 20)
+                finally:
+                    writer.close()
+
+            async with aiohttp.ClientSession() as client:
+                for _ in range(3):
+                    answers = await asyncio.gather(*(attack() for _ in range(3)))
+                    assert all(a.split(b" ")[1] in (b"502", b"504") for a in answers), answers
+                    async with client.get(f"http://127.0.0.1:{origin.port}/echo", proxy=gw) as resp:
+                        assert resp.status == 200
+            assert not pool.selector.benched and pool.selector.active_count == 2
