@@ -51,7 +51,7 @@ HTML = b"""<!DOCTYPE html><html><body>
 <tr><td>203.0.113.11</td><td>3128</td><td>FR</td><td>yes</td></tr>
 <tr><td>192.0.2.2</td><td>3128</td><td>US</td><td>no</td></tr>
 </tbody></table></body></html>"""
-HTML_KEYS = {("http", "203.0.113.10", 8080), ("https", "203.0.113.11", 3128), ("http", "192.0.2.2", 3128)}
+HTML_KEYS = {("http", "203.0.113.10", 8080), ("http", "203.0.113.11", 3128), ("http", "192.0.2.2", 3128)}
 
 JSON = json.dumps(
     {
@@ -157,7 +157,7 @@ async def test_plaintext_html_and_json_sources_chosen_by_url(
     assert [r.error for r in results] == [None, None, None]
     assert await keys_in(store) == PLAIN_KEYS | HTML_KEYS | JSON_KEYS
     by_key = {p.upstream.key: p for p in await store.all_proxies()}
-    assert by_key[("https", "203.0.113.11", 3128)].source_id == html.id
+    assert by_key[("http", "203.0.113.11", 3128)].source_id == html.id
     assert by_key[("http", "203.0.113.20", 80)].source_id == api.id
     assert all(p.status is ProxyStatus.NEW for p in by_key.values())
 

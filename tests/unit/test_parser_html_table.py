@@ -38,9 +38,9 @@ async def test_free_proxy_list_net_page():
     outcome = parse_body(_fixture("free_proxy_list_net.html"))
     assert outcome.proxies == [
         DP("192.0.2.10", 80),
-        DP("198.51.100.11", 3128, "https"),
+        DP("198.51.100.11", 3128, "http"),
         DP("203.0.113.12", 8080),
-        DP("192.0.2.14", 8118, "https"),
+        DP("192.0.2.14", 8118, "http"),
         DP("198.51.100.16", 53281),
     ]
     assert outcome.skipped == 2  # port 999999 and the 256.0.2.15 address
@@ -52,12 +52,11 @@ def test_hidemy_style_page_with_decoys_scripts_and_several_tables():
     outcome = parse_body(_fixture("hidemy_like.html"))
     assert outcome.proxies == [
         DP("203.0.113.20", 3128, "http"),
-        DP("198.51.100.21", 8080, "http"),
-        DP("198.51.100.21", 8080, "https"),
+        DP("198.51.100.21", 8080, "http"),  # "HTTP, HTTPS": one HTTP proxy that can CONNECT
         DP("192.0.2.22", 1080, "socks4"),
         DP("192.0.2.22", 1080, "socks5"),
         DP("192.0.2.23", 4145, "socks4"),
-        DP("2001:db8::24", 8000, "https"),
+        DP("2001:db8::24", 8000, "http"),
         DP("198.51.100.25", 1080, "socks5"),
     ]
     assert outcome.skipped == 1  # the colspan advert row
@@ -69,7 +68,7 @@ def test_spys_one_style_page_with_ip_port_in_one_cell_and_nested_tables():
     assert outcome.proxies == [
         DP("203.0.113.30", 8080, "http"),
         DP("198.51.100.31", 1080, "socks5"),
-        DP("192.0.2.32", 3128, "https"),
+        DP("192.0.2.32", 3128, "http"),
         DP("198.51.100.34", 4145, "socks4"),
     ]
     assert outcome.skipped == 2  # port 65536 and the footnote row
@@ -123,7 +122,7 @@ def test_header_spellings_in_thead_or_first_row(header):
         (
             "<th>IP</th><th>Port</th><th>SSL</th>",
             "<td>1.2.3.4</td><td>443</td><td>+</td>",
-            [DP("1.2.3.4", 443, "https")],
+            [DP("1.2.3.4", 443, "http")],
         ),
         ("<th>IP</th><th>Port</th>", "<td>2001:DB8::5</td><td>3128</td>", [DP("2001:db8::5", 3128)]),
         ("<th>IP</th><th>Port</th>", "<td>[2001:db8::6]:3128</td><td></td>", [DP("2001:db8::6", 3128)]),

@@ -40,8 +40,7 @@ async def test_geonode_api_answer():
         DP("198.51.100.41", 4145, "socks4"),
         DP("192.0.2.42", 1080, "socks4"),
         DP("192.0.2.42", 1080, "socks5"),
-        DP("203.0.113.44", 8443, "http"),
-        DP("203.0.113.44", 8443, "https"),
+        DP("203.0.113.44", 8443, "http"),  # ["http", "https"]: one HTTP proxy that can CONNECT
     ]
     assert outcome.skipped == 1  # 192.0.2.300
     assert await JsonApiParser().parse(_fixture("geonode_api.json"), _source()) == outcome.proxies
@@ -69,7 +68,7 @@ def test_pubproxy_answer():
 def test_json_lines_dump():
     """A fate0/proxylist-style JSON-lines dump (one object a line, blank lines between) is read."""
     assert parse_body(_fixture("fate0_proxylist.jsonl")) == (
-        [DP("203.0.113.80", 8080, "http"), DP("198.51.100.81", 3128, "https"), DP("192.0.2.82", 80, "http")],
+        [DP("203.0.113.80", 8080, "http"), DP("198.51.100.81", 3128, "http"), DP("192.0.2.82", 80, "http")],
         0,
     )
 
@@ -121,12 +120,12 @@ def test_nested_single_and_pair_shapes(doc):
         ({"IP": "1.2.3.4", "Port": 1080, "Type": "SOCKS4"}, [DP("1.2.3.4", 1080, "socks4")]),
         (
             {"ip": "1.2.3.4", "port": 80, "protocol": "HTTP, HTTPS"},
-            [DP("1.2.3.4", 80, "http"), DP("1.2.3.4", 80, "https")],
+            [DP("1.2.3.4", 80, "http")],
         ),
         ({"ip": "1.2.3.4", "port": 80, "type": "elite", "protocol": "socks5"}, [DP("1.2.3.4", 80, "socks5")]),
         ({"ip": "1.2.3.4", "port": 80, "type": "transparent"}, [DP("1.2.3.4", 80)]),
         ({"ip": "1.2.3.4", "port": 80, "protocols": []}, [DP("1.2.3.4", 80)]),
-        ({"ip": "1.2.3.4", "port": 443, "https": True}, [DP("1.2.3.4", 443, "https")]),
+        ({"ip": "1.2.3.4", "port": 443, "https": True}, [DP("1.2.3.4", 443, "http")]),
         ({"ip": "1.2.3.4", "port": 80, "https": "no"}, [DP("1.2.3.4", 80)]),
         (
             {"ip": "1.2.3.4", "port": 80, "username": "bob", "password": "pw"},

@@ -11,7 +11,8 @@ Every ``<table>`` whose header row names an address column counts; other tables 
 - address headers IP, IP Address, Host, Proxy, Address, ``IP:Port`` ...; a Port column, or
   ``ip:port`` (or a whole proxy URL) in the address cell;
 - a Protocol/Type column with http/https/socks4/socks5 values (several values give one entry
-  each), and an "Https" yes/no column that makes an entry https;
+  each; "https" there, as on every list site, is an HTTP proxy that can CONNECT, so ``http``), and an
+  "Https" yes/no column that makes an entry ``http`` when no protocol is named;
 - decoy text hidden with inline ``display:none``, scripts and styles inside cells;
 - footer rows repeating the header, rows of ``<th>`` only.
 
@@ -99,7 +100,7 @@ class _Columns:
 
 
 def protocols_in(text: str) -> list[ProxyProtocol]:
-    """Each protocol named in a cell: ``"HTTP, HTTPS"`` -> http, https; ``"SOCKS4/5"`` -> both."""
+    """Each protocol named in a cell: ``"HTTP, HTTPS"`` -> http; ``"SOCKS4/5"`` -> both."""
     return protocols_in_text(text)
 
 
@@ -211,7 +212,7 @@ def _row_proxies(cells: list[str], columns: _Columns) -> list[DiscoveredProxy]:
             and columns.https < len(cells)
             and cells[columns.https].strip().lower() in _YES
         ):
-            protocols.append(ProxyProtocol.HTTPS)
+            protocols.append(ProxyProtocol.HTTP)  # "HTTPS: yes" = an HTTP proxy that can CONNECT
         if not protocols:
             protocols.append(None)
     return [

@@ -7,7 +7,8 @@ Accepted shapes:
 - JSON lines: one object a line;
 - objects with the address under ip/host/address/addr/proxy/ipPort (``"ip:port"`` or a whole
   proxy URL is fine), the port under ``port`` (number or string), the protocol under
-  protocol/type/protocols (a string, a list, or ``"http, https"``: each protocol its own entry),
+  protocol/type/protocols (a string, a list, or ``"http, https"``: each protocol its own entry; "https"
+  on a list site is an HTTP proxy that can CONNECT, so ``http``),
   and credentials under username/user/login and password/pass;
 - lists of ``"ip:port"`` or proxy-URL strings, or of ``["ip", port]`` pairs.
 
@@ -147,7 +148,7 @@ def _from_object(raw: dict[str, Any]) -> list[DiscoveredProxy]:
     if not protocols:
         flag = _first(entry, _HTTPS_FLAG_KEYS)
         if flag is True or (isinstance(flag, str) and flag.strip().lower() in ("yes", "true", "1")):
-            protocols = [ProxyProtocol.HTTPS]
+            protocols = [ProxyProtocol.HTTP]  # an HTTPS/SSL flag: an HTTP proxy that can CONNECT
     return [DiscoveredProxy(url.host, url.port, p, username, password) for p in protocols or [None]]
 
 
