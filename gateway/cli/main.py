@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # serve --workers passes it on
-    from gateway.cli import commands
+    import gateway.cli.commands as commands  # lazily: parsing --help needs none of the services
 
     try:
         if args.command == "serve":
