@@ -127,6 +127,23 @@ class _Attempting:
         self.attempts.failed(self.proxy, exc)
         self.svc.accounting.report(self.proxy, False, exc)
 
+    def _attempt(self) -> None:
+        """Pick the next upstream and try it; each kind of request says how."""
+
+    def _dial_failed(self, exc: UpstreamError) -> None:
+        """A dial that failed: counted, then the next upstream (the direct fallback is one try)."""
+        if self.finished:
+            return
+        self._failed(exc)
+        if self.proxy is None:
+            self._out_of_attempts()
+        else:
+            self._attempt()
+
+    def _out_of_attempts(self) -> None:
+        """No upstream left to try: our own refusal, saying why each attempt failed."""
+        self._refuse(self.attempts.refusal())
+
 
 def _no_proxy(admission: Admission) -> Refusal:
     what = admission.route.describe()
@@ -178,7 +195,7 @@ class Exchange(_Attempting):
             self._refuse(refusal)
             return
         if not go:
-            self._give_up()
+            self._out_of_attempts()
             return
         self.proxy = proxy
         head = self.head
@@ -200,12 +217,7 @@ class Exchange(_Attempting):
         try:
             conn = await self.svc.dialer.dial(plan, self.head.host, self.head.port)
         except UpstreamError as exc:
-            if not self.finished:
-                self._failed(exc)
-                if self.proxy is None:
-                    self._give_up()  # the direct fallback is one try
-                else:
-                    self._attempt()
+            self._dial_failed(exc)
             return
         except Refusal as refusal:
             self._refuse(refusal)
@@ -237,7 +249,8 @@ class Exchange(_Attempting):
                 self.client.write(http1.CONTINUE_100)
             self.client.body_wanted()
 
-    def _give_up(self) -> None:
+    def _out_of_attempts(self) -> None:
+        """No upstream left: a held ban answer is passed on as it is, else our own refusal."""
         banned, self._banned = self._banned, None
         if banned is not None and not self.finished:
             proxy, conn, resp = banned
@@ -246,7 +259,7 @@ class Exchange(_Attempting):
             framing = http1.response_body_framing(resp, self.head.method)
             conn.unpark(self, self._client_head(resp, framing.kind))
             return
-        self._refuse(self.attempts.refusal())
+        super()._out_of_attempts()
 
     # the request body, from the client ---------------------------------------------------------
     def body_data(self, data: bytes) -> bool:
@@ -381,7 +394,7 @@ class Exchange(_Attempting):
         if self.retryable:
             self._attempt()
         else:
-            self._give_up()  # it may have been acted on, or its body is gone: never sent twice
+            self._out_of_attempts()  # it may have been acted on, or its body is gone: never sent twice
 
     def abort(self) -> None:
         """The client went away: everything this request holds upstream is closed at once."""
@@ -410,7 +423,7 @@ class Connect(_Attempting):
             self._refuse(refusal)
             return
         if not go:
-            self._refuse(self.attempts.refusal())
+            self._out_of_attempts()
             return
         self.proxy = proxy
         self.svc.spawn(self._dial_task(proxy), "upstream-tunnel")
@@ -422,13 +435,7 @@ class Connect(_Attempting):
         try:
             conn = await dialer.dial(plan, head.host, head.port, tunnel_only=True)
         except UpstreamError as exc:
-            if self.finished:
-                return
-            self._failed(exc)
-            if proxy is None:
-                self._refuse(self.attempts.refusal())
-            else:
-                self._attempt()
+            self._dial_failed(exc)
             return
         except Refusal as refusal:
             self._refuse(refusal)
