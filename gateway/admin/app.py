@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.admin.common import POOL, error
+from gateway.admin.dashboard import add_dashboard_routes
 from gateway.admin.guard import TOKEN, guard_middleware
 from gateway.admin.pac import add_pac_routes
 from gateway.admin.routes import add_pool_routes
@@ -39,6 +40,7 @@ def make_app(pool: ProxyPool, token: str) -> web.Application:
     add_pool_routes(app)
     add_user_routes(app)
     add_pac_routes(app)
+    add_dashboard_routes(app)
     extra = getattr(pool, "admin_routes", None)
     if extra is not None:
         extra(app)

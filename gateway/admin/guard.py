@@ -7,7 +7,11 @@ Order of the checks, each answering with its own status and a one-line JSON erro
 2. 403 when a state-changing request (POST, PUT, PATCH, DELETE) carries an ``Origin`` that is not the
    admin's own (a request without ``Origin``, from curl or the CLI, is fine).
 3. 401 on ``/api/*`` unless ``admin_authorized``: the token is wanted from everyone, loopback included,
-   because an upstream on this host reaches loopback under names the gateway cannot check.
+   because an upstream on this host reaches loopback under names the gateway cannot check.  The
+   dashboard's session cookie (``gateway.admin.sessions``) stands for the token only on a request from the
+   admin's own origin: cookies are per host, not per port, and SameSite=Strict lets every page of the same
+   site (another port of 127.0.0.1) send them, so a request whose ``Origin`` or ``Sec-Fetch-Site`` says it
+   came from elsewhere is not the operator's, even for a GET.
 4. 415 when a state-changing request has a body that is not ``application/json`` (HTML forms cannot send it).
 
 ``/healthz``, ``/metrics``, ``/judge``, ``/proxy.pac`` and ``/wpad.dat`` carry no secret and are read by
@@ -25,8 +29,9 @@ from aiohttp import web
 
 from config import Settings
 from gateway.admin.common import POOL
+from gateway.admin.sessions import COOKIE, SESSIONS
 
-__all__ = ["TOKEN", "UNGUARDED_PATHS", "admin_authorized", "guard_middleware", "host_allowed"]
+__all__ = ["TOKEN", "UNGUARDED_PATHS", "admin_authorized", "guard_middleware", "host_allowed", "session_authorized"]
 
 TOKEN = web.AppKey("admin_token", str)
 UNGUARDED_PATHS = frozenset({"/healthz", "/metrics", "/judge", "/proxy.pac", "/wpad.dat"})
@@ -35,11 +40,24 @@ LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 def admin_authorized(request: web.Request) -> bool:
-    """True when the request proves it is the operator: ``Authorization: Bearer TOKEN``."""
+    """True when the request proves it is the operator: ``Authorization: Bearer TOKEN``, or the dashboard's
+    session cookie on a request from the admin's own origin."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
+    if scheme.lower() == "bearer":
+        return hmac.compare_digest(given.strip().encode(), request.app[TOKEN].encode())
+    return session_authorized(request)
+
+
+def session_authorized(request: web.Request) -> bool:
+    """A genuine, live session cookie, sent by the admin's own pages (or by a tool that is no browser)."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
         return False
-    return hmac.compare_digest(given.strip().encode(), request.app[TOKEN].encode())
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.lower().rstrip("/") != _own_origin(request):
+        return False
+    sessions = request.app.get(SESSIONS)
+    return sessions is not None and sessions.valid(request.cookies.get(COOKIE), request.app[TOKEN])
 
 
 def _host_part(host: str) -> str:
