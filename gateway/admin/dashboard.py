@@ -173,12 +173,31 @@ def _active_breakdown(pool: Any) -> dict[str, dict[str, int]]:
     return by
 
 
+def _since(request: web.Request) -> float:
+    value = request.query.get("since", "")
+    if not value:
+        return float("-inf")
+    try:
+        since = float(value)
+    except ValueError:
+        raise InvalidInputError(f"since={value!r}: expected a Unix time in seconds") from None
+    if since != since:  # NaN
+        raise InvalidInputError("since=nan: expected a Unix time in seconds")
+    return since
+
+
 async def history(request: web.Request) -> web.Response:
+    """The ring buffer, or with ``?since=T`` only the points after T (the page polls for what is new)."""
     recorded = request.app[HISTORY]
+    since = _since(request)
+    points = list(recorded.points)
+    if since != float("-inf"):
+        points = [p for p in points if p["t"] > since]
     return web.json_response(
         {
             "interval": recorded.interval,
-            "points": list(recorded.points),
+            "capacity": recorded.points.maxlen,
+            "points": points,
             "checkers": recorded.checker_rates(),
             "active_by": _active_breakdown(request.app[POOL]),
         }

@@ -192,6 +192,13 @@ async def test_history_and_events_need_the_operator(make_pool, upstreams):
         assert point["total"] == 2 and point["active"] == 2 and point["dead"] == 0
         assert history["active_by"]["protocol"] == {"http": 1, "socks5": 1}
         assert {c["checker"] for c in history["checkers"]} == {c.name for c in pool.registry.checkers}
+        async with client.get(admin_url(pool, f"/api/history?since={point['t']}"), headers=bearer) as resp:
+            assert (await resp.json())["points"] == []  # nothing newer yet
+        async with client.get(admin_url(pool, f"/api/history?since={point['t'] - 0.001}"), headers=bearer) as resp:
+            assert (await resp.json())["points"] == [point]
+        for bad in ("yesterday", "nan"):
+            async with client.get(admin_url(pool, f"/api/history?since={bad}"), headers=bearer) as resp:
+                assert resp.status == 400 and "since" in (await resp.json())["error"]
         await eventually(lambda: any(e["type"] == "source.failed" for e in pool.admin_runner.app[EVENTS].latest()))
         async with client.get(admin_url(pool, "/api/events"), headers=bearer) as resp:
             text = await resp.text()

@@ -2,7 +2,8 @@
 // Data goes into the page with textContent only, never as HTML.
 "use strict";
 
-const POLL_MS = 3000;
+const POLL_MS = 5000;
+let history = [];  // the points fetched so far; each poll asks only for the newer ones
 const SVG = "http://www.w3.org/2000/svg";
 
 function el(tag, attrs, ...children) {
@@ -174,7 +175,8 @@ function renderProxies(listing) {
 }
 
 function renderHistory(hist) {
-  const points = hist.points || [];
+  history = history.concat(hist.points || []).slice(-(hist.capacity || 2880));
+  const points = history;
   const last = points[points.length - 1];
   if (last) {
     setText("gw-rps", human(last.rps_ok + last.rps_failed));
@@ -205,7 +207,8 @@ function renderEvents(list) {
 async function refresh() {
   const [stats, users, proxies, hist, events] = await Promise.all([
     call("GET", "/api/stats"), call("GET", "/api/users"), call("GET", "/api/proxies?limit=100"),
-    call("GET", "/api/history"), call("GET", "/api/events"),
+    call("GET", "/api/history" + (history.length ? `?since=${history[history.length - 1].t}` : "")),
+    call("GET", "/api/events"),
   ]);
   renderStats(stats);
   renderUsers(users.users);
