@@ -106,7 +106,7 @@ def _dashboard(pool: Any) -> str:
 <form id="add-user-form"><input name="name" placeholder="name" required><input name="credits" type="number" min="0" value="0">
 <button type="submit">Add user</button></form>
 <p id="new-password" class="password" hidden></p></section>
-<section><h2>Proxies</h2><table id="proxies"></table></section>
+<section><h2>Proxies <span id="proxies-count" class="muted"></span></h2><table id="proxies"></table></section>
 <section><h2>Notifiers</h2><table id="notifiers"></table></section>
 <section><h2>Events</h2><ol id="events"></ol></section>
 <p id="action-error" class="error" role="alert"></p>

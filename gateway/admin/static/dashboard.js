@@ -135,7 +135,8 @@ function renderStats(stats) {
   table("sources", [
     ["id", "id"], ["url", "url"], ["health", "health"], ["last_run_at", "last scrape", when], ["last_found", "found"],
     ["last_new", "new"], ["active", "active now", null, true], ["survival_1h", "alive 1 h", pct, true],
-    ["survival_24h", "alive 24 h", pct, true], ["median_latency_ms", "median ms", null, true], ["last_error", "last error"],
+    ["survival_24h", "alive 24 h", pct, true], ["median_latency_ms", "median ms", null, true],
+    ["last_yield_at", "last yield", when, true], ["last_error", "last error"],
   ], stats.sources.map((s) => ({ ...s, health: sourceHealth(s) })), (s) => [el("button", { type: "button", class: "scrape", onclick: () => act(() => call("POST", `/api/sources/${s.id}/scrape`, {})) }, "Scrape now")]);
   table("notifiers", [["name", "notifier"], ["up", "up", (u) => u === null || u === undefined ? "unknown" : (u ? "up" : "down")],
     ["delivery_failures", "failed deliveries"], ["last_delivery_error", "last error"]], stats.notifiers);
@@ -147,6 +148,8 @@ function sourceHealth(s) {
   return s.last_success_at ? "ok" : "not scraped yet";
 }
 
+function limit(v) { return v === null || v === undefined ? "none" : v; }
+
 function pct(v) { return v === null || v === undefined ? "-" : Math.round(v * 100) + " %"; }
 
 function renderUsers(users) {
@@ -154,6 +157,7 @@ function renderUsers(users) {
     ["name", "user"], ["credits", "credits"], ["enabled", "state", (e) => e ? "enabled" : "disabled", true],
     ["requests", "requests", null, true], ["tunnels", "tunnels", null, true], ["bytes_up", "up", human, true],
     ["bytes_down", "down", human, true], ["last_seen", "last seen", when, true],
+    ["max_connections", "max conn.", limit, true], ["max_requests_per_second", "max req/s", limit, true],
   ], users, (u) => {
     const amount = el("input", { type: "number", class: "amount", value: "100", "aria-label": "amount" });
     const buttons = [
@@ -168,6 +172,7 @@ function renderUsers(users) {
 }
 
 function renderProxies(listing) {
+  setText("proxies-count", listing.total > listing.proxies.length ? `(the first ${listing.proxies.length} of ${listing.total})` : `(${listing.total})`);
   table("proxies", [
     ["id", "id"], ["url", "proxy"], ["status", "status"], ["protocol", "protocol"], ["country", "country"],
     ["anonymity", "anonymity"], ["latency_ms", "latency ms"], ["last_checked", "last checked", when],
