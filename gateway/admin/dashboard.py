@@ -195,6 +195,7 @@ async def history(request: web.Request) -> web.Response:
         points = [p for p in points if p["t"] > since]
     return web.json_response(
         {
+            "replica": request.app[POOL].replica,
             "interval": recorded.interval,
             "capacity": recorded.points.maxlen,
             "points": points,

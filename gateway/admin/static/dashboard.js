@@ -4,6 +4,7 @@
 
 const POLL_MS = 5000;
 let history = [];  // the points fetched so far; each poll asks only for the newer ones
+let historyReplica = null;  // whose they are
 const SVG = "http://www.w3.org/2000/svg";
 
 function el(tag, attrs, ...children) {
@@ -209,12 +210,17 @@ function renderEvents(list) {
   if (!list.events.length) node.replaceChildren(el("li", { class: "muted" }, "no events yet"));
 }
 
+// One request after the other, so they share one keep-alive connection: with `serve --workers N` the
+// admin port is shared and a connection is one worker's, whose figures then all agree.
 async function refresh() {
-  const [stats, users, proxies, hist, events] = await Promise.all([
-    call("GET", "/api/stats"), call("GET", "/api/users"), call("GET", "/api/proxies?limit=100"),
-    call("GET", "/api/history" + (history.length ? `?since=${history[history.length - 1].t}` : "")),
-    call("GET", "/api/events"),
-  ]);
+  const stats = await call("GET", "/api/stats");
+  const users = await call("GET", "/api/users");
+  const proxies = await call("GET", "/api/proxies?limit=100");
+  if (stats.replica !== historyReplica) history = [];  // another worker's history: start again
+  historyReplica = stats.replica;
+  const hist = await call("GET", "/api/history" + (history.length ? `?since=${history[history.length - 1].t}` : ""));
+  if (hist.replica !== historyReplica) { history = []; historyReplica = null; }
+  const events = await call("GET", "/api/events");
   renderStats(stats);
   renderUsers(users.users);
   renderProxies(proxies);
