@@ -340,6 +340,16 @@ class ProxySource:
     last_new: int | None = None
     last_error: str | None = None
     consecutive_failures: int = 0
+    last_yield_at: datetime | None = None  # when it last had an active proxy (pool.quality)
+    quarantined_at: datetime | None = None  # set while quarantined (pool.quality)
+    seen_1h: int = 0  # its proxies that reached 1 h since it first listed them ...
+    survived_1h: int = 0  # ... and were active then
+    seen_24h: int = 0
+    survived_24h: int = 0
+
+    @property
+    def quarantined(self) -> bool:
+        return self.quarantined_at is not None
 
     @property
     def display_url(self) -> str:
@@ -364,6 +374,11 @@ class ProxySource:
             "last_new": self.last_new,
             "last_error": self.last_error,
             "consecutive_failures": self.consecutive_failures,
+            "last_yield_at": self.last_yield_at.isoformat() if self.last_yield_at else None,
+            "survival_1h": round(self.survived_1h / self.seen_1h, 3) if self.seen_1h else None,
+            "survival_24h": round(self.survived_24h / self.seen_24h, 3) if self.seen_24h else None,
+            "quarantined": self.quarantined,
+            "quarantined_at": self.quarantined_at.isoformat() if self.quarantined_at else None,
         }
 
 

@@ -30,7 +30,7 @@ from pool.models import (
     masked_url,
 )
 
-__all__ = ["MIGRATIONS", "ChangeHandler", "CreditState", "LedgerEntry", "Settlement", "ProxyFilter", "SqliteStore", "Store", "UpsertResult", "UserRecord"]
+__all__ = ["MIGRATIONS", "ChangeHandler", "CreditState", "LedgerEntry", "Settlement", "ProxyFilter", "SourceScrape", "SqliteStore", "Store", "UpsertResult", "UserRecord"]
 
 
 MIGRATIONS: list[str] = [
@@ -124,9 +124,41 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE proxies ADD COLUMN claimed_until REAL;
     """,
+    # 5: source quality (pool/quality.py): which sources list a proxy (first_seen: when that source first
+    # did), each source's last scrapes, survival counts, last yield, quarantine; pool_marks for passes
+    # that one replica runs (compare-and-set on ``at``)
+    """
+    CREATE TABLE proxy_sources (
+        proxy_id INTEGER NOT NULL REFERENCES proxies(id) ON DELETE CASCADE,
+        source_id INTEGER NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+        first_seen REAL NOT NULL,
+        PRIMARY KEY (proxy_id, source_id)
+    );
+    CREATE INDEX proxy_sources_source ON proxy_sources(source_id);
+    INSERT INTO proxy_sources (proxy_id, source_id, first_seen)
+        SELECT id, source_id, created_at FROM proxies WHERE source_id IS NOT NULL;
+    CREATE TABLE source_scrapes (
+        id INTEGER PRIMARY KEY,
+        source_id INTEGER NOT NULL REFERENCES sources(id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        found INTEGER,
+        new INTEGER,
+        error TEXT
+    );
+    CREATE INDEX source_scrapes_source ON source_scrapes(source_id, id);
+    ALTER TABLE sources ADD COLUMN last_yield_at REAL;
+    ALTER TABLE sources ADD COLUMN quarantined_at REAL;
+    ALTER TABLE sources ADD COLUMN seen_1h INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sources ADD COLUMN survived_1h INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sources ADD COLUMN seen_24h INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sources ADD COLUMN survived_24h INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE pool_marks (name TEXT PRIMARY KEY, at REAL NOT NULL);
+    """,
 ]
 
 CHECK_LOG_KEEP = 50  # check rows kept per proxy
+SCRAPES_KEEP = 100  # scrape rows kept per source (its history in GET /api/sources/{id})
+SURVIVAL_MARKS = (3600.0, 86400.0)  # seconds after a source first listed a proxy: survival_1h, survival_24h
 
 
 @dataclass(frozen=True)
@@ -135,6 +167,19 @@ class ProxyFilter:
     protocol: ProxyProtocol | None = None
     country: str | None = None
     anonymity: AnonymityLevel | None = None
+
+
+@dataclass(frozen=True)
+class SourceScrape:
+    """One scrape of a source, kept over time (the last ``SCRAPES_KEEP``)."""
+
+    at: datetime
+    found: int | None
+    new: int | None
+    error: str | None
+
+    def public_dict(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "found": self.found, "new": self.new, "error": self.error}
 
 
 @dataclass(frozen=True)
@@ -198,10 +243,18 @@ class Store(Protocol):
     async def get_source(self, source_id: int) -> ProxySource: ...
     async def find_source(self, url: str) -> ProxySource | None: ...
     async def list_sources(self) -> list[ProxySource]: ...
-    async def remove_source(self, source_id: int) -> None: ...
+    async def remove_source(self, source_id: int, *, keep_proxies: bool = False) -> list[int]: ...
     async def record_scrape(
         self, source_id: int, *, at: datetime, found: int | None, new: int | None, error: str | None
     ) -> ProxySource: ...
+    async def source_scrapes(self, source_id: int, limit: int = SCRAPES_KEEP) -> list[SourceScrape]: ...
+    async def active_latencies(self) -> dict[int, list[float | None]]: ...
+    async def record_survival(self, since: datetime, until: datetime) -> None: ...
+    async def record_quality(
+        self, *, yields: Sequence[int], at: datetime, quarantine: dict[int, datetime | None]
+    ) -> None: ...
+    async def get_mark(self, name: str) -> datetime | None: ...
+    async def claim_mark(self, name: str, last: datetime | None, at: datetime) -> bool: ...
 
     async def upsert_proxies(self, source_id: int | None, upstreams: Sequence[UpstreamURL]) -> UpsertResult: ...
     async def insert_proxies_bulk(self, upstreams: Iterable[UpstreamURL], status: ProxyStatus) -> int: ...
@@ -274,7 +327,8 @@ def _proxy(row: sqlite3.Row | tuple[Any, ...]) -> Proxy:
 
 _SOURCE_COLUMNS = (
     "id, url, parser, schedule, default_protocol, origin, created_at, last_run_at, last_success_at, "
-    "last_found, last_new, last_error, consecutive_failures"
+    "last_found, last_new, last_error, consecutive_failures, last_yield_at, quarantined_at, "
+    "seen_1h, survived_1h, seen_24h, survived_24h"
 )
 
 
@@ -293,7 +347,42 @@ def _source(row: sqlite3.Row | tuple[Any, ...]) -> ProxySource:
         last_new=row[10],
         last_error=row[11],
         consecutive_failures=row[12],
+        last_yield_at=_dt(row[13]),
+        quarantined_at=_dt(row[14]),
+        seen_1h=row[15],
+        survived_1h=row[16],
+        seen_24h=row[17],
+        survived_24h=row[18],
     )
+
+
+# the proxies a source lists (or brought first) that no other source lists: they go with it
+_ORPHANS = (
+    "SELECT p.id FROM proxies p WHERE (p.source_id = ? OR EXISTS (SELECT 1 FROM proxy_sources s "
+    "WHERE s.proxy_id = p.id AND s.source_id = ?)) AND NOT EXISTS (SELECT 1 FROM proxy_sources s "
+    "WHERE s.proxy_id = p.id AND s.source_id != ?) ORDER BY p.id"
+)
+_ACTIVE_LATENCIES = (
+    "SELECT s.source_id, p.latency_ms FROM proxy_sources s JOIN proxies p ON p.id = s.proxy_id "
+    "WHERE p.status = 'active'"
+)
+
+
+def _crossed(mark: str, active: bool) -> str:
+    """How many of a source's links reached ``first_seen + mark`` in (since, until] (and are active)."""
+    join = " JOIN proxies p ON p.id = s.proxy_id AND p.status = 'active'" if active else ""
+    return (
+        f"(SELECT COUNT(*) FROM proxy_sources s{join} WHERE s.source_id = sources.id "
+        f"AND s.first_seen + :{mark} > :since AND s.first_seen + :{mark} <= :until)"
+    )
+
+
+_SURVIVAL = (
+    f"UPDATE sources SET seen_1h = seen_1h + {_crossed('m0', False)}, "
+    f"survived_1h = survived_1h + {_crossed('m0', True)}, "
+    f"seen_24h = seen_24h + {_crossed('m1', False)}, "
+    f"survived_24h = survived_24h + {_crossed('m1', True)}"
+)
 
 
 class SqliteStore:
@@ -394,12 +483,25 @@ class SqliteStore:
         async with self._db.execute(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY id") as cur:
             return [_source(row) for row in await cur.fetchall()]
 
-    async def remove_source(self, source_id: int) -> None:
+    async def remove_source(self, source_id: int, *, keep_proxies: bool = False) -> list[int]:
+        """Delete a source and, unless ``keep_proxies``, the proxies no other source lists; their ids."""
         async with self._write_lock:
-            cur = await self._db.execute("DELETE FROM sources WHERE id = ?", (source_id,))
-            await self._db.commit()
-        if cur.rowcount == 0:
-            raise NotFoundError(f"no source with id {source_id}")
+            try:
+                if not self._db.in_transaction:  # a failed insert before may have left one open
+                    await self._db.execute("BEGIN IMMEDIATE")
+                orphans: list[int] = []
+                if not keep_proxies:
+                    async with self._db.execute(_ORPHANS, (source_id, source_id, source_id)) as cur:
+                        orphans = [int(r[0]) for r in await cur.fetchall()]
+                    await self._db.executemany("DELETE FROM proxies WHERE id = ?", [(i,) for i in orphans])
+                cur = await self._db.execute("DELETE FROM sources WHERE id = ?", (source_id,))
+                if cur.rowcount == 0:
+                    raise NotFoundError(f"no source with id {source_id}")
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return orphans
 
     async def record_scrape(
         self, source_id: int, *, at: datetime, found: int | None, new: int | None, error: str | None
@@ -417,8 +519,79 @@ class SqliteStore:
                     "consecutive_failures = consecutive_failures + 1 WHERE id = ?",
                     (at.timestamp(), error, source_id),
                 )
+            await self._db.execute(  # kept over time: the source's history
+                "INSERT INTO source_scrapes (source_id, at, found, new, error) "
+                "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM sources WHERE id = ?)",
+                (source_id, at.timestamp(), found, new, error, source_id),
+            )
+            await self._db.execute(
+                "DELETE FROM source_scrapes WHERE source_id = ? AND id <= ("
+                "SELECT id FROM source_scrapes WHERE source_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (source_id, source_id, SCRAPES_KEEP),
+            )
             await self._db.commit()
         return await self.get_source(source_id)
+
+    async def source_scrapes(self, source_id: int, limit: int = SCRAPES_KEEP) -> list[SourceScrape]:
+        """The source's last scrapes, newest first."""
+        async with self._db.execute(
+            "SELECT at, found, new, error FROM source_scrapes WHERE source_id = ? ORDER BY id DESC LIMIT ?",
+            (source_id, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [SourceScrape(_dt(r[0]) or datetime.now(UTC), r[1], r[2], r[3]) for r in rows]
+
+    async def active_latencies(self) -> dict[int, list[float | None]]:
+        """Per source, the latency of each active proxy it lists (None: not measured)."""
+        out: dict[int, list[float | None]] = {}
+        async with self._db.execute(_ACTIVE_LATENCIES) as cur:
+            for source_id, latency in await cur.fetchall():
+                out.setdefault(int(source_id), []).append(latency)
+        return out
+
+    async def record_survival(self, since: datetime, until: datetime) -> None:
+        """Count the proxies that reached 1 h / 24 h since their source first listed them in
+        ``(since, until]``, and those of them active now, into each source's survival figures."""
+        marks = {f"m{i}": m for i, m in enumerate(SURVIVAL_MARKS)}
+        async with self._write_lock:
+            await self._db.execute(_SURVIVAL, {"since": since.timestamp(), "until": until.timestamp(), **marks})
+            await self._db.commit()
+
+    async def record_quality(
+        self, *, yields: Sequence[int], at: datetime, quarantine: dict[int, datetime | None]
+    ) -> None:
+        """Sources with an active proxy at ``at`` (``last_yield_at``); quarantine set (a time) or lifted (None)."""
+        if not yields and not quarantine:
+            return
+        async with self._write_lock:
+            await self._db.executemany(
+                "UPDATE sources SET last_yield_at = ? WHERE id = ?", [(at.timestamp(), i) for i in yields]
+            )
+            await self._db.executemany(
+                "UPDATE sources SET quarantined_at = ? WHERE id = ?",
+                [(_ts(when), i) for i, when in quarantine.items()],
+            )
+            await self._db.commit()
+
+    async def get_mark(self, name: str) -> datetime | None:
+        async with self._db.execute("SELECT at FROM pool_marks WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _dt(row[0])
+
+    async def claim_mark(self, name: str, last: datetime | None, at: datetime) -> bool:
+        """Move mark ``name`` from ``last`` to ``at`` if nobody did since: the winner runs that pass."""
+        async with self._write_lock:
+            if last is None:
+                cur = await self._db.execute(
+                    "INSERT INTO pool_marks (name, at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, at.timestamp())
+                )
+            else:
+                cur = await self._db.execute(
+                    "UPDATE pool_marks SET at = ? WHERE name = ? AND abs(at - ?) < 0.001",
+                    (at.timestamp(), name, last.timestamp()),
+                )
+            await self._db.commit()
+        return cur.rowcount == 1
 
     # proxies ------------------------------------------------------------------------------
     async def upsert_proxies(self, source_id: int | None, upstreams: Sequence[UpstreamURL]) -> UpsertResult:
@@ -443,6 +616,12 @@ class SqliteStore:
                     f"SELECT {_PROXY_COLUMNS} FROM proxies WHERE id > ? ORDER BY id", (before,)
                 ) as cur:
                     new = [_proxy(r) for r in await cur.fetchall()]
+                if source_id is not None:  # which sources list a proxy: removal and source quality
+                    await self._db.executemany(
+                        "INSERT OR IGNORE INTO proxy_sources (proxy_id, source_id, first_seen) "
+                        "SELECT id, ?, ? FROM proxies WHERE protocol = ? AND host = ? AND port = ?",
+                        [(source_id, now, u.protocol.value, u.host, u.port) for u in unique.values()],
+                    )
                 await self._db.commit()
             except BaseException:
                 await self._db.rollback()

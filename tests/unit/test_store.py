@@ -243,10 +243,10 @@ async def test_record_scrape_success_and_failures(store):
 
 
 async def test_removing_a_source_keeps_its_proxies(store):
-    """Proxies outlive their source (source_id becomes null)."""
+    """With keep_proxies, proxies outlive their source (source_id becomes null)."""
     src = await store.add_source("https://example.test/a.txt")
     await store.upsert_proxies(src.id, [up("1.2.3.4:80")])
-    await store.remove_source(src.id)
+    assert await store.remove_source(src.id, keep_proxies=True) == []
     (p,) = await store.all_proxies()
     assert p.source_id is None
 
