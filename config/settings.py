@@ -253,6 +253,9 @@ class PoolSettings(_Section):
     low_threshold: int = Field(default=5, ge=0)
     stale_hours: float = Field(default=24.0, gt=0)
     passive_failure_limit: int = Field(default=3, ge=1, description="consecutive gateway failures that bench a proxy")
+    source_quarantine_hours: float = Field(
+        default=48.0, gt=0, description="a source with no active proxy for this long is quarantined"
+    )
 
 
 class CreditsSettings(_Section):

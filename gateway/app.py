@@ -17,7 +17,7 @@ from typing import Any
 from config import ConfigError, Settings
 from config.settings import is_loopback_host
 from gateway.admin.token import ensure_token
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, SourceSample
 from gateway.proxy.server import GatewayServer
 from plugins.discovery import load_all_plugins
 from plugins.watchdog import LoopWatchdog
@@ -72,6 +72,7 @@ class ProxyPool:
         self._changed = asyncio.Event()
         self._lock: ServeLock | None = None
         self.admin_token = ""
+        self._cli_scrapes: list[asyncio.Task[Any]] = []
 
     async def start(self) -> None:
         settings = self.settings
@@ -162,8 +163,10 @@ class ProxyPool:
             self.metrics.register_source(source.id)
         await self.pipeline.start()
         self.gateway_address = await self.gateway.start()
+        self.metrics.source_quality = self._source_samples
         await self.scheduler.start()
         self._tasks.spawn(self._notifier_health_loop(), name="notifier-health")
+        self._tasks.spawn(self._after_first_round(), name="first-round")
         self._tasks.spawn(self._follow_changes(), name="follow-changes")
         self.store.subscribe(self._store_changed)
         self.started = True
@@ -213,7 +216,45 @@ class ProxyPool:
                 source = await add_source(self.store, self.registry, normalised, parser=parser, origin="cli")
             # replicas started with the same list: the first to claim it scrapes it
             if await self.store.claim_source(source.id, source.last_run_at, datetime.now(UTC)):
-                self._tasks.spawn(self.scraper.scrape(source), name=f"scrape-cli-{source.id}")
+                self._cli_scrapes.append(self._tasks.spawn(self.scraper.scrape(source), name=f"scrape-cli-{source.id}"))
+
+    def _source_samples(self) -> dict[int, SourceSample]:
+        """The per-source gauges: the scheduler's figures as of its last quality pass (no SQL at scrape time)."""
+        figures = self.scheduler.figures
+        return {
+            s.id: SourceSample(
+                active=figures[s.id].active,
+                median_latency_ms=figures[s.id].median_latency_ms,
+                survival_1h=s.public_dict()["survival_1h"],
+                survival_24h=s.public_dict()["survival_24h"],
+                quarantined=s.quarantined,
+            )
+            for s in self.scheduler.sources
+            if s.id in figures
+        }
+
+    async def _after_first_round(self) -> None:
+        """Once the first scrapes and their checks are over: say so when nothing came of them."""
+        await self.scheduler.first_round.wait()
+        if self._cli_scrapes:
+            await asyncio.wait(self._cli_scrapes)
+        await self.pipeline.wait_idle()
+        self.pool_low.first_round_over(self.selector.active_count)
+        if len(self.selector) > 0:
+            return
+        sources = await self.store.list_sources()
+        if not self.settings.default_sources:  # the ones that are scraped
+            sources = [s for s in sources if s.origin != "default"]
+        if not sources:
+            log.warning(
+                "the pool is empty and there is no source to scrape: give a list with --proxies FILE "
+                "or add one with `proxy-pool sources add URL`"
+            )
+        elif all(s.last_error is not None for s in sources):
+            log.warning(
+                "every source failed its first scrape and the pool is empty: check the network, give a list "
+                "with --proxies FILE, and see `proxy-pool sources list` for each source's error"
+            )
 
     # other replicas' changes (a shared store announces them; a store of our own never does) ----
     def _store_changed(self, kind: str, ids: list[int]) -> None:

@@ -18,6 +18,10 @@ counted as ``other`` (a client can send any method; a caller may pass a new reas
 | check_duration_seconds                   | histogram | checker (plugin name)                                     |
 | scrapes_total                            | counter   | source (source id), result (ok, failed)                   |
 | scrape_discovered_total                  | counter   | source (source id)                                        |
+| source_active_proxies                    | gauge     | source (source id): active proxies it lists (pool.quality, as of its last pass) |
+| source_median_latency_seconds            | gauge     | source: median latency of those proxies                   |
+| source_survival_ratio                    | gauge     | source, after (1h, 24h): share of its proxies still active then |
+| source_quarantined                       | gauge     | source: 1 while quarantined                               |
 | notifier_up                              | gauge     | notifier (plugin name)                                    |
 | events_total                             | counter   | type (pool.events.EVENT_TYPES, other)                     |
 | credits_spent_total                      | counter   | -                                                         |
@@ -41,6 +45,7 @@ from __future__ import annotations
 import builtins
 import logging
 from bisect import bisect_left
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -71,6 +76,7 @@ __all__ = [
     "OUTCOMES",
     "Metrics",
     "PoolCounts",
+    "SourceSample",
 ]
 
 log = logging.getLogger("proxy_pool.metrics")
@@ -134,6 +140,10 @@ FAMILIES = tuple(
         "events_total",
         "credits_spent_total",
         "plugin_errors_total",
+        "source_active_proxies",
+        "source_median_latency_seconds",
+        "source_survival_ratio",
+        "source_quarantined",
     )
 )
 
@@ -215,6 +225,61 @@ class _PoolCollector(Collector):
                 for value in ("yes", "no", "unknown"):
                     tunnels.add_metric([value], tunnel_rows.get(value, 0))
         yield tunnels
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSample:
+    """One source's quality figures for its gauges (``pool.quality``)."""
+
+    active: int
+    median_latency_ms: float | None
+    survival_1h: float | None
+    survival_24h: float | None
+    quarantined: bool
+
+
+class _SourceCollector(Collector):
+    """Per-source quality read at scrape time from the ``source_quality`` callback (figures in memory)."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    def _families(self) -> tuple[GaugeMetricFamily, ...]:
+        return (
+            GaugeMetricFamily(PREFIX + "source_active_proxies", "Active proxies a source lists.", labels=["source"]),
+            GaugeMetricFamily(
+                PREFIX + "source_median_latency_seconds", "Median latency of a source's active proxies.", labels=["source"]
+            ),
+            GaugeMetricFamily(
+                PREFIX + "source_survival_ratio",
+                "Share of a source's proxies still active 1 h / 24 h after it first listed them.",
+                labels=["source", "after"],
+            ),
+            GaugeMetricFamily(PREFIX + "source_quarantined", "1 while a source is quarantined.", labels=["source"]),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        active, latency, survival, quarantined = self._families()
+        callback = self._owner.source_quality
+        samples: dict[int, SourceSample] = {}
+        if callback is not None:
+            try:
+                samples = dict(callback())
+            except Exception:
+                log.exception("source_quality callback failed; source gauges left out of this scrape")
+        for source_id, sample in sorted(samples.items()):
+            label = str(source_id)
+            active.add_metric([label], sample.active)
+            if sample.median_latency_ms is not None:
+                latency.add_metric([label], sample.median_latency_ms / 1000)
+            for after, ratio in (("1h", sample.survival_1h), ("24h", sample.survival_24h)):
+                if ratio is not None:
+                    survival.add_metric([label, after], ratio)
+            quarantined.add_metric([label], int(sample.quarantined))
+        yield from (active, latency, survival, quarantined)
 
 
 class _GatewayCollector(Collector):
@@ -301,6 +366,8 @@ class Metrics:
             PlatformCollector(registry=reg)
             GCCollector(registry=reg)
         reg.register(_PoolCollector(self))
+        self.source_quality: Callable[[], Mapping[int, SourceSample]] | None = None  # set by the app
+        reg.register(_SourceCollector(self))
 
         # per-request families: plain numbers, read by _GatewayCollector at scrape time
         # keys only ever (known method | other, known outcome | other, PROTOCOLS)

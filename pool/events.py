@@ -8,6 +8,7 @@
 | source.stale          | source_id, source, hours_since_success          | no successful scrape within pool.stale_hours; once until the next success |
 | credits.low_balance   | user_id, balance, threshold                     | a balance crosses credits.low_balance_threshold downwards; again only after a top-up |
 | credits.exhausted     | user_id                                         | a balance reaches zero; again only after a top-up  |
+| source.quarantined    | source_id, source, hours_without_yield          | ours: no active proxy from the source for pool.source_quarantine_hours; once until it yields again |
 
 Delivery never blocks the caller: each notifier call runs in its own task with a timeout, and a
 notifier that raises is logged and counted, like mitmproxy's ``safecall``.
@@ -38,6 +39,7 @@ EVENT_TYPES = (
     "source.stale",
     "credits.low_balance",
     "credits.exhausted",
+    "source.quarantined",  # ours (pool.quality), beside the seed's
 )
 
 

@@ -148,6 +148,13 @@ class PoolLowWatch:
         self.threshold = threshold
         self._emit = emit
         self._low = initial < threshold  # a pool that starts low has not "fallen"; it must recover first
+        self._first_told = False  # ... but it is told once after the first round (first_round_over)
+
+    def first_round_over(self, active: int) -> None:
+        """The first scrape and check round is over: a pool that started low and is still low says so now."""
+        if active < self.threshold and self._low and not self._first_told:
+            self._first_told = True
+            self._emit("proxy.pool_low", {"active_count": active, "threshold": self.threshold})
 
     def observe(self, active: int) -> None:
         if active >= self.threshold:

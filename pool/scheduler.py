@@ -19,6 +19,14 @@ from pool.errors import NotFoundError
 from pool.lifecycle import is_due, should_remove
 from pool.models import Event, ProxySource
 from pool.pipeline import Pipeline
+from pool.quality import (
+    QUALITY_EVERY,
+    QUARANTINE_SCRAPE_EVERY,
+    SourceFigures,
+    hours_without_yield,
+    quarantine_changes,
+    source_figures,
+)
 from pool.scraper import Scraper
 from pool.selector import Selector
 from pool.store import Store
@@ -76,6 +84,11 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._scraping: set[int] = set()
         self._bad_schedules: set[str] = set()
+        self._first_pass = True
+        self.first_round = asyncio.Event()  # set once the scrapes of the first pass are over
+        self._quality_at: datetime | None = None
+        self.figures: dict[int, SourceFigures] = {}  # per source, as of the last quality pass (the gauges)
+        self.sources: list[ProxySource] = []  # as of the last quality pass
 
     async def _scrape(self, source: ProxySource) -> None:
         try:
@@ -103,6 +116,11 @@ class Scheduler:
         return schedule
 
     def _due(self, source: ProxySource, now: datetime) -> bool:
+        if self._first_pass and source.last_error is not None:
+            return True  # its last scrape failed (or was cut short): try again at start, not at the next tick
+        if source.quarantined and source.last_run_at is not None and now - source.last_run_at < QUARANTINE_SCRAPE_EVERY:
+            return False  # quarantined: scraped rarely
+        # a run missed while the gateway was down is due now: the next run after last_run_at is past
         schedule = self.schedule_of(source)
         try:
             return source_due(schedule, source.last_run_at, now)
@@ -117,6 +135,11 @@ class Scheduler:
 
     async def stop(self) -> None:
         await self._tasks.close()
+
+    def forget_source(self, source_id: int) -> None:
+        """A removed source leaves the figures (and its gauges) at once."""
+        self.figures.pop(source_id, None)
+        self.sources = [s for s in self.sources if s.id != source_id]
 
     def wake(self) -> None:
         """Look at the sources now (e.g. one was just added)."""
@@ -142,14 +165,58 @@ class Scheduler:
         if not self.settings.default_sources:  # turned off: neither scraped nor reported stale
             sources = [s for s in sources if s.origin != "default"]
         due = [s for s in sources if self._due(s, now)]
+        started: list[asyncio.Task[None]] = []
         for source in due:
             # one replica scrapes it: the one whose claim moves last_run_at on first
             if source.id not in self._scraping and await self.store.claim_source(source.id, source.last_run_at, now):
                 self._scraping.add(source.id)
-                self._tasks.spawn(self._scrape(source), name=f"scrape-{source.id}")
+                started.append(self._tasks.spawn(self._scrape(source), name=f"scrape-{source.id}"))
+        if self._first_pass:
+            self._first_pass = False
+            self._tasks.spawn(self._first_round_over(started), name="scheduler-first-round")
         self._announce_stale(sources, now)
+        await self.quality(sources, now)
         await self._recheck(now)
         await self._remove_dead(now)
+
+    async def _first_round_over(self, scrapes: list[asyncio.Task[None]]) -> None:
+        if scrapes:
+            await asyncio.wait(scrapes)
+        self.first_round.set()
+
+    async def quality(self, sources: list[ProxySource], now: datetime, *, force: bool = False) -> None:
+        """Source quality (``pool.quality``), at most every ``QUALITY_EVERY``: every replica refreshes its
+        figures from the shared database; the one that wins the ``quality`` mark counts survival since
+        the last pass, writes yields and decides quarantine (so ``source.quarantined`` fires once)."""
+        if not force and self._quality_at is not None and timedelta(0) <= now - self._quality_at < QUALITY_EVERY:
+            return
+        self._quality_at = now
+        figures = source_figures(sources, await self.store.active_latencies(), now)
+        self.figures, self.sources = figures, sources
+        last = await self.store.get_mark("quality")
+        if last is not None and now - last < QUALITY_EVERY:
+            return  # another replica ran it lately
+        if not await self.store.claim_mark("quality", last, now):
+            return
+        if last is not None:
+            await self.store.record_survival(last, now)
+        changes = quarantine_changes(sources, figures, self.settings.pool.source_quarantine_hours, now)
+        await self.store.record_quality(
+            yields=[i for i, f in figures.items() if f.active], at=now, quarantine=changes.as_updates(now)
+        )
+        for source in changes.left:
+            log.info("source #%d yields again: out of quarantine", source.id)
+        for source in changes.entered:
+            hours = round(hours_without_yield(source, now), 1)
+            log.warning("source #%d quarantined: no active proxy for %.1f hours; scraped every 6 h now", source.id, hours)
+            self.registry.emit_nowait(
+                Event(
+                    "source.quarantined",
+                    {"source_id": source.id, "source": source.display_url, "hours_without_yield": hours},
+                )
+            )
+        if changes.entered or changes.left:
+            self.sources = await self.store.list_sources()
 
     def _announce_stale(self, sources: list[ProxySource], now: datetime) -> None:
         for source in sources:

@@ -7,6 +7,7 @@ the store where history lives (check log, sources).  No answer ever carries a cr
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +15,8 @@ from aiohttp import web
 from gateway.admin.common import MAX_PAGE, POOL, country_param, enum_param, error, int_param, json_object
 from plugins import JUDGE_PAGE
 from pool.errors import InvalidInputError, NotFoundError
-from pool.models import AnonymityLevel, ProxyProtocol, ProxyStatus
+from pool.models import AnonymityLevel, ProxyProtocol, ProxySource, ProxyStatus
+from pool.quality import source_figures, source_view
 from pool.selector import Route
 from pool.sources import add_source
 
@@ -99,7 +101,7 @@ async def stats(request: web.Request) -> web.Response:
             ("anonymity", proxy.anonymity.value if proxy.anonymity else "unknown"),
         ):
             by[field][value] = by[field].get(value, 0) + 1
-    sources = [s.public_dict() for s in await pool.store.list_sources()]
+    sources = await _sources_view(pool)
     notifiers = [
         {"name": n.name, "subscribes_to": list(n.subscribes_to), **pool.notifier_health.get(n.name, {"up": None})}
         for n in pool.registry.notifiers
@@ -143,9 +145,26 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+async def _sources_view(pool: Any, sources: list[ProxySource] | None = None) -> list[dict[str, Any]]:
+    """Sources with their last result and their quality now, from the (shared) database."""
+    if sources is None:
+        sources = await pool.store.list_sources()
+    await pool.pipeline.flush()  # verdicts still in the write-behind buffer count
+    figures = source_figures(sources, await pool.store.active_latencies(), datetime.now(UTC))
+    return [source_view(s, figures[s.id]) for s in sources]
+
+
 async def list_sources(request: web.Request) -> web.Response:
+    return web.json_response({"sources": await _sources_view(request.app[POOL])})
+
+
+async def get_source(request: web.Request) -> web.Response:
+    """One source with its quality and its last scrapes (found, new, error each), newest first."""
     pool = request.app[POOL]
-    return web.json_response({"sources": [s.public_dict() for s in await pool.store.list_sources()]})
+    source = await pool.store.get_source(_source_id(request))
+    (view,) = await _sources_view(pool, [source])
+    scrapes = await pool.store.source_scrapes(source.id)
+    return web.json_response({**view, "scrapes": [s.public_dict() for s in scrapes]})
 
 
 def _opt_str(body: dict[str, Any], key: str) -> str | None:
@@ -218,11 +237,18 @@ async def delete_proxy(request: web.Request) -> web.Response:
 
 
 async def delete_source(request: web.Request) -> web.Response:
+    """The source, and the proxies no other source lists (``?keep_proxies=true`` keeps them)."""
     pool = request.app[POOL]
     source_id = _source_id(request)
-    await pool.store.remove_source(source_id)
+    keep = request.query.get("keep_proxies", "false").lower()
+    if keep not in ("true", "false", "1", "0"):
+        raise InvalidInputError(f"keep_proxies={keep!r}: expected true or false")
+    await pool.pipeline.flush()
+    removed = await pool.store.remove_source(source_id, keep_proxies=keep in ("true", "1"))
+    pool.remove_proxies(removed)
     pool.metrics.forget_source(source_id)
-    return web.json_response({"deleted": source_id})
+    pool.scheduler.forget_source(source_id)
+    return web.json_response({"deleted": source_id, "proxies_removed": len(removed)})
 
 
 async def scrape_source(request: web.Request) -> web.Response:
@@ -255,5 +281,6 @@ def add_pool_routes(app: web.Application) -> None:
     app.router.add_delete("/api/proxies/{id}", delete_proxy)
     app.router.add_get("/api/sources", list_sources)
     app.router.add_post("/api/sources", create_source)
+    app.router.add_get("/api/sources/{id}", get_source)
     app.router.add_delete("/api/sources/{id}", delete_source)
     app.router.add_post("/api/sources/{id}/scrape", scrape_source)

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from gateway.logs import setup_logging
 from pool.errors import InvalidInputError
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus, UpstreamURL
 from pool.pipeline import CheckRun, Pipeline
+from pool.quality import source_figures, source_view
 from pool.scraper import Scraper
 from pool.sources import add_source
 from pool.store import ProxyFilter
@@ -266,10 +268,17 @@ async def _proxies(args: argparse.Namespace, settings: Settings) -> int:
 async def _sources(args: argparse.Namespace, settings: Settings) -> int:
     async with open_store(settings) as store:
         if args.action == "list":
-            rows = [s.public_dict() for s in await store.list_sources()]
+            sources = await store.list_sources()
+            figures = source_figures(sources, await store.active_latencies(), datetime.now(UTC))
+            rows = [source_view(s, figures[s.id]) for s in sources]
+            for row in rows:
+                row["state"] = "quarantined" if row["quarantined"] else ("failing" if row["last_error"] else "ok")
             emit(
                 rows,
-                ("id", "url", "parser", "schedule", "default_protocol", "last_run_at", "last_found", "last_new", "last_error"),
+                (
+                    "id", "url", "parser", "schedule", "default_protocol", "last_run_at", "last_found", "last_new", "active",
+                    "survival_1h", "survival_24h", "median_latency_ms", "state", "last_error",
+                ),
                 args.format,
             )
             return 0

@@ -109,10 +109,10 @@ async def test_add_list_and_delete_a_source(
     assert status == 200
     assert [s["id"] for s in listed["sources"]] == [created["id"]]
 
-    assert await call(session, "DELETE", api(pool, f"/api/sources/{created['id']}")) == (
-        200,
-        {"deleted": created["id"]},
-    )
+    status, deleted = await call(session, "DELETE", api(pool, f"/api/sources/{created['id']}"))
+    assert (status, deleted["deleted"]) == (200, created["id"])
+    # its proxies (whatever its scrape had found by then) went with it: no other source lists them
+    assert await pool.store.all_proxies() == [] and len(pool.selector) == 0
     assert await call(session, "GET", api(pool, "/api/sources")) == (200, {"sources": []})
     status, body = await call(session, "DELETE", api(pool, f"/api/sources/{created['id']}"))
     assert (status, body) == (404, {"error": f"no source with id {created['id']}"})

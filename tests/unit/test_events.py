@@ -82,6 +82,7 @@ def test_documented_event_types():
         "source.stale",
         "credits.low_balance",
         "credits.exhausted",
+        "source.quarantined",
     }
 
 
