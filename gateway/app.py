@@ -157,6 +157,8 @@ class ProxyPool:
         self.gateway.reuse_port = self.reuse_port
         self.admin_runner, self.admin_address = await start_admin(self, admin_host, admin_port, self.admin_token)
         self.gateway.add_own_address(*self.admin_address)
+        if self._lock is not None:  # the CLI reaches this serve's admin API through the lock file
+            self._lock.announce(f"http://{_netloc(*_reachable(self.admin_address))}")
         self.pipeline.self_judge = f"http://{_netloc(*self.admin_address)}/judge"
         await self._sync_sources()
         for source in await self.store.list_sources():
@@ -409,6 +411,12 @@ def _warn_if_open(settings: Settings) -> None:
             "can reach it; keep that port firewalled or published on 127.0.0.1 only, or set gateway.auth = \"users\"",
             gateway.listen,
         )
+
+
+def _reachable(address: tuple[str, int]) -> tuple[str, int]:
+    """A wildcard listen address as a client on this host dials it."""
+    host, port = address[0], address[1]
+    return ({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)
 
 
 def _netloc(host: str, port: int) -> str:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServeLock", "ServeLockHeld", "database_file", "local_database", "sibling"]
+__all__ = ["ServeLock", "ServeLockHeld", "database_file", "local_database", "serving_admin", "sibling"]
 
 
 class ServeLockHeld(Exception):
@@ -67,10 +67,34 @@ class ServeLock:
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
+    def announce(self, admin_url: str) -> None:
+        """Write the serving admin API's URL under the pid: the CLI finds a running serve by it."""
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n{admin_url}\n".encode(), 0)
+
     def release(self) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)  # no stale URL for the CLI once this serve is gone
             os.close(self._fd)  # closing drops the lock; the file stays (its removal would race a new holder)
             self._fd = None
+
+
+def serving_admin(database: Path) -> str | None:
+    """The admin URL a running ``serve`` of this database announced, if its process is alive."""
+    try:
+        lines = sibling(database, ".serve.lock").read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return None
+    if len(lines) < 2 or not lines[0].strip().isdigit() or not lines[1].startswith("http://"):
+        return None
+    try:
+        os.kill(int(lines[0]), 0)
+    except PermissionError:
+        pass  # alive, another user's
+    except (OSError, OverflowError):
+        return None
+    return lines[1].strip()
 
 
 def _read_pid(path: Path) -> str:

@@ -19,15 +19,16 @@ from config import ConfigError, Settings
 from gateway.admin.token import NoTokenYet, stored_token
 from gateway.app import ProxyPool, open_registry
 from gateway.cli.common import CommandFailed, emit, open_store
+from gateway.cli.serving import AdminClient, running_admin
 from gateway.cli.users import users_command
 from gateway.logs import setup_logging
-from pool.errors import InvalidInputError
+from pool.errors import InvalidInputError, NotFoundError
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus, UpstreamURL
 from pool.pipeline import CheckRun, Pipeline
 from pool.quality import source_figures, source_view
 from pool.scraper import Scraper
 from pool.sources import add_source
-from pool.store import ProxyFilter
+from pool.store import ProxyFilter, Store
 
 __all__ = ["CommandFailed", "admin_token", "run", "serve"]
 
@@ -240,6 +241,11 @@ async def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 # proxies ----------------------------------------------------------------------------------
 async def _proxies(args: argparse.Namespace, settings: Settings) -> int:
+    action = getattr(args, "action", None)
+    if action == "recheck":
+        return await _recheck(args, settings)
+    if action == "remove":
+        return await _remove_proxies(args, settings)
     country = args.country
     if country is not None and (len(country) != 2 or not country.isalpha()):
         raise InvalidInputError(f"--country {country!r}: expected a two-letter ISO code")
@@ -264,6 +270,94 @@ async def _proxies(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _chosen_proxies(store: Store, args: argparse.Namespace) -> list[Proxy]:
+    """The proxies named by ids (every one must exist, else nothing is done), by a status, or all."""
+    chosen = [bool(args.ids), args.recheck_status is not None, args.all]
+    if sum(chosen) != 1:
+        raise InvalidInputError("give proxy ids, --status S or --all (one of them)")
+    if args.ids:
+        found = {p.id: p for p in await store.get_proxies(sorted(set(args.ids)))}
+        missing = [i for i in dict.fromkeys(args.ids) if i not in found]
+        if missing:
+            raise NotFoundError(f"no proxy with id {', '.join(map(str, missing))}; nothing was re-checked")
+        return [found[i] for i in dict.fromkeys(args.ids)]
+    status = ProxyStatus(args.recheck_status) if args.recheck_status else None
+    proxies, _ = await store.list_proxies(ProxyFilter(status=status))
+    return proxies
+
+
+def _recheck_row(proxy: dict[str, Any], failed_check: str | None, detail: str) -> dict[str, Any]:
+    return {
+        "id": proxy["id"],
+        "url": proxy["url"],
+        "status": proxy["status"],
+        "latency_ms": proxy["latency_ms"],
+        "failed_check": failed_check,
+        "detail": detail,
+    }
+
+
+async def _recheck(args: argparse.Namespace, settings: Settings) -> int:
+    """Through a running serve of this SQLite file (its pool changes at once), else here: the verdicts
+    go to the database (replicas on PostgreSQL hear them)."""
+    async with open_store(settings) as store:
+        proxies = await _chosen_proxies(store, args)
+        progress = _Progress(len(proxies))
+        limit = asyncio.Semaphore(settings.checker.concurrency)
+        admin = await running_admin(settings)
+        if admin is not None:
+            async with AdminClient(admin, settings) as client:
+
+                async def remote(proxy: Proxy) -> dict[str, Any]:
+                    async with limit:
+                        answer = await client.call("POST", f"/api/proxies/{proxy.id}/recheck")
+                    progress.step()
+                    return _recheck_row(answer["proxy"], answer["failed_check"], answer["detail"])
+
+                try:
+                    rows = await asyncio.gather(*(remote(p) for p in proxies))
+                finally:
+                    progress.close()
+        else:
+            registry = await open_registry(settings)
+            async with _local_judge() as judge_url:
+                pipeline = Pipeline(settings, registry, store, None, self_judge=judge_url)
+                await pipeline.start(workers=False)
+
+                async def local(proxy: Proxy) -> dict[str, Any]:
+                    async with limit:
+                        run = await pipeline.check_one(proxy)
+                    progress.step()
+                    row = _check_row(run)
+                    return _recheck_row(proxy.public_dict(), row["failed_check"], row["detail"])
+
+                try:
+                    rows = await asyncio.gather(*(local(p) for p in proxies))
+                finally:
+                    progress.close()
+                    await pipeline.stop()  # writes the verdicts
+    emit(list(rows), ("id", "url", "status", "latency_ms", "failed_check", "detail"), args.format)
+    return 0
+
+
+async def _remove_proxies(args: argparse.Namespace, settings: Settings) -> int:
+    ids = list(dict.fromkeys(args.ids))
+    async with open_store(settings) as store:
+        found = {p.id for p in await store.get_proxies(ids)}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise NotFoundError(f"no proxy with id {', '.join(map(str, missing))}; nothing was removed")
+        admin = await running_admin(settings)
+        if admin is not None:
+            async with AdminClient(admin, settings) as client:
+                for proxy_id in ids:
+                    await client.call("DELETE", f"/api/proxies/{proxy_id}")
+        else:
+            await store.delete_proxies(ids)
+    print(f"removed {len(ids)} {'proxy' if len(ids) == 1 else 'proxies'}: {', '.join(map(str, ids))}")
+    return 0
+
+
 # sources ----------------------------------------------------------------------------------
 async def _sources(args: argparse.Namespace, settings: Settings) -> int:
     async with open_store(settings) as store:
@@ -283,8 +377,23 @@ async def _sources(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 0
         if args.action == "remove":
-            await store.remove_source(args.id)
-            print(f"removed source {args.id}")
+            admin = await running_admin(settings)
+            if admin is not None:  # the running serve drops the proxies from its pool too
+                query = "?keep_proxies=true" if args.keep_proxies else ""
+                async with AdminClient(admin, settings) as client:
+                    answer = await client.call("DELETE", f"/api/sources/{args.id}{query}")
+                removed = int(answer["proxies_removed"])
+            else:
+                removed = len(await store.remove_source(args.id, keep_proxies=args.keep_proxies))
+            if args.keep_proxies:
+                print(f"removed source {args.id}; its proxies stay in the pool")
+            elif removed == 0:
+                print(f"removed source {args.id}")
+            else:
+                print(
+                    f"removed source {args.id} and {removed} {'proxy' if removed == 1 else 'proxies'} no other "
+                    "source listed (--keep-proxies keeps them)"
+                )
             return 0
         registry = await open_registry(settings)
         if args.action == "add":
