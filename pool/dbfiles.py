@@ -99,6 +99,6 @@ def serving_admin(database: Path) -> str | None:
 
 def _read_pid(path: Path) -> str:
     try:
-        return path.read_text(encoding="ascii", errors="replace").strip()[:20]
+        return path.read_text(encoding="ascii", errors="replace").partition("\n")[0].strip()[:20]
     except OSError:
         return ""

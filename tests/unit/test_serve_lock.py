@@ -31,3 +31,24 @@ def test_a_dead_holders_url_is_ignored(tmp_path: Path):
     assert serving_admin(db) is None
     sibling(db, ".serve.lock").write_text("garbage\n")
     assert serving_admin(db) is None
+
+
+def test_the_refusal_still_names_only_the_pid(tmp_path: Path):
+    """A second serve's one line names the holder's pid, not the URL line under it."""
+    import os
+
+    import pytest
+
+    from pool.dbfiles import ServeLockHeld
+
+    db = tmp_path / "pool.db"
+    lock = ServeLock(db)
+    lock.acquire()
+    lock.announce("http://127.0.0.1:8898")
+    # flock locks belong to the open file: a second descriptor of this process conflicts like another process
+    try:
+        with pytest.raises(ServeLockHeld) as refused:
+            ServeLock(db).acquire()
+        assert str(refused.value).count("\n") == 0 and f"(pid {os.getpid()})" in str(refused.value)
+    finally:
+        lock.release()
