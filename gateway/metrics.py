@@ -551,6 +551,19 @@ class Metrics:
         registry: Any = self.registry if self.replica is None else _Labelled(self.registry, self.replica)
         return encoder(registry), content_type
 
+    def check_counts(self) -> dict[tuple[str, str], int]:
+        """(checker, result) -> runs so far; one family, not the whole registry (the dashboard's sampler)."""
+        return {
+            (sample.labels["checker"], sample.labels["result"]): int(sample.value)
+            for family in self._checks_family.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+
+    def active_connections(self) -> int:
+        """Client connections open on the gateway now."""
+        return int(sum(sample.value for family in self._active.collect() for sample in family.samples))
+
     def summary(self) -> dict[str, Any]:
         """Gateway and checker figures for ``/api/stats``, read through the public collect() API."""
         out: dict[str, Any] = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import html
+import math
 from importlib import resources
 from typing import Any
 
@@ -71,7 +72,7 @@ def _dashboard(pool: Any) -> str:
         ("pool-active", "active", selector.active_count),
         ("pool-benched", "benched", len(selector.benched)),
         ("checker-backlog", "checker backlog", pool.pipeline.backlog),
-        ("gw-connections", "connections", pool.metrics.summary()["active_connections"]),
+        ("gw-connections", "connections", pool.metrics.active_connections()),
     ]
     card_html = "".join(
         f'<div class="card"><span class="value" id="{cid}">{value}</span><span class="label">{html.escape(label)}</span></div>'
@@ -181,8 +182,8 @@ def _since(request: web.Request) -> float:
         since = float(value)
     except ValueError:
         raise InvalidInputError(f"since={value!r}: expected a Unix time in seconds") from None
-    if since != since:  # NaN
-        raise InvalidInputError("since=nan: expected a Unix time in seconds")
+    if not math.isfinite(since):
+        raise InvalidInputError(f"since={value!r}: expected a Unix time in seconds")
     return since
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.metrics import PREFIX, REQUEST_BUCKETS
+from gateway.metrics import REQUEST_BUCKETS
 from pool.models import MASK, Event, masked_url
 from pool.tasks import TaskSet
 
@@ -93,28 +93,22 @@ class History:
         self._last: dict[str, Any] | None = None
 
     def _raw(self) -> dict[str, Any]:
-        """The counters now: the gateway's plain numbers, and two families of the registry."""
+        """The counters now: the gateway's plain numbers, the checks and the open connections (never the whole
+        registry, whose pool gauges walk every proxy)."""
         metrics = self.pool.metrics
         requests: dict[str, int] = {}
         for (_, outcome, _), n in list(metrics.request_counts.items()):
             requests[outcome] = requests.get(outcome, 0) + n
         checks: dict[str, dict[str, int]] = {}
-        connections = 0
-        for family in metrics.registry.collect():
-            if family.name == PREFIX + "checks":
-                for sample in family.samples:
-                    if sample.name.endswith("_total"):
-                        per = checks.setdefault(sample.labels["checker"], {})
-                        per[sample.labels["result"]] = int(sample.value)
-            elif family.name == PREFIX + "gateway_active_connections":
-                connections = int(sum(sample.value for sample in family.samples))
+        for (checker, result), n in metrics.check_counts().items():
+            checks.setdefault(checker, {})[result] = n
         return {
             "t": self.clock(),
             "requests": requests,
             "durations": list(metrics.duration_counts),
             "bytes": dict(metrics.bytes_relayed),
             "checks": checks,
-            "connections": connections,
+            "connections": metrics.active_connections(),
         }
 
     def sample(self) -> dict[str, Any]:
