@@ -17,7 +17,9 @@ import pytest
 from gateway.admin.history import EVENTS, HISTORY
 from gateway.admin.sessions import COOKIE, Sessions
 from gateway.app import ProxyPool
+from pool.models import ProxyStatus
 from tests.integration.test_users_credits import admin_url, basic, raw_get
+from tests.support.upstreams import closed_port
 from tests.support.waiting import eventually
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -34,13 +36,17 @@ CHROMIUM_ARGS = [
 ]
 
 
-async def dashboard_pool(make_pool, upstreams) -> ProxyPool:
+async def dashboard_pool(make_pool, upstreams, *, dead: int = 0) -> ProxyPool:
+    """Two working upstreams (HTTP, SOCKS5) and ``dead`` that refuse connections."""
+    refusing = [f"http://127.0.0.1:{closed_port()}" for _ in range(dead)]
     pool = await make_pool(
-        [upstreams[0].url("http"), upstreams[1].url("socks5")],
+        [upstreams[0].url("http"), upstreams[1].url("socks5"), *refusing],
         gateway={"auth": "users", "allowed_connect_ports": "*"},
         admin={"token": TOKEN},
     )
-    await pool.wait_until(lambda: pool.selector.active_count == 2)
+    await pool.wait_until(
+        lambda: pool.selector.active_count == 2 and sum(p.status is ProxyStatus.DEAD for p in pool.selector.proxies()) == dead
+    )
     return pool
 
 
@@ -208,7 +214,7 @@ async def test_history_and_events_need_the_operator(make_pool, upstreams):
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian package chromium is not installed")
 async def test_dashboard_in_a_real_browser(make_pool, upstreams, origin, tmp_path: Path):
     playwright_api = pytest.importorskip("playwright.async_api")
-    pool = await dashboard_pool(make_pool, upstreams)
+    pool = await dashboard_pool(make_pool, upstreams, dead=1)
     expect = playwright_api.expect
     expect.set_options(timeout=15_000)
     async with playwright_api.async_playwright() as pw:
@@ -236,7 +242,8 @@ async def test_dashboard_in_a_real_browser(make_pool, upstreams, origin, tmp_pat
             # the pool, the replica, the charts
             await expect(page.locator("#pool-active")).to_have_text("2")
             await expect(page.locator("#replica")).to_have_text(pool.replica)
-            await expect(page.locator("#proxies tbody tr")).to_have_count(2)
+            await expect(page.locator("#proxies tbody tr")).to_have_count(3)
+            await expect(page.locator("#by-status tr[data-key=dead] td[data-col=n]")).to_have_text("1")
             await expect(page.locator("#chart-pool svg path.s-active")).to_have_count(1)
             await expect(page.locator("#chart-countries svg rect.bar")).to_have_count(1)  # loopback: "unknown"
             await expect(page.locator("#by-protocol td[data-col=key]")).to_have_count(2)
@@ -261,6 +268,10 @@ async def test_dashboard_in_a_real_browser(make_pool, upstreams, origin, tmp_pat
             await page.locator("#proxies tbody tr").first.locator("button.recheck").click()
             await eventually(lambda: pool.pipeline.checked_total > checked, lambda: "no re-check ran")
             await expect(page.locator("#action-error")).to_have_text("")
+            checked = pool.pipeline.checked_total
+            await page.click("#recheck-dead")  # every dead one: here the one that refuses connections
+            await expect(page.locator("#recheck-result")).to_have_text("1 re-checked")
+            assert pool.pipeline.checked_total > checked
 
             await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             assert (tmp_path / "dashboard.png").stat().st_size > 10_000
