@@ -247,6 +247,10 @@ async def test_dashboard_in_a_real_browser(make_pool, upstreams, origin, tmp_pat
             await expect(page.locator("#chart-pool svg path.s-active")).to_have_count(1)
             await expect(page.locator("#chart-countries svg rect.bar")).to_have_count(1)  # loopback: "unknown"
             await expect(page.locator("#by-protocol td[data-col=key]")).to_have_count(2)
+            source = page.locator("#sources tbody tr").first  # the source with its health and quality
+            await expect(source.locator("td[data-col=health]")).to_have_text("ok")
+            await expect(source.locator("td[data-col=active]")).to_have_text("2")
+            await expect(source.locator("td[data-col=median_latency_ms]")).not_to_be_empty()
 
             # a user: added (the password shown once), credited; the gateway knows them at once
             await page.fill("#add-user-form input[name=name]", "alice")
