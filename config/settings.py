@@ -266,6 +266,9 @@ class CreditsSettings(_Section):
     lease_block: int = Field(
         default=100, ge=1, description="credits a replica on PostgreSQL leases per user at a time"
     )
+    lease_wait: float = Field(
+        default=2.0, gt=0, le=30, description="seconds a request (or a debit) waits for credits leased elsewhere"
+    )
 
 
 class SourceSettings(_Section):

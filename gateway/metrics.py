@@ -91,6 +91,8 @@ OUTCOMES = (
     "forbidden",  # 403: target or port not allowed
     "auth_required",  # 407
     "payment_required",  # 402: credits exhausted
+    "rate_limited",  # 429: a per-user limit (connections, requests per second)
+    "credits_unavailable",  # 503: credits leased elsewhere and the database unreachable to lease them
     "headers_too_large",  # 431
     "no_proxy",  # 503: no active proxy matches the route
     "upstream_error",  # 502: every attempt failed

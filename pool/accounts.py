@@ -33,6 +33,25 @@ the balance is spent.
 The same flush reads users and top-ups written by someone else (another replica, ``proxy-pool
 users credit``); on a shared store a notification brings them in within a second.
 
+The life cycle: a disabled or removed user fails ``check_cached`` and ``verify`` at once (407 on every
+listener); a removed user's unsettled charges and lease are settled at the next flush, then it is
+forgotten.  A debit (``debit``) takes from this process's own lease first (in memory, at once), then
+from the unleased balance in the database, then, on a shared store, recalls the other replicas'
+leases of that user and takes what they give back within ``credits.lease_wait``: every credit it
+takes is one nobody else can spend, so spent plus debited never exceeds what there was, and a debit
+never goes below 0 (it takes less than asked when the rest is being spent meanwhile; it says so).
+
+Per-user limits and usage: ``admit`` checks ``max_connections`` (client connections at once, on
+this process) and ``max_requests_per_second`` (a token bucket, on this process), charges, and counts
+the request in the user's in-memory usage (requests, tunnels, bytes, last seen), all synchronously;
+the usage increments are added to the store beside the ledger at each flush, so on a shared store
+the figures shown are every replica's sum (the others' up to one flush interval late).
+
+A lease miss (credits exist, but not in this process's lease: it gave its lease back when idle, or
+another replica holds them) is ``LeaseMissing``: the caller awaits ``wait_lease``, which has a lease
+taken in the background and answers within ``credits.lease_wait``; only a user with no credits left
+anywhere is refused for want of them.  A user with a lease awaits nothing.
+
 Events: ``credits.low_balance`` once when a balance drops below the threshold, ``credits.exhausted``
 once when it can no longer pay a request (zero with the default cost 1); both are re-armed only by a
 top-up.  Payloads carry the numeric user id, never the name: names and passwords appear in no log
@@ -46,30 +65,38 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from config.settings import CreditsSettings
 from pool.errors import InvalidInputError, NotFoundError
-from pool.store import Settlement, Store, UserRecord
+from pool.store import Settlement, Store, UsageRow, UserRecord
 from pool.tasks import TaskSet
 
 __all__ = [
     "MAX_AMOUNT",
     "Accounts",
+    "CreditsExhausted",
+    "LeaseMissing",
+    "LimitReached",
     "NewUser",
+    "Usage",
     "UserView",
     "add_credits",
     "create_user",
+    "debit_credits",
     "generate_password",
     "hash_password",
     "parse_amount",
+    "parse_limits",
     "reset_password",
     "validate_name",
     "verify_password",
@@ -195,6 +222,115 @@ async def add_credits(store: Store, name: str, amount: object) -> int:
     return (await store.get_user(name)).balance
 
 
+RECALL_POLL = 0.05  # seconds between takes while other replicas give a recalled lease back
+
+
+async def debit_credits(store: Store, name: str, amount: object, *, wait: float = 2.0) -> tuple[int, int]:
+    """Take up to ``amount`` credits off a user without a serving gateway of our own: the unleased
+    balance, then (shared store) what the replicas give back when recalled, for up to ``wait``
+    seconds.  Returns (debited, stored balance); never below 0, never a credit someone spends."""
+    value = parse_amount(amount)
+    user = await store.get_user(name)
+    taken = await store.debit_credits(user.id, value)
+    if taken < value and store.shared:
+        taken += await _recalled(store, user.id, value - taken, wait)
+    return taken, (await store.get_user(name)).balance
+
+
+async def _recalled(store: Store, user_id: int, want: int, wait: float) -> int:
+    """Recall the replicas' leases of one user and take what comes back, for up to ``wait`` seconds."""
+    leased = {c.user_id: c.total - c.free for c in await store.credit_state()}.get(user_id, 0)
+    if leased <= 0:
+        return 0
+    await store.ask_credits([user_id], recall=True)
+    taken = 0
+    deadline = time.monotonic() + wait
+    while taken < want and time.monotonic() < deadline:
+        await asyncio.sleep(RECALL_POLL)
+        taken += await store.debit_credits(user_id, want - taken)
+    return taken
+
+
+_LIMITS: dict[str, type] = {"max_connections": int, "max_requests_per_second": float}
+MAX_LIMIT = 10**9
+
+
+def parse_limits(values: dict[str, object]) -> dict[str, int | float | None]:
+    """Per-user limits from the CLI or JSON: a positive number (an integer for connections) or None
+    (no limit).  Raises InvalidInputError naming the key."""
+    out: dict[str, int | float | None] = {}
+    for key, value in values.items():
+        kind = _LIMITS.get(key)
+        if kind is None:
+            raise InvalidInputError(f"unknown limit {key!r}: use max_connections or max_requests_per_second")
+        if value is None:
+            out[key] = None
+            continue
+        wanted = "a positive integer" if kind is int else "a positive number"
+        if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+            raise InvalidInputError(f"{key} must be {wanted} or null, got {value!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise InvalidInputError(f"{key} must be {wanted} or null, got {value!r}")
+        if value > MAX_LIMIT:
+            raise InvalidInputError(f"{key} must be at most {MAX_LIMIT}, got {value!r}")
+        out[key] = kind(value)
+    return out
+
+
+class LimitReached(Exception):
+    """A per-user limit refuses this request (429); ``retry_after`` in whole seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class CreditsExhausted(Exception):
+    """The user has no credits left anywhere (402)."""
+
+
+class LeaseMissing(Exception):
+    """Credits exist, but not in this process's lease yet: await ``Accounts.wait_lease``, then admit again."""
+
+
+class Usage:
+    """One user's usage since the last flush, bumped on the hot path (plain attribute adds)."""
+
+    __slots__ = ("bytes_down", "bytes_up", "last_seen", "requests", "tunnels")
+
+    def __init__(self) -> None:
+        self.requests = self.tunnels = self.bytes_up = self.bytes_down = 0
+        self.last_seen: float | None = None
+
+    def add_bytes(self, up: int, down: int) -> None:
+        """A request or tunnel of this user ended, having carried these bytes."""
+        self.bytes_up += up
+        self.bytes_down += down
+        self.last_seen = time.time()
+
+    def totals(self) -> tuple[int, int, int, int]:
+        return self.requests, self.tunnels, self.bytes_up, self.bytes_down
+
+    def take(self, row: UsageRow) -> None:
+        """``row`` is being written: it no longer counts here."""
+        self.requests -= row.requests
+        self.tunnels -= row.tunnels
+        self.bytes_up -= row.bytes_up
+        self.bytes_down -= row.bytes_down
+        if self.last_seen == row.last_seen:
+            self.last_seen = None
+
+    def put_back(self, row: UsageRow) -> None:
+        """The write of ``row`` failed: it counts here again."""
+        self.requests += row.requests
+        self.tunnels += row.tunnels
+        self.bytes_up += row.bytes_up
+        self.bytes_down += row.bytes_down
+        if row.last_seen is not None and (self.last_seen is None or row.last_seen > self.last_seen):
+            self.last_seen = row.last_seen
+
+
 # the in-memory view -------------------------------------------------------------------------
 class _Bucket:
     """A token bucket: ``take()`` is False when the budget for slow verifications is spent."""
@@ -206,13 +342,21 @@ class _Bucket:
         self.tokens, self.stamp = capacity, time.monotonic()
 
     def take(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
+        if not self.ready():
             return False
         self.tokens -= 1
         return True
+
+    def ready(self) -> bool:
+        """Refill, and whether one token is there (``take`` without taking it)."""
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        return self.tokens >= 1
+
+    def retry_after(self) -> int:
+        """Whole seconds until the next token."""
+        return max(1, math.ceil((1 - self.tokens) / self.rate))
 
 
 @dataclass(slots=True, eq=False)
@@ -233,6 +377,23 @@ class _Account:
     asked: bool = False  # another replica wants this user's credits
     yielded: bool = False  # gave the lease away: lease again only when a charge here asks
     short: bool = False  # a charge was refused for want of a lease while credits exist elsewhere
+    enabled: bool = True
+    removed: bool = False  # settled and forgotten at the next flush
+    recalled: bool = False  # a debit elsewhere wants this lease back, idle or not
+    max_connections: int | None = None
+    rate: _Bucket | None = None  # max_requests_per_second
+    connections: int = 0  # client connections holding one of this user's slots
+    usage: Usage = field(default_factory=Usage)  # since the last flush
+    base: UsageRow | None = None  # the store's sum, as last read (every replica's flushed usage)
+
+    def set_limits(self, record: UserRecord) -> None:
+        self.enabled = record.enabled
+        self.max_connections = record.max_connections
+        rps = record.max_requests_per_second
+        if rps is None:
+            self.rate = None
+        elif self.rate is None or self.rate.rate != rps:
+            self.rate = _Bucket(max(1.0, rps), rps)
 
     @property
     def known(self) -> int:
@@ -251,9 +412,33 @@ class UserView:
     id: int
     name: str
     credits: int
+    enabled: bool = True
+    max_connections: int | None = None
+    max_requests_per_second: float | None = None
+    requests: int = 0
+    tunnels: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    last_seen: float | None = None
 
     def public_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "credits": self.credits}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "credits": self.credits,
+            "enabled": self.enabled,
+            "max_connections": self.max_connections,
+            "max_requests_per_second": self.max_requests_per_second,
+            "requests": self.requests,
+            "tunnels": self.tunnels,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "last_seen": iso_time(self.last_seen),
+        }
+
+
+def iso_time(stamp: float | None) -> str | None:
+    return None if stamp is None else datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
 
 
 class Accounts:
@@ -264,6 +449,7 @@ class Accounts:
     CLIENT_KEEP = 10_000  # client addresses whose failures are remembered
     FLOOD_BURST, FLOOD_RATE = 20, 10.0  # failed verifications, every client together
     SCRYPT_THREADS = 2
+    WAITING_POLL = 0.2  # seconds between flushes while a request waits for a lease
 
     def __init__(
         self,
@@ -295,6 +481,10 @@ class Accounts:
         self._lock = asyncio.Lock()
         self._tasks = TaskSet()
         self.slow_verifications = 0  # scrypt runs on the request path (tests, stats)
+        self._conns: dict[object, _Account] = {}  # client connection -> the user holding a slot for it
+        self._waiting = 0  # requests awaiting a lease (``wait_lease``): the flush loop looks more often
+        self._refreshed = asyncio.Event()  # set (and replaced) after every flush, failed or not
+        self.db_ok = True  # the last flush reached the store
 
     # lifecycle ------------------------------------------------------------------------------
     @classmethod
@@ -312,10 +502,11 @@ class Accounts:
         else:
             await self.store.settle_stale_leases(None, forfeit=False)
         users, _ = await self.store.ledger_state()
+        usage = await self.store.usage()
         self._by_name.clear()
         self._by_id.clear()
         for record in users:
-            self._remember(record, record.balance)
+            self._remember(record, record.balance).base = usage.get(record.id)
         self._user_rev = max((u.rev for u in users), default=0)
         await self._refresh_credits()
 
@@ -325,11 +516,12 @@ class Accounts:
 
     def _heard(self, kind: str, ids: list[int]) -> None:
         """Another process changed users or credits (or wants some of a user's): look now."""
-        if kind == "wanted":
+        if kind in ("wanted", "recall"):
             for user_id in ids:
                 account = self._by_id.get(user_id)
                 if account is not None:
                     account.asked = True
+                    account.recalled = account.recalled or kind == "recall"
         elif kind not in ("users", "credits", "resync"):
             return
         self._wake.set()
@@ -348,8 +540,11 @@ class Accounts:
 
     async def _flush_loop(self) -> None:
         while True:
+            interval = self.settings.flush_interval
+            if self._waiting:  # a request waits for a lease: look again soon
+                interval = min(interval, self.WAITING_POLL)
             try:
-                async with asyncio.timeout(self.settings.flush_interval):  # no helper task, unlike wait_for
+                async with asyncio.timeout(interval):  # no helper task, unlike wait_for
                     await self._wake.wait()
             except TimeoutError:
                 pass
@@ -369,7 +564,7 @@ class Accounts:
     def check_cached(self, name: str, password: str) -> str | None:
         """The user, when this password already passed ``verify``; None: not known, ``verify`` it."""
         account = self._by_name.get(name)
-        if account is None or account.verified is None:
+        if account is None or account.verified is None or not account.enabled:
             return None
         if hmac.compare_digest(self._digest(name, password), account.verified):
             return account.name
@@ -380,6 +575,8 @@ class Accounts:
         names and wrong passwords, failures throttled per ``client`` address and in total."""
         digest = self._digest(name, password)
         account = self._by_name.get(name)
+        if account is not None and not account.enabled:
+            return None  # disabled: refused at once, whatever the password
         if account is not None and account.verified is not None and hmac.compare_digest(digest, account.verified):
             return account.name
         if digest in self._rejected:
@@ -421,7 +618,7 @@ class Accounts:
 
     def _still(self, account: _Account | None, name: str) -> bool:
         """The account verified against is still the one of that name (not removed, not replaced)."""
-        return account is not None and self._by_name.get(name) is account
+        return account is not None and self._by_name.get(name) is account and account.enabled
 
     def _client_budget(self, client: str) -> _Bucket:
         budget = self._client_budgets.get(client)
@@ -445,18 +642,62 @@ class Accounts:
             )
         return self._dummy_hash
 
+    def admit(self, user: str, cost: int, tunnel: bool, conn: object | None = None) -> Usage:
+        """One request of ``user`` (authenticated): per-user limits, the charge, the usage count, in one
+        synchronous step.  ``conn`` names the client connection (the connection limit; ``release``
+        frees its slot).  Raises ``LimitReached`` (429), ``CreditsExhausted`` (402), ``LeaseMissing``
+        (await ``wait_lease``, then admit again) or ``LookupError`` (removed or disabled meanwhile: 407);
+        nothing is taken or counted then."""
+        account = self._by_name.get(user)
+        if account is None or not account.enabled:
+            raise LookupError(user)
+        new_conn = conn is not None and self._conns.get(conn) is not account
+        limit = account.max_connections
+        if new_conn and limit is not None and account.connections >= limit:
+            raise LimitReached(f"too many connections for this user (max {limit})", 1)
+        rate = account.rate
+        if rate is not None and not rate.ready():
+            raise LimitReached(f"too many requests for this user (max {rate.rate:g} per second)", rate.retry_after())
+        if cost:
+            verdict = self._charge(account, cost)
+            if verdict is not None:
+                raise verdict
+        if rate is not None:
+            rate.tokens -= 1
+        if new_conn:
+            self.release(conn)
+            account.connections += 1
+            self._conns[conn] = account
+        usage = account.usage
+        if tunnel:
+            usage.tunnels += 1
+        else:
+            usage.requests += 1
+        usage.last_seen = time.time()
+        return usage
+
+    def release(self, conn: object) -> None:
+        """A client connection ended: the connection slot it held for its user is free."""
+        account = self._conns.pop(conn, None)
+        if account is not None:
+            account.connections -= 1
+
     def charge(self, user: str, cost: int) -> bool:
         account = self._by_name.get(user)
         if account is None:
             return False
+        return self._charge(account, cost) is None
+
+    def _charge(self, account: _Account, cost: int) -> CreditsExhausted | LeaseMissing | None:
+        """Take ``cost`` from the lease; None when paid, else why not."""
         account.charges += 1
         if account.balance < cost:
             if account.known < max(cost, 1):
                 self._exhausted(account)
-            else:
-                account.short = True
-                self._want_lease(account)  # credits exist, just not here yet: lease, never wait
-            return False
+                return CreditsExhausted()
+            account.short = True
+            self._want_lease(account)  # credits exist, just not here yet: lease, never wait here
+            return LeaseMissing()
         account.balance -= cost
         account.spent += cost
         after = account.known
@@ -468,7 +709,34 @@ class Accounts:
             self._exhausted(account)
         elif account.balance < self._refill_at():
             self._want_lease(account)
-        return True
+        return None
+
+    async def wait_lease(self, user: str, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until this process holds a lease to charge ``user`` from,
+        or knows there are no credits left; the flush loop takes the lease meanwhile.  The caller admits
+        again: a second ``LeaseMissing`` means the credits stayed with other replicas (or ``db_ok`` is
+        False: the store was unreachable)."""
+        account = self._by_name.get(user)
+        cost = max(self.settings.cost_per_request, 1)
+        deadline = time.monotonic() + timeout
+        self._waiting += 1
+        try:
+            while account is not None and account.enabled and account.balance < cost <= account.known:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                account.short = True  # the others are asked for theirs if none is free
+                self._want_lease(account)
+                refreshed = self._refreshed
+                try:
+                    async with asyncio.timeout(remaining):
+                        await refreshed.wait()
+                except TimeoutError:
+                    return
+                if not self.db_ok:
+                    return
+        finally:
+            self._waiting -= 1
 
     def _refill_at(self) -> int:
         return self.settings.lease_block // 2 if self.shared else 1
@@ -504,7 +772,32 @@ class Accounts:
         return account.known
 
     def users(self) -> list[UserView]:
-        return [UserView(a.id, a.name, a.known) for a in sorted(self._by_id.values(), key=lambda a: a.id)]
+        return [self._view(a) for a in sorted(self._by_id.values(), key=lambda a: a.id) if not a.removed]
+
+    def user(self, name: str) -> UserView:
+        account = self._by_name.get(name)
+        if account is None:
+            raise NotFoundError(f"no user named {name!r}")
+        return self._view(account)
+
+    @staticmethod
+    def _view(a: _Account) -> UserView:
+        """Usage: the store's sum (every replica's flushes) plus ours since the last flush."""
+        base, u = a.base, a.usage
+        seen = max((t for t in (base.last_seen if base else None, u.last_seen) if t is not None), default=None)
+        return UserView(
+            a.id,
+            a.name,
+            a.known,
+            a.enabled,
+            a.max_connections,
+            a.rate.rate if a.rate is not None else None,
+            u.requests + (base.requests if base else 0),
+            u.tunnels + (base.tunnels if base else 0),
+            u.bytes_up + (base.bytes_up if base else 0),
+            u.bytes_down + (base.bytes_down if base else 0),
+            seen,
+        )
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -533,6 +826,77 @@ class Accounts:
             await self._sync()
         return self.balance(name)
 
+    async def debit(self, name: str, amount: object) -> tuple[int, int]:
+        """Take credits off (see the module docstring: own lease, unleased, recalled leases), never below
+        0; returns (debited, new balance).  Written as ``spend`` rows at once."""
+        value = parse_amount(amount)
+        account = await self._account(name)
+        async with self._lock:
+            own = min(value, account.balance)
+            account.balance -= own  # before any await: no request spends these meanwhile
+            try:
+                if own:
+                    await self.store.settle_credits(self.replica, [Settlement(account.id, spent=own)])
+            except BaseException:
+                account.balance += own
+                raise
+            account.total -= own
+            free = await self.store.debit_credits(account.id, value - own) if own < value else 0
+            account.total -= free
+        taken = own + free
+        if taken < value and self.shared:
+            taken += await _recalled(self.store, account.id, value - taken, self.settings.lease_wait)
+        async with self._lock:
+            await self._sync()
+        if account.known < max(self.settings.cost_per_request, 1):
+            self._exhausted(account)
+        return taken, account.known
+
+    async def update(self, name: str, *, enabled: object = None, **limits: object) -> UserView:
+        """Enable/disable and set per-user limits (None lifts one); in force here at once, elsewhere
+        at the next sync (a notification away on a shared store)."""
+        changes: dict[str, Any] = dict(parse_limits(limits))
+        if enabled is not None:
+            if not isinstance(enabled, bool):
+                raise InvalidInputError(f"enabled must be true or false, got {enabled!r}")
+            changes["enabled"] = enabled
+        if not changes:
+            raise InvalidInputError("nothing to change: give enabled, max_connections or max_requests_per_second")
+        record = await self.store.update_user(name, **changes)
+        account = self._by_id.get(record.id)
+        if account is not None:
+            account.set_limits(record)
+        async with self._lock:
+            await self._sync()
+        return self.user(name)
+
+    async def remove(self, name: str) -> None:
+        """Remove a user: refused here at once, its name free again; its charges are settled and its
+        lease given back at once, its ledger kept for the books."""
+        record = await self.store.remove_user(name)
+        account = self._by_id.get(record.id)
+        if account is not None:
+            self._drop(account)
+        await self.flush()
+
+    def _drop(self, account: _Account) -> None:
+        """Refused from now on; the next flush settles it and forgets it."""
+        account.removed = True
+        account.enabled = False
+        if self._by_name.get(account.name) is account:
+            del self._by_name[account.name]
+
+    async def _account(self, name: str) -> _Account:
+        account = self._by_name.get(name)
+        if account is None:
+            await self.store.get_user(name)  # NotFoundError, or a user added elsewhere: sync it in
+            async with self._lock:
+                await self._sync()
+            account = self._by_name.get(name)
+            if account is None:
+                raise NotFoundError(f"no user named {name!r}")
+        return account
+
     async def set_password(self, name: str) -> str:
         """A new generated password (shown once); the old one stops working at once."""
         password = await reset_password(self.store, name)
@@ -547,6 +911,18 @@ class Accounts:
     # write-behind ---------------------------------------------------------------------------
     async def flush(self, *, give_back: bool = False) -> None:
         """Settle charges and refunds (and leases given back), then read others' changes and lease."""
+        try:
+            await self._flush(give_back)
+        except BaseException:
+            self.db_ok = False
+            raise
+        else:
+            self.db_ok = True
+        finally:  # whoever waits for a lease looks again
+            self._refreshed.set()
+            self._refreshed = asyncio.Event()
+
+    async def _flush(self, give_back: bool) -> None:
         async with self._lock:
             rows: list[Settlement] = []
             taken: list[tuple[_Account, int, int, int]] = []
@@ -556,10 +932,11 @@ class Accounts:
                 # idle for a whole flush interval at least: a burst that is still authenticating keeps its lease
                 idle = account.idle_flushes >= 2
                 returned = 0
-                if account.balance and (give_back or (account.asked and idle and self.shared)):
+                wanted = account.recalled or (account.asked and idle)
+                if account.balance and (give_back or account.removed or (wanted and self.shared)):
                     returned, account.balance = account.balance, 0
                     account.yielded = not give_back
-                account.asked = False
+                account.asked = account.recalled = False
                 if account.spent or account.refunded or returned:
                     taken.append((account, account.spent, account.refunded, returned))
                     rows.append(Settlement(account.id, account.spent, account.refunded, returned))
@@ -578,27 +955,59 @@ class Accounts:
             if self._unreported > 0 and self.on_spent is not None:
                 self.on_spent(self._unreported)
                 self._unreported = 0
+            await self._flush_usage()
+            for account in [a for a in self._by_id.values() if a.removed]:  # settled: forgotten
+                del self._by_id[account.id]
             if not give_back:
                 await self._sync()
+
+    async def _flush_usage(self) -> None:
+        """Usage since the last flush, added to the store's counters; on failure kept for the next one.
+
+        The same ``Usage`` object stays the account's (requests in flight hold it for their bytes):
+        what is written is subtracted from it, not swapped out."""
+        flushed: list[tuple[_Account, UsageRow, UsageRow | None]] = []
+        for account in self._by_id.values():  # no await in this loop: a consistent snapshot
+            usage = account.usage
+            totals = usage.totals()
+            if usage.last_seen is None and not any(totals):
+                continue  # nothing since the last flush
+            row = UsageRow(account.id, *totals, last_seen=usage.last_seen)
+            usage.take(row)
+            flushed.append((account, row, account.base))
+            account.base = _plus(account.base, row)  # shown the same until the store's sum is read
+        if not flushed:
+            return
+        try:
+            await self.store.add_usage([row for _, row, _ in flushed])
+        except BaseException:
+            for account, row, base in flushed:  # counted again at the next flush
+                account.usage.put_back(row)
+                account.base = base
+            raise
 
     async def _sync(self) -> None:
         """Apply users and credits written by anyone else, then top the leases up."""
         await self._sync_users()
         await self._refresh_credits()
+        for user_id, row in (await self.store.usage()).items():  # every replica's flushed usage
+            account = self._by_id.get(user_id)
+            if account is not None:
+                account.base = row
 
     async def _refresh_credits(self) -> None:
         block = self.settings.lease_block
         starving: list[int] = []
         for state in await self.store.credit_state():
             account = self._by_id.get(state.user_id)
-            if account is None:
+            if account is None or account.removed:
                 continue
             before = account.known
             account.total = state.total  # our unsettled charges are still inside our lease there
             if account.known > before:
                 self._rearm(account)
             short, account.short = account.short, False
-            if state.free <= 0 or account.yielded:
+            if state.free <= 0 or account.yielded or not account.enabled:
                 if short and self.shared and state.total > state.free:
                     starving.append(account.id)  # every credit sits in some replica's lease
                 continue
@@ -621,15 +1030,22 @@ class Accounts:
         for record in await self.store.users_since(self._user_rev):
             self._user_rev = max(self._user_rev, record.rev)
             known = self._by_id.get(record.id)
+            if record.removed:
+                if known is not None:
+                    self._drop(known)
+                continue
             if known is None:
                 self._remember(record, record.balance)
-            elif known.password_hash != record.password_hash:
+                continue
+            if known.password_hash != record.password_hash:
                 known.forget_password(record.password_hash)
                 self._rejected.clear()  # a pair refused before may be the new password
+            known.set_limits(record)
 
-    def _remember(self, record: UserRecord, balance: int) -> None:
+    def _remember(self, record: UserRecord, balance: int) -> _Account:
         """A user, with nothing leased yet (``_refresh_credits`` leases) and ``balance`` as its total."""
         account = _Account(record.id, record.name, record.password_hash, 0, total=balance)
+        account.set_limits(record)
         self._rejected.clear()  # a pair refused for an unknown name may be this new user's
         # armed only when there is something to cross: a user loaded (or created) below the
         # threshold, or broke, gets no event until a top-up lifts the balance
@@ -637,9 +1053,24 @@ class Accounts:
         account.exhausted_armed = balance >= max(self.settings.cost_per_request, 1)
         self._by_name[record.name] = account
         self._by_id[record.id] = account
+        return account
 
     def _rearm(self, account: _Account) -> None:
         if account.known >= self.settings.low_balance_threshold:
             account.low_armed = True
         if account.known >= max(self.settings.cost_per_request, 1):
             account.exhausted_armed = True
+
+
+def _plus(base: UsageRow | None, row: UsageRow) -> UsageRow:
+    if base is None:
+        return row
+    seen = max(t for t in (base.last_seen, row.last_seen, 0.0) if t is not None) or None
+    return UsageRow(
+        row.user_id,
+        base.requests + row.requests,
+        base.tunnels + row.tunnels,
+        base.bytes_up + row.bytes_up,
+        base.bytes_down + row.bytes_down,
+        seen,
+    )

@@ -28,8 +28,10 @@ from pool.store import (
     _PROXY_COLUMNS,
     _SOURCE_COLUMNS,
     CHECK_LOG_KEEP,
+    USER_CHANGES,
     ChangeHandler,
     CreditState,
+    GatewayBeat,
     LedgerEntry,
     SCRAPES_KEEP,
     SURVIVAL_MARKS,
@@ -37,6 +39,7 @@ from pool.store import (
     Settlement,
     SourceScrape,
     UpsertResult,
+    UsageRow,
     UserRecord,
     _ACTIVE_LATENCIES,
     _dt,
@@ -173,13 +176,36 @@ PG_MIGRATIONS: list[str] = [
     ALTER TABLE sources ADD COLUMN survived_24h INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE pool_marks (name TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL);
     """,
+    # 6: the user life cycle, per-user usage counters, serving gateways' beats
+    """
+    ALTER TABLE users ADD COLUMN enabled BOOLEAN NOT NULL DEFAULT TRUE;
+    ALTER TABLE users ADD COLUMN max_connections INTEGER;
+    ALTER TABLE users ADD COLUMN max_requests_per_second DOUBLE PRECISION;
+    ALTER TABLE users ADD COLUMN removed_at DOUBLE PRECISION;
+    CREATE TABLE user_usage (
+        user_id BIGINT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        requests BIGINT NOT NULL DEFAULT 0,
+        tunnels BIGINT NOT NULL DEFAULT 0,
+        bytes_up BIGINT NOT NULL DEFAULT 0,
+        bytes_down BIGINT NOT NULL DEFAULT 0,
+        last_seen DOUBLE PRECISION
+    );
+    CREATE TABLE gateways (
+        replica TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        admin_url TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    """,
 ]
 
 _USER_SELECT = (
     "SELECT u.id, u.name, u.password_hash, u.created_at, u.password_changed_at, u.rev, "
-    "COALESCE((SELECT SUM(l.delta) FROM credit_ledger l WHERE l.user_id = u.id AND l.id <= $1), 0) "
+    "COALESCE((SELECT SUM(l.delta) FROM credit_ledger l WHERE l.user_id = u.id AND l.id <= $1), 0), "
+    "u.enabled, u.max_connections, u.max_requests_per_second, u.removed_at "
     "FROM users u"
 )
+_NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM users)"
 _ALL = 2**62
 
 
@@ -196,6 +222,10 @@ def _user(row: Any) -> UserRecord:
         password_changed_at=_dt(row[4]) or datetime.now(UTC),
         rev=row[5],
         balance=int(row[6]),
+        enabled=bool(row[7]),
+        max_connections=row[8],
+        max_requests_per_second=row[9],
+        removed=row[10] is not None,
     )
 
 
@@ -643,13 +673,13 @@ class PostgresStore:
         return await self.get_user(name)
 
     async def get_user(self, name: str) -> UserRecord:
-        row = await self._pool.fetchrow(f"{_USER_SELECT} WHERE u.name = $2", _ALL, name)
+        row = await self._pool.fetchrow(f"{_USER_SELECT} WHERE u.name = $2 AND u.removed_at IS NULL", _ALL, name)
         if row is None:
             raise NotFoundError(f"no user named {name!r}")
         return _user(row)
 
     async def list_users(self) -> list[UserRecord]:
-        return [_user(r) for r in await self._pool.fetch(f"{_USER_SELECT} ORDER BY u.id", _ALL)]
+        return [_user(r) for r in await self._pool.fetch(f"{_USER_SELECT} WHERE u.removed_at IS NULL ORDER BY u.id", _ALL)]
 
     async def set_password(self, name: str, password_hash: str) -> UserRecord:
         now = datetime.now(UTC).timestamp()
@@ -657,7 +687,7 @@ class PostgresStore:
             await con.execute("SELECT pg_advisory_xact_lock($1)", ACCOUNTS_LOCK)
             user_id = await con.fetchval(
                 "UPDATE users SET password_hash = $1, password_changed_at = $2, "
-                "rev = (SELECT COALESCE(MAX(rev), 0) + 1 FROM users) WHERE name = $3 RETURNING id",
+                "rev = (SELECT COALESCE(MAX(rev), 0) + 1 FROM users) WHERE name = $3 AND removed_at IS NULL RETURNING id",
                 password_hash, now, name,
             )
             if user_id is None:
@@ -707,8 +737,92 @@ class PostgresStore:
     async def ledger_state(self) -> tuple[list[UserRecord], int]:
         async with self._pool.acquire() as con, con.transaction(isolation="repeatable_read"):
             last = int(await con.fetchval("SELECT COALESCE(MAX(id), 0) FROM credit_ledger"))
-            users = [_user(r) for r in await con.fetch(f"{_USER_SELECT} ORDER BY u.id", last)]
+            users = [_user(r) for r in await con.fetch(f"{_USER_SELECT} WHERE u.removed_at IS NULL ORDER BY u.id", last)]
         return users, last
+
+    async def update_user(self, name: str, **changes: Any) -> UserRecord:
+        unknown = set(changes) - USER_CHANGES
+        if unknown or not changes:
+            raise InvalidInputError(f"unknown user field(s): {', '.join(sorted(unknown)) or '(none given)'}")
+        columns = list(changes)
+        sets = [f"{column} = ${i + 1}" for i, column in enumerate(columns)]
+        async with self._pool.acquire() as con, con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock($1)", ACCOUNTS_LOCK)
+            user_id = await con.fetchval(
+                f"UPDATE users SET {', '.join([*sets, f'rev = {_NEXT_REV}'])} "
+                f"WHERE name = ${len(columns) + 1} AND removed_at IS NULL RETURNING id",
+                *[changes[c] for c in columns], name,
+            )
+            if user_id is None:
+                raise NotFoundError(f"no user named {name!r}")
+            await self._notify(con, "users", [user_id])
+        return await self.get_user(name)
+
+    async def remove_user(self, name: str) -> UserRecord:
+        """Soft removal under the name ``~ID~NAME`` (see ``SqliteStore.remove_user``)."""
+        record = await self.get_user(name)
+        now = datetime.now(UTC).timestamp()
+        async with self._pool.acquire() as con, con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock($1)", ACCOUNTS_LOCK)
+            user_id = await con.fetchval(
+                f"UPDATE users SET removed_at = $1, enabled = FALSE, name = '~' || id || '~' || name, "
+                f"rev = {_NEXT_REV} WHERE id = $2 AND removed_at IS NULL RETURNING id",
+                now, record.id,
+            )
+            if user_id is None:
+                raise NotFoundError(f"no user named {name!r}")
+            await self._notify(con, "users", [user_id])
+        return record
+
+    async def debit_credits(self, user_id: int, want: int) -> int:
+        """Up to ``want`` unleased credits out (a ``spend`` row), under the row lock: exact."""
+        if want <= 0:
+            return 0
+        now = datetime.now(UTC).timestamp()
+        async with self._pool.acquire() as con, con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock($1)", ACCOUNTS_LOCK)
+            balance = await con.fetchval("SELECT balance FROM users WHERE id = $1 FOR UPDATE", user_id)
+            taken = min(int(balance), want) if balance is not None else 0
+            if taken > 0:
+                await con.execute("UPDATE users SET balance = balance - $1 WHERE id = $2", taken, user_id)
+                await con.execute(
+                    "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES ($1, $2, 'spend', $3)",
+                    user_id, -taken, now,
+                )
+                await self._notify(con, "credits", [user_id])
+        return taken
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        if not rows:
+            return
+        async with self._pool.acquire() as con, con.transaction():
+            await con.executemany(
+                "INSERT INTO user_usage (user_id, requests, tunnels, bytes_up, bytes_down, last_seen) "
+                "SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM users WHERE id = $1) "
+                "ON CONFLICT (user_id) DO UPDATE SET requests = user_usage.requests + excluded.requests, "
+                "tunnels = user_usage.tunnels + excluded.tunnels, bytes_up = user_usage.bytes_up + excluded.bytes_up, "
+                "bytes_down = user_usage.bytes_down + excluded.bytes_down, "
+                "last_seen = GREATEST(user_usage.last_seen, excluded.last_seen)",
+                [(r.user_id, r.requests, r.tunnels, r.bytes_up, r.bytes_down, r.last_seen) for r in rows],
+            )
+
+    async def usage(self) -> dict[int, UsageRow]:
+        rows = await self._pool.fetch("SELECT user_id, requests, tunnels, bytes_up, bytes_down, last_seen FROM user_usage")
+        return {int(r[0]): UsageRow(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5]) for r in rows}
+
+    async def beat(self, replica: str, host: str, admin_url: str | None) -> None:
+        if admin_url is None:
+            await self._pool.execute("DELETE FROM gateways WHERE replica = $1", replica)
+            return
+        await self._pool.execute(
+            "INSERT INTO gateways (replica, host, admin_url, at) VALUES ($1, $2, $3, $4) ON CONFLICT (replica) "
+            "DO UPDATE SET host = excluded.host, admin_url = excluded.admin_url, at = excluded.at",
+            replica, host, admin_url, datetime.now(UTC).timestamp(),
+        )
+
+    async def gateways(self) -> list[GatewayBeat]:
+        rows = await self._pool.fetch("SELECT replica, host, admin_url, at FROM gateways ORDER BY at DESC")
+        return [GatewayBeat(r[0], r[1], r[2], float(r[3])) for r in rows]
 
     # replicas -----------------------------------------------------------------------------
     async def lease_credits(self, replica: str, user_id: int, want: int) -> int:
@@ -727,11 +841,12 @@ class PostgresStore:
                 )
         return taken
 
-    async def ask_credits(self, user_ids: Sequence[int]) -> None:
-        """Tell the other replicas these users' requests are refused here for want of a lease."""
+    async def ask_credits(self, user_ids: Sequence[int], *, recall: bool = False) -> None:
+        """Tell the other replicas these users' requests are refused here for want of a lease
+        (``recall``: a debit wants those users' leases back, idle or not)."""
         if user_ids:
             async with self._pool.acquire() as con:
-                await self._notify(con, "wanted", sorted(user_ids))
+                await self._notify(con, "recall" if recall else "wanted", sorted(user_ids))
 
     async def settle_credits(self, replica: str, rows: Sequence[Settlement]) -> list[int]:
         rows = [r for r in rows if r.spent or r.refunded or r.returned]

@@ -30,7 +30,21 @@ from pool.models import (
     masked_url,
 )
 
-__all__ = ["MIGRATIONS", "ChangeHandler", "CreditState", "LedgerEntry", "Settlement", "ProxyFilter", "SourceScrape", "SqliteStore", "Store", "UpsertResult", "UserRecord"]
+__all__ = [
+    "ChangeHandler",
+    "CreditState",
+    "GatewayBeat",
+    "LedgerEntry",
+    "MIGRATIONS",
+    "ProxyFilter",
+    "Settlement",
+    "SourceScrape",
+    "SqliteStore",
+    "Store",
+    "UpsertResult",
+    "UsageRow",
+    "UserRecord",
+]
 
 
 MIGRATIONS: list[str] = [
@@ -154,6 +168,28 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sources ADD COLUMN survived_24h INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE pool_marks (name TEXT PRIMARY KEY, at REAL NOT NULL);
     """,
+    # 6: the user life cycle (enabled, per-user limits, soft removal), per-user usage counters (every
+    # replica adds its increments), and serving gateways' beats (where the CLI finds a live admin API)
+    """
+    ALTER TABLE users ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE users ADD COLUMN max_connections INTEGER;
+    ALTER TABLE users ADD COLUMN max_requests_per_second REAL;
+    ALTER TABLE users ADD COLUMN removed_at REAL;
+    CREATE TABLE user_usage (
+        user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+        requests INTEGER NOT NULL DEFAULT 0,
+        tunnels INTEGER NOT NULL DEFAULT 0,
+        bytes_up INTEGER NOT NULL DEFAULT 0,
+        bytes_down INTEGER NOT NULL DEFAULT 0,
+        last_seen REAL
+    );
+    CREATE TABLE gateways (
+        replica TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        admin_url TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 ]
 
 CHECK_LOG_KEEP = 50  # check rows kept per proxy
@@ -199,6 +235,35 @@ class UserRecord:
     password_changed_at: datetime
     rev: int
     balance: int
+    enabled: bool = True
+    max_connections: int | None = None
+    max_requests_per_second: float | None = None
+    removed: bool = False  # only ``users_since`` returns removed users (so a gateway drops them)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """A user's usage counters (or, written, an increment of them); ``last_seen`` a Unix time."""
+
+    user_id: int
+    requests: int = 0
+    tunnels: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    last_seen: float | None = None
+
+
+@dataclass(frozen=True)
+class GatewayBeat:
+    """A serving gateway as it last said: its replica name, host, admin API URL and when (Unix time)."""
+
+    replica: str
+    host: str
+    admin_url: str
+    at: float
+
+
+USER_CHANGES = frozenset({"enabled", "max_connections", "max_requests_per_second"})
 
 
 @dataclass(frozen=True)
@@ -274,12 +339,19 @@ class Store(Protocol):
     async def append_ledger(self, entries: Sequence[tuple[int, int, str]]) -> list[int]: ...
     async def ledger_since(self, after_id: int, user_id: int | None = None) -> list[LedgerEntry]: ...
     async def ledger_state(self) -> tuple[list[UserRecord], int]: ...
+    async def update_user(self, name: str, **changes: Any) -> UserRecord: ...
+    async def remove_user(self, name: str) -> UserRecord: ...
+    async def debit_credits(self, user_id: int, want: int) -> int: ...
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None: ...
+    async def usage(self) -> dict[int, UsageRow]: ...
+    async def beat(self, replica: str, host: str, admin_url: str | None) -> None: ...
+    async def gateways(self) -> list[GatewayBeat]: ...
 
     # replicas: shared is True when several processes may serve from this database at once
     shared: bool
 
     async def lease_credits(self, replica: str, user_id: int, want: int) -> int: ...
-    async def ask_credits(self, user_ids: Sequence[int]) -> None: ...
+    async def ask_credits(self, user_ids: Sequence[int], *, recall: bool = False) -> None: ...
     async def settle_credits(self, replica: str, rows: Sequence[Settlement]) -> list[int]: ...
     async def settle_stale_leases(self, replica: str | None, *, forfeit: bool) -> int: ...
     async def credit_state(self) -> list[CreditState]: ...
@@ -757,9 +829,11 @@ class SqliteStore:
 
     _USER_SELECT = (
         "SELECT u.id, u.name, u.password_hash, u.created_at, u.password_changed_at, u.rev, "
-        "COALESCE((SELECT SUM(l.delta) FROM credit_ledger l WHERE l.user_id = u.id AND l.id <= ?), 0) "
+        "COALESCE((SELECT SUM(l.delta) FROM credit_ledger l WHERE l.user_id = u.id AND l.id <= ?), 0), "
+        "u.enabled, u.max_connections, u.max_requests_per_second, u.removed_at "
         "FROM users u"
     )
+    _NEXT_REV = "(SELECT COALESCE(MAX(rev), 0) + 1 FROM users)"
     _ALL = 2**62  # "every ledger row" for the l.id <= ? bound above
 
     @staticmethod
@@ -772,6 +846,10 @@ class SqliteStore:
             password_changed_at=_dt(row[4]) or datetime.now(UTC),
             rev=row[5],
             balance=int(row[6]),
+            enabled=bool(row[7]),
+            max_connections=row[8],
+            max_requests_per_second=row[9],
+            removed=row[10] is not None,
         )
 
     async def add_user(self, name: str, password_hash: str, credits: int) -> UserRecord:
@@ -799,14 +877,18 @@ class SqliteStore:
         return await self.get_user(name)
 
     async def get_user(self, name: str) -> UserRecord:
-        async with self._db.execute(f"{self._USER_SELECT} WHERE u.name = ?", (self._ALL, name)) as cur:
+        async with self._db.execute(
+            f"{self._USER_SELECT} WHERE u.name = ? AND u.removed_at IS NULL", (self._ALL, name)
+        ) as cur:
             row = await cur.fetchone()
         if row is None:
             raise NotFoundError(f"no user named {name!r}")
         return self._user(row)
 
     async def list_users(self) -> list[UserRecord]:
-        async with self._db.execute(f"{self._USER_SELECT} ORDER BY u.id", (self._ALL,)) as cur:
+        async with self._db.execute(
+            f"{self._USER_SELECT} WHERE u.removed_at IS NULL ORDER BY u.id", (self._ALL,)
+        ) as cur:
             return [self._user(row) for row in await cur.fetchall()]
 
     async def set_password(self, name: str, password_hash: str) -> UserRecord:
@@ -814,7 +896,7 @@ class SqliteStore:
         async with self._write_lock:
             cur = await self._db.execute(
                 "UPDATE users SET password_hash = ?, password_changed_at = ?, "
-                "rev = (SELECT COALESCE(MAX(rev), 0) + 1 FROM users) WHERE name = ?",
+                "rev = (SELECT COALESCE(MAX(rev), 0) + 1 FROM users) WHERE name = ? AND removed_at IS NULL",
                 (password_hash, now, name),
             )
             await self._db.commit()
@@ -877,9 +959,105 @@ class SqliteStore:
         async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM credit_ledger") as cur:
             row = await cur.fetchone()
         last = int(row[0]) if row else 0
-        async with self._db.execute(f"{self._USER_SELECT} ORDER BY u.id", (last,)) as cur:
+        async with self._db.execute(f"{self._USER_SELECT} WHERE u.removed_at IS NULL ORDER BY u.id", (last,)) as cur:
             users = [self._user(r) for r in await cur.fetchall()]
         return users, last
+
+    async def update_user(self, name: str, **changes: Any) -> UserRecord:
+        """Set ``enabled`` / per-user limits (None lifts a limit); bumps ``rev`` so gateways pick it up."""
+        unknown = set(changes) - USER_CHANGES
+        if unknown or not changes:
+            raise InvalidInputError(f"unknown user field(s): {', '.join(sorted(unknown)) or '(none given)'}")
+        sets = [f"{column} = ?" for column in changes]
+        args = [int(v) if isinstance(v, bool) else v for v in changes.values()]
+        async with self._write_lock:
+            cur = await self._db.execute(
+                f"UPDATE users SET {', '.join([*sets, f'rev = {self._NEXT_REV}'])} "
+                "WHERE name = ? AND removed_at IS NULL",
+                (*args, name),
+            )
+            await self._db.commit()
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no user named {name!r}")
+        return await self.get_user(name)
+
+    async def remove_user(self, name: str) -> UserRecord:
+        """Soft removal: the row (and its ledger, for the books) stays under a name no user can have
+        (``~ID~NAME``), so the name is free again and ``rev`` tells gateways to drop the user."""
+        record = await self.get_user(name)
+        now = datetime.now(UTC).timestamp()
+        async with self._write_lock:
+            cur = await self._db.execute(
+                f"UPDATE users SET removed_at = ?, enabled = 0, name = '~' || id || '~' || name, "
+                f"rev = {self._NEXT_REV} WHERE id = ? AND removed_at IS NULL",
+                (now, record.id),
+            )
+            await self._db.commit()
+        if cur.rowcount == 0:
+            raise NotFoundError(f"no user named {name!r}")
+        return record
+
+    async def debit_credits(self, user_id: int, want: int) -> int:
+        """Take up to ``want`` of the user's unleased credits (a ``spend`` row); returns how many."""
+        if want <= 0:
+            return 0
+        now = datetime.now(UTC).timestamp()
+        async with self._write_lock:
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                async with self._db.execute("SELECT balance FROM users WHERE id = ?", (user_id,)) as cur:
+                    row = await cur.fetchone()
+                taken = min(int(row[0]), want) if row else 0
+                if taken > 0:
+                    await self._db.execute("UPDATE users SET balance = balance - ? WHERE id = ?", (taken, user_id))
+                    await self._db.execute(
+                        "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, 'spend', ?)",
+                        (user_id, -taken, now),
+                    )
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+        return taken
+
+    async def add_usage(self, rows: Sequence[UsageRow]) -> None:
+        """Add increments to the usage counters (one transaction); ``last_seen`` keeps the latest."""
+        if not rows:
+            return
+        async with self._write_lock:
+            await self._db.executemany(
+                "INSERT INTO user_usage (user_id, requests, tunnels, bytes_up, bytes_down, last_seen) "
+                "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM users WHERE id = ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET requests = requests + excluded.requests, "
+                "tunnels = tunnels + excluded.tunnels, bytes_up = bytes_up + excluded.bytes_up, "
+                "bytes_down = bytes_down + excluded.bytes_down, "
+                "last_seen = MAX(COALESCE(last_seen, 0), COALESCE(excluded.last_seen, 0))",
+                [(r.user_id, r.requests, r.tunnels, r.bytes_up, r.bytes_down, r.last_seen, r.user_id) for r in rows],
+            )
+            await self._db.commit()
+
+    async def usage(self) -> dict[int, UsageRow]:
+        async with self._db.execute(
+            "SELECT user_id, requests, tunnels, bytes_up, bytes_down, last_seen FROM user_usage"
+        ) as cur:
+            return {r[0]: UsageRow(r[0], r[1], r[2], r[3], r[4], r[5] or None) for r in await cur.fetchall()}
+
+    async def beat(self, replica: str, host: str, admin_url: str | None) -> None:
+        """A serving gateway says it is alive and where its admin API is; ``admin_url`` None: it stopped."""
+        async with self._write_lock:
+            if admin_url is None:
+                await self._db.execute("DELETE FROM gateways WHERE replica = ?", (replica,))
+            else:
+                await self._db.execute(
+                    "INSERT INTO gateways (replica, host, admin_url, at) VALUES (?, ?, ?, ?) ON CONFLICT (replica) "
+                    "DO UPDATE SET host = excluded.host, admin_url = excluded.admin_url, at = excluded.at",
+                    (replica, host, admin_url, datetime.now(UTC).timestamp()),
+                )
+            await self._db.commit()
+
+    async def gateways(self) -> list[GatewayBeat]:
+        async with self._db.execute("SELECT replica, host, admin_url, at FROM gateways ORDER BY at DESC") as cur:
+            return [GatewayBeat(r[0], r[1], r[2], float(r[3])) for r in await cur.fetchall()]
 
     # replicas (a single owner here: the same answers as PostgreSQL gives one replica) ------------
     async def lease_credits(self, replica: str, user_id: int, want: int) -> int:
@@ -992,7 +1170,7 @@ class SqliteStore:
     async def claim_checks(self, proxies: Sequence[Proxy], until: datetime) -> list[int]:
         return [p.id for p in proxies]  # one process checks everything it finds due
 
-    async def ask_credits(self, user_ids: Sequence[int]) -> None:
+    async def ask_credits(self, user_ids: Sequence[int], *, recall: bool = False) -> None:
         """Nobody else holds a lease here."""
 
     async def get_proxies(self, ids: Sequence[int]) -> list[Proxy]:

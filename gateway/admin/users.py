@@ -1,5 +1,6 @@
-"""Admin API for gateway users and credits: ``GET, POST /api/users``, ``POST /api/users/{name}/credits``,
-``POST /api/users/{name}/password``.
+"""Admin API for gateway users and credits: ``GET, POST /api/users``, ``POST /api/users/{name}/credits``
+(a negative amount debits, never below 0), ``POST /api/users/{name}/password``, ``PATCH /api/users/{name}``
+(enabled, per-user limits) and ``DELETE /api/users/{name}``.
 
 Everything goes through the running ``Accounts``, so a new user or a top-up is live on the gateway
 as soon as the answer is sent.  A generated password (a new user's, or a replacement) is in that one answer and nowhere else.
@@ -52,10 +53,37 @@ async def create_user(request: web.Request) -> web.Response:
 
 
 async def credit_user(request: web.Request) -> web.Response:
+    """A top-up, or with a negative amount a debit: ``{"credits", "debited"}`` (less than asked when
+    the rest was spent meanwhile, see ``pool.accounts``)."""
     accounts = _accounts(request)
     body = await json_object(request)
-    balance = await accounts.credit(request.match_info["name"], _integer(body, "amount"))
+    amount = _integer(body, "amount")
+    name = request.match_info["name"]
+    if amount < 0:
+        debited, balance = await accounts.debit(name, -amount)
+        return web.json_response({"credits": balance, "debited": debited})
+    balance = await accounts.credit(name, amount)
     return web.json_response({"credits": balance})
+
+
+async def update_user(request: web.Request) -> web.Response:
+    """``{"enabled", "max_connections", "max_requests_per_second"}``, any of them; null lifts a limit."""
+    accounts = _accounts(request)
+    body = await json_object(request)
+    unknown = set(body) - {"enabled", "max_connections", "max_requests_per_second"}
+    if unknown:
+        raise InvalidInputError(f"unknown field(s): {', '.join(sorted(unknown))}")
+    if "enabled" in body and not isinstance(body["enabled"], bool):
+        raise InvalidInputError(f"enabled must be true or false, got {body['enabled']!r}")
+    enabled = body.pop("enabled", None)
+    view = await accounts.update(request.match_info["name"], enabled=enabled, **body)
+    return web.json_response(view.public_dict())
+
+
+async def delete_user(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await _accounts(request).remove(name)
+    return web.json_response({"deleted": name})
 
 
 async def new_password(request: web.Request) -> web.Response:
@@ -70,3 +98,5 @@ def add_user_routes(app: web.Application) -> None:
     app.router.add_post("/api/users", create_user)
     app.router.add_post("/api/users/{name}/credits", credit_user)
     app.router.add_post("/api/users/{name}/password", new_password)
+    app.router.add_patch("/api/users/{name}", update_user)
+    app.router.add_delete("/api/users/{name}", delete_user)

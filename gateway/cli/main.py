@@ -122,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(u_credit)
     u_credit.add_argument("name", metavar="NAME")
     u_credit.add_argument("amount", metavar="AMOUNT")
+    u_debit = usub.add_parser("debit", help="take credits off a user (never below 0)")
+    _common(u_debit)
+    u_debit.add_argument("name", metavar="NAME")
+    u_debit.add_argument("amount", metavar="AMOUNT")
+    for action, what in (
+        ("disable", "refuse a user's requests (407) until enabled again"),
+        ("enable", "let a disabled user in again"),
+        ("remove", "remove a user (the name becomes free; the ledger is kept)"),
+    ):
+        u_state = usub.add_parser(action, help=what)
+        _common(u_state)
+        u_state.add_argument("name", metavar="NAME")
+    u_limit = usub.add_parser("limit", help="set a user's per-gateway limits (a number, or 'none')")
+    _common(u_limit)
+    u_limit.add_argument("name", metavar="NAME")
+    u_limit.add_argument("--max-connections", metavar="N")
+    u_limit.add_argument("--max-requests-per-second", "--max-rps", dest="max_requests_per_second", metavar="R")
     u_password = usub.add_parser("password", help="give a user a new generated password; prints it once")
     _common(u_password)
     u_password.add_argument("name", metavar="NAME")

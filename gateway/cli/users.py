@@ -1,55 +1,280 @@
-"""``proxy-pool users list | add NAME [--credits N] | credit NAME AMOUNT | password NAME``.
+"""``proxy-pool users list | add | credit | debit | password | disable | enable | remove | limit``.
 
-Works on the database directly, so it runs with or without a serving gateway; a gateway that
-serves the same database picks the change up within ``credits.flush_interval``.  Bad input raises
-pool errors, which the CLI prints as one line with exit code 2; nothing is written then.
+With a gateway serving the same database (its beat in the store, ``pool.beacon``), every action goes
+through that gateway's admin API with the admin token: the change is in force there when the command
+returns, and the balances printed are the ones the gateway has (spends not yet written included; a
+debit comes out of its lease).  Without one (or without a token to reach it) the command works on the
+database directly.  Input is checked here first: bad input raises pool errors, which the CLI prints
+as one line with exit code 2; nothing is written then.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import aiohttp
 
 from config import Settings
-from gateway.cli.common import emit, open_store
-from pool.accounts import add_credits, create_user, reset_password
+from gateway.admin.token import NoTokenYet, stored_token
+from gateway.cli.common import CommandFailed, emit, open_store
+from pool.accounts import (
+    add_credits,
+    create_user,
+    debit_credits,
+    iso_time,
+    parse_amount,
+    parse_limits,
+    reset_password,
+    validate_name,
+)
+from pool.beacon import live_gateways
+from pool.errors import DuplicateError, InvalidInputError, NotFoundError
+from pool.store import Store, UsageRow, UserRecord
 
-__all__ = ["users_command"]
+__all__ = ["COLUMNS", "users_command"]
+
+COLUMNS = ("id", "name", "credits", "enabled", "requests", "tunnels", "bytes_up", "bytes_down", "last_seen")
+_NONE = ("none", "off", "unlimited")
+
+
+class _Users(Protocol):
+    async def list(self) -> list[dict[str, Any]]: ...
+    async def add(self, name: str, credits: int) -> dict[str, Any]: ...
+    async def credit(self, name: str, amount: int) -> int: ...
+    async def debit(self, name: str, amount: int) -> tuple[int, int]: ...
+    async def password(self, name: str) -> str: ...
+    async def update(self, name: str, changes: dict[str, Any]) -> dict[str, Any]: ...
+    async def remove(self, name: str) -> None: ...
+
+
+def _row(user: UserRecord, used: UsageRow | None) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "name": user.name,
+        "credits": user.balance,
+        "enabled": user.enabled,
+        "max_connections": user.max_connections,
+        "max_requests_per_second": user.max_requests_per_second,
+        "requests": used.requests if used else 0,
+        "tunnels": used.tunnels if used else 0,
+        "bytes_up": used.bytes_up if used else 0,
+        "bytes_down": used.bytes_down if used else 0,
+        "last_seen": iso_time(used.last_seen if used else None),
+    }
+
+
+class _Database:
+    """No gateway serving: the database itself (a debit takes unleased credits, see ``debit_credits``)."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def list(self) -> list[dict[str, Any]]:
+        usage = await self.store.usage()
+        return [_row(u, usage.get(u.id)) for u in await self.store.list_users()]
+
+    async def add(self, name: str, credits: int) -> dict[str, Any]:
+        new = await create_user(self.store, name, credits)
+        return {"id": new.record.id, "name": new.record.name, "password": new.password, "credits": new.record.balance}
+
+    async def credit(self, name: str, amount: int) -> int:
+        return await add_credits(self.store, name, amount)
+
+    async def debit(self, name: str, amount: int) -> tuple[int, int]:
+        return await debit_credits(self.store, name, amount, wait=self.settings.credits.lease_wait)
+
+    async def password(self, name: str) -> str:
+        return await reset_password(self.store, name)
+
+    async def update(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        record = await self.store.update_user(name, **changes)
+        return _row(record, (await self.store.usage()).get(record.id))
+
+    async def remove(self, name: str) -> None:
+        await self.store.remove_user(name)
+
+
+class _Gateway:
+    """A serving gateway's admin API: its answers are its live state."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
+        try:
+            async with self.session.request(method, self.url + path, json=body) as resp:
+                try:
+                    answer = await resp.json(content_type=None)
+                except ValueError:
+                    answer = {}
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CommandFailed(f"the serving gateway at {self.url} did not answer: {exc or type(exc).__name__}") from None
+        if status < 300:
+            return answer
+        message = str(answer.get("error") or f"HTTP {status}") if isinstance(answer, dict) else f"HTTP {status}"
+        if status == 404:
+            raise NotFoundError(message)
+        if status == 409:
+            raise DuplicateError(message)
+        if status == 400:
+            raise InvalidInputError(message)
+        raise CommandFailed(f"the serving gateway answered {status}: {message}")
+
+    @staticmethod
+    def _user(name: str) -> str:
+        return "/api/users/" + quote(name, safe="")
+
+    async def list(self) -> list[dict[str, Any]]:
+        return list((await self.call("GET", "/api/users"))["users"])
+
+    async def add(self, name: str, credits: int) -> dict[str, Any]:
+        return dict(await self.call("POST", "/api/users", {"name": name, "credits": credits}))
+
+    async def credit(self, name: str, amount: int) -> int:
+        return int((await self.call("POST", self._user(name) + "/credits", {"amount": amount}))["credits"])
+
+    async def debit(self, name: str, amount: int) -> tuple[int, int]:
+        answer = await self.call("POST", self._user(name) + "/credits", {"amount": -amount})
+        return int(answer["debited"]), int(answer["credits"])
+
+    async def password(self, name: str) -> str:
+        return str((await self.call("POST", self._user(name) + "/password"))["password"])
+
+    async def update(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self.call("PATCH", self._user(name), changes))
+
+    async def remove(self, name: str) -> None:
+        await self.call("DELETE", self._user(name))
+
+
+async def _serving_gateway(store: Store, settings: Settings) -> _Gateway | None:
+    """A live gateway on this database that answers with our token; None: work on the database."""
+    try:
+        urls = live_gateways(await store.gateways())
+    except Exception:  # noqa: BLE001  (an old schema, a hiccup: the database path still works)
+        return None
+    if not urls:
+        return None
+    try:
+        token = stored_token(settings)
+    except NoTokenYet:
+        return None
+    session = aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {token}"}, timeout=aiohttp.ClientTimeout(total=30, connect=2)
+    )
+    for url in urls:
+        try:
+            async with session.get(url + "/api/users") as resp:
+                if resp.status == 200:
+                    return _Gateway(session, url)
+        except (aiohttp.ClientError, TimeoutError):
+            continue
+    await session.close()
+    print("proxy-pool: warning: no serving gateway answered; working on the database", file=sys.stderr)
+    return None
+
+
+def _limit(text: str | None) -> object:
+    if text is None or text.strip().lower() in _NONE:
+        return None
+    try:
+        return int(text) if text.strip().lstrip("+").isdigit() else float(text)
+    except ValueError:
+        raise InvalidInputError(f"limit must be a positive number or 'none', got {text!r}") from None
+
+
+def _checked(args: argparse.Namespace) -> dict[str, Any]:
+    """The action's arguments, validated before anything is asked of a gateway or the database."""
+    action = args.action
+    if action == "list":
+        return {}
+    name = validate_name(args.name)
+    if action == "add":
+        return {"name": name, "credits": parse_amount(args.credits, what="credits", allow_zero=True)}
+    if action in ("credit", "debit"):
+        return {"name": name, "amount": parse_amount(args.amount)}
+    if action in ("disable", "enable"):
+        return {"name": name, "changes": {"enabled": action == "enable"}}
+    if action == "limit":
+        wanted: dict[str, object] = {}
+        if args.max_connections is not None:
+            wanted["max_connections"] = _limit(args.max_connections)
+        if args.max_requests_per_second is not None:
+            wanted["max_requests_per_second"] = _limit(args.max_requests_per_second)
+        if not wanted:
+            raise InvalidInputError("give --max-connections and/or --max-requests-per-second (a number or 'none')")
+        return {"name": name, "changes": parse_limits(wanted)}
+    return {"name": name}
+
+
+def _limits_line(name: str, row: dict[str, Any]) -> str:
+    conns = row.get("max_connections")
+    rps = row.get("max_requests_per_second")
+    return f"{name}: max_connections {conns or 'none'}, max_requests_per_second {rps or 'none'}"
 
 
 async def users_command(args: argparse.Namespace, settings: Settings) -> int:
+    given = _checked(args)
     async with open_store(settings) as store:
-        if args.action == "list":
-            rows = [{"id": u.id, "name": u.name, "credits": u.balance} for u in await store.list_users()]
-            emit(rows, ("id", "name", "credits"), args.format)
-            return 0
-        if args.action == "add":
-            new = await create_user(store, args.name, args.credits)
-            if args.format == "json":
-                print(
-                    json.dumps(
-                        {
-                            "id": new.record.id,
-                            "name": new.record.name,
-                            "password": new.password,
-                            "credits": new.record.balance,
-                        }
-                    )
-                )
-            else:
-                print(f"added user {new.record.name} with {new.record.balance} credits")
-                print(f"password: {new.password}")
-                print("(shown only this once; proxy URL: http://NAME:PASSWORD@HOST:PORT)")
-            return 0
-        if args.action == "password":
-            password = await reset_password(store, args.name)
-            if args.format == "json":
-                print(json.dumps({"name": args.name, "password": password}))
-            else:
-                print(f"new password for {args.name}: {password}")
-                print("(shown only this once; the old one no longer works)")
-            return 0
-        # credit
-        balance = await add_credits(store, args.name, args.amount)
-        print(f"{args.name}: {balance} credits")
+        gateway = await _serving_gateway(store, settings)
+        users: _Users = gateway if gateway is not None else _Database(store, settings)
+        try:
+            return await _run(args, given, users)
+        finally:
+            if gateway is not None:
+                await gateway.session.close()
+
+
+async def _run(args: argparse.Namespace, given: dict[str, Any], users: _Users) -> int:
+    action = args.action
+    if action == "list":
+        emit(await users.list(), COLUMNS, args.format)
         return 0
+    name = given["name"]
+    if action == "add":
+        new = await users.add(name, given["credits"])
+        if args.format == "json":
+            print(json.dumps({k: new[k] for k in ("id", "name", "password", "credits")}))
+        else:
+            print(f"added user {new['name']} with {new['credits']} credits")
+            print(f"password: {new['password']}")
+            print("(shown only this once; proxy URL: http://NAME:PASSWORD@HOST:PORT)")
+        return 0
+    if action == "password":
+        password = await users.password(name)
+        if args.format == "json":
+            print(json.dumps({"name": name, "password": password}))
+        else:
+            print(f"new password for {name}: {password}")
+            print("(shown only this once; the old one no longer works)")
+        return 0
+    if action == "credit":
+        print(f"{name}: {await users.credit(name, given['amount'])} credits")
+        return 0
+    if action == "debit":
+        debited, balance = await users.debit(name, given["amount"])
+        print(f"{name}: {balance} credits")
+        if debited < given["amount"]:
+            print(
+                f"proxy-pool: debited {debited} of {given['amount']}: the rest was not there to take "
+                "(spent, or still leased to a busy gateway)",
+                file=sys.stderr,
+            )
+        return 0
+    if action in ("disable", "enable"):
+        await users.update(name, given["changes"])
+        print(f"{name}: {action}d")
+        return 0
+    if action == "limit":
+        print(_limits_line(name, await users.update(name, given["changes"])))
+        return 0
+    await users.remove(name)  # remove
+    print(f"removed user {name} (its ledger is kept)")
+    return 0

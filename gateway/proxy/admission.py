@@ -1,8 +1,10 @@
-"""Step 3 of a request, admit: is the target allowed, who is asking, and can they pay.
+"""Step 3 of a request, admit: is the target allowed, who is asking, within their limits, and can they pay.
 
 Runs once per request before anything is dialed, for HTTP requests and CONNECT alike.  A no is a
 ``Refusal`` carrying its status; a yes is an ``Admission`` the later steps carry along (the route to
-pick by, and the charge to refund when the failure is our own).
+pick by, and the charge to refund when the failure is our own).  A user over a per-user limit gets 429
+with ``Retry-After``; one whose credits are leased to other replicas is awaited like a password check
+(``NeedsLease``, bounded by ``credits.lease_wait``), so only a user with no credits left gets 402.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from config import Settings
 from gateway.proxy import http1
 from gateway.proxy.errors import BadRequest
 from gateway.proxy.loops import OwnAddresses
-from gateway.proxy.refusals import AUTH_REALM, Admission, NeedsVerification, Refusal
+from gateway.proxy.refusals import AUTH_REALM, Admission, NeedsLease, NeedsVerification, Refusal
 from gateway.proxy.routing import Credentials, RouteError, parse_proxy_authorization, route_for
 from gateway.proxy.targets import canonical_host
+from pool.accounts import CreditsExhausted, LeaseMissing, LimitReached, Usage
 from pool.selector import Route
 
 __all__ = ["ANY_ROUTE", "Accounts", "Admitter"]
@@ -25,8 +28,13 @@ _ANYONE_ANYWHERE = Admission(None, ANY_ROUTE, 0)  # the admission of every reque
 
 
 class Accounts:  # the shape the gateway needs from pool.accounts (structural)
+    db_ok: bool
+
     def check_cached(self, username: str, password: str) -> str | None: ...
     async def verify(self, username: str, password: str, client: str = "") -> str | None: ...
+    def admit(self, user: str, cost: int, tunnel: bool, conn: object | None = None) -> Usage: ...
+    async def wait_lease(self, user: str, timeout: float) -> None: ...
+    def release(self, conn: object) -> None: ...
     def charge(self, user: str, cost: int) -> bool: ...
     def refund(self, user: str, cost: int) -> None: ...
 
@@ -43,33 +51,82 @@ class Admitter:
         self.direct_allow = [ipaddress.ip_network(n, strict=False) for n in self.gw.direct_allow]
 
     def admit(
-        self, head: http1.RequestHead, verified: str | None = None, credentials: Credentials | None = None
+        self,
+        head: http1.RequestHead,
+        verified: str | None = None,
+        credentials: Credentials | None = None,
+        conn: object | None = None,
     ) -> Admission:
-        """Check the target, authenticate, and charge: once per request, before any dialing.
+        """Check the target, authenticate, per-user limits, and charge: once per request, before any dialing.
 
-        Raises ``NeedsVerification`` for credentials the accounts have not verified yet: then
-        ``admit_slow`` does the slow check without blocking the loop.  ``credentials``: a SOCKS
-        client's (its head is the CONNECT an HTTP client would have sent, ``gateway.proxy.socksproto``)."""
+        Raises ``NeedsVerification`` for credentials the accounts have not verified yet (or its
+        ``NeedsLease`` for credits not leased here yet): then ``admit_slow`` awaits without blocking
+        the loop.  ``credentials``: a SOCKS client's (its head is the CONNECT an HTTP client would
+        have sent, ``gateway.proxy.socksproto``).  ``conn``: the client connection, for the per-user
+        connection limit (``release`` frees its slot when it ends)."""
         self._check_target(head)
         user, route = self._authorize(head, verified, credentials)
-        if user is None and route is ANY_ROUTE:
-            return _ANYONE_ANYWHERE
-        cost = self.settings.credits.cost_per_request if user is not None else 0
-        if user is not None and cost and not self.accounts.charge(user, cost):  # type: ignore[union-attr]
-            raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required")
-        return Admission(user, route, cost)
-
-    async def admit_slow(self, head: http1.RequestHead, peer: str) -> Admission:
-        """``admit``, awaiting the slow password check (a worker thread) on a cache miss; failures are
-        throttled per client address (``peer`` is ``host:port``)."""
+        if user is None:
+            return _ANYONE_ANYWHERE if route is ANY_ROUTE else Admission(None, route, 0)
+        cost = self.settings.credits.cost_per_request
         try:
-            return self.admit(head)
+            usage = self.accounts.admit(user, cost, head.is_connect, conn)  # type: ignore[union-attr]
+        except LimitReached as exc:
+            raise Refusal(429, exc.message, "rate_limited", [("Retry-After", str(exc.retry_after))]) from None
+        except CreditsExhausted:
+            raise Refusal(402, "credits exhausted: ask the operator for a top-up", "payment_required") from None
+        except LeaseMissing:
+            raise NeedsLease(user) from None
+        except LookupError:  # disabled or removed since its password was checked
+            raise Refusal(407, "proxy authentication failed", "auth_required", AUTH_REALM) from None
+        return Admission(user, route, cost, usage)
+
+    async def admit_slow(
+        self,
+        head: http1.RequestHead,
+        peer: str,
+        verified: str | None = None,
+        credentials: Credentials | None = None,
+        conn: object | None = None,
+    ) -> Admission:
+        """``admit``, awaiting what it cannot decide at once: the slow password check (a worker thread)
+        on a cache miss, failures throttled per client address (``peer`` is ``host:port``); a lease of
+        the user's credits, taken in the background (at most ``credits.lease_wait``)."""
+        try:
+            return self.admit(head, verified, credentials, conn)
+        except NeedsLease as need:
+            user: str | None = need.user
         except NeedsVerification as need:
             assert self.accounts is not None
             user = await self.accounts.verify(need.name, need.password, client=peer.rpartition(":")[0])
-        if user is None:
-            raise Refusal(407, "proxy authentication failed", "auth_required", AUTH_REALM)
-        return self.admit(head, verified=user)
+            if user is None:
+                raise Refusal(407, "proxy authentication failed", "auth_required", AUTH_REALM) from None
+            try:
+                return self.admit(head, user, credentials, conn)
+            except NeedsLease:
+                pass
+        assert self.accounts is not None and user is not None
+        await self.accounts.wait_lease(user, self.settings.credits.lease_wait)
+        try:
+            return self.admit(head, user, credentials, conn)
+        except NeedsLease:
+            if not self.accounts.db_ok:
+                raise Refusal(
+                    503, "credits database unreachable: try again shortly", "credits_unavailable"
+                ) from None
+            raise Refusal(
+                402, "credits exhausted on this gateway (the rest are in use on other gateways)", "payment_required"
+            ) from None
+
+    def release(self, conn: object) -> None:
+        """A client connection ended: the per-user connection slot it held is free."""
+        if self.accounts is not None:
+            self.accounts.release(conn)
+
+    def undo(self, admission: Admission) -> None:
+        """The client left before its admitted request could start: its charge goes back."""
+        if admission.user is not None and admission.cost:
+            self.accounts.refund(admission.user, admission.cost)  # type: ignore[union-attr]
 
     def refund_own_failure(self, admission: Admission, refusal: Refusal) -> None:
         """Our own 5xx (no proxy, every attempt failed) costs the user nothing, when so configured."""

@@ -227,7 +227,7 @@ class ClientConnection(asyncio.Protocol):
         self.first = False
         self.state = ClientState.BUSY
         try:
-            admission = self.svc.admitter.admit(head)
+            admission = self.svc.admitter.admit(head, conn=self)
         except Refusal as refusal:
             self._refuse(head, refusal, time.perf_counter())
             return
@@ -239,7 +239,7 @@ class ClientConnection(asyncio.Protocol):
     async def _verify(self, head: http1.RequestHead) -> None:
         started = time.perf_counter()
         try:
-            admission = await self.svc.admitter.admit_slow(head, self.peer)
+            admission = await self.svc.admitter.admit_slow(head, self.peer, conn=self)
         except Refusal as refusal:
             if self.state is ClientState.BUSY:
                 self._refuse(head, refusal, started)
@@ -362,6 +362,8 @@ class ClientConnection(asyncio.Protocol):
     ) -> None:
         seconds = time.perf_counter() - started if started is not None else 0.0
         accounting = self.svc.accounting
+        if request is not None:
+            request.admission.done(request.sent, request.received)  # the user's usage (no metric label)
         if not accounting.access:  # the common case: a counter, no log line to fill in
             accounting.count(method, outcome, seconds)
             return
@@ -445,6 +447,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _lost(self) -> None:
         self.state = ClientState.CLOSED
+        self.svc.admitter.release(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

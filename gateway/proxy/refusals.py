@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from gateway.proxy import http1
 from gateway.proxy.errors import GatewayError
 from gateway.proxy.upstream import UpstreamError, UpstreamTimeout
+from pool.accounts import Usage
 from pool.models import Proxy
 from pool.selector import Route
 
-__all__ = ["AUTH_REALM", "Admission", "Attempts", "KEEP_AFTER", "NeedsVerification", "Refusal"]
+__all__ = ["AUTH_REALM", "Admission", "Attempts", "KEEP_AFTER", "NeedsLease", "NeedsVerification", "Refusal"]
 
 # after a 407 the connection closes: an unauthenticated client holds no slot (issue 12, item 5)
-KEEP_AFTER = frozenset({402, 403, 503})
+KEEP_AFTER = frozenset({402, 403, 429, 503})
 AUTH_REALM = [("Proxy-Authenticate", 'Basic realm="proxy-pool"')]
 
 
@@ -54,6 +55,18 @@ class NeedsVerification(GatewayError):
         return "NeedsVerification()"
 
 
+class NeedsLease(NeedsVerification):
+    """The user has credits, but this gateway holds no lease of them yet: awaited like a verification
+    (``Admitter.admit_slow`` waits, bounded, for the lease taken in the background), then admitted again."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(user, "")
+        self.user = user
+
+    def __repr__(self) -> str:
+        return "NeedsLease()"
+
+
 @dataclass(slots=True)
 class Attempts:
     """Why each upstream failed, for the 502 body and the 504 decision."""
@@ -86,3 +99,9 @@ class Admission:
     user: str | None
     route: Route
     cost: int
+    usage: Usage | None = None  # the user's usage counters (pool.accounts), given the bytes relayed
+
+    def done(self, sent: int, received: int) -> None:
+        """The request (or tunnel) ended having relayed these bytes: the user's usage counts them."""
+        if self.usage is not None:
+            self.usage.add_bytes(sent, received)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from gateway.proxy import http1
 from gateway.proxy.exchange import Connect
-from gateway.proxy.refusals import NeedsVerification, Refusal
+from gateway.proxy.refusals import Admission, NeedsLease, NeedsVerification, Refusal
 from gateway.proxy.relay import Tunnel
 from gateway.proxy.routing import Credentials
 from gateway.proxy.socks import (
@@ -52,6 +52,7 @@ __all__ = ["SocksAnswer", "SocksProtocol", "socks5_code"]
 _BY_STATUS = {
     400: Reply.NOT_ALLOWED,  # a bad routing parameter in the username
     402: Reply.NOT_ALLOWED,  # credits exhausted
+    429: Reply.NOT_ALLOWED,  # a per-user limit
     403: Reply.NOT_ALLOWED,  # port, loop, or a forbidden direct target
     407: Reply.NOT_ALLOWED,
     503: Reply.NETWORK_UNREACHABLE,  # no active proxy matches
@@ -230,13 +231,36 @@ class SocksProtocol(asyncio.Protocol):
                 self.credentials = Credentials(request.username, "")
         head = connect_head(request.host, request.port)
         try:
-            admission = self.svc.admitter.admit(head, verified=self.user, credentials=self.credentials)
+            admission = self.svc.admitter.admit(head, verified=self.user, credentials=self.credentials, conn=self.slot)
         except Refusal as refusal:
             self._fail(answer.refused(refusal), "CONNECT", refusal.outcome)
+            return
+        except NeedsLease:  # credits not leased here yet: wait for the lease (bounded) in a task
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.svc.spawn(self._admit_later(head), "socks-lease")
             return
         except NeedsVerification:  # not reached: RFC 1929 verified the user already
             self._fail(answer.refused(Refusal(407, "", "auth_required")), "CONNECT", "auth_required")
             return
+        self._admitted(head, admission)
+
+    async def _admit_later(self, head: http1.RequestHead) -> None:
+        try:
+            admission = await self.svc.admitter.admit_slow(
+                head, self.peer, self.user, self.credentials, conn=self.slot
+            )
+        except Refusal as refusal:
+            if not self.finished:
+                self._fail(self.answer.refused(refusal), "CONNECT", refusal.outcome)
+            return
+        if self.finished or self.transport is None or self.transport.is_closing():  # the client left meanwhile
+            self.svc.admitter.undo(admission)
+            return
+        self.transport.resume_reading()
+        self._admitted(head, admission)
+
+    def _admitted(self, head: http1.RequestHead, admission: Admission) -> None:
         self.finished = True
         self._cancel_timer()
         self.early += self.hs.rest
@@ -301,6 +325,7 @@ class SocksProtocol(asyncio.Protocol):
     def _count(self, request: Exchange | Connect, outcome: str) -> None:
         accounting = self.svc.accounting
         seconds = time.perf_counter() - request.started
+        request.admission.done(request.sent, request.received)  # the user's usage (no metric label)
         if not accounting.access:
             accounting.count(request.head.method, outcome, seconds, self.protocol)
             return
