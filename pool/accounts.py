@@ -831,6 +831,7 @@ class Accounts:
         0; returns (debited, new balance).  Written as ``spend`` rows at once."""
         value = parse_amount(amount)
         account = await self._account(name)
+        account.yielded = True  # no new lease of this user here while the debit takes; a charge asks again
         async with self._lock:
             own = min(value, account.balance)
             account.balance -= own  # before any await: no request spends these meanwhile
