@@ -23,8 +23,6 @@ from plugins.discovery import load_all_plugins
 from plugins.watchdog import LoopWatchdog
 from plugins.registry import PluginConflictError, PluginRegistry
 from pool.accounts import Accounts
-from pool.beacon import Beacon
-from pool.beacon import admin_url as beacon_url
 from pool.dbfiles import ServeLock, ServeLockHeld, local_database
 from pool.errors import DuplicateError
 from pool.models import Proxy, masked_url, scrub_url_secrets
@@ -162,8 +160,6 @@ class ProxyPool:
         if self._lock is not None:  # the CLI reaches this serve's admin API through the lock file
             self._lock.announce(f"http://{_netloc(*_reachable(self.admin_address))}")
         self.pipeline.self_judge = f"http://{_netloc(*self.admin_address)}/judge"
-        self.beacon = Beacon(self.store, self.replica, beacon_url(*self.admin_address))  # the CLI finds us
-        await self.beacon.start()
         await self._sync_sources()
         for source in await self.store.list_sources():
             self.metrics.register_source(source.id)
@@ -380,9 +376,6 @@ class ProxyPool:
         scraper = getattr(self, "scraper", None)
         if scraper is not None:
             await scraper.close()
-        beacon = getattr(self, "beacon", None)
-        if beacon is not None:
-            await beacon.stop()
         if self.accounts is not None and hasattr(self.accounts, "close"):
             await self.accounts.close()
         runner = getattr(self, "admin_runner", None)

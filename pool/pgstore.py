@@ -31,7 +31,6 @@ from pool.store import (
     USER_CHANGES,
     ChangeHandler,
     CreditState,
-    GatewayBeat,
     LedgerEntry,
     SCRAPES_KEEP,
     SURVIVAL_MARKS,
@@ -176,7 +175,7 @@ PG_MIGRATIONS: list[str] = [
     ALTER TABLE sources ADD COLUMN survived_24h INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE pool_marks (name TEXT PRIMARY KEY, at DOUBLE PRECISION NOT NULL);
     """,
-    # 6: the user life cycle, per-user usage counters, serving gateways' beats
+    # 6: the user life cycle, per-user usage counters
     """
     ALTER TABLE users ADD COLUMN enabled BOOLEAN NOT NULL DEFAULT TRUE;
     ALTER TABLE users ADD COLUMN max_connections INTEGER;
@@ -189,12 +188,6 @@ PG_MIGRATIONS: list[str] = [
         bytes_up BIGINT NOT NULL DEFAULT 0,
         bytes_down BIGINT NOT NULL DEFAULT 0,
         last_seen DOUBLE PRECISION
-    );
-    CREATE TABLE gateways (
-        replica TEXT PRIMARY KEY,
-        host TEXT NOT NULL,
-        admin_url TEXT NOT NULL,
-        at DOUBLE PRECISION NOT NULL
     );
     """,
 ]
@@ -810,19 +803,6 @@ class PostgresStore:
         rows = await self._pool.fetch("SELECT user_id, requests, tunnels, bytes_up, bytes_down, last_seen FROM user_usage")
         return {int(r[0]): UsageRow(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), r[5]) for r in rows}
 
-    async def beat(self, replica: str, host: str, admin_url: str | None) -> None:
-        if admin_url is None:
-            await self._pool.execute("DELETE FROM gateways WHERE replica = $1", replica)
-            return
-        await self._pool.execute(
-            "INSERT INTO gateways (replica, host, admin_url, at) VALUES ($1, $2, $3, $4) ON CONFLICT (replica) "
-            "DO UPDATE SET host = excluded.host, admin_url = excluded.admin_url, at = excluded.at",
-            replica, host, admin_url, datetime.now(UTC).timestamp(),
-        )
-
-    async def gateways(self) -> list[GatewayBeat]:
-        rows = await self._pool.fetch("SELECT replica, host, admin_url, at FROM gateways ORDER BY at DESC")
-        return [GatewayBeat(r[0], r[1], r[2], float(r[3])) for r in rows]
 
     # replicas -----------------------------------------------------------------------------
     async def lease_credits(self, replica: str, user_id: int, want: int) -> int:

@@ -33,7 +33,6 @@ from pool.models import (
 __all__ = [
     "ChangeHandler",
     "CreditState",
-    "GatewayBeat",
     "LedgerEntry",
     "MIGRATIONS",
     "ProxyFilter",
@@ -168,8 +167,8 @@ MIGRATIONS: list[str] = [
     ALTER TABLE sources ADD COLUMN survived_24h INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE pool_marks (name TEXT PRIMARY KEY, at REAL NOT NULL);
     """,
-    # 6: the user life cycle (enabled, per-user limits, soft removal), per-user usage counters (every
-    # replica adds its increments), and serving gateways' beats (where the CLI finds a live admin API)
+    # 6: the user life cycle (enabled, per-user limits, soft removal) and per-user usage counters (every
+    # replica adds its increments)
     """
     ALTER TABLE users ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE users ADD COLUMN max_connections INTEGER;
@@ -182,12 +181,6 @@ MIGRATIONS: list[str] = [
         bytes_up INTEGER NOT NULL DEFAULT 0,
         bytes_down INTEGER NOT NULL DEFAULT 0,
         last_seen REAL
-    );
-    CREATE TABLE gateways (
-        replica TEXT PRIMARY KEY,
-        host TEXT NOT NULL,
-        admin_url TEXT NOT NULL,
-        at REAL NOT NULL
     );
     """,
 ]
@@ -251,16 +244,6 @@ class UsageRow:
     bytes_up: int = 0
     bytes_down: int = 0
     last_seen: float | None = None
-
-
-@dataclass(frozen=True)
-class GatewayBeat:
-    """A serving gateway as it last said: its replica name, host, admin API URL and when (Unix time)."""
-
-    replica: str
-    host: str
-    admin_url: str
-    at: float
 
 
 USER_CHANGES = frozenset({"enabled", "max_connections", "max_requests_per_second"})
@@ -344,8 +327,6 @@ class Store(Protocol):
     async def debit_credits(self, user_id: int, want: int) -> int: ...
     async def add_usage(self, rows: Sequence[UsageRow]) -> None: ...
     async def usage(self) -> dict[int, UsageRow]: ...
-    async def beat(self, replica: str, host: str, admin_url: str | None) -> None: ...
-    async def gateways(self) -> list[GatewayBeat]: ...
 
     # replicas: shared is True when several processes may serve from this database at once
     shared: bool
@@ -1042,22 +1023,6 @@ class SqliteStore:
         ) as cur:
             return {r[0]: UsageRow(r[0], r[1], r[2], r[3], r[4], r[5] or None) for r in await cur.fetchall()}
 
-    async def beat(self, replica: str, host: str, admin_url: str | None) -> None:
-        """A serving gateway says it is alive and where its admin API is; ``admin_url`` None: it stopped."""
-        async with self._write_lock:
-            if admin_url is None:
-                await self._db.execute("DELETE FROM gateways WHERE replica = ?", (replica,))
-            else:
-                await self._db.execute(
-                    "INSERT INTO gateways (replica, host, admin_url, at) VALUES (?, ?, ?, ?) ON CONFLICT (replica) "
-                    "DO UPDATE SET host = excluded.host, admin_url = excluded.admin_url, at = excluded.at",
-                    (replica, host, admin_url, datetime.now(UTC).timestamp()),
-                )
-            await self._db.commit()
-
-    async def gateways(self) -> list[GatewayBeat]:
-        async with self._db.execute("SELECT replica, host, admin_url, at FROM gateways ORDER BY at DESC") as cur:
-            return [GatewayBeat(r[0], r[1], r[2], float(r[3])) for r in await cur.fetchall()]
 
     # replicas (a single owner here: the same answers as PostgreSQL gives one replica) ------------
     async def lease_credits(self, replica: str, user_id: int, want: int) -> int:

@@ -58,10 +58,10 @@ class AdminClient:
         assert self._session is not None
         await self._session.close()
 
-    async def call(self, method: str, path: str) -> Any:
+    async def call(self, method: str, path: str, body: Any = None) -> Any:
         assert self._session is not None
         try:
-            async with self._session.request(method, self.base + path) as resp:
+            async with self._session.request(method, self.base + path, json=body) as resp:
                 answer = await resp.json(content_type=None)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:

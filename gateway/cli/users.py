@@ -1,11 +1,12 @@
 """``proxy-pool users list | add | credit | debit | password | disable | enable | remove | limit``.
 
-With a gateway serving the same database (its beat in the store, ``pool.beacon``), every action goes
-through that gateway's admin API with the admin token: the change is in force there when the command
-returns, and the balances printed are the ones the gateway has (spends not yet written included; a
-debit comes out of its lease).  Without one (or without a token to reach it) the command works on the
-database directly.  Input is checked here first: bad input raises pool errors, which the CLI prints
-as one line with exit code 2; nothing is written then.
+Beside a ``serve`` of the same SQLite file (``gateway.cli.serving``), every action goes through that
+gateway's admin API with the admin token: the change is in force there when the command returns, and
+the balances printed are the ones the gateway has (spends not yet written included; a debit comes out
+of its lease, which holds every credit).  Otherwise (no serve, or PostgreSQL, whose replicas hear every
+write by NOTIFY) the command works on the database: a debit there takes unleased credits and recalls
+the replicas' leases (``pool.accounts.debit_credits``).  Input is checked here first: bad input raises
+pool errors, which the CLI prints as one line with exit code 2; nothing is written then.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import sys
 from typing import Any, Protocol
 from urllib.parse import quote
 
-import aiohttp
-
 from config import Settings
-from gateway.admin.token import NoTokenYet, stored_token
-from gateway.cli.common import CommandFailed, emit, open_store
+from gateway.cli.common import emit, open_store
+from gateway.cli.serving import AdminClient, running_admin
 from pool.accounts import (
     add_credits,
     create_user,
@@ -31,8 +30,7 @@ from pool.accounts import (
     reset_password,
     validate_name,
 )
-from pool.beacon import live_gateways
-from pool.errors import DuplicateError, InvalidInputError, NotFoundError
+from pool.errors import InvalidInputError
 from pool.store import Store, UsageRow, UserRecord
 
 __all__ = ["COLUMNS", "users_command"]
@@ -102,83 +100,34 @@ class _Database:
 class _Gateway:
     """A serving gateway's admin API: its answers are its live state."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
-        self.session = session
-        self.url = url
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        try:
-            async with self.session.request(method, self.url + path, json=body) as resp:
-                try:
-                    answer = await resp.json(content_type=None)
-                except ValueError:
-                    answer = {}
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise CommandFailed(f"the serving gateway at {self.url} did not answer: {exc or type(exc).__name__}") from None
-        if status < 300:
-            return answer
-        message = str(answer.get("error") or f"HTTP {status}") if isinstance(answer, dict) else f"HTTP {status}"
-        if status == 404:
-            raise NotFoundError(message)
-        if status == 409:
-            raise DuplicateError(message)
-        if status == 400:
-            raise InvalidInputError(message)
-        raise CommandFailed(f"the serving gateway answered {status}: {message}")
+    def __init__(self, admin: AdminClient) -> None:
+        self.admin = admin
 
     @staticmethod
     def _user(name: str) -> str:
         return "/api/users/" + quote(name, safe="")
 
     async def list(self) -> list[dict[str, Any]]:
-        return list((await self.call("GET", "/api/users"))["users"])
+        return list((await self.admin.call("GET", "/api/users"))["users"])
 
     async def add(self, name: str, credits: int) -> dict[str, Any]:
-        return dict(await self.call("POST", "/api/users", {"name": name, "credits": credits}))
+        return dict(await self.admin.call("POST", "/api/users", {"name": name, "credits": credits}))
 
     async def credit(self, name: str, amount: int) -> int:
-        return int((await self.call("POST", self._user(name) + "/credits", {"amount": amount}))["credits"])
+        return int((await self.admin.call("POST", self._user(name) + "/credits", {"amount": amount}))["credits"])
 
     async def debit(self, name: str, amount: int) -> tuple[int, int]:
-        answer = await self.call("POST", self._user(name) + "/credits", {"amount": -amount})
+        answer = await self.admin.call("POST", self._user(name) + "/credits", {"amount": -amount})
         return int(answer["debited"]), int(answer["credits"])
 
     async def password(self, name: str) -> str:
-        return str((await self.call("POST", self._user(name) + "/password"))["password"])
+        return str((await self.admin.call("POST", self._user(name) + "/password"))["password"])
 
     async def update(self, name: str, changes: dict[str, Any]) -> dict[str, Any]:
-        return dict(await self.call("PATCH", self._user(name), changes))
+        return dict(await self.admin.call("PATCH", self._user(name), changes))
 
     async def remove(self, name: str) -> None:
-        await self.call("DELETE", self._user(name))
-
-
-async def _serving_gateway(store: Store, settings: Settings) -> _Gateway | None:
-    """A live gateway on this database that answers with our token; None: work on the database."""
-    try:
-        urls = live_gateways(await store.gateways())
-    except Exception:  # noqa: BLE001  (an old schema, a hiccup: the database path still works)
-        return None
-    if not urls:
-        return None
-    try:
-        token = stored_token(settings)
-    except NoTokenYet:
-        return None
-    session = aiohttp.ClientSession(
-        headers={"Authorization": f"Bearer {token}"}, timeout=aiohttp.ClientTimeout(total=30, connect=2)
-    )
-    for url in urls:
-        try:
-            async with session.get(url + "/api/users") as resp:
-                if resp.status == 200:
-                    return _Gateway(session, url)
-        except (aiohttp.ClientError, TimeoutError):
-            continue
-    await session.close()
-    print("proxy-pool: warning: no serving gateway answered; working on the database", file=sys.stderr)
-    return None
+        await self.admin.call("DELETE", self._user(name))
 
 
 def _limit(text: str | None) -> object:
@@ -222,14 +171,12 @@ def _limits_line(name: str, row: dict[str, Any]) -> str:
 
 async def users_command(args: argparse.Namespace, settings: Settings) -> int:
     given = _checked(args)
+    url = await running_admin(settings)
+    if url is not None:
+        async with AdminClient(url, settings) as admin:
+            return await _run(args, given, _Gateway(admin))
     async with open_store(settings) as store:
-        gateway = await _serving_gateway(store, settings)
-        users: _Users = gateway if gateway is not None else _Database(store, settings)
-        try:
-            return await _run(args, given, users)
-        finally:
-            if gateway is not None:
-                await gateway.session.close()
+        return await _run(args, given, _Database(store, settings))
 
 
 async def _run(args: argparse.Namespace, given: dict[str, Any], users: _Users) -> int:

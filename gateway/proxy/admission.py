@@ -123,10 +123,12 @@ class Admitter:
         if self.accounts is not None:
             self.accounts.release(conn)
 
-    def undo(self, admission: Admission) -> None:
-        """The client left before its admitted request could start: its charge goes back."""
+    def undo(self, admission: Admission, conn: object) -> None:
+        """The client left while its request was being admitted (a password check, a lease wait): its
+        charge goes back, and the connection slot the admission took for it is free again."""
         if admission.user is not None and admission.cost:
             self.accounts.refund(admission.user, admission.cost)  # type: ignore[union-attr]
+        self.release(conn)
 
     def refund_own_failure(self, admission: Admission, refusal: Refusal) -> None:
         """Our own 5xx (no proxy, every attempt failed) costs the user nothing, when so configured."""

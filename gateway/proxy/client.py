@@ -244,8 +244,10 @@ class ClientConnection(asyncio.Protocol):
             if self.state is ClientState.BUSY:
                 self._refuse(head, refusal, started)
             return
-        if self.state is ClientState.BUSY:  # else the client left meanwhile
+        if self.state is ClientState.BUSY:
             self._begin(head, admission)
+        else:  # the client left meanwhile
+            self.svc.admitter.undo(admission, self)
 
     def _begin(self, head: http1.RequestHead, admission: Admission) -> None:
         svc = self.svc

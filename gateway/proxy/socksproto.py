@@ -255,7 +255,7 @@ class SocksProtocol(asyncio.Protocol):
                 self._fail(self.answer.refused(refusal), "CONNECT", refusal.outcome)
             return
         if self.finished or self.transport is None or self.transport.is_closing():  # the client left meanwhile
-            self.svc.admitter.undo(admission)
+            self.svc.admitter.undo(admission, self.slot)
             return
         self.transport.resume_reading()
         self._admitted(head, admission)

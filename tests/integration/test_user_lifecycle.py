@@ -336,3 +336,37 @@ async def test_max_connections_limit(make_pool, upstreams, origin):
         )
         assert (await read_reply(reader)).status == 200
     writer.close()
+
+
+async def _until(probe, what: str) -> None:
+    for _ in range(1000):  # the gateway's own schedule: poll its state, bounded
+        if probe():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within 10 s: {what}")
+
+
+async def test_a_client_that_leaves_during_a_lease_wait_pays_nothing_and_holds_no_slot(make_pool, upstreams, origin):
+    """A request waiting for a lease whose client goes away: when the lease comes, its charge goes back and the
+    connection slot (max_connections) it took is free again."""
+    pool = await users_pool(make_pool, upstreams, credits={"lease_wait": 20})
+    password = await new_user(pool, "pat", 5)
+    assert (await api("PATCH", pool, "/api/users/pat", {"max_connections": 1}))[0] == 200
+    auth = basic("pat", password)
+    assert (await raw_get(pool, origin.port, auth)).status == 200
+    await _until(lambda: not pool.accounts._conns and not pool.gateway._clients, "the first connection gone")
+    pool.accounts._by_name["pat"].balance = 0  # as if its lease were elsewhere: 4 credits known, none here
+    host, port = pool.gateway_address  # type: ignore[misc]
+    _, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        f"GET http://127.0.0.1:{origin.port}/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nProxy-Authorization: {auth}\r\n\r\n".encode()
+    )
+    await _until(lambda: pool.accounts._waiting == 1, "the request waiting for a lease")
+    writer.close()
+    await writer.wait_closed()
+    await _until(lambda: not pool.gateway._clients, "the gateway seeing the client leave")
+    user = await pool.store.get_user("pat")
+    await pool.store.append_ledger([(user.id, 3, "credit")])  # free credits: the waiting request gets a lease
+    await _until(lambda: pool.accounts._waiting == 0, "the wait over")
+    assert not pool.accounts._conns
+    assert pool.accounts.balance("pat") == 4 + 3  # nothing charged for the request nobody waited for

@@ -1,9 +1,7 @@
 """The user life cycle in the store, on SQLite and PostgreSQL: enable/limits, soft removal, debits out of
-the unleased balance, usage increments, gateway beats."""
+the unleased balance, usage increments."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 
@@ -75,15 +73,3 @@ async def test_usage_increments_add_up_and_last_seen_keeps_the_latest(store):  #
     await store.add_usage([UsageRow(9999, 1, 1, 1, 1, 1.0)])  # no such user: nothing written
     assert set(await store.usage()) == {alice.id}
 
-
-async def test_gateway_beats(store):  # noqa: F811
-    """A beat per replica, replaced by its next one, gone when it stops."""
-    await store.beat("r1", "host-a", "http://127.0.0.1:8898")
-    await store.beat("r2", "host-b", "http://10.0.0.2:8898")
-    await store.beat("r1", "host-a", "http://127.0.0.1:9898")
-    beats = {b.replica: b for b in await store.gateways()}
-    assert set(beats) == {"r1", "r2"}
-    assert beats["r1"].admin_url == "http://127.0.0.1:9898" and beats["r1"].host == "host-a"
-    assert abs(beats["r1"].at - time.time()) < 60
-    await store.beat("r1", "host-a", None)
-    assert [b.replica for b in await store.gateways()] == ["r2"]
