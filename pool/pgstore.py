@@ -41,6 +41,7 @@ from pool.store import (
     UsageRow,
     UserRecord,
     _ACTIVE_LATENCIES,
+    _activity,
     _dt,
     _proxy,
     _source,
@@ -456,11 +457,8 @@ class PostgresStore:
         )
         return [SourceScrape(_dt(r[0]) or datetime.now(UTC), r[1], r[2], r[3]) for r in rows]
 
-    async def active_latencies(self) -> dict[int, list[float | None]]:
-        out: dict[int, list[float | None]] = {}
-        for source_id, latency in await self._pool.fetch(_ACTIVE_LATENCIES):
-            out.setdefault(int(source_id), []).append(latency)
-        return out
+    async def source_activity(self) -> dict[int, tuple[int, float | None]]:
+        return _activity(await self._pool.fetch(_ACTIVE_LATENCIES))
 
     async def record_survival(self, since: datetime, until: datetime) -> None:
         """As ``SqliteStore.record_survival``: one pass over the links, counts added per source."""

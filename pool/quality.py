@@ -2,7 +2,7 @@
 
 A source's proxies are the ones it lists (``proxy_sources``: a proxy two lists carry counts for both).
 From the shared database: how many of them are active now and their median latency
-(``Store.active_latencies``), what each scrape found and how much was new, survival (of the proxies it
+(``Store.source_activity``), what each scrape found and how much was new, survival (of the proxies it
 listed, the share still active 1 h and 24 h after it first listed them, each counted once per mark by
 ``Store.record_survival``), and when it last had an active proxy.  A source with none for
 ``pool.source_quarantine_hours`` is quarantined: scraped at most every ``QUARANTINE_SCRAPE_EVERY``, marked
@@ -12,8 +12,7 @@ Replicas run the deciding pass once (``Store.claim_mark``), so the event is emit
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,17 +57,16 @@ def hours_without_yield(source: ProxySource, now: datetime) -> float:
 
 
 def source_figures(
-    sources: Iterable[ProxySource], latencies: Mapping[int, Sequence[float | None]], now: datetime
+    sources: Iterable[ProxySource], activity: Mapping[int, tuple[int, float | None]], now: datetime
 ) -> dict[int, SourceFigures]:
-    """Per source id, from ``Store.active_latencies`` (the latency of each active proxy it lists)."""
+    """Per source id, from ``Store.source_activity`` (active proxies it lists, their median latency)."""
     out: dict[int, SourceFigures] = {}
     for source in sources:
-        mine = latencies.get(source.id, ())
-        measured = [x for x in mine if x is not None]
+        active, median = activity.get(source.id, (0, None))
         out[source.id] = SourceFigures(
-            active=len(mine),
-            median_latency_ms=round(statistics.median(measured), 1) if measured else None,
-            hours_without_yield=None if mine else round(hours_without_yield(source, now), 1),
+            active=active,
+            median_latency_ms=None if median is None else round(median, 1),
+            hours_without_yield=None if active else round(hours_without_yield(source, now), 1),
         )
     return out
 

@@ -191,7 +191,7 @@ class Scheduler:
         if not force and self._quality_at is not None and timedelta(0) <= now - self._quality_at < QUALITY_EVERY:
             return
         self._quality_at = now
-        figures = source_figures(sources, await self.store.active_latencies(), now)
+        figures = source_figures(sources, await self.store.source_activity(), now)
         self.figures, self.sources = figures, sources
         last = await self.store.get_mark("quality")
         if last is not None and now - last < QUALITY_EVERY:

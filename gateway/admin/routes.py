@@ -150,7 +150,7 @@ async def _sources_view(pool: Any, sources: list[ProxySource] | None = None) -> 
     if sources is None:
         sources = await pool.store.list_sources()
     await pool.pipeline.flush()  # verdicts still in the write-behind buffer count
-    figures = source_figures(sources, await pool.store.active_latencies(), datetime.now(UTC))
+    figures = source_figures(sources, await pool.store.source_activity(), datetime.now(UTC))
     return [source_view(s, figures[s.id]) for s in sources]
 
 

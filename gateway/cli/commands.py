@@ -363,7 +363,7 @@ async def _sources(args: argparse.Namespace, settings: Settings) -> int:
     async with open_store(settings) as store:
         if args.action == "list":
             sources = await store.list_sources()
-            figures = source_figures(sources, await store.active_latencies(), datetime.now(UTC))
+            figures = source_figures(sources, await store.source_activity(), datetime.now(UTC))
             rows = [source_view(s, figures[s.id]) for s in sources]
             for row in rows:
                 row["state"] = "quarantined" if row["quarantined"] else ("failing" if row["last_error"] else "ok")

@@ -57,8 +57,9 @@ async def test_scrape_history_newest_first_and_trimmed(store):  # noqa: F811
     assert await count_rows(store, "source_scrapes") == 0
 
 
-async def test_active_latencies_per_listing_source(store):  # noqa: F811
-    """A proxy two sources list is active for both; dead ones and other sources' are left out."""
+async def test_activity_per_listing_source(store):  # noqa: F811
+    """A proxy two sources list is active for both; dead ones are left out; the median skips unmeasured
+    latencies and is the mean of the middle two for an even count."""
     a = await store.add_source("https://example.test/a.txt")
     b = await store.add_source("https://example.test/b.txt")
     await store.upsert_proxies(a.id, [up("1.1.1.1:80"), up("2.2.2.2:80"), up("3.3.3.3:80")])
@@ -67,8 +68,14 @@ async def test_active_latencies_per_listing_source(store):  # noqa: F811
     await set_status(store, ids["1.1.1.1"], ProxyStatus.ACTIVE, 100.0)
     await set_status(store, ids["2.2.2.2"], ProxyStatus.ACTIVE, None)
     await set_status(store, ids["3.3.3.3"], ProxyStatus.DEAD, 50.0)
-    got = {k: sorted(v, key=lambda x: -1 if x is None else x) for k, v in (await store.active_latencies()).items()}
-    assert got == {a.id: [None, 100.0], b.id: [None]}
+    assert await store.source_activity() == {a.id: (2, 100.0), b.id: (1, None)}
+    await store.upsert_proxies(a.id, [up("4.4.4.4:80"), up("5.5.5.5:80"), up("6.6.6.6:80")])
+    ids = {p.host: p.id for p in await store.all_proxies()}
+    for host, latency in (("4.4.4.4", 300.0), ("5.5.5.5", 20.0), ("6.6.6.6", 250.0)):
+        await set_status(store, ids[host], ProxyStatus.ACTIVE, latency)
+    assert await store.source_activity() == {a.id: (5, 175.0), b.id: (1, None)}  # 20 100 | 250 300
+    await set_status(store, ids["6.6.6.6"], ProxyStatus.DEAD)
+    assert (await store.source_activity())[a.id] == (4, 100.0)  # 20 100 300
 
 
 async def test_survival_counts_each_link_once_per_mark(store):  # noqa: F811
