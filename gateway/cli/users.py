@@ -30,6 +30,7 @@ from pool.accounts import (
     reset_password,
     validate_name,
 )
+from pool.dbfiles import ServeLock, ServeLockHeld, local_database
 from pool.errors import InvalidInputError
 from pool.store import Store, UsageRow, UserRecord
 
@@ -84,7 +85,25 @@ class _Database:
         return await add_credits(self.store, name, amount)
 
     async def debit(self, name: str, amount: int) -> tuple[int, int]:
+        await self._reclaim_dead_lease()
         return await debit_credits(self.store, name, amount, wait=self.settings.credits.lease_wait)
+
+    async def _reclaim_dead_lease(self) -> None:
+        """A SQLite file nobody serves: what a crashed serve left leased is the users' again (as that
+        serve's next start would make it), so a debit can take it.  Under the serve lock, so no serve
+        starts meanwhile."""
+        database = local_database(self.settings.storage)
+        if database is None or self.store.shared:
+            return
+        lock = ServeLock(database.absolute())
+        try:
+            lock.acquire()
+        except ServeLockHeld:
+            return  # a serve is starting: the credits are its lease
+        try:
+            await self.store.settle_stale_leases(None, forfeit=False)
+        finally:
+            lock.release()
 
     async def password(self, name: str) -> str:
         return await reset_password(self.store, name)

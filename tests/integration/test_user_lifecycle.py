@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.app import ProxyPool
+from pool.store import SqliteStore
 from tests.integration.test_socks_clients import http_get_inside, socks5_connect
 from tests.integration.test_users_credits import (
     admin_url,
@@ -217,8 +218,13 @@ async def test_cli_without_a_gateway_works_on_the_database(tmp_path: Path):
     db = str(tmp_path / "cli.db")
     code, out, err = await cli("users", "add", "olga", "--credits", "5", "--format", "json", "--db", db)
     assert code == 0, err
+    store = await SqliteStore.open(db)
+    try:  # a serve that crashed holding every credit (a lone gateway leases them all)
+        assert await store.lease_credits("crashed", (await store.get_user("olga")).id, 5) == 5
+    finally:
+        await store.close()
     code, out, err = await cli("users", "debit", "olga", "2", "--db", db)
-    assert (code, out.strip()) == (0, "olga: 3 credits"), err
+    assert (code, out.strip(), err) == (0, "olga: 3 credits", ""), err
     code, out, err = await cli("users", "debit", "olga", "7", "--db", db)
     assert (code, out.strip()) == (0, "olga: 0 credits"), err
     assert "debited 3 of 7" in err and len(err.strip().splitlines()) == 1
