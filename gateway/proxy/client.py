@@ -22,8 +22,9 @@ from gateway.proxy import fasthead, http1
 from gateway.proxy.connection import UpstreamConnection
 from gateway.proxy.errors import BadRequest, BadResponse
 from gateway.proxy.exchange import Connect, Exchange
+from gateway.proxy.fixed import FixedTarget, could_be_head, fixed_head
 from gateway.proxy.refusals import Admission, NeedsVerification, Refusal
-from gateway.proxy.relay import Tunnel
+from gateway.proxy.relay import Tunnel, TunnelState
 from gateway.proxy.services import Services
 from gateway.proxy.socksproto import SocksProtocol
 
@@ -46,7 +47,10 @@ class ClientState(enum.Enum):
 
 
 class ClientConnection(asyncio.Protocol):
-    """A client connection, from accept to close (see the module docstring)."""
+    """A client connection, from accept to close (see the module docstring).  A SOCKS client's comes
+    back here once its CONNECT is through, in fixed-target mode (``serve_fixed``, ``gateway.proxy.fixed``)."""
+
+    pools_tunnels = False  # an HTTP client's CONNECT is always a fresh tunnel
 
     def __init__(self, svc: Services, slots: Slots, socks_only: bool = False) -> None:
         self.svc = svc
@@ -71,6 +75,8 @@ class ClientConnection(asyncio.Protocol):
         self._after_body: bool | None = None  # answered early: whether to keep the connection once the body is in
         self._paused_reading = False
         self._paused_upstream = False
+        self.fixed: FixedTarget | None = None  # a SOCKS session served here (serve_fixed)
+        self._eof = False  # a SOCKS session's client half-closed during its request
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.peer} {self.state.name}>"
@@ -128,6 +134,12 @@ class ClientConnection(asyncio.Protocol):
             self._abort("client_timeout")
             self.close()
             return
+        if self.fixed is not None:  # a SOCKS session: a slow start is raw bytes, an idle one ends
+            if self.buffer:
+                self._raw(bytes(self.buffer))
+                return
+            self.close()
+            return
         if self.first or self.buffer:
             self.write(http1.simple_response(408, "request head not received in time", close=True))
             self._count("?", Refusal(408, "", "timeout").outcome)
@@ -179,10 +191,82 @@ class ClientConnection(asyncio.Protocol):
         self.transport.set_protocol(socks)
         socks.data_received(data)  # anything but SOCKS is refused there and closed
 
-    def hand_to_tunnel(self, tunnel: Tunnel) -> None:
-        """A SOCKS client's CONNECT is through: closing this connection now closes its tunnel."""
+    def serve_fixed(self, fixed: FixedTarget, early: bytes) -> None:
+        """A SOCKS client's CONNECT is through (its reply sent): its bytes are read here from now on,
+        served as HTTP requests to that one target while they are, else relayed raw."""
+        assert self.transport is not None
+        self.fixed = fixed
+        fixed.client = self
+        self.state = ClientState.IDLE
+        self.idle_since = self._loop.time()
+        self.transport.set_protocol(self)
+        gw = self.svc.gw
+        self._arm(min(gw.read_timeout, gw.idle_timeout))  # what a raw tunnel would give a silent client
+        conn = fixed.conn
+        if conn is not None and conn.early:  # the target spoke first (its banner came with the CONNECT answer)
+            self._raw(early, conn.early)
+            return
+        if early:
+            self.data_received(early)
+
+    def upstream_spoke(self, conn: UpstreamConnection, data: bytes) -> None:
+        """The target spoke before any request (SMTP, SSH, ...): a raw relay from here, never pooled."""
+        if self.state is ClientState.IDLE:
+            self._raw(bytes(self.buffer), data)
+        else:
+            conn.close()  # a request is on its way on another connection: this one spoke unasked
+
+    def upstream_gone(self, conn: UpstreamConnection) -> None:
+        """The held connection closed between requests: the client sees the target close, as through a
+        raw tunnel, except on a pooled one that had carried nothing of this session (the next request dials)."""
+        fixed = self.fixed
+        if fixed is None or self.state is not ClientState.IDLE:
+            return
+        if conn.uses and not fixed.served and not self.buffer:
+            fixed.conn = None
+            return
+        self.close()
+
+    def _raw(self, client_bytes: bytes, upstream_bytes: bytes = b"") -> None:
+        """A SOCKS session's bytes from here on are relayed raw on its held connection (never pooled again)."""
+        fixed = self.fixed
+        assert fixed is not None and self.transport is not None
+        self.buffer.clear()
+        conn = fixed.detach()
+        if conn is None or conn.transport is None:  # nothing to relay on (it closed): as the target closing
+            self.close()
+            return
         self.state = ClientState.TUNNEL
-        self.tunnel_of = tunnel
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+        def closed(tunnel: Tunnel) -> None:
+            fixed.sent += tunnel.sent
+            fixed.received += tunnel.received
+            self._lost()
+
+        gw = self.svc.gw
+        self.tunnel_of = tunnel = Tunnel(
+            self.transport, conn.transport, idle_timeout=min(gw.read_timeout, gw.idle_timeout),
+            on_bytes=self.svc.accounting.on_bytes, on_closed=closed,
+        )
+        self._paused_reading = False
+        tunnel.start(client_bytes=client_bytes, upstream_bytes=upstream_bytes)
+        if self._eof and tunnel.state is not TunnelState.CLOSED:
+            tunnel.client_eof()
+
+    def eof_received(self) -> bool | None:
+        if self.fixed is None:
+            return None  # close (an HTTP client that half-closes is done)
+        if self.state is ClientState.IDLE and self.buffer:
+            self._eof = True
+            self._raw(bytes(self.buffer))  # what it sent so far, and its EOF, to the target
+            return True
+        if self.state is ClientState.BUSY and self._body is None:
+            self._eof = True  # its answer still comes, then the connection closes
+            return True
+        return None
 
     def socks_done(self) -> None:
         """A SOCKS client's connection ended (its handshake failed, its dial, or its tunnel)."""
@@ -190,11 +274,20 @@ class ClientConnection(asyncio.Protocol):
 
     def _try_head(self) -> None:
         buffer = self.buffer
-        while buffer[:2] == b"\r\n":  # RFC 9112 2.2: ignore CRLF before a request line
-            del buffer[:2]
+        if self.fixed is not None:
+            if not could_be_head(buffer):
+                self._raw(bytes(buffer))
+                return
+        else:
+            while buffer[:2] == b"\r\n":  # RFC 9112 2.2: ignore CRLF before a request line
+                del buffer[:2]
         end = buffer.find(b"\r\n\r\n")
         limit = self.svc.gw.max_header_bytes
         if end < 0 or end + 4 > limit:
+            if self.fixed is not None:
+                if len(buffer) > limit or end + 4 > limit:
+                    self._raw(bytes(buffer))
+                return
             if len(buffer) > limit or end + 4 > limit:
                 self._bad(BadRequest(431, f"request head larger than {limit} bytes"))
             elif buffer:
@@ -219,6 +312,15 @@ class ClientConnection(asyncio.Protocol):
             self._bad(BadRequest(400, "malformed request line"))
 
     def _request(self, raw: bytes) -> None:
+        fixed = self.fixed
+        if fixed is not None:
+            fixed_request = fixed_head(raw)
+            if fixed_request is None:
+                self._raw(raw + bytes(self.buffer))
+                return
+            self.state = ClientState.BUSY
+            self._begin(fixed_request, fixed.admission)
+            return
         try:
             head = fasthead.plain_request(raw) or http1.parse_request_head(raw)
         except BadRequest as exc:
@@ -254,7 +356,7 @@ class ClientConnection(asyncio.Protocol):
         if head.is_connect:
             self.request = request = Connect(svc, self, head, admission)
         else:
-            self.request = request = Exchange(svc, self, head, admission)
+            self.request = request = Exchange(svc, self, head, admission, self.fixed)
             if request.body:
                 framing = http1.request_body_framing(head)
                 self._body = http1.BodyTracker(framing.kind, framing.length)
@@ -293,7 +395,7 @@ class ClientConnection(asyncio.Protocol):
                 used, done = body.feed(data)
             except BadResponse as exc:  # a broken chunked body: nothing more goes upstream
                 self._abort("bad_request")
-                if not request.responded:
+                if not request.responded and self.fixed is None:
                     self.write(http1.simple_response(400, exc.message, close=True))
                 self.close()
                 return
@@ -335,6 +437,11 @@ class ClientConnection(asyncio.Protocol):
         self._refuse(request.head, refusal, request.started, request)
 
     def _refuse(self, head: http1.RequestHead, refusal: Refusal, started: float, request: Exchange | Connect | None = None) -> None:
+        if self.fixed is not None:  # no answer of ours inside a SOCKS tunnel: the target "closed"
+            self._count(head.method, refusal.outcome, started, head, request, refusal.status)
+            self._body = None
+            self.close()
+            return
         keep = refusal.keeps(head)
         self.write(http1.simple_response(refusal.status, refusal.message, headers=refusal.headers, close=not keep))
         self._count(head.method, refusal.outcome, started, head, request, refusal.status)
@@ -362,6 +469,12 @@ class ClientConnection(asyncio.Protocol):
         request: Exchange | Connect | None = None,
         status: int = 0,
     ) -> None:
+        fixed = self.fixed
+        if fixed is not None:  # a request inside a SOCKS session: the session is counted, once, at its end
+            if request is not None:
+                fixed.sent += request.sent
+                fixed.received += request.received
+            return
         seconds = time.perf_counter() - started if started is not None else 0.0
         accounting = self.svc.accounting
         if request is not None:
@@ -383,7 +496,7 @@ class ClientConnection(asyncio.Protocol):
         )
 
     def _next(self, keep: bool) -> None:
-        if not keep or self.svc.closing:
+        if not keep or self.svc.closing or (self._eof and not self.buffer):
             self.close()
             return
         self.state = ClientState.IDLE
@@ -418,7 +531,7 @@ class ClientConnection(asyncio.Protocol):
         early = bytes(self.buffer)
         self.buffer.clear()
         self._paused_reading = False
-        self.tunnel_of.start(client_bytes=early)
+        self.tunnel_of.start(client_bytes=early, upstream_bytes=conn.early)
 
     def close(self) -> None:
         if self.state is ClientState.TUNNEL and self.tunnel_of is not None:
@@ -453,6 +566,9 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        fixed, self.fixed = self.fixed, None
+        if fixed is not None:
+            fixed.end()
         self.slots.left(self)
         if self.done is not None and not self.done.done():
             self.done.set_result(None)

@@ -76,6 +76,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._timer_at = 0.0
         self.read_timeout = 30.0
+        self.holder: Holder | None = None  # a SOCKS session keeping it between its requests (gateway.proxy.fixed)
+        self.early = b""  # a client's tunnel: what the target said before anyone took the connection over
+        self._early_ok = False
 
     def __repr__(self) -> str:
         return f"<UpstreamConnection {self.key!r} {self.state.name} uses={self.uses}>"
@@ -83,6 +86,20 @@ class UpstreamConnection(asyncio.Protocol):
     # the pool's view -----------------------------------------------------------------------
     def is_available(self, now: float) -> bool:
         return self.state is ConnState.IDLE and now - self.idle_since < self.pool.idle_timeout
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is not ConnState.CLOSED and self.transport is not None and not self.transport.is_closing()
+
+    def detach(self) -> None:
+        """Handed to a raw relay (``gateway.proxy.relay``), which takes the transport over: this
+        connection never carries a request or goes to the pool again."""
+        self.state = ConnState.CLOSED
+        self.receiver = None
+        self.holder = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def close(self) -> None:
         if self.state is not ConnState.CLOSED:
@@ -144,9 +161,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         receiver.timed_out(self)
 
-    def start_tunnel(self, request: bytes) -> asyncio.Future[int]:
-        """Send ``CONNECT``; the future gets the upstream's status (200: the tunnel is open, 0: it closed)."""
+    def start_tunnel(self, request: bytes, early_ok: bool = False) -> asyncio.Future[int]:
+        """Send ``CONNECT``; the future gets the upstream's status (200: the tunnel is open, 0: it closed).
+        ``early_ok``: a client's own tunnel, where a target that speaks first (SMTP, SSH) is no fault:
+        its bytes wait in ``early`` for the relay; else they make the tunnel unclean (502)."""
         assert self.transport is not None
+        self._early_ok = early_ok
         self.handshake = self.loop.create_future()
         self.transport.write(request)
         return self.handshake
@@ -165,10 +185,13 @@ class UpstreamConnection(asyncio.Protocol):
             status = http1.parse_response_head(bytes(self._head[: end + 4])).status
         except BadResponse:
             status = 502
-        leftover = len(self._head) > end + 4
+        leftover = bytes(self._head[end + 4 :])
         self._head.clear()
         if leftover and status == 200:
-            status = 502  # the upstream spoke before we did: not a clean tunnel
+            if self._early_ok:
+                self.early = leftover
+            else:
+                status = 502  # the upstream spoke before we did: not a clean tunnel
         if status != 200:
             self.close()
         self.handshake.set_result(status)
@@ -180,6 +203,13 @@ class UpstreamConnection(asyncio.Protocol):
             return
         receiver = self.receiver
         if receiver is None or self.state is not ConnState.ACTIVE:  # spoke unasked: never reused
+            holder = self.holder
+            if holder is not None and receiver is None and self.state is not ConnState.CLOSED:
+                holder.spoke(self, data)  # a SOCKS session's target speaking first: its raw relay
+                return
+            if self._early_ok and self.state is ConnState.NEW:  # a client's tunnel, not taken over yet
+                self.early += data
+                return
             self.close()
             return
         if self._responded:
@@ -304,6 +334,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.handshake.set_result(0)
         receiver, self.receiver = self.receiver, None
         if receiver is None:
+            if self.holder is not None:
+                self.holder.lost(self)
             return
         if not self._responded:
             receiver.upstream_lost(self)
@@ -320,6 +352,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.write_paused = False
         if self.receiver is not None:
             self.receiver.writable()
+
+
+class Holder(Protocol):
+    """Who keeps a connection between its requests instead of the pool (``gateway.proxy.fixed.FixedTarget``)."""
+
+    def spoke(self, conn: UpstreamConnection, data: bytes) -> None: ...
+    def lost(self, conn: UpstreamConnection) -> None: ...
 
 
 class ConnectionPool:
@@ -351,14 +390,32 @@ class ConnectionPool:
         return found
 
     def release(self, conn: UpstreamConnection) -> None:
-        """Back to the pool, IDLE: only a connection whose answer ended exactly at its framing."""
-        if self.per_key == 0 or conn.state is not ConnState.ACTIVE:
+        """Back to the pool, IDLE: only a connection whose answer ended exactly at its framing.  A held
+        one (``conn.holder``) goes IDLE but stays with its holder until ``give_back``."""
+        if conn.state is not ConnState.ACTIVE or (self.per_key == 0 and conn.holder is None):
             conn.close()
             return
         conn.state = ConnState.IDLE
         conn.receiver = None
         conn.uses += 1
         conn.idle_since = time.monotonic()
+        if conn.holder is None:
+            self._keep(conn)
+
+    def give_back(self, conn: UpstreamConnection) -> None:
+        """A holder is done with ``conn``: into the pool if it is IDLE and open (a clean message
+        boundary, and taken from the pool or fresh: NEW), else closed."""
+        conn.holder = None
+        if conn.state is ConnState.NEW and conn.is_open and not conn.uses and conn.handshake is None and not conn.early:
+            conn.state = ConnState.ACTIVE  # a fresh tunnel that carried nothing: as good as an idle one
+            self.release(conn)
+            return
+        if self.per_key == 0 or conn.state is not ConnState.IDLE or not conn.is_open:
+            conn.close()
+            return
+        self._keep(conn)  # idle since its last answer ended
+
+    def _keep(self, conn: UpstreamConnection) -> None:
         conns = self._idle.setdefault(conn.key, [])
         self._idle.move_to_end(conn.key)
         conns.append(conn)

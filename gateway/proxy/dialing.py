@@ -107,7 +107,7 @@ class Dialer:
         request = http1.connect_request_head(host, port, extra=proxy_authorization(proxy.upstream))
         try:
             async with asyncio.timeout(self.connect_timeout):
-                status = await conn.start_tunnel(request)
+                status = await conn.start_tunnel(request, early_ok=tunnel_only)
         except TimeoutError:  # connected, then no answer: the upstream is still dialing the target
             conn.close()
             raise UpstreamTimeout("upstream did not answer CONNECT in time", target=f"{host}:{port}") from None

@@ -22,6 +22,7 @@ from typing import Protocol
 from gateway.proxy import fasthead, http1
 from gateway.proxy.connection import UpstreamConnection
 from gateway.proxy.dialing import Plan
+from gateway.proxy.fixed import FixedTarget
 from gateway.proxy.refusals import Admission, Attempts, Refusal
 from gateway.proxy.services import Services
 from gateway.proxy.upstream import UpstreamError, UpstreamTimeout, proxy_authorization
@@ -36,6 +37,7 @@ class ClientSide(Protocol):
     """What a request needs from its client connection (``gateway.proxy.client.ClientConnection``)."""
 
     peer: str
+    pools_tunnels: bool  # a CONNECT may ride an idle pooled connection to its target (a SOCKS client)
 
     def write(self, data: bytes) -> None: ...
     def answered(self, request: Exchange | Connect, outcome: str, keep: bool) -> None: ...
@@ -163,13 +165,22 @@ class Exchange(_Attempting):
         "_plan",
         "body",
         "body_done",
+        "fixed",
         "keep",
         "responded",
         "retryable",
     )
 
-    def __init__(self, svc: Services, client: ClientSide, head: http1.RequestHead, admission: Admission) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        client: ClientSide,
+        head: http1.RequestHead,
+        admission: Admission,
+        fixed: FixedTarget | None = None,
+    ) -> None:
         super().__init__(svc, client, head, admission)
+        self.fixed = fixed  # a SOCKS session's request: its target, upstream and connection are the session's
         self.body = head.chunked or bool(head.content_length)
         self.retryable = not self.body and head.method in http1.IDEMPOTENT
         self.body_done = not self.body
@@ -182,12 +193,24 @@ class Exchange(_Attempting):
         # a ban answer held back: (proxy, connection, head) while another upstream tries
         self._banned: tuple[Proxy, UpstreamConnection, http1.ResponseHead] | None = None
 
+    @property
+    def target(self) -> str:
+        fixed = self.fixed
+        return f"{self.head.host}:{self.head.port}" if fixed is None else f"{fixed.host}:{fixed.port}"
+
     # attempts -----------------------------------------------------------------------------
     def start(self) -> None:
         self._attempt()
 
     def _attempt(self) -> None:
         if self.finished:
+            return
+        fixed = self.fixed
+        if fixed is not None:  # the session's one upstream, once (the Host header routes nothing)
+            if self.tried or self.direct_tried:
+                self._out_of_attempts()
+                return
+            self._fixed_attempt(fixed)
             return
         try:
             go, proxy = self._pick()
@@ -207,6 +230,19 @@ class Exchange(_Attempting):
         else:
             self._dial(fresh_retry=False)
 
+    def _fixed_attempt(self, fixed: FixedTarget) -> None:
+        proxy = self.proxy = fixed.proxy
+        if proxy is None:
+            self.direct_tried = True
+        else:
+            self.tried.add(proxy.id)
+        self._plan = self.svc.dialer.plan(proxy, fixed.host, fixed.port, tunnel_only=True)
+        conn = fixed.take(fresh_only=not self.retryable)
+        if conn is not None:
+            self._send(conn)
+        else:
+            self._dial(fresh_retry=False)
+
     def _dial(self, fresh_retry: bool) -> None:
         self._fresh_retry = fresh_retry
         self.svc.spawn(self._dial_task(), "upstream-dial")
@@ -214,8 +250,12 @@ class Exchange(_Attempting):
     async def _dial_task(self) -> None:
         plan = self._plan
         assert plan is not None
+        fixed = self.fixed
         try:
-            conn = await self.svc.dialer.dial(plan, self.head.host, self.head.port)
+            if fixed is None:
+                conn = await self.svc.dialer.dial(plan, self.head.host, self.head.port)
+            else:
+                conn = await self.svc.dialer.dial(plan, fixed.host, fixed.port, tunnel_only=True)
         except UpstreamError as exc:
             self._dial_failed(exc)
             return
@@ -232,6 +272,9 @@ class Exchange(_Attempting):
         plan = self._plan
         assert plan is not None
         self.conn = conn
+        if self.fixed is not None:
+            self.fixed.hold(conn)
+            self.fixed.served += 1
         if plan.absolute:
             assert self.proxy is not None
             extra = proxy_authorization(self.proxy.upstream)
@@ -286,6 +329,7 @@ class Exchange(_Attempting):
         svc = self.svc
         return (
             status in svc.gw.retry_on_status
+            and self.fixed is None  # a SOCKS session has its one upstream
             and self.retryable
             and self.proxy is not None
             and len(self.tried) <= svc.gw.max_retries
@@ -407,7 +451,9 @@ class Exchange(_Attempting):
 
 
 class Connect(_Attempting):
-    """A client's CONNECT: a fresh tunnel through the first upstream that opens one."""
+    """A client's CONNECT: a fresh tunnel through the first upstream that opens one, or, for a client
+    side that ``pools_tunnels`` (SOCKS, ``gateway.proxy.fixed``), an idle pooled connection to the target
+    through the upstream picked."""
 
     __slots__ = ()
 
@@ -426,6 +472,13 @@ class Connect(_Attempting):
             self._out_of_attempts()
             return
         self.proxy = proxy
+        if self.client.pools_tunnels:
+            head = self.head
+            dialer = self.svc.dialer
+            conn = dialer.reuse(dialer.plan(proxy, head.host, head.port, tunnel_only=True))
+            if conn is not None:
+                self._through(conn)
+                return
         self.svc.spawn(self._dial_task(proxy), "upstream-tunnel")
 
     async def _dial_task(self, proxy: Proxy | None) -> None:
@@ -444,6 +497,9 @@ class Connect(_Attempting):
             conn.close()
             return
         self.svc.accounting.report(proxy, True)
+        self._through(conn)
+
+    def _through(self, conn: UpstreamConnection) -> None:
         self.status = 200
         established = http1.CONNECT_ESTABLISHED
         extra = self._debug_headers()

@@ -133,6 +133,10 @@ class Tunnel:
             return
         self.close()
 
+    def client_eof(self) -> None:
+        """The client half-closed before the relay took its transport over: passed on as if it came now."""
+        self._client.eof_received()
+
     def half_closed(self) -> None:
         if self.state is TunnelState.OPEN:
             self.state = TunnelState.HALF_CLOSED

@@ -7,8 +7,10 @@ wrong password gets the failure status and a close), and turns the CONNECT reque
 head an HTTP client would have sent.  That head goes through the one admission
 (``gateway.proxy.admission.Admitter``: target, loops, ports, auth, credits) and the one CONNECT
 (``gateway.proxy.exchange.Connect``: pick, failover before any reply, dialing, refunds) with this
-protocol as its client side, then the one relay (``gateway.proxy.relay.Tunnel``); accounting is the
-same, with the ``protocol`` label.  The only differences are the answers (``SocksAnswer``).
+protocol as its client side; once through, the client connection serves the session
+(``gateway.proxy.fixed``: HTTP requests over a pooled connection to the target, else the one relay,
+``gateway.proxy.relay.Tunnel``); accounting is the same, with the ``protocol`` label.  The only
+differences are the answers (``SocksAnswer``).
 
 The whole handshake has ``gateway.head_timeout``: a slowloris, garbage or a truncated request gets
 its reply code or a close within it, and the connection's slot is released at once.
@@ -23,8 +25,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from gateway.proxy import http1
 from gateway.proxy.exchange import Connect
+from gateway.proxy.fixed import FixedTarget
 from gateway.proxy.refusals import Admission, NeedsLease, NeedsVerification, Refusal
-from gateway.proxy.relay import Tunnel
 from gateway.proxy.routing import Credentials
 from gateway.proxy.socks import (
     Greeting,
@@ -102,13 +104,15 @@ class Slot(Protocol):
     peer: str
     transport: asyncio.Transport | None
 
-    def hand_to_tunnel(self, tunnel: Tunnel) -> None: ...
+    def serve_fixed(self, fixed: FixedTarget, early: bytes) -> None: ...
     def socks_done(self) -> None: ...
 
 
 class SocksProtocol(asyncio.Protocol):
     """One SOCKS client, from its first byte to its tunnel.  ``slot`` stays the connection's place in
     the server (its ``ClientConnection``); this is the client side of its ``Connect``."""
+
+    pools_tunnels = True  # the CONNECT may ride an idle pooled connection (gateway.proxy.fixed)
 
     def __init__(self, svc: Services, slot: Slot) -> None:
         self.svc = svc
@@ -286,26 +290,23 @@ class SocksProtocol(asyncio.Protocol):
         self._close()
 
     def tunnel(self, request: Connect, conn: UpstreamConnection, established: bytes) -> None:
-        """The upstream is through to the target: the SOCKS success reply, then the one relay."""
+        """A connection to the target is ready (pooled or fresh): the SOCKS success reply, then the client
+        connection serves the session in fixed-target mode (HTTP requests over that connection, or a raw
+        relay) and counts it, once, when it ends."""
         self.request = None
-        assert self.transport is not None and conn.transport is not None
+        assert self.transport is not None
         self._write(self.answer.established(request.proxy))
-        svc = self.svc
-        slot = self.slot
+        self._released = True  # the client connection releases the slot from here on
+        head = request.head
 
-        def closed(tunnel: Tunnel) -> None:
-            request.sent, request.received = tunnel.sent, tunnel.received
+        def ended(fixed: FixedTarget) -> None:
+            request.sent, request.received = fixed.sent, fixed.received
             self._count(request, "ok")
-            self._release()
 
-        tunnel = Tunnel(
-            self.transport, conn.transport, idle_timeout=min(svc.gw.read_timeout, svc.gw.idle_timeout),
-            on_bytes=svc.accounting.on_bytes, on_closed=closed,
-        )
-        slot.hand_to_tunnel(tunnel)
+        fixed = FixedTarget(request.proxy, head.host, head.port, request.admission, conn, self.svc.dialer.pool, ended)
         early = bytes(self.early)
         self.early.clear()
-        tunnel.start(client_bytes=early)
+        self.slot.serve_fixed(fixed, early)
 
     # endings -----------------------------------------------------------------------------------
     def _timed_out(self) -> None:
