@@ -157,6 +157,32 @@ async def test_pipelined_and_half_closed_requests_are_answered(upstreams):
         await wait_for(lambda: settled(server))
 
 
+async def test_request_bodies_inside_a_session_arrive_whole(upstreams, origin):
+    """A Content-Length body and a chunked one, inside one SOCKS session after a GET warmed the pool:
+    the origin gets every byte (its sha256 says so), and the session's connection is pooled after."""
+    import hashlib
+    import json
+
+    body = os.urandom(300_000)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 70_000]), body[i : i + 70_000]) for i in range(0, len(body), 70_000))
+    async with gateway(upstreams[0].url()) as server:
+        reader, writer = await session(server, origin.port)
+        requests = [
+            b"GET /echo HTTP/1.1\r\nHost: o\r\n\r\n",
+            b"POST /body HTTP/1.1\r\nHost: o\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+            b"POST /body HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n" % chunked,
+        ]
+        for n, request in enumerate(requests):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            answer = json.loads(await reader.readexactly(length))
+            if n:
+                assert answer["size"] == len(body) and answer["sha256"] == hashlib.sha256(body).hexdigest()
+        writer.close()
+        await wait_for(lambda: settled(server) and server.idle_upstream_connections >= 1)
+
+
 # raw relay: whatever is not everyday HTTP/1.1 ----------------------------------------------------
 
 
