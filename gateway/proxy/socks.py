@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
 __all__ = [
+    "GRANTED4",
     "MAX_HANDSHAKE",
+    "SUCCEEDED5",
     "Command",
     "Greeting",
     "Method",
@@ -137,6 +140,8 @@ def reply4(granted: bool) -> bytes:
 
 
 _FAIL5 = reply5(Reply.GENERAL_FAILURE)
+SUCCEEDED5 = reply5(Reply.SUCCEEDED)  # the reply of every tunnel: built once
+GRANTED4 = reply4(True)
 
 
 def _text(raw: bytes, what: str, reply: bytes) -> str:
@@ -302,7 +307,7 @@ class SocksHandshake:
             name = {Command.BIND: "BIND", Command.UDP_ASSOCIATE: "UDP ASSOCIATE"}.get(command, f"command {command}")
             raise SocksError(f"{name} is not supported", reply5(Reply.COMMAND_NOT_SUPPORTED))
         if atyp == _ATYP_IPV4:
-            host, is_domain = str(ipaddress.IPv4Address(bytes(buf[4:8]))), False
+            host, is_domain = socket.inet_ntoa(bytes(buf[4:8])), False  # what str(IPv4Address) spells, faster
         elif atyp == _ATYP_IPV6:
             host, is_domain = str(ipaddress.IPv6Address(bytes(buf[4:20]))), False
         else:

@@ -29,6 +29,8 @@ from gateway.proxy.fixed import FixedTarget
 from gateway.proxy.refusals import Admission, NeedsLease, NeedsVerification, Refusal
 from gateway.proxy.routing import Credentials
 from gateway.proxy.socks import (
+    GRANTED4,
+    SUCCEEDED5,
     Greeting,
     Method,
     Reply,
@@ -92,7 +94,7 @@ class SocksAnswer:
         return "socks5" if self.version == 5 else "socks4"
 
     def established(self, proxy: Proxy | None) -> bytes:
-        return reply5(Reply.SUCCEEDED) if self.version == 5 else reply4(True)
+        return SUCCEEDED5 if self.version == 5 else GRANTED4
 
     def refused(self, refusal: Refusal) -> bytes:
         return reply5(socks5_code(refusal)) if self.version == 5 else reply4(False)
