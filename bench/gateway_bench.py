@@ -12,7 +12,8 @@ measures with wrk (absolute-URI requests, ``bench/wrk_absolute.lua``):
   (e) RSS of ``proxy-pool serve`` with 100,000 proxies (half active), and the time of a filtered pick
   (f) with ``--pools``, only this: pools with SOCKS upstreams (microsocks, pproxy socks5) and mixed
       pools, proxy-pool against pproxy ``-s rr`` over the same upstreams: keep-alive, ``Connection:
-      close``, 1 MiB POSTs (nginx ``/post``); ``--old-root`` runs another source tree beside it
+      close``, 1 MiB POSTs (nginx ``/post``), and (c) through the HTTP pool (CONNECT bulk, % of straight,
+      CPU per MB): every row of issue 13's table in one run; ``--old-root`` runs another source tree beside it
 
 Run:  python bench/gateway_bench.py [--duration 6] [--rounds 3] [--format json]
 Needs Debian packages: nginx-light (or nginx), tinyproxy, squid, wrk; Python: pproxy (uvloop optional).
@@ -287,6 +288,7 @@ POOL_ROWS = [  # (row, pool, close, body bytes)
     ("Connection: close HTTP only", "http", True, 0),
     ("1 MiB POST keep-alive mixed", "mixed", False, 1 << 20),
 ]
+BULK_ROW = "CONNECT bulk HTTP only"  # (c) through the HTTP pool's upstreams, beside the rows above
 
 
 def _pool_upstream(services: Services, software: str, host: str) -> Service:
@@ -304,7 +306,8 @@ def pools_case(services: Services, origin: Origin, work: Path, args: argparse.Na
     fronts: dict[str, dict[str, tuple[tuple[str, int], int]]] = {}
     gateways: dict[str, Gateway] = {}
     for pool, members in POOLS.items():
-        if not any(row[1] == pool for row in POOL_ROWS if row[0] in args.rows):
+        wanted = any(row[1] == pool for row in POOL_ROWS if row[0] in args.rows)
+        if not wanted and not (pool == "http" and BULK_ROW in args.rows):
             continue
         urls = [ups[m].url for m in members]
         fronts[pool] = {}
@@ -334,15 +337,20 @@ def pools_case(services: Services, origin: Origin, work: Path, args: argparse.Na
                 runs[name].append(wrk_case(f"(f) {row}", name, address, pid, target, args, close=close,
                                            body_bytes=body))
         out["rows"].append({"row": row, "pool": pool, "results": {n: asdict(median_of(r)) for n, r in runs.items()}})
+    if BULK_ROW in args.rows:
+        out["bulk"] = bulk_downloads(origin, [ups[m] for m in POOLS["http"]], fronts["http"], args.bulk_reps)
     if args.profile and "mixed" in gateways:
         out["profile"] = profile_gateway(gateways["mixed"], page, args, args.output.with_name("gateway-pools-profile"))
     return out
 
 
 def render_pools(data: dict[str, Any]) -> str:
-    """The (f) table: one line per row, proxy-pool (and the old code) beside pproxy, with the ratio."""
-    lines = ["| row | " + " | ".join(next(iter(data["rows"]))["results"]) + " | ratio |", "|---|"]
-    lines[1] += "---|" * (len(next(iter(data["rows"]))["results"]) + 1)
+    """The (f) table: one line per row, proxy-pool (and the old code) beside pproxy, with the ratio;
+    then the CONNECT bulk table (MB/s and % of straight per upstream, CPU ms per MB per front)."""
+    lines: list[str] = []
+    if data["rows"]:
+        lines += ["| row | " + " | ".join(next(iter(data["rows"]))["results"]) + " | ratio |", "|---|"]
+        lines[1] += "---|" * (len(next(iter(data["rows"]))["results"]) + 1)
     for row in data["rows"]:
         results = row["results"]
         cells = []
@@ -352,6 +360,20 @@ def render_pools(data: dict[str, Any]) -> str:
                          + (f", {errors} errors/non-2xx" if errors else "") + f" (rounds {r['runs']})")
         ratio = results["proxy-pool"]["rps"] / max(1.0, results["pproxy -s rr"]["rps"])
         lines.append(f"| {row['row']} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    if data.get("bulk"):
+        lines += ["", f"{BULK_ROW}: CONNECT download of the big file, MB/s (% of straight through the same upstream)", ""]
+        bulk = data["bulk"]
+        cpu = bulk["_cpu_ms_per_mb"]
+        fronts = [name for name in cpu if name != "straight"]
+        lines += ["| upstream | straight | " + " | ".join(fronts) + " |", "|---|---|" + "---|" * len(fronts)]
+        for name, row in bulk.items():
+            if name.startswith("_"):
+                continue
+            straight = row.get("straight", 0.0)
+            cells = [f"{row[f]} ({100 * row[f] / straight:.0f} %)" if f in row and straight else "-" for f in fronts]
+            lines.append(f"| {name} ({row['software']}) | {straight} | " + " | ".join(cells) + " |")
+        lines.append("| CPU ms per MB | " + f"{cpu.get('straight', '-')} (the upstream) | "
+                     + " | ".join(str(cpu[f]) for f in fronts) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -706,7 +728,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pools", action="store_true",
                         help="run only (f): pools with SOCKS upstreams (mixed, SOCKS5 only, HTTP only) against pproxy -s rr")
     parser.add_argument("--rows", type=lambda t: [r.strip() for r in t.split(",")],
-                        default=[r[0] for r in POOL_ROWS], help="(f) rows to run, comma-separated (default all)")
+                        default=[r[0] for r in POOL_ROWS] + [BULK_ROW],
+                        help=f"(f) rows to run, comma-separated (default all: {', '.join(r[0] for r in POOL_ROWS)}, {BULK_ROW})")
     parser.add_argument("--old-root", type=Path, default=None,
                         help="(f) also run proxy-pool from this source tree (e.g. an export of the previous commit)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
