@@ -46,6 +46,12 @@ class ClientState(enum.Enum):
     CLOSED = "closed"
 
 
+# module-level names for the hot path: a global is read faster than an enum member through its class
+_WAITING, _IDLE, _BUSY, _TUNNEL, _SOCKS, _CLOSED = (
+    ClientState.WAITING, ClientState.IDLE, ClientState.BUSY, ClientState.TUNNEL, ClientState.SOCKS, ClientState.CLOSED
+)
+
+
 class ClientConnection(asyncio.Protocol):
     """A client connection, from accept to close (see the module docstring).  A SOCKS client's comes
     back here once its CONNECT is through, in fixed-target mode (``serve_fixed``, ``gateway.proxy.fixed``)."""
@@ -57,7 +63,7 @@ class ClientConnection(asyncio.Protocol):
         self.slots = slots
         self.socks_only = socks_only  # accepted on gateway.socks_listen
         self._loop = svc.loop
-        self.state = ClientState.WAITING
+        self.state = _WAITING
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.request: Exchange | Connect | None = None
@@ -85,7 +91,7 @@ class ClientConnection(asyncio.Protocol):
     def idle(self) -> bool:
         """A keep-alive client between requests, nothing read: may be closed to make room
         (``max_connections``).  One that never sent a request is not: ``head_timeout`` is its limit."""
-        return self.state is ClientState.IDLE and not self.buffer and not self.first
+        return self.state is _IDLE and not self.buffer and not self.first
 
     # connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,7 +103,7 @@ class ClientConnection(asyncio.Protocol):
 
     def start(self) -> None:
         """Called once the server has a connection slot for us."""
-        self.state = ClientState.IDLE
+        self.state = _IDLE
         self.idle_since = self._loop.time()
         self._arm(self.svc.gw.head_timeout)
         if self.buffer:
@@ -122,15 +128,15 @@ class ClientConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         state = self.state
-        if state is ClientState.CLOSED or state is ClientState.TUNNEL:
+        if state is _CLOSED or state is _TUNNEL:
             return
-        if state is ClientState.BUSY and self._body is None:
+        if state is _BUSY and self._body is None:
             return  # the upstream connection's timers watch the answer
         if self._loop.time() < self._deadline:  # re-armed since: sleep again (one handle, not one per request)
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
             self._timer_at = self._deadline
             return
-        if state is ClientState.BUSY:  # the client stalled in the middle of its body
+        if state is _BUSY:  # the client stalled in the middle of its body
             self._abort("client_timeout")
             self.close()
             return
@@ -147,7 +153,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state is ClientState.IDLE and not self.buffer:
+        if state is _IDLE and not self.buffer:
             if self.first and (data[0] in _SNIFFED or self.socks_only):
                 self._sniffed(data)
                 return
@@ -157,7 +163,7 @@ class ClientConnection(asyncio.Protocol):
                 self._request(data)
                 return
         self.buffer += data
-        if state is ClientState.BUSY:
+        if state is _BUSY:
             if self._body is not None:
                 self._deadline = self._loop.time() + self.svc.gw.read_timeout
                 if self._body_flowing:
@@ -166,7 +172,7 @@ class ClientConnection(asyncio.Protocol):
             if len(self.buffer) > _PAUSE_AT:
                 self._pause()  # a pipelining client waits for its previous answer
             return
-        if state is ClientState.WAITING:
+        if state is _WAITING:
             if len(self.buffer) > _PAUSE_AT:
                 self._pause()
             return
@@ -183,7 +189,7 @@ class ClientConnection(asyncio.Protocol):
             return
         assert self.transport is not None
         self.first = False
-        self.state = ClientState.SOCKS
+        self.state = _SOCKS
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -327,7 +333,7 @@ class ClientConnection(asyncio.Protocol):
             self._bad(exc)
             return
         self.first = False
-        self.state = ClientState.BUSY
+        self.state = _BUSY
         try:
             admission = self.svc.admitter.admit(head, conn=self)
         except Refusal as refusal:
@@ -343,10 +349,10 @@ class ClientConnection(asyncio.Protocol):
         try:
             admission = await self.svc.admitter.admit_slow(head, self.peer, conn=self)
         except Refusal as refusal:
-            if self.state is ClientState.BUSY:
+            if self.state is _BUSY:
                 self._refuse(head, refusal, started)
             return
-        if self.state is ClientState.BUSY:
+        if self.state is _BUSY:
             self._begin(head, admission)
         else:  # the client left meanwhile
             self.svc.admitter.undo(admission, self)
@@ -368,13 +374,13 @@ class ClientConnection(asyncio.Protocol):
         request.start()
 
     def _bad(self, exc: BadRequest) -> None:
-        self.state = ClientState.BUSY
+        self.state = _BUSY
         self.write(http1.simple_response(exc.status, exc.message, close=True))
         self._count("?", "headers_too_large" if exc.status == 431 else "bad_request")
         self.close()
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and self.state is not ClientState.CLOSED:
+        if self.transport is not None and self.state is not _CLOSED:
             self.transport.write(data)
 
     # the request body: client -> upstream --------------------------------------------------------
@@ -422,12 +428,12 @@ class ClientConnection(asyncio.Protocol):
         self._resume()
 
     def _pause(self) -> None:
-        if not self._paused_reading and self.transport is not None and self.state is not ClientState.CLOSED:
+        if not self._paused_reading and self.transport is not None and self.state is not _CLOSED:
             self.transport.pause_reading()
             self._paused_reading = True
 
     def _resume(self) -> None:
-        if self._paused_reading and self.transport is not None and self.state is not ClientState.CLOSED:
+        if self._paused_reading and self.transport is not None and self.state is not _CLOSED:
             self.transport.resume_reading()
             self._paused_reading = False
 
@@ -499,7 +505,7 @@ class ClientConnection(asyncio.Protocol):
         if not keep or self.svc.closing or (self._eof and not self.buffer):
             self.close()
             return
-        self.state = ClientState.IDLE
+        self.state = _IDLE
         self.idle_since = self._loop.time()
         self._arm(self.svc.gw.idle_timeout)
         self._resume()
@@ -512,7 +518,7 @@ class ClientConnection(asyncio.Protocol):
         """The CONNECT is through: the relay takes both transports over."""
         self.request = None
         assert self.transport is not None and conn.transport is not None
-        self.state = ClientState.TUNNEL
+        self.state = _TUNNEL
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -534,13 +540,13 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_of.start(client_bytes=early, upstream_bytes=conn.early)
 
     def close(self) -> None:
-        if self.state is ClientState.TUNNEL and self.tunnel_of is not None:
+        if self.state is _TUNNEL and self.tunnel_of is not None:
             self.tunnel_of.close()
             return
-        if self.state is not ClientState.CLOSED and self.transport is not None:
+        if self.state is not _CLOSED and self.transport is not None:
             self.transport.close()
-        if self.state is not ClientState.TUNNEL:
-            self.state = ClientState.CLOSED
+        if self.state is not _TUNNEL:
+            self.state = _CLOSED
 
     def _abort(self, outcome: str) -> None:
         """Close whatever this connection holds upstream: the request in progress, a body still going out."""
@@ -555,13 +561,13 @@ class ClientConnection(asyncio.Protocol):
             upload.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.state is ClientState.TUNNEL:
+        if self.state is _TUNNEL:
             return  # the tunnel's own protocol hears of it
         self._abort("client_closed")
         self._lost()
 
     def _lost(self) -> None:
-        self.state = ClientState.CLOSED
+        self.state = _CLOSED
         self.svc.admitter.release(self)
         if self._timer is not None:
             self._timer.cancel()

@@ -34,6 +34,10 @@ class ConnState(enum.Enum):
     CLOSED = "closed"
 
 
+# module-level names for the hot path: a global is read faster than an enum member through its class
+_NEW, _ACTIVE, _IDLE, _CLOSED = ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE, ConnState.CLOSED
+
+
 class Receiver(Protocol):
     """What a connection tells the request it carries (``gateway.proxy.exchange.Exchange``)."""
 
@@ -56,7 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.key = key
         self.max_head = max_head
         self.pool = pool
-        self.state = ConnState.NEW
+        self.state = _NEW
         self.transport: asyncio.Transport | None = None
         self.receiver: Receiver | None = None
         self.uses = 0
@@ -85,7 +89,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # the pool's view -----------------------------------------------------------------------
     def is_available(self, now: float) -> bool:
-        return self.state is ConnState.IDLE and now - self.idle_since < self.pool.idle_timeout
+        return self.state is _IDLE and now - self.idle_since < self.pool.idle_timeout
 
     @property
     def is_open(self) -> bool:
@@ -102,8 +106,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer = None
 
     def close(self) -> None:
-        if self.state is not ConnState.CLOSED:
-            self.state = ConnState.CLOSED
+        if self.state is not _CLOSED:
+            self.state = _CLOSED
             if self.transport is not None:
                 self.transport.close()
         self.receiver = None
@@ -114,7 +118,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def send(self, receiver: Receiver, method: str, data: bytes, timeout: float, read_timeout: float) -> None:
         """Write a request head (its body, if any, follows through ``write``); answers go to ``receiver``."""
-        self.state = ConnState.ACTIVE
+        self.state = _ACTIVE
         self.receiver = receiver
         self.method = method
         self.read_timeout = read_timeout
@@ -126,7 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._arm(timeout)
 
     def write(self, data: bytes) -> None:
-        if self.state is not ConnState.CLOSED and self.transport is not None:
+        if self.state is not _CLOSED and self.transport is not None:
             self.transport.write(data)
 
     def wait_answer(self, timeout: float) -> None:
@@ -153,7 +157,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         receiver = self.receiver
-        if receiver is None or self.state is not ConnState.ACTIVE:
+        if receiver is None or self.state is not _ACTIVE:
             return
         if self.loop.time() < self._deadline:
             self._timer = self.loop.call_at(self._deadline, self._on_timer)
@@ -284,14 +288,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._start_body(kind, length, keep_alive)
         self._parked = data
         self.receiver = None  # nobody listens until unpark(); reading stays paused meanwhile
-        if self.transport is not None and self.state is not ConnState.CLOSED:
+        if self.transport is not None and self.state is not _CLOSED:
             self.transport.pause_reading()
 
     def unpark(self, receiver: Receiver, out: bytes) -> None:
         """Pass a held-back answer on after all: its head ``out``, then its body as it comes."""
         self.receiver = receiver
         data, self._parked = self._parked or b"", None
-        lost = self.state is ConnState.CLOSED
+        lost = self.state is _CLOSED
         if not lost and self.transport is not None:
             self.transport.resume_reading()
         self._arm(self.read_timeout, force=True)
@@ -326,7 +330,7 @@ class UpstreamConnection(asyncio.Protocol):
         receiver.done()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state = ConnState.CLOSED
+        self.state = _CLOSED
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -395,7 +399,7 @@ class ConnectionPool:
         if conn.state is not ConnState.ACTIVE or (self.per_key == 0 and conn.holder is None):
             conn.close()
             return
-        conn.state = ConnState.IDLE
+        conn.state = _IDLE
         conn.receiver = None
         conn.uses += 1
         conn.idle_since = time.monotonic()

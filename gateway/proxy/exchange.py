@@ -31,6 +31,7 @@ from pool.models import Proxy
 __all__ = ["ClientSide", "Connect", "Exchange"]
 
 _KEEP_ALIVE = (("Connection", "keep-alive"),)
+_UNTIL_CLOSE = http1.FramingKind.UNTIL_CLOSE
 
 
 class ClientSide(Protocol):
@@ -199,9 +200,6 @@ class Exchange(_Attempting):
         return f"{self.head.host}:{self.head.port}" if fixed is None else f"{fixed.host}:{fixed.port}"
 
     # attempts -----------------------------------------------------------------------------
-    def start(self) -> None:
-        self._attempt()
-
     def _attempt(self) -> None:
         if self.finished:
             return
@@ -242,6 +240,8 @@ class Exchange(_Attempting):
             self._send(conn)
         else:
             self._dial(fresh_retry=False)
+
+    start = _attempt  # the first attempt (no call in between: this runs once per request)
 
     def _dial(self, fresh_retry: bool) -> None:
         self._fresh_retry = fresh_retry
@@ -337,13 +337,15 @@ class Exchange(_Attempting):
 
     def plain_head(self, data: bytes, plain: fasthead.PlainResponse) -> bytes | None:
         """The head for the client, sliced from an everyday one (the bytes ``response_head`` would build)."""
-        if self._is_ban(plain.status):
-            return None  # the connection parses it fully and asks response_head
-        self._answering(plain.status)
         svc = self.svc
-        self.keep = keep = self.head.keep_alive and plain.framing is not http1.FramingKind.UNTIL_CLOSE and not svc.closing
+        gw = svc.gw
+        status = plain.status
+        if gw.retry_on_status and self._is_ban(status):
+            return None  # the connection parses it fully and asks response_head
+        self._answering(status)
+        self.keep = keep = self.head.keep_alive and plain.framing is not _UNTIL_CLOSE and not svc.closing
         ending = fasthead.KEEP_ALIVE if keep else fasthead.CLOSE
-        if svc.gw.debug_headers:
+        if gw.debug_headers:
             extra = [f"{name}: {value}\r\n".encode("latin-1") for name, value in self._debug_headers()]
             ending = b"".join(extra) + ending
         if plain.cut_start == plain.fields_end:  # no Connection line to cut
@@ -457,9 +459,6 @@ class Connect(_Attempting):
 
     __slots__ = ()
 
-    def start(self) -> None:
-        self._attempt()
-
     def _attempt(self) -> None:
         if self.finished:
             return
@@ -480,6 +479,8 @@ class Connect(_Attempting):
                 self._through(conn)
                 return
         self.svc.spawn(self._dial_task(proxy), "upstream-tunnel")
+
+    start = _attempt
 
     async def _dial_task(self, proxy: Proxy | None) -> None:
         head = self.head
