@@ -46,6 +46,7 @@ class Admitter:
         self.settings = settings
         self.gw = settings.gateway
         self.accounts = accounts if self.gw.auth == "users" else None
+        self._open = self.gw.auth == "none"  # no credentials asked for
         self.own = own
         self._allowed_ports = None if self.gw.allowed_connect_ports == "*" else frozenset(self.gw.allowed_connect_ports)
         self.direct_allow = [ipaddress.ip_network(n, strict=False) for n in self.gw.direct_allow]
@@ -65,6 +66,8 @@ class Admitter:
         have sent, ``gateway.proxy.socksproto``).  ``conn``: the client connection, for the per-user
         connection limit (``release`` frees its slot when it ends)."""
         self._check_target(head)
+        if head.proxy_authorization is None and credentials is None and not head.pool_params and self._open:
+            return _ANYONE_ANYWHERE  # the common case: nothing asked, nothing to check
         user, route = self._authorize(head, verified, credentials)
         if user is None:
             return _ANYONE_ANYWHERE if route is ANY_ROUTE else Admission(None, route, 0)
@@ -163,8 +166,6 @@ class Admitter:
     def _authorize(
         self, head: http1.RequestHead, verified: str | None = None, credentials: Credentials | None = None
     ) -> tuple[str | None, Route]:
-        if head.proxy_authorization is None and credentials is None and not head.pool_params and self.gw.auth == "none":
-            return None, ANY_ROUTE  # the common case: nothing asked, nothing to check
         creds = credentials or parse_proxy_authorization(head.proxy_authorization)
         if self.gw.auth == "users":
             if creds is None:

@@ -508,7 +508,8 @@ class ClientConnection(asyncio.Protocol):
         self.state = _IDLE
         self.idle_since = self._loop.time()
         self._arm(self.svc.gw.idle_timeout)
-        self._resume()
+        if self._paused_reading:
+            self._resume()
         if self.buffer:
             self._try_head()
         else:
