@@ -1,8 +1,8 @@
 """The dashboard: its login and cookie rules over plain HTTP, and the page in headless Chromium (Playwright with
 Debian's chromium, never a downloaded browser) on a real gateway with real upstreams.
 
-The browser logs in with the token, sees the pool, adds a user (password shown once), credits them, re-checks
-a proxy and takes a screenshot.  Without a genuine session cookie: the login form, no data.
+The browser logs in with the token, sees the pool, adds a user (password shown once), credits, disables (the
+gateway then answers 407) and enables them, re-checks a proxy and takes a screenshot.  Without a genuine session cookie: the login form, no data.
 """
 
 from __future__ import annotations
@@ -262,10 +262,22 @@ async def test_dashboard_in_a_real_browser(make_pool, upstreams, origin, tmp_pat
             assert (await raw_get(pool, origin.port, basic("alice", password))).status == 200
             row = page.locator("#users tr[data-key='alice']")
             await expect(row.locator("td[data-col=credits]")).to_have_text("4")
+            await expect(row.locator("td[data-col=requests]")).to_have_text("1")  # usage
+            await expect(row.locator("td[data-col=enabled]")).to_have_text("enabled")
             await row.locator("input.amount").fill("10")
             await row.locator("button.credit").click()
             await expect(row.locator("td[data-col=credits]")).to_have_text("14")
             assert pool.accounts.balance("alice") == 14
+
+            # disabled from the page: the gateway answers 407 at once; enabled again: 200
+            await row.locator("button.disable").click()
+            await expect(row.locator("td[data-col=enabled]")).to_have_text("disabled")
+            assert (await raw_get(pool, origin.port, basic("alice", password))).status == 407
+            await row.locator("button.enable").click()
+            await expect(row.locator("td[data-col=enabled]")).to_have_text("enabled")
+            assert (await raw_get(pool, origin.port, basic("alice", password))).status == 200
+            await row.locator("button.disable").click()  # the screenshot shows a disabled user
+            await expect(row.locator("td[data-col=enabled]")).to_have_text("disabled")
 
             # a re-check from the page runs the pipeline on that proxy
             checked = pool.pipeline.checked_total
