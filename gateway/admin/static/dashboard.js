@@ -88,7 +88,8 @@ function lineChart(id, points, series) {
   const zero = svg("text", { x: 2, y: h - 18, class: "tick" }); zero.textContent = "0"; chart.append(zero);
   if (points.length > 1) {
     const span = svg("text", { x: w - 6, y: h - 4, class: "tick", "text-anchor": "end" });
-    span.textContent = `last ${Math.round((t1 - t0) / 60)} min`;
+    const seconds = t1 - t0;
+    span.textContent = seconds < 120 ? `last ${Math.round(seconds)} s` : `last ${Math.round(seconds / 60)} min`;
     chart.append(span);
   }
   series.forEach(([key, label, cls], i) => {
