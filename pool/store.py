@@ -8,10 +8,11 @@ Rows go in and out as the typed models of ``pool.models``; no policy lives here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import statistics
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -468,6 +469,23 @@ class SqliteStore:
         self.path = path
         self._write_lock = asyncio.Lock()
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self, *, immediate: bool = False) -> AsyncIterator[None]:
+        """The one write frame: under the write lock, committed when the block ends, rolled back on any error.
+
+        ``immediate`` takes SQLite's write lock at BEGIN, so a reader in another process (the CLI) cannot
+        slip a write between our read and our update.
+        """
+        async with self._write_lock:
+            try:
+                if immediate and not self._db.in_transaction:
+                    await self._db.execute("BEGIN IMMEDIATE")
+                yield
+                await self._db.commit()
+            except BaseException:
+                await self._db.rollback()
+                raise
+
     @classmethod
     async def open(cls, path: str | Path) -> SqliteStore:
         path = str(path)
@@ -554,22 +572,15 @@ class SqliteStore:
 
     async def remove_source(self, source_id: int, *, keep_proxies: bool = False) -> list[int]:
         """Delete a source and, unless ``keep_proxies``, the proxies no other source lists; their ids."""
-        async with self._write_lock:
-            try:
-                if not self._db.in_transaction:  # a failed insert before may have left one open
-                    await self._db.execute("BEGIN IMMEDIATE")
-                orphans: list[int] = []
-                if not keep_proxies:
-                    async with self._db.execute(_ORPHANS, (source_id, source_id, source_id)) as cur:
-                        orphans = [int(r[0]) for r in await cur.fetchall()]
-                    await self._db.executemany("DELETE FROM proxies WHERE id = ?", [(i,) for i in orphans])
-                cur = await self._db.execute("DELETE FROM sources WHERE id = ?", (source_id,))
-                if cur.rowcount == 0:
-                    raise NotFoundError(f"no source with id {source_id}")
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
+        async with self._transaction(immediate=True):
+            orphans: list[int] = []
+            if not keep_proxies:
+                async with self._db.execute(_ORPHANS, (source_id, source_id, source_id)) as cur:
+                    orphans = [int(r[0]) for r in await cur.fetchall()]
+                await self._db.executemany("DELETE FROM proxies WHERE id = ?", [(i,) for i in orphans])
+            cur = await self._db.execute("DELETE FROM sources WHERE id = ?", (source_id,))
+            if cur.rowcount == 0:
+                raise NotFoundError(f"no source with id {source_id}")
         return orphans
 
     async def record_scrape(
@@ -668,31 +679,26 @@ class SqliteStore:
             unique.setdefault(up.key, up)
         now = datetime.now(UTC).timestamp()
         rows = [(u.protocol.value, u.host, u.port, u.username, u.password, source_id, now) for u in unique.values()]
-        async with self._write_lock:
-            try:
-                # rowids grow past the old maximum, so "id > before" is exactly what this call inserted
-                async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM proxies") as cur:
-                    row = await cur.fetchone()
-                before = int(row[0]) if row else 0
+        async with self._transaction():
+            # rowids grow past the old maximum, so "id > before" is exactly what this call inserted
+            async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM proxies") as cur:
+                row = await cur.fetchone()
+            before = int(row[0]) if row else 0
+            await self._db.executemany(
+                "INSERT OR IGNORE INTO proxies (protocol, host, port, username, password, source_id, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            async with self._db.execute(
+                f"SELECT {_PROXY_COLUMNS} FROM proxies WHERE id > ? ORDER BY id", (before,)
+            ) as cur:
+                new = [_proxy(r) for r in await cur.fetchall()]
+            if source_id is not None:  # which sources list a proxy: removal and source quality
                 await self._db.executemany(
-                    "INSERT OR IGNORE INTO proxies (protocol, host, port, username, password, source_id, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
+                    "INSERT OR IGNORE INTO proxy_sources (proxy_id, source_id, first_seen) "
+                    "SELECT id, ?, ? FROM proxies WHERE protocol = ? AND host = ? AND port = ?",
+                    [(source_id, now, u.protocol.value, u.host, u.port) for u in unique.values()],
                 )
-                async with self._db.execute(
-                    f"SELECT {_PROXY_COLUMNS} FROM proxies WHERE id > ? ORDER BY id", (before,)
-                ) as cur:
-                    new = [_proxy(r) for r in await cur.fetchall()]
-                if source_id is not None:  # which sources list a proxy: removal and source quality
-                    await self._db.executemany(
-                        "INSERT OR IGNORE INTO proxy_sources (proxy_id, source_id, first_seen) "
-                        "SELECT id, ?, ? FROM proxies WHERE protocol = ? AND host = ? AND port = ?",
-                        [(source_id, now, u.protocol.value, u.host, u.port) for u in unique.values()],
-                    )
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
         return UpsertResult(found=len(unique), new=new)
 
     async def insert_proxies_bulk(self, upstreams: Iterable[UpstreamURL], status: ProxyStatus) -> int:
@@ -755,49 +761,44 @@ class SqliteStore:
         """Write the figures of checked proxies and their check-log rows in one transaction."""
         if not results:
             return
-        async with self._write_lock:
-            try:
-                await self._db.executemany(
-                    "UPDATE proxies SET status = ?, latency_ms = ?, success_ratio = ?, last_checked = ?, "
-                    "consecutive_failures = ?, exit_ip = ?, anonymity = ?, country = ?, dead_since = ?, "
-                    "check_history = ?, tunnels = ? WHERE id = ?",
-                    [
-                        (
-                            p.status.value,
-                            p.latency_ms,
-                            p.success_ratio,
-                            _ts(p.last_checked),
-                            p.consecutive_failures,
-                            p.exit_ip,
-                            p.anonymity.value if p.anonymity else None,
-                            p.country,
-                            _ts(p.dead_since),
-                            p.check_history,
-                            None if p.tunnels is None else int(p.tunnels),
-                            p.id,
-                        )
-                        for p, _ in results
-                    ],
-                )
-                await self._db.executemany(
-                    "INSERT INTO proxy_checks (proxy_id, checker, stage, passed, detail, latency_ms, at) "
-                    "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM proxies WHERE id = ?)",
-                    [
-                        (c.proxy_id, c.checker, c.stage, int(c.passed), c.detail, c.latency_ms, c.at.timestamp(),
-                         c.proxy_id)
-                        for _, checks in results
-                        for c in checks
-                    ],
-                )
-                await self._db.executemany(
-                    "DELETE FROM proxy_checks WHERE proxy_id = ? AND id <= ("
-                    "SELECT id FROM proxy_checks WHERE proxy_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                    [(p.id, p.id, CHECK_LOG_KEEP) for p, _ in results],
-                )
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
+        async with self._transaction():
+            await self._db.executemany(
+                "UPDATE proxies SET status = ?, latency_ms = ?, success_ratio = ?, last_checked = ?, "
+                "consecutive_failures = ?, exit_ip = ?, anonymity = ?, country = ?, dead_since = ?, "
+                "check_history = ?, tunnels = ? WHERE id = ?",
+                [
+                    (
+                        p.status.value,
+                        p.latency_ms,
+                        p.success_ratio,
+                        _ts(p.last_checked),
+                        p.consecutive_failures,
+                        p.exit_ip,
+                        p.anonymity.value if p.anonymity else None,
+                        p.country,
+                        _ts(p.dead_since),
+                        p.check_history,
+                        None if p.tunnels is None else int(p.tunnels),
+                        p.id,
+                    )
+                    for p, _ in results
+                ],
+            )
+            await self._db.executemany(
+                "INSERT INTO proxy_checks (proxy_id, checker, stage, passed, detail, latency_ms, at) "
+                "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM proxies WHERE id = ?)",
+                [
+                    (c.proxy_id, c.checker, c.stage, int(c.passed), c.detail, c.latency_ms, c.at.timestamp(),
+                     c.proxy_id)
+                    for _, checks in results
+                    for c in checks
+                ],
+            )
+            await self._db.executemany(
+                "DELETE FROM proxy_checks WHERE proxy_id = ? AND id <= ("
+                "SELECT id FROM proxy_checks WHERE proxy_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                [(p.id, p.id, CHECK_LOG_KEEP) for p, _ in results],
+            )
 
     async def delete_proxies(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -850,8 +851,8 @@ class SqliteStore:
     async def add_user(self, name: str, password_hash: str, credits: int) -> UserRecord:
         """The user and, when ``credits`` > 0, its first ledger row, in one transaction."""
         now = datetime.now(UTC).timestamp()
-        async with self._write_lock:
-            try:
+        try:
+            async with self._transaction():
                 cur = await self._db.execute(
                     "INSERT INTO users (name, password_hash, created_at, password_changed_at, rev, balance) "
                     "VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(rev), 0) + 1 FROM users), ?)",
@@ -862,13 +863,8 @@ class SqliteStore:
                         "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, 'credit', ?)",
                         (cur.lastrowid, credits, now),
                     )
-                await self._db.commit()
-            except sqlite3.IntegrityError:
-                await self._db.rollback()
-                raise DuplicateError(f"user {name!r} already exists") from None
-            except BaseException:
-                await self._db.rollback()
-                raise
+        except sqlite3.IntegrityError:
+            raise DuplicateError(f"user {name!r} already exists") from None
         return await self.get_user(name)
 
     async def get_user(self, name: str) -> UserRecord:
@@ -910,11 +906,10 @@ class SqliteStore:
         if not entries:
             return []
         now = datetime.now(UTC).timestamp()
-        async with self._write_lock:
-            try:
-                # IMMEDIATE takes the write lock first, so no other process inserts between
-                # reading the last id and our rows: "id > before" is exactly ours
-                await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            # IMMEDIATE takes the write lock first, so no other process inserts between
+            # reading the last id and our rows: "id > before" is exactly ours
+            async with self._transaction(immediate=True):
                 async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM credit_ledger") as cur:
                     row = await cur.fetchone()
                 before = int(row[0]) if row else 0
@@ -928,13 +923,8 @@ class SqliteStore:
                 )
                 async with self._db.execute("SELECT id FROM credit_ledger WHERE id > ? ORDER BY id", (before,)) as cur:
                     ids = [int(r[0]) for r in await cur.fetchall()]
-                await self._db.commit()
-            except sqlite3.IntegrityError as exc:
-                await self._db.rollback()
-                raise InvalidInputError(f"ledger row rejected: {exc}") from None
-            except BaseException:
-                await self._db.rollback()
-                raise
+        except sqlite3.IntegrityError as exc:
+            raise InvalidInputError(f"ledger row rejected: {exc}") from None
         return ids
 
     async def ledger_since(self, after_id: int, user_id: int | None = None) -> list[LedgerEntry]:
@@ -997,22 +987,16 @@ class SqliteStore:
         if want <= 0:
             return 0
         now = datetime.now(UTC).timestamp()
-        async with self._write_lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                async with self._db.execute("SELECT balance FROM users WHERE id = ?", (user_id,)) as cur:
-                    row = await cur.fetchone()
-                taken = min(int(row[0]), want) if row else 0
-                if taken > 0:
-                    await self._db.execute("UPDATE users SET balance = balance - ? WHERE id = ?", (taken, user_id))
-                    await self._db.execute(
-                        "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, 'spend', ?)",
-                        (user_id, -taken, now),
-                    )
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
+        async with self._transaction(immediate=True):
+            async with self._db.execute("SELECT balance FROM users WHERE id = ?", (user_id,)) as cur:
+                row = await cur.fetchone()
+            taken = min(int(row[0]), want) if row else 0
+            if taken > 0:
+                await self._db.execute("UPDATE users SET balance = balance - ? WHERE id = ?", (taken, user_id))
+                await self._db.execute(
+                    "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, 'spend', ?)",
+                    (user_id, -taken, now),
+                )
         return taken
 
     async def add_usage(self, rows: Sequence[UsageRow]) -> None:
@@ -1043,23 +1027,17 @@ class SqliteStore:
         """Move up to ``want`` unleased credits into ``replica``'s lease; returns how many moved."""
         if want <= 0:
             return 0
-        async with self._write_lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                async with self._db.execute("SELECT balance FROM users WHERE id = ?", (user_id,)) as cur:
-                    row = await cur.fetchone()
-                taken = min(int(row[0]), want) if row else 0
-                if taken > 0:
-                    await self._db.execute("UPDATE users SET balance = balance - ? WHERE id = ?", (taken, user_id))
-                    await self._db.execute(
-                        "INSERT INTO credit_leases (replica, user_id, amount) VALUES (?, ?, ?) "
-                        "ON CONFLICT (replica, user_id) DO UPDATE SET amount = amount + excluded.amount",
-                        (replica, user_id, taken),
-                    )
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
+        async with self._transaction(immediate=True):
+            async with self._db.execute("SELECT balance FROM users WHERE id = ?", (user_id,)) as cur:
+                row = await cur.fetchone()
+            taken = min(int(row[0]), want) if row else 0
+            if taken > 0:
+                await self._db.execute("UPDATE users SET balance = balance - ? WHERE id = ?", (taken, user_id))
+                await self._db.execute(
+                    "INSERT INTO credit_leases (replica, user_id, amount) VALUES (?, ?, ?) "
+                    "ON CONFLICT (replica, user_id) DO UPDATE SET amount = amount + excluded.amount",
+                    (replica, user_id, taken),
+                )
         return taken
 
     async def settle_credits(self, replica: str, rows: Sequence[Settlement]) -> list[int]:
@@ -1068,9 +1046,8 @@ class SqliteStore:
         if not rows:
             return []
         now = datetime.now(UTC).timestamp()
-        async with self._write_lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            async with self._transaction(immediate=True):
                 async with self._db.execute("SELECT COALESCE(MAX(id), 0) FROM credit_ledger") as cur:
                     row = await cur.fetchone()
                 before = int(row[0]) if row else 0
@@ -1092,39 +1069,28 @@ class SqliteStore:
                 await self._db.execute("DELETE FROM credit_leases WHERE amount = 0")
                 async with self._db.execute("SELECT id FROM credit_ledger WHERE id > ? ORDER BY id", (before,)) as cur:
                     ids = [int(r[0]) for r in await cur.fetchall()]
-                await self._db.commit()
-            except sqlite3.IntegrityError as exc:
-                await self._db.rollback()
-                raise InvalidInputError(f"settlement rejected: {exc}") from None
-            except BaseException:
-                await self._db.rollback()
-                raise
+        except sqlite3.IntegrityError as exc:
+            raise InvalidInputError(f"settlement rejected: {exc}") from None
         return ids
 
     async def settle_stale_leases(self, replica: str | None, *, forfeit: bool) -> int:
         """Leases left by a replica that died (``None``: by anyone): spent (forfeit) or given back."""
-        async with self._write_lock:
-            try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                where, args = ("", ()) if replica is None else (" WHERE replica = ?", (replica,))
-                async with self._db.execute(f"SELECT user_id, amount FROM credit_leases{where}", args) as cur:
-                    leases = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
-                now = datetime.now(UTC).timestamp()
-                for user_id, amount in leases:
-                    if amount <= 0:
-                        continue
-                    if forfeit:
-                        await self._db.execute(
-                            "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, 'spend', ?)",
-                            (user_id, -amount, now),
-                        )
-                    else:
-                        await self._db.execute("UPDATE users SET balance = balance + ? WHERE id = ?", (amount, user_id))
-                await self._db.execute(f"DELETE FROM credit_leases{where}", args)
-                await self._db.commit()
-            except BaseException:
-                await self._db.rollback()
-                raise
+        async with self._transaction(immediate=True):
+            where, args = ("", ()) if replica is None else (" WHERE replica = ?", (replica,))
+            async with self._db.execute(f"SELECT user_id, amount FROM credit_leases{where}", args) as cur:
+                leases = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
+            now = datetime.now(UTC).timestamp()
+            for user_id, amount in leases:
+                if amount <= 0:
+                    continue
+                if forfeit:
+                    await self._db.execute(
+                        "INSERT INTO credit_ledger (user_id, delta, kind, at) VALUES (?, ?, 'spend', ?)",
+                        (user_id, -amount, now),
+                    )
+                else:
+                    await self._db.execute("UPDATE users SET balance = balance + ? WHERE id = ?", (amount, user_id))
+            await self._db.execute(f"DELETE FROM credit_leases{where}", args)
         return sum(a for _, a in leases)
 
     async def credit_state(self) -> list[CreditState]:
