@@ -196,7 +196,7 @@ async def load_and_pick(location: str) -> dict[str, float]:
 
 
 def bench_big_pool(pg: PgServer, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    from pool.pgstore import PostgresStore
+    from pool.store.postgres import PostgresStore
     from pool.store import SqliteStore
 
     out = []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from pool.pgstore import PostgresStore, is_postgres_url
 from pool.store import SqliteStore, Store
+from pool.store.postgres import PostgresStore, is_postgres_url
 
 __all__ = ["display_location", "is_postgres_url", "open_store"]
 

@@ -18,7 +18,7 @@ import pytest
 from config import Settings
 from plugins.discovery import load_all_plugins
 from pool.models import Event, ProxyStatus
-from pool.pgstore import PostgresStore
+from pool.store.postgres import PostgresStore
 from pool.pipeline import Pipeline
 from pool.scheduler import Scheduler
 from pool.scraper import Scraper

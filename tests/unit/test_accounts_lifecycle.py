@@ -12,8 +12,8 @@ import pytest
 from config.settings import CreditsSettings
 from pool.accounts import Accounts, CreditsExhausted, LeaseMissing, LimitReached
 from pool.errors import InvalidInputError, NotFoundError
-from pool.pgstore import PostgresStore
 from pool.store import SqliteStore
+from pool.store.postgres import PostgresStore
 
 
 @pytest.fixture

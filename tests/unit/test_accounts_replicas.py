@@ -9,7 +9,7 @@ import pytest
 
 from config.settings import CreditsSettings
 from pool.accounts import Accounts
-from pool.pgstore import PostgresStore
+from pool.store.postgres import PostgresStore
 
 
 @pytest.fixture
@@ -49,8 +49,8 @@ async def test_a_drained_replica_gets_more_and_an_idle_one_gives_back_when_asked
     await b.flush()
     assert a._by_name["alice"].balance == 20 and b._by_name["alice"].balance == 20
     b.start()
-    assert stores[1]._listening is not None
-    await asyncio.wait_for(stores[1]._listening.wait(), 10)
+    assert stores[1]._announcer.listening is not None
+    await asyncio.wait_for(stores[1]._announcer.listening.wait(), 10)
     await b.flush()
     await b.flush()  # no charge on b for a whole interval: idle
     try:

@@ -10,12 +10,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-import pool.pgstore as pgstore_module
-import pool.store as store_module
+import pool.store.schema as schema_module
 from pool.errors import DuplicateError, NotFoundError
 from pool.models import AnonymityLevel, ProxyCheck, ProxyProtocol, ProxyStatus, UpstreamURL
-from pool.pgstore import PostgresStore
 from pool.store import CHECK_LOG_KEEP, MIGRATIONS, ProxyFilter, SqliteStore
+from pool.store.postgres import PostgresStore
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -87,7 +86,7 @@ async def test_a_new_migration_step_upgrades_an_old_database(tmp_path, monkeypat
     await s.upsert_proxies(None, [up("1.2.3.4:80")])
     await s.close()
     monkeypatch.setattr(
-        store_module, "MIGRATIONS", [*MIGRATIONS, "ALTER TABLE proxies ADD COLUMN note TEXT;"]
+        schema_module, "MIGRATIONS", [*MIGRATIONS, "ALTER TABLE proxies ADD COLUMN note TEXT;"]
     )
     s = await SqliteStore.open(path)
     try:
@@ -105,7 +104,7 @@ async def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path, monke
     path = tmp_path / "pool.db"
     await (await SqliteStore.open(path)).close()
     broken = "ALTER TABLE proxies ADD COLUMN half TEXT;\nTHIS IS NOT SQL;"
-    monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, broken])
+    monkeypatch.setattr(schema_module, "MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(sqlite3.Error):
         await SqliteStore.open(path)
     with sqlite3.connect(path) as db:
@@ -127,9 +126,9 @@ async def test_database_from_a_newer_program_is_refused(tmp_path):
 
 
 def test_every_migration_exists_for_postgresql_too():
-    """A new SQLite step needs its PostgreSQL twin in pool/pgstore.py PG_MIGRATIONS (same version numbers)."""
-    assert len(pgstore_module.PG_MIGRATIONS) == len(MIGRATIONS), (
-        "port the new migration in pool/store.py MIGRATIONS to pool/pgstore.py PG_MIGRATIONS"
+    """Every schema step exists for PostgreSQL too, under the same version number."""
+    assert len(schema_module.PG_MIGRATIONS) == len(MIGRATIONS), (
+        "write a schema step once, in pool/store/schema.py STEPS"
     )
 
 
@@ -160,11 +159,11 @@ async def test_postgres_new_step_upgrades_and_a_failing_one_changes_nothing(pg_u
     await s.upsert_proxies(None, [up("1.2.3.4:80")])
     await s.close()
     broken = "ALTER TABLE proxies ADD COLUMN half TEXT;\nTHIS IS NOT SQL;"
-    monkeypatch.setattr(pgstore_module, "PG_MIGRATIONS", [*pgstore_module.PG_MIGRATIONS, broken])
+    monkeypatch.setattr(schema_module, "PG_MIGRATIONS", [*schema_module.PG_MIGRATIONS, broken])
     with pytest.raises(asyncpg.PostgresSyntaxError):
         await PostgresStore.open(pg_url)
     monkeypatch.setattr(
-        pgstore_module, "PG_MIGRATIONS", [*pgstore_module.PG_MIGRATIONS[:-1], "ALTER TABLE proxies ADD COLUMN note TEXT;"]
+        schema_module, "PG_MIGRATIONS", [*schema_module.PG_MIGRATIONS[:-1], "ALTER TABLE proxies ADD COLUMN note TEXT;"]
     )
     s = await PostgresStore.open(pg_url)
     try:
@@ -222,6 +221,11 @@ async def test_duplicate_source_and_unknown_ids(store):
     await store.add_source("https://example.test/a.txt")
     with pytest.raises(DuplicateError):
         await store.add_source("https://example.test/a.txt")
+    secret = "https://user:hunter2@example.test/b.txt?key=s3cret"
+    await store.add_source(secret)
+    with pytest.raises(DuplicateError) as refused:  # the error names the source, never its secrets
+        await store.add_source(secret)
+    assert "hunter2" not in str(refused.value) and "s3cret" not in str(refused.value)
     with pytest.raises(NotFoundError):
         await store.remove_source(999)
     with pytest.raises(NotFoundError):

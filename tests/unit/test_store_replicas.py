@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pool.errors import InvalidInputError
-from pool.pgstore import PostgresStore, _payloads
 from pool.store import Settlement
+from pool.store.notify import payloads as _payloads
+from pool.store.postgres import PostgresStore
 from tests.unit.test_store import store, up  # noqa: F401  (the fixture over both stores)
 
 T0 = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -147,8 +148,8 @@ async def test_postgres_changes_are_announced_to_the_other_replicas(pg_url):
 
 
 async def _wait_listening(s: PostgresStore) -> None:
-    assert s._listening is not None
-    await asyncio.wait_for(s._listening.wait(), 10)
+    assert s._announcer.listening is not None
+    await asyncio.wait_for(s._announcer.listening.wait(), 10)
 
 
 def test_notification_payloads_stay_small():
