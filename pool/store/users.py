@@ -77,15 +77,7 @@ class UsersMixin(StoreBackend):
 
     async def set_password(self, name: str, password_hash: str) -> UserRecord:
         now = datetime.now(UTC).timestamp()
-        async with self._write(Lock.ACCOUNTS) as tx:
-            user_id = await tx.fetchval(
-                f"UPDATE users SET password_hash = ?, password_changed_at = ?, rev = {_NEXT_REV} "
-                "WHERE name = ? AND removed_at IS NULL RETURNING id",
-                password_hash, now, name,
-            )
-            if user_id is None:
-                raise NotFoundError(f"no user named {name!r}")
-            await tx.notify("users", [user_id])
+        await self._change_user(name, "password_hash = ?, password_changed_at = ?", "name = ?", password_hash, now, name)
         return await self.get_user(name)
 
     async def users_since(self, rev: int, ledger_upto: int | None = None) -> list[UserRecord]:
@@ -100,16 +92,8 @@ class UsersMixin(StoreBackend):
         unknown = set(changes) - USER_CHANGES
         if unknown or not changes:
             raise InvalidInputError(f"unknown user field(s): {', '.join(sorted(unknown)) or '(none given)'}")
-        sets = [f"{column} = ?" for column in changes]
-        async with self._write(Lock.ACCOUNTS) as tx:
-            user_id = await tx.fetchval(
-                f"UPDATE users SET {', '.join([*sets, f'rev = {_NEXT_REV}'])} "
-                "WHERE name = ? AND removed_at IS NULL RETURNING id",
-                *changes.values(), name,
-            )
-            if user_id is None:
-                raise NotFoundError(f"no user named {name!r}")
-            await tx.notify("users", [user_id])
+        sets = ", ".join(f"{column} = ?" for column in changes)
+        await self._change_user(name, sets, "name = ?", *changes.values(), name)
         return await self.get_user(name)
 
     async def remove_user(self, name: str) -> UserRecord:
@@ -117,16 +101,21 @@ class UsersMixin(StoreBackend):
         (``~ID~NAME``), so the name is free again and ``rev`` tells gateways to drop the user."""
         record = await self.get_user(name)
         now = datetime.now(UTC).timestamp()
+        await self._change_user(
+            name, "removed_at = ?, enabled = FALSE, name = '~' || id || '~' || name", "id = ?", now, record.id
+        )
+        return record
+
+    async def _change_user(self, name: str, sets: str, where: str, *args: Any) -> None:
+        """Change the live user ``where`` says (``name`` for the error) and bump its ``rev``, so every
+        gateway picks the change up; announced to the other replicas."""
         async with self._write(Lock.ACCOUNTS) as tx:
             user_id = await tx.fetchval(
-                "UPDATE users SET removed_at = ?, enabled = FALSE, name = '~' || id || '~' || name, "
-                f"rev = {_NEXT_REV} WHERE id = ? AND removed_at IS NULL RETURNING id",
-                now, record.id,
+                f"UPDATE users SET {sets}, rev = {_NEXT_REV} WHERE {where} AND removed_at IS NULL RETURNING id", *args
             )
             if user_id is None:
                 raise NotFoundError(f"no user named {name!r}")
             await tx.notify("users", [user_id])
-        return record
 
     # the ledger -----------------------------------------------------------------------------
     async def append_ledger(self, entries: Sequence[tuple[int, int, str]]) -> list[int]:
