@@ -61,17 +61,17 @@ async def test_unknown_names_cost_what_wrong_passwords_cost(tmp_path, make_pool)
     await users_before_start(tmp_path, "alice")
     pool = await make_pool(gateway={"auth": "users"})
     # the flood guard is tested in the unit tests; here it must not cut the sample short
-    pool.accounts.flood_guard.capacity = pool.accounts.flood_guard.tokens = 10_000
+    pool.accounts.verifier.flood_guard.capacity = pool.accounts.verifier.flood_guard.tokens = 10_000
     unknown: list[float] = []
     wrong: list[float] = []
     for i in range(PAIRS + 1):  # each pair from its own address: no per-address throttling either
         source = f"127.0.1.{i + 1}"
         kinds = [("mallory", unknown), ("alice", wrong)]
         for name, into in kinds if i % 2 else kinds[::-1]:
-            before = pool.accounts.slow_verifications
+            before = pool.accounts.verifier.slow_verifications
             status, seconds = await ask(pool, "127.0.0.1:9", basic(name, secrets.token_urlsafe(12)), source)
             assert status == 407
-            assert pool.accounts.slow_verifications == before + 1  # both kinds paid one scrypt run
+            assert pool.accounts.verifier.slow_verifications == before + 1  # both kinds paid one scrypt run
             if i:  # the first pair warms up (the dummy hash is made on first use)
                 into.append(seconds)
     m_unknown, m_wrong = statistics.median(unknown), statistics.median(wrong)

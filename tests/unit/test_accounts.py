@@ -22,6 +22,7 @@ from pool.accounts import (
     validate_name,
     verify_password,
 )
+from pool.accounts.verifier import Verifier
 from pool.errors import DuplicateError, InvalidInputError, NotFoundError
 from pool.store import SqliteStore
 
@@ -173,14 +174,14 @@ async def test_authenticate_pays_scrypt_once(store):
     for _ in range(100):
         assert accounts.check_cached("alice", new.password) == "alice"
         assert await accounts.verify("alice", new.password) == "alice"
-    assert accounts.slow_verifications == 1
+    assert accounts.verifier.slow_verifications == 1
     assert await accounts.verify("alice", "wrong") is None
     assert await accounts.verify("alice", "wrong") is None  # remembered: no second hash
     assert accounts.check_cached("alice", "wrong") is None
-    assert accounts.slow_verifications == 2
+    assert accounts.verifier.slow_verifications == 2
     assert await accounts.verify("nobody", new.password) is None
     assert await accounts.verify("ALICE", new.password) is None
-    assert accounts.slow_verifications == 4  # unknown names are hashed too (against a dummy)
+    assert accounts.verifier.slow_verifications == 4  # unknown names are hashed too (against a dummy)
 
 
 async def test_wrong_password_storm_is_throttled(store):
@@ -189,7 +190,7 @@ async def test_wrong_password_storm_is_throttled(store):
     accounts = await open_accounts(store)
     for i in range(50):
         assert await accounts.verify("alice", f"guess{i}", client="127.0.0.2") is None
-    assert accounts.slow_verifications <= 6
+    assert accounts.verifier.slow_verifications <= 6
 
 
 async def test_flood_guard_caps_hashes_from_many_addresses(store):
@@ -198,7 +199,7 @@ async def test_flood_guard_caps_hashes_from_many_addresses(store):
     accounts = await open_accounts(store)
     guesses = [accounts.verify("alice", f"guess{i}", client=f"10.0.{i}.1") for i in range(200)]
     assert await asyncio.gather(*guesses) == [None] * 200
-    assert accounts.slow_verifications <= Accounts.FLOOD_BURST + 1
+    assert accounts.verifier.slow_verifications <= Verifier.FLOOD_BURST + 1
 
 
 async def test_guesses_from_one_address_do_not_lock_out_another(store):
@@ -216,7 +217,7 @@ async def test_concurrent_first_logins_share_one_hash(store):
     accounts = await open_accounts(store)
     results = await asyncio.gather(*(accounts.verify("alice", new.password) for _ in range(10)))
     assert results == ["alice"] * 10
-    assert accounts.slow_verifications == 1
+    assert accounts.verifier.slow_verifications == 1
 
 
 async def test_password_change_invalidates_the_cache(store):
