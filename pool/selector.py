@@ -266,6 +266,18 @@ class Selector:
         bucket = self._buckets.get(route.key)
         if bucket is None:
             return None
+        if route.session is None and self.strategy == "round_robin":
+            # the everyday pick, decided here without a call: the next in turn, when nothing rules it out
+            items = bucket.items
+            start = bucket.cursor % len(items)
+            proxy = items[start]
+            if (
+                proxy.id not in exclude
+                and (host is None or not self._cooldowns)
+                and not (tunnel and proxy.tunnels is False)
+            ):
+                bucket.cursor = start + 1
+                return proxy
         now = self._clock()
         if route.session is not None:
             sticky = self._sticky(route.session, bucket, exclude, host, now, tunnel)
@@ -313,14 +325,6 @@ class Selector:
             start = self._rng.randrange(n)
         else:
             start = bucket.cursor % n
-            bucket.cursor = start + 1
-            proxy = items[start]
-            if (
-                proxy.id not in exclude
-                and (host is None or not self._cooldowns)
-                and not (tunnel and proxy.tunnels is False)
-            ):
-                return proxy  # the common case, without a call per candidate
         for step in range(n):
             proxy = items[(start + step) % n]
             if self._usable(proxy, exclude, host, now, tunnel):

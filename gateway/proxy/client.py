@@ -17,6 +17,7 @@ import asyncio
 import enum
 import re
 import time
+from collections.abc import Sized
 
 from gateway.proxy import fasthead, http1
 from gateway.proxy.connection import UpstreamConnection
@@ -483,7 +484,7 @@ class ClientConnection(asyncio.Protocol):
             return
         seconds = time.perf_counter() - started if started is not None else 0.0
         accounting = self.svc.accounting
-        if request is not None:
+        if request is not None and request.admission.usage is not None:
             request.admission.done(request.sent, request.received)  # the user's usage (no metric label)
         if not accounting.access:  # the common case: a counter, no log line to fill in
             accounting.count(method, outcome, seconds)
@@ -512,7 +513,7 @@ class ClientConnection(asyncio.Protocol):
             self._resume()
         if self.buffer:
             self._try_head()
-        else:
+        elif self.slots.waiting:
             self.slots.idle(self)
 
     def tunnel(self, request: Connect, conn: UpstreamConnection, established: bytes) -> None:
@@ -595,7 +596,10 @@ class ClientConnection(asyncio.Protocol):
 
 
 class Slots:
-    """Where a client connection reports arriving, idling and leaving (``gateway.proxy.server``)."""
+    """Where a client connection reports arriving, idling and leaving (``gateway.proxy.server``).
+    ``waiting``: the connections waiting for a slot (while there are none, going idle frees nothing)."""
+
+    waiting: Sized = ()
 
     def arrived(self, client: ClientConnection) -> None: ...
     def idle(self, client: ClientConnection) -> None: ...

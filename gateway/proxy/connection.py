@@ -206,7 +206,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._handshake_data(data)
             return
         receiver = self.receiver
-        if receiver is None or self.state is not ConnState.ACTIVE:  # spoke unasked: never reused
+        if receiver is None or self.state is not _ACTIVE:  # spoke unasked: never reused
             holder = self.holder
             if holder is not None and receiver is None and self.state is not ConnState.CLOSED:
                 holder.spoke(self, data)  # a SOCKS session's target speaking first: its raw relay
@@ -226,17 +226,18 @@ class UpstreamConnection(asyncio.Protocol):
                     head = receiver.plain_head(data, plain)
                     if head is None:  # wanted in full (a ban answer): parsed below
                         plain = None
-                    elif plain.framing is _LENGTH and len(data) - plain.end == plain.length:
-                        # the everyday answer: head and whole body in one read (no tracker, no timer)
-                        self._responded = True
-                        self._keep_alive = plain.keep_alive
-                        receiver.relay(head + data[plain.end :], plain.length)
-                        self._finish(clean=True)
-                        return
                     else:
+                        _, framing, length, keep_alive, _, _, _, end = plain
+                        if framing is _LENGTH and len(data) - end == length:
+                            # the everyday answer: head and whole body in one read (no tracker, no timer)
+                            self._responded = True
+                            self._keep_alive = keep_alive
+                            receiver.relay(head + data[end:], length)
+                            self._finish(clean=True)
+                            return
                         out = head
-                        self._start_body(plain.framing, plain.length, plain.keep_alive)
-                        data = data[plain.end :]
+                        self._start_body(framing, length, keep_alive)
+                        data = data[end:]
                 if plain is None:
                     self._head += data
                     end = self._head.find(b"\r\n\r\n")
@@ -382,10 +383,11 @@ class ConnectionPool:
             return None
         now = time.monotonic()
         found = None
+        idle_timeout = self.idle_timeout
         while conns:
             conn = conns.pop()
             self._total -= 1
-            if conn.is_available(now):
+            if conn.state is _IDLE and now - conn.idle_since < idle_timeout:  # conn.is_available(now)
                 found = conn
                 break
             conn.close()

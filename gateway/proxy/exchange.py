@@ -222,7 +222,7 @@ class Exchange(_Attempting):
         head = self.head
         svc = self.svc
         plan = self._plan = svc.dialer.plan(proxy, head.host, head.port, tunnel_only=False)
-        conn = svc.dialer.reuse(plan) if self.retryable else None
+        conn = svc.dialer.reuse(plan.key) if self.retryable else None
         if conn is not None:
             self._send(conn)
         else:
@@ -339,18 +339,18 @@ class Exchange(_Attempting):
         """The head for the client, sliced from an everyday one (the bytes ``response_head`` would build)."""
         svc = self.svc
         gw = svc.gw
-        status = plain.status
+        status, framing, _, _, cut_start, cut_end, fields_end, _ = plain
         if gw.retry_on_status and self._is_ban(status):
             return None  # the connection parses it fully and asks response_head
         self._answering(status)
-        self.keep = keep = self.head.keep_alive and plain.framing is not _UNTIL_CLOSE and not svc.closing
+        self.keep = keep = self.head.keep_alive and framing is not _UNTIL_CLOSE and not svc.closing
         ending = fasthead.KEEP_ALIVE if keep else fasthead.CLOSE
         if gw.debug_headers:
             extra = [f"{name}: {value}\r\n".encode("latin-1") for name, value in self._debug_headers()]
             ending = b"".join(extra) + ending
-        if plain.cut_start == plain.fields_end:  # no Connection line to cut
-            return data[: plain.fields_end] + ending
-        return data[: plain.cut_start] + data[plain.cut_end : plain.fields_end] + ending
+        if cut_start == fields_end:  # no Connection line to cut
+            return data[:fields_end] + ending
+        return data[:cut_start] + data[cut_end:fields_end] + ending
 
     def response_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes | None:
         if self._is_ban(resp.status):
@@ -396,7 +396,8 @@ class Exchange(_Attempting):
         self.finished = True
         if self.body_done:
             self.conn = None  # else the rest of the body still goes out on it (an early answer)
-        self.svc.accounting.report(self.proxy, True)  # passive health: a real success
+        if self.proxy is not None:
+            self.svc.accounting.succeeded(self.proxy, True)  # passive health: a real success
         self.client.answered(self, "ok", self.keep)
 
     def cut_short(self) -> None:
@@ -474,7 +475,7 @@ class Connect(_Attempting):
         if self.client.pools_tunnels:
             head = self.head
             dialer = self.svc.dialer
-            conn = dialer.reuse(dialer.plan(proxy, head.host, head.port, tunnel_only=True))
+            conn = dialer.reuse(dialer.plan(proxy, head.host, head.port, tunnel_only=True).key)
             if conn is not None:
                 self._through(conn)
                 return

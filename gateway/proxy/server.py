@@ -55,7 +55,7 @@ class GatewayServer(Slots):
         self._server: asyncio.AbstractServer | None = None
         self._socks_server: asyncio.AbstractServer | None = None  # gateway.socks_listen
         self._clients: set[ClientConnection] = set()  # holding a slot
-        self._waiting: deque[tuple[ClientConnection, asyncio.TimerHandle]] = deque()
+        self.waiting: deque[tuple[ClientConnection, asyncio.TimerHandle]] = deque()
         self._tasks = TaskSet()
         self._accounts = accounts
         self.upstream_tls = upstream_tls_context(settings.checker.upstream_tls_verify)
@@ -134,10 +134,10 @@ class GatewayServer(Slots):
             self._server.close()
         if self._socks_server is not None:
             self._socks_server.close()
-        for waiting, timer in list(self._waiting):
+        for waiting, timer in list(self.waiting):
             timer.cancel()
             waiting.close()
-        self._waiting.clear()
+        self.waiting.clear()
         for client in list(self._clients):
             if client.state is ClientState.IDLE:
                 client.close()
@@ -181,7 +181,7 @@ class GatewayServer(Slots):
         if client.transport is not None:
             client.transport.pause_reading()
         timer = client.svc.loop.call_later(1.0, self._turn_away, client)
-        self._waiting.append((client, timer))
+        self.waiting.append((client, timer))
 
     def _evict_idle(self) -> None:
         idle = [c for c in self._clients if c.idle]
@@ -193,7 +193,7 @@ class GatewayServer(Slots):
 
     def idle(self, client: ClientConnection) -> None:
         """A client went idle: someone waiting may have its slot."""
-        if self._waiting and len(self._clients) >= self.gw.max_connections:
+        if self.waiting and len(self._clients) >= self.gw.max_connections:
             self._evict_idle()
             self._admit_waiting()
 
@@ -206,7 +206,7 @@ class GatewayServer(Slots):
         client.start()
 
     def _turn_away(self, client: ClientConnection) -> None:
-        self._waiting = deque((c, t) for c, t in self._waiting if c is not client)
+        self.waiting = deque((c, t) for c, t in self.waiting if c is not client)
         client.write(http1.simple_response(503, "gateway busy: too many connections", close=True))
         assert client.svc is not None
         client.svc.accounting.request_done("?", "overloaded", 0.0, peer=client.peer, status=503)
@@ -215,7 +215,7 @@ class GatewayServer(Slots):
     def left(self, client: ClientConnection) -> None:
         """A client connection ended; a waiting one may take its slot."""
         if client not in self._clients:
-            self._waiting = deque((c, t) for c, t in self._waiting if c is not client)
+            self.waiting = deque((c, t) for c, t in self.waiting if c is not client)
             return
         self._release(client)
         self._admit_waiting()
@@ -227,8 +227,8 @@ class GatewayServer(Slots):
 
     def _admit_waiting(self) -> None:
         closing = self.svc is not None and self.svc.closing
-        while self._waiting and not closing and len(self._clients) < self.gw.max_connections:
-            waiting, timer = self._waiting.popleft()
+        while self.waiting and not closing and len(self._clients) < self.gw.max_connections:
+            waiting, timer = self.waiting.popleft()
             timer.cancel()
             if waiting.state is not ClientState.CLOSED:
                 self._open(waiting)

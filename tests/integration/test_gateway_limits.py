@@ -180,7 +180,7 @@ def bookkeeping(pool: ProxyPool) -> dict[str, int]:
     gateway = pool.gateway
     return {
         "clients": len(gateway._clients),
-        "waiting": len(gateway._waiting),
+        "waiting": len(gateway.waiting),
         "tasks": len(gateway._tasks),
     }
 
@@ -662,7 +662,7 @@ async def test_waiting_connection_is_served_when_a_slot_frees(
         writer.write(get(target))
         if holder == "tunnel":
             await eventually(
-                lambda: len(gateway._waiting) == 1, lambda: f"waiting {len(gateway._waiting)}"
+                lambda: len(gateway.waiting) == 1, lambda: f"waiting {len(gateway.waiting)}"
             )
             first_writer.close()  # the slot frees: the waiting client takes it
         answer = await read_answer(reader)

@@ -33,12 +33,14 @@ from gateway.proxy.http1.grammar import (
     FramingKind,
 )
 from gateway.proxy.http1.requests import (
+    PlainRequestHead,
     RequestHead,
     connect_request_head,
     format_authority,
     forward_request_head,
     parse_request_head,
     request_body_framing,
+    same_head,
 )
 from gateway.proxy.http1.responses import (
     ResponseHead,
@@ -61,6 +63,7 @@ __all__ = [
     "FramingKind",
     "IncompleteBody",
     "OriginFormRequest",
+    "PlainRequestHead",
     "RequestHead",
     "ResponseHead",
     "connect_request_head",
@@ -71,5 +74,6 @@ __all__ = [
     "parse_response_head",
     "request_body_framing",
     "response_body_framing",
+    "same_head",
     "simple_response",
 ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields
 
 from gateway.proxy.errors import BadRequest, OriginFormRequest
 from gateway.proxy.http1.grammar import (
@@ -59,6 +60,59 @@ class RequestHead:
     # the origin-form head with "Connection: keep-alive" appended, exactly as forward_request_head
     # builds it, when gateway.proxy.fasthead sliced it from the client's bytes (then nothing is rebuilt)
     origin_form: bytes | None = field(default=None, compare=False, repr=False)
+
+
+_NAME_VALUE = re.compile(r"([^:]+): ([^\r]*)\r\n")
+_NO_POOL_PARAMS: dict[str, str] = {}  # never written: a head's pool_params are only read
+
+
+class PlainRequestHead(RequestHead):
+    """A ``RequestHead`` as ``gateway.proxy.fasthead`` finds it: an everyday HTTP/1.1 request without a
+    body, credentials, routing fields or Upgrade.  What every such head shares is a class constant,
+    so building one sets 8 fields instead of 17, and ``headers`` is split from the client's field
+    lines only when something asks (an upstream that takes absolute form): together about a third
+    of the everyday request's parse.  Equal to the ``RequestHead`` the strict parser builds
+    (``same_head``), which the differential tests hold it to."""
+
+    version = "HTTP/1.1"  # type: ignore[misc]
+    is_connect = False  # type: ignore[misc]
+    content_length = None  # type: ignore[misc]
+    chunked = False  # type: ignore[misc]
+    expect_continue = False  # type: ignore[misc]
+    proxy_authorization = None  # type: ignore[misc]
+    pool_params = _NO_POOL_PARAMS  # type: ignore[misc]
+    upgrade = None  # type: ignore[misc]
+
+    def __init__(  # noqa: PLR0913 - a head is this many facts
+        self,
+        method: str,
+        target: str,
+        host: str,
+        port: int,
+        path: str,
+        keep_alive: bool,
+        connection_tokens: tuple[str, ...],
+        origin_form: bytes | None,
+        field_lines: bytes,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.host = host
+        self.port = port
+        self.path = path
+        self.keep_alive = keep_alive
+        self.connection_tokens = connection_tokens
+        self.origin_form = origin_form
+        self._fields = field_lines  # "Name: value\r\n" per line, as the client sent them
+
+    @property  # type: ignore[override]
+    def headers(self) -> list[tuple[str, str]]:
+        return _NAME_VALUE.findall(self._fields.decode("latin-1"))
+
+
+def same_head(a: RequestHead, b: RequestHead) -> bool:
+    """Field by field (a ``PlainRequestHead`` and a ``RequestHead`` are different classes)."""
+    return all(getattr(a, f.name) == getattr(b, f.name) for f in fields(RequestHead) if f.compare)
 
 
 def parse_request_head(data: bytes) -> RequestHead:
