@@ -147,8 +147,8 @@ _REQUEST_SPECIAL = re.compile(
 
 
 def plain_request(data: bytes) -> http1.RequestHead | None:
-    """An everyday request head (``GET http://host/path HTTP/1.1``, no body, no credentials, no routing
-    fields, at most a plain Connection) parsed into what ``http1.parse_request_head`` returns, with
+    """An everyday request head (``GET http://host/path HTTP/1.1``, no body, no routing fields, at most
+    a plain Connection and the client's Proxy-Authorization) parsed into what ``http1.parse_request_head`` returns, with
     ``origin_form`` sliced from the client's bytes; ``None`` for anything else."""
     m = _PLAIN_REQUEST_LINE.match(data)
     if m is None:
@@ -160,7 +160,7 @@ def plain_request(data: bytes) -> http1.RequestHead | None:
     fields = _plain_fields(block) if len(block) <= _CACHED_FIELDS_MAX else _fields_of(block)
     if fields is None:
         return None
-    kept, keep_alive, connection = fields
+    kept, keep_alive, connection, credentials = fields
     port = 80
     if port_text is not None:
         port = int(port_text)
@@ -175,16 +175,20 @@ def plain_request(data: bytes) -> http1.RequestHead | None:
     origin_form = b"".join(
         (method, b" ", path, b" HTTP/1.1\r\nHost: ", authority, kept, b"\r\nConnection: keep-alive\r\n\r\n")
     )
-    return http1.PlainRequestHead(
+    head = http1.PlainRequestHead(
         method.decode(), target.decode(), host.decode(), port, path.decode(), keep_alive, connection, origin_form,
         block[:-2],
     )
+    if credentials is not None:
+        head.proxy_authorization = credentials
+    return head
 
 
-def _fields_of(block: bytes) -> tuple[bytes, bool, tuple[str, ...]] | None:
+def _fields_of(block: bytes) -> tuple[bytes, bool, tuple[str, ...], str | None] | None:
     """The field lines of a plain request (``block``: from the first line to the empty one): what goes
-    on (``"\r\nName: value"`` per line, without Host and Connection), the client's keep-alive, and
-    its Connection option; ``None`` when they are not those of a plain request."""
+    on (``"\r\nName: value"`` per line, without Host, Connection and Proxy-Authorization), the client's
+    keep-alive, its Connection option and its credentials; ``None`` when they are not those of a plain
+    request."""
     if _PLAIN_FIELDS.fullmatch(block) is None:
         return None
     lines = b"\r\n" + block[:-4]  # "\r\nName: value" per line, no trailing CRLF
@@ -193,6 +197,7 @@ def _fields_of(block: bytes) -> tuple[bytes, bool, tuple[str, ...]] | None:
     host_seen = False
     connection: tuple[str, ...] = ()
     proxy_connection = False
+    credentials: str | None = None
     for line, name, value in _REQUEST_SPECIAL.findall(lines + b"\r\n"):
         name = name.lower()
         if name == b"host":
@@ -213,10 +218,14 @@ def _fields_of(block: bytes) -> tuple[bytes, bool, tuple[str, ...]] | None:
                 if proxy_connection:
                     return None
                 proxy_connection = True
+        elif name == b"proxy-authorization":  # a gateway user's: checked by admission, never sent on
+            if credentials is not None:
+                return None
+            credentials = value.decode("latin-1")
         else:
             return None
         kept = kept.replace(line, b"", 1)
-    return (kept if block != b"\r\n" else b""), keep_alive, connection
+    return (kept if block != b"\r\n" else b""), keep_alive, connection, credentials
 
 
 # A keep-alive client sends the same field lines request after request (a scraper's fixed set, a

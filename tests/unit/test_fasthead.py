@@ -283,9 +283,14 @@ def test_everyday_requests_take_the_shortcut() -> None:
         b"Accept: text/html,*/*;q=0.8\r\nProxy-Connection: keep-alive\r\nAccept-Encoding: gzip, deflate\r\n\r\n"
     )
     scraper = b"GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\nConnection: close\r\nAccept: */*\r\n\r\n"
-    for data in (wrk, browser, scraper):
+    user = b"GET http://example.org/ HTTP/1.1\r\nHost: example.org\r\nProxy-Authorization: Basic YTpi\r\n\r\n"
+    for data in (wrk, browser, scraper, user):
         head = fasthead.plain_request(data)
         assert head is not None and same_head(head, parse_request_head(data)), data
+    authorized = fasthead.plain_request(user)
+    assert authorized is not None and authorized.proxy_authorization == "Basic YTpi"
+    assert authorized.origin_form == b"GET / HTTP/1.1\r\nHost: example.org\r\nConnection: keep-alive\r\n\r\n"
+    assert "YTpi" not in repr(authorized)  # a secret never in a repr
     assert fasthead.plain_request(browser).origin_form == (  # type: ignore[union-attr]
         b"GET /a?b=1 HTTP/1.1\r\nHost: example.org\r\nUser-Agent: Mozilla/5.0 (X11)\r\nAccept: text/html,*/*;q=0.8\r\n"
         b"Accept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\n\r\n"

@@ -44,7 +44,7 @@ class RequestHead:
     method: str
     target: str
     version: str
-    headers: list[tuple[str, str]]
+    headers: list[tuple[str, str]] = field(repr=False)  # credentials, cookies: never in a repr
     host: str
     port: int
     path: str
@@ -53,7 +53,7 @@ class RequestHead:
     chunked: bool
     keep_alive: bool
     expect_continue: bool
-    proxy_authorization: str | None
+    proxy_authorization: str | None = field(repr=False)  # a secret: never in a repr, a log line
     pool_params: dict[str, str]
     upgrade: str | None
     connection_tokens: tuple[str, ...] = ()
@@ -68,7 +68,7 @@ _NO_POOL_PARAMS: dict[str, str] = {}  # never written: a head's pool_params are 
 
 class PlainRequestHead(RequestHead):
     """A ``RequestHead`` as ``gateway.proxy.fasthead`` finds it: an everyday HTTP/1.1 request without a
-    body, credentials, routing fields or Upgrade.  What every such head shares is a class constant,
+    body, routing fields or Upgrade.  What every such head shares is a class constant,
     so building one sets 8 fields instead of 17, and ``headers`` is split from the client's field
     lines only when something asks (an upstream that takes absolute form): together about a third
     of the everyday request's parse.  Equal to the ``RequestHead`` the strict parser builds
@@ -79,7 +79,7 @@ class PlainRequestHead(RequestHead):
     content_length = None  # type: ignore[misc]
     chunked = False  # type: ignore[misc]
     expect_continue = False  # type: ignore[misc]
-    proxy_authorization = None  # type: ignore[misc]
+    proxy_authorization = None  # type: ignore[misc]  # the client's credentials set it on the instance
     pool_params = _NO_POOL_PARAMS  # type: ignore[misc]
     upgrade = None  # type: ignore[misc]
 
