@@ -133,6 +133,22 @@ class _Attempting:
     def _attempt(self) -> None:
         """Pick the next upstream and try it; each kind of request says how."""
 
+    async def _dialed(self, plan: Plan, host: str, port: int, tunnel_only: bool) -> UpstreamConnection | None:
+        """A fresh connection for this attempt, or None when the dial failed (the next attempt is under
+        way, or the refusal sent) or the request ended meanwhile (the connection is closed)."""
+        try:
+            conn = await self.svc.dialer.dial(plan, host, port, tunnel_only=tunnel_only)
+        except UpstreamError as exc:
+            self._dial_failed(exc)
+            return None
+        except Refusal as refusal:
+            self._refuse(refusal)
+            return None
+        if self.finished:
+            conn.close()
+            return None
+        return conn
+
     def _dial_failed(self, exc: UpstreamError) -> None:
         """A dial that failed: counted, then the next upstream (the direct fallback is one try)."""
         if self.finished:
@@ -251,21 +267,12 @@ class Exchange(_Attempting):
         plan = self._plan
         assert plan is not None
         fixed = self.fixed
-        try:
-            if fixed is None:
-                conn = await self.svc.dialer.dial(plan, self.head.host, self.head.port)
-            else:
-                conn = await self.svc.dialer.dial(plan, fixed.host, fixed.port, tunnel_only=True)
-        except UpstreamError as exc:
-            self._dial_failed(exc)
-            return
-        except Refusal as refusal:
-            self._refuse(refusal)
-            return
-        if self.finished:
-            conn.close()
-            return
-        self._send(conn)
+        if fixed is None:
+            conn = await self._dialed(plan, self.head.host, self.head.port, tunnel_only=False)
+        else:
+            conn = await self._dialed(plan, fixed.host, fixed.port, tunnel_only=True)
+        if conn is not None:
+            self._send(conn)
 
     def _send(self, conn: UpstreamConnection) -> None:
         head = self.head
@@ -485,21 +492,11 @@ class Connect(_Attempting):
 
     async def _dial_task(self, proxy: Proxy | None) -> None:
         head = self.head
-        dialer = self.svc.dialer
-        plan = dialer.plan(proxy, head.host, head.port, tunnel_only=True)
-        try:
-            conn = await dialer.dial(plan, head.host, head.port, tunnel_only=True)
-        except UpstreamError as exc:
-            self._dial_failed(exc)
-            return
-        except Refusal as refusal:
-            self._refuse(refusal)
-            return
-        if self.finished:
-            conn.close()
-            return
-        self.svc.accounting.report(proxy, True)
-        self._through(conn)
+        plan = self.svc.dialer.plan(proxy, head.host, head.port, tunnel_only=True)
+        conn = await self._dialed(plan, head.host, head.port, tunnel_only=True)
+        if conn is not None:
+            self.svc.accounting.report(proxy, True)
+            self._through(conn)
 
     def _through(self, conn: UpstreamConnection) -> None:
         self.status = 200
