@@ -21,20 +21,13 @@ def _isolated_cwd(tmp_path, monkeypatch):
 @pytest.fixture(scope="session")
 def pg_server():
     """A real PostgreSQL, started once per session (skips saying why where it cannot run)."""
-    from tests.support.postgres import PgServer, missing_reason
+    from tests.support.postgres import missing_reason, running_server
 
     reason = missing_reason()
     if reason is not None:
         pytest.skip(reason)
-    server = PgServer()
-    try:
-        server.init()
-        server.start()
-    except BaseException:
-        server.destroy()
-        raise
-    yield server
-    server.destroy()
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture
