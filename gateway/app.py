@@ -215,7 +215,12 @@ class ProxyPool:
                 suffix = normalised.rsplit("/", 1)[-1].rpartition(".")[2].lower()
                 local = normalised.startswith("file://")
                 parser = "plaintext" if local and suffix not in ("json", "html", "htm") else None
-                source = await add_source(self.store, self.registry, normalised, parser=parser, origin="cli")
+                try:
+                    source = await add_source(self.store, self.registry, normalised, parser=parser, origin="cli")
+                except DuplicateError:  # a replica started with the same list (serve --workers) added it first
+                    source = await self.store.find_source(normalised)
+                    if source is None:
+                        raise
             # replicas started with the same list: the first to claim it scrapes it
             if await self.store.claim_source(source.id, source.last_run_at, datetime.now(UTC)):
                 self._cli_scrapes.append(self._tasks.spawn(self.scraper.scrape(source), name=f"scrape-cli-{source.id}"))

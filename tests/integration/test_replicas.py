@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from tests.support.replicas import Balancer, Replica, start_replica
+from tests.support.replicas import START_BOUND, Balancer, Replica, start_replica
 from tests.support.upstreams import Upstream, start_pproxy
 
 pytestmark = pytest.mark.timeout(120)
@@ -274,7 +274,7 @@ async def test_a_password_change_on_one_replica_is_refused_by_all(
         async def old_refused() -> bool:
             return all([await get_through(r.proxy_url, origin, old) == 407 for r in group])
 
-        await eventually(old_refused, "the old password refused by every replica", bound=5)
+        await eventually(old_refused, "the old password refused by every replica")
         for replica in group:
             assert await get_through(replica.proxy_url, origin, new) == 200
 
@@ -353,7 +353,8 @@ async def test_a_replica_that_loses_the_database_keeps_serving_and_catches_up(
 
 async def test_workers_share_the_listening_sockets(pg_url: str, tmp_path: Path, origin: int) -> None:
     """serve --workers 2: two processes answer on the same gateway and admin ports (SO_REUSEPORT),
-    each a replica named NAME/wK; SIGTERM to the supervisor stops both, exit 0."""
+    each a replica named NAME/wK, both up at the first try (the same --proxies list added once);
+    SIGTERM to the supervisor stops both, exit 0."""
     import os
     import signal
     import sys
@@ -374,23 +375,29 @@ async def test_workers_share_the_listening_sockets(pg_url: str, tmp_path: Path, 
             sys.executable, "-m", "gateway", "serve", "--workers", "2", "--db", pg_url, "--no-default-sources",
             "--listen", f"127.0.0.1:{gw_port}", "--admin-listen", f"127.0.0.1:{admin_port}",
             "--replica-name", "box", "--proxies", str(listing), "--log-format", "json",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             cwd=tmp_path, env=environ,
         )
+        supervisor = Replica("box", proc)  # its stderr carries the workers' logs too
+        supervisor.tasks.spawn(supervisor.read_log(), name="log-box")
         try:
+            async def both_serving() -> bool:
+                return supervisor.messages().count("proxy-pool serving:") == 2 or proc.returncode is not None
+
+            # the workers' own "serving" lines, however long a loaded machine takes to start them
+            await eventually(both_serving, "both workers serving", bound=START_BOUND)
+            assert proc.returncode is None, supervisor.messages()
             seen: set[str] = set()
 
             async def both_workers_answer() -> bool:
-                try:
-                    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-                        async with client.get(f"http://127.0.0.1:{admin_port}/api/stats") as resp:
-                            stats = await resp.json()
-                except (aiohttp.ClientError, ValueError):
-                    return False
+                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+                    async with client.get(f"http://127.0.0.1:{admin_port}/api/stats") as resp:
+                        stats = await resp.json()
                 if stats["pool"]["selectable"] == 1:
                     seen.add(stats["replica"])
                 return seen == {"box/w0", "box/w1"}
 
+            # each poll is a new connection, which the kernel gives to either worker
             await eventually(both_workers_answer, "both workers answering on the shared admin port")
             for _ in range(10):
                 assert await get_through(f"http://127.0.0.1:{gw_port}", origin) == 200
@@ -398,4 +405,7 @@ async def test_workers_share_the_listening_sockets(pg_url: str, tmp_path: Path, 
             proc.send_signal(signal.SIGTERM)
             async with asyncio.timeout(30):
                 code = await proc.wait()
-        assert code == 0
+            await supervisor.tasks.wait(5)
+            await supervisor.tasks.close()
+        assert code == 0, supervisor.messages()
+        assert "starting it again" not in supervisor.messages()  # no worker died on the way

@@ -21,7 +21,7 @@ import aiohttp
 
 from pool.tasks import TaskSet
 
-__all__ = ["TOKEN", "Balancer", "Replica", "start_replica"]
+__all__ = ["START_BOUND", "TOKEN", "Balancer", "Replica", "start_replica"]
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "replica-test-token"
