@@ -13,7 +13,6 @@ import pytest
 from tests.integration.test_replicas import (
     active,
     basic,
-    eventually,
     free_credits,
     get_through,
     leased,
@@ -21,6 +20,7 @@ from tests.integration.test_replicas import (
     replicas,
     upstreams,
 )
+from tests.support.waiting import across_processes as eventually
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -10,7 +10,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,21 +22,9 @@ from aiohttp.test_utils import TestServer
 
 from tests.support.replicas import START_BOUND, Balancer, Replica, start_replica
 from tests.support.upstreams import Upstream, start_pproxy
+from tests.support.waiting import across_processes as eventually
 
 pytestmark = pytest.mark.timeout(120)
-
-BOUND = 30.0
-
-
-async def eventually(probe: Callable[[], Awaitable[bool]], what: str, bound: float = BOUND) -> None:
-    """Poll ``probe`` (other processes: no event to wait on) until it holds, at most ``bound`` seconds."""
-    try:
-        async with asyncio.timeout(bound):
-            while not await probe():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {bound:g} s: {what}") from None
-
 
 @pytest.fixture
 async def origin() -> AsyncIterator[int]:
@@ -124,7 +112,7 @@ async def test_a_source_is_scraped_once_checks_split_and_a_dead_proxy_is_benched
                     return False
             return True
 
-        await eventually(two_more_rounds, "three check runs of every proxy", bound=60)
+        await eventually(two_more_rounds, "three check runs of every proxy", timeout=60)
         for proxy in proxies:
             _, checks = await c.api("GET", f"/api/proxies/{proxy['id']}/checks")
             runs = sorted(datetime.fromisoformat(at) for at in {check["at"] for check in checks["checks"]})
@@ -385,14 +373,15 @@ async def test_workers_share_the_listening_sockets(pg_url: str, tmp_path: Path, 
                 return supervisor.messages().count("proxy-pool serving:") == 2 or proc.returncode is not None
 
             # the workers' own "serving" lines, however long a loaded machine takes to start them
-            await eventually(both_serving, "both workers serving", bound=START_BOUND)
+            await eventually(both_serving, "both workers serving", timeout=START_BOUND)
             assert proc.returncode is None, supervisor.messages()
             seen: set[str] = set()
 
             async def both_workers_answer() -> bool:
-                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as client:
-                    async with client.get(f"http://127.0.0.1:{admin_port}/api/stats") as resp:
-                        stats = await resp.json()
+                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as client, client.get(
+                    f"http://127.0.0.1:{admin_port}/api/stats"
+                ) as resp:
+                    stats = await resp.json()
                 if stats["pool"]["selectable"] == 1:
                     seen.add(stats["replica"])
                 return seen == {"box/w0", "box/w1"}

@@ -26,6 +26,7 @@ from tests.integration.test_users_credits import (
     users_pool,
 )
 from tests.support.admin import admin_session
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -262,15 +263,13 @@ async def test_usage_counted_per_user_and_flushed(make_pool, upstreams, origin):
     assert (await read_reply(reader)).status == 200
     writer.close()
 
-    async def counted() -> dict[str, Any]:
-        for _ in range(200):  # a tunnel's bytes count when the gateway sees it close: poll its state, bounded
-            row = await user_row(pool, "hal")
-            if row["tunnels"] == 2 and row["bytes_down"] > 0 and row["requests"] == 4:
-                return row
-            await asyncio.sleep(0.02)
-        return row
+    async def counted() -> bool:
+        row = await user_row(pool, "hal")
+        return bool(row["tunnels"] == 2 and row["bytes_down"] > 0 and row["requests"] == 4)
 
-    row = await counted()
+    # a tunnel's bytes count when the gateway sees it close: poll its state
+    await eventually(counted, "hal's two tunnels and four requests counted")
+    row = await user_row(pool, "hal")
     assert (row["requests"], row["tunnels"]) == (4, 2)
     assert row["bytes_up"] >= 5000 and row["bytes_down"] > 0 and row["last_seen"] is not None
     quiet = await user_row(pool, "ivy")
@@ -329,11 +328,8 @@ async def test_max_connections_limit(make_pool, upstreams, origin):
     assert (await socks_status(pool, origin.port, "lee", lee_password))[:2] == b"\x05\x02"
     writer.close()
     await writer.wait_closed()
-    for _ in range(200):  # the gateway notices the close on its own schedule: poll its state, bounded
-        if not pool.accounts._conns:
-            break
-        await asyncio.sleep(0.01)
-    assert not pool.accounts._conns
+    # the gateway notices the close on its own schedule: poll its state
+    await eventually(lambda: not pool.accounts._conns, "the connection slot free again")
     # one keep-alive connection: its second request holds the same slot
     reader, writer = await asyncio.open_connection(host, port)
     for _ in range(2):
@@ -344,14 +340,6 @@ async def test_max_connections_limit(make_pool, upstreams, origin):
     writer.close()
 
 
-async def _until(probe, what: str) -> None:
-    for _ in range(1000):  # the gateway's own schedule: poll its state, bounded
-        if probe():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not within 10 s: {what}")
-
-
 async def test_a_client_that_leaves_during_a_lease_wait_pays_nothing_and_holds_no_slot(make_pool, upstreams, origin):
     """A request waiting for a lease whose client goes away: when the lease comes, its charge goes back and the
     connection slot (max_connections) it took is free again."""
@@ -360,19 +348,19 @@ async def test_a_client_that_leaves_during_a_lease_wait_pays_nothing_and_holds_n
     assert (await api("PATCH", pool, "/api/users/pat", {"max_connections": 1}))[0] == 200
     auth = basic("pat", password)
     assert (await raw_get(pool, origin.port, auth)).status == 200
-    await _until(lambda: not pool.accounts._conns and not pool.gateway._clients, "the first connection gone")
+    await eventually(lambda: not pool.accounts._conns and not pool.gateway._clients, "the first connection gone")
     pool.accounts._by_name["pat"].balance = 0  # as if its lease were elsewhere: 4 credits known, none here
     host, port = pool.gateway_address  # type: ignore[misc]
     _, writer = await asyncio.open_connection(host, port)
     writer.write(
         f"GET http://127.0.0.1:{origin.port}/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nProxy-Authorization: {auth}\r\n\r\n".encode()
     )
-    await _until(lambda: pool.accounts._waiting == 1, "the request waiting for a lease")
+    await eventually(lambda: pool.accounts._waiting == 1, "the request waiting for a lease")
     writer.close()
     await writer.wait_closed()
-    await _until(lambda: not pool.gateway._clients, "the gateway seeing the client leave")
+    await eventually(lambda: not pool.gateway._clients, "the gateway seeing the client leave")
     user = await pool.store.get_user("pat")
     await pool.store.append_ledger([(user.id, 3, "credit")])  # free credits: the waiting request gets a lease
-    await _until(lambda: pool.accounts._waiting == 0, "the wait over")
+    await eventually(lambda: pool.accounts._waiting == 0, "the wait over")
     assert not pool.accounts._conns
     assert pool.accounts.balance("pat") == 4 + 3  # nothing charged for the request nobody waited for

@@ -170,8 +170,8 @@ def _stop_stale(data: Path) -> bool:
     if os.geteuid() == 0 and data.stat().st_uid != 0:
         prefix = ["runuser", "-u", pwd.getpwuid(data.stat().st_uid).pw_name, "--"]
     pg_ctl = [*prefix, str(binaries / "pg_ctl"), "-D", str(data)]
-    subprocess.run([*pg_ctl, "-m", "immediate", "-w", "-t", "30", "stop"], capture_output=True, timeout=60, cwd="/")
-    status = subprocess.run([*pg_ctl, "status"], capture_output=True, timeout=60, cwd="/")
+    subprocess.run([*pg_ctl, "-m", "immediate", "-w", "-t", "30", "stop"], check=False, capture_output=True, timeout=60, cwd="/")
+    status = subprocess.run([*pg_ctl, "status"], check=False, capture_output=True, timeout=60, cwd="/")
     return status.returncode != 0
 
 

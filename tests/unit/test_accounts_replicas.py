@@ -10,6 +10,7 @@ import pytest
 from config.settings import CreditsSettings
 from pool.accounts import Accounts
 from pool.store.postgres import PostgresStore
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ async def test_a_drained_replica_gets_more_and_an_idle_one_gives_back_when_asked
     try:
         assert sum(a.charge("alice", 1) for _ in range(25)) == 20  # the last 5 ask for a lease: none free
         await a.flush()  # settles 20 spent, finds nothing free: asks the others
-        await asyncio.wait_for(_until(lambda: b._by_name["alice"].asked or b._by_name["alice"].balance == 0), 5)
+        await eventually(lambda: b._by_name["alice"].asked or b._by_name["alice"].balance == 0, "b asked for its lease")
         await b.flush()  # idle, and asked: gives its 20 back
         a._by_name["alice"].short = True  # the next refused charge on a
         await a.flush()
@@ -84,7 +85,3 @@ async def test_a_killed_replica_loses_at_most_its_lease(stores):
     await b.close()
     assert (await stores[0].get_user("alice")).balance == 30
 
-
-async def _until(predicate) -> None:
-    while not predicate():
-        await asyncio.sleep(0.01)
