@@ -31,7 +31,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,16 +47,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_seconds, fill_pool, generated_pool, say, tunnel_download
 from bench.upstreams import Origin, Service, Services, free_port, have
 
 LUA = Path(__file__).resolve().parent / "wrk_absolute.lua"
 RESULTS = Path(__file__).resolve().parent / "results" / "gateway.md"
-COUNTRIES = ["US", "DE", "FR", "GB", "NL", "RU", "CN", "BR", "IN", "JP",
-             "KR", "CA", "AU", "IT", "ES", "PL", "UA", "SE", "TR", "ID"]  # fmt: skip
-
-
-def say(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
 # wrk -------------------------------------------------------------------------------------
@@ -103,12 +97,6 @@ def run_wrk(proxy: tuple[str, int], target_url: str, *, close: bool, duration: f
         if line.startswith("WRK_JSON "):
             return json.loads(line[len("WRK_JSON "):])
     raise RuntimeError(f"wrk gave no summary (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-500:]}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (threads included; children not)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk_case(case: str, name: str, proxy: tuple[str, int], pid: int, target: str, args: argparse.Namespace, *,
@@ -191,43 +179,6 @@ class Gateway:
 
 
 # (c) CONNECT downloads -------------------------------------------------------------------
-def tunnel_download(proxy: tuple[str, int], origin: tuple[str, int], path: str) -> tuple[float, int]:
-    """GET ``path`` from ``origin`` through a CONNECT tunnel of ``proxy``: (bytes/s, body bytes).
-
-    A plain socket reading into one 1 MiB buffer, so the client is never the bottleneck (curl reads
-    16 KiB at a time and caps a fast path well below what squid delivers)."""
-    host, port = origin
-    with socket.create_connection(proxy, timeout=30) as sock:
-        sock.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise RuntimeError(f"{proxy} closed the CONNECT")
-            buf += chunk
-        head, _, rest = buf.partition(b"\r\n\r\n")
-        if head.split(b" ", 2)[1:2] != [b"200"]:
-            raise RuntimeError(f"CONNECT via {proxy}: {head[:80]!r}")
-        started = time.perf_counter()
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
-        view = memoryview(bytearray(1 << 20))
-        total = len(rest)
-        first = rest  # the response head (and the start of the body), to check the status
-        while True:
-            n = sock.recv_into(view)
-            if not n:
-                break
-            if len(first) < 4096:
-                first += bytes(view[: min(n, 4096)])
-            total += n
-        elapsed = time.perf_counter() - started
-    head_end = first.find(b"\r\n\r\n")
-    if head_end < 0 or first.split(b" ", 2)[1:2] != [b"200"]:
-        raise RuntimeError(f"GET {path} via {proxy}: {first[:80]!r}")
-    body = total - head_end - 4
-    return body / elapsed, body
-
-
 def bulk_downloads(origin: Origin, upstreams: list[Service], fronts: dict[str, tuple[tuple[str, int], int]],
                    reps: int) -> dict[str, Any]:
     """MB/s through each upstream: straight, and via each rotating front (which upstream carried a
@@ -378,48 +329,15 @@ def render_pools(data: dict[str, Any]) -> str:
 
 
 # (e) memory with a big pool, and the filtered pick -----------------------------------------
-def generated_pool(count: int, seed: int = 7) -> list[tuple[str, int, str, str, str]]:
-    """``count`` distinct (host, port, protocol, country, anonymity) on 127.0.0.0/8 (never dialled
-    during the bench, but even a check would stay on loopback)."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(count):
-        host = f"127.{10 + i // 60000}.{(i // 250) % 240 + 1}.{i % 250 + 1}"
-        out.append((host, 1024 + rng.randrange(60000), rng.choice(["http", "http", "socks5", "socks4"]),
-                    rng.choice(COUNTRIES), rng.choice(["transparent", "anonymous", "elite"])))
-    return out
-
-
 async def write_big_db(path: Path, count: int) -> None:
     """The generated pool into a fresh store, half active and half dead, all just checked (so the
     scheduler has nothing due while memory is measured); only the store writes SQL."""
-    from pool.models import AnonymityLevel, ProxyProtocol, ProxyStatus, UpstreamURL
     from pool.store import SqliteStore
 
-    rows = generated_pool(count)
     store = await SqliteStore.open(path)
     try:
-        half = count // 2
-        urls = [UpstreamURL(ProxyProtocol(p), h, port) for h, port, p, _, _ in rows]
-        await store.insert_proxies_bulk(urls[:half], ProxyStatus.ACTIVE)
-        await store.insert_proxies_bulk(urls[half:], ProxyStatus.DEAD)
-        facts = {(h, port, p): (c, a) for h, port, p, c, a in rows}
-        now = datetime.now(UTC)
-        proxies = await store.all_proxies()
         rng = random.Random(11)
-        for proxy in proxies:
-            country, anonymity = facts[(proxy.host, proxy.port, proxy.protocol.value)]
-            proxy.country = country
-            proxy.anonymity = AnonymityLevel(anonymity)
-            proxy.last_checked = now
-            proxy.latency_ms = rng.uniform(50, 2000)
-            proxy.success_ratio = 1.0
-            proxy.check_history = "1"
-            if proxy.status is ProxyStatus.DEAD:
-                proxy.dead_since = now
-                proxy.consecutive_failures = 1
-                proxy.check_history = "0"
-        await store.save_results([(p, ()) for p in proxies])
+        await fill_pool(store, count, latency=lambda: rng.uniform(50, 2000))
     finally:
         await store.close()
 

@@ -34,7 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_bench import cpu_seconds, generated_pool, run_wrk
+from bench.common import cpu_seconds, fill_pool
+from bench.gateway_bench import run_wrk
 from bench.upstreams import Services, free_port
 from tests.support.postgres import PgServer, missing_reason
 
@@ -148,29 +149,6 @@ def bench_workers(pg: PgServer, services: Services, work: Path, args: argparse.N
 
 
 # (b) ------------------------------------------------------------------------------------------
-async def fill(store: Any, count: int) -> None:
-    from datetime import UTC, datetime
-
-    from pool.models import AnonymityLevel, ProxyProtocol, ProxyStatus, UpstreamURL
-
-    rows = generated_pool(count)
-    half = count // 2
-    urls = [UpstreamURL(ProxyProtocol(p), h, port) for h, port, p, _, _ in rows]
-    await store.insert_proxies_bulk(urls[:half], ProxyStatus.ACTIVE)
-    await store.insert_proxies_bulk(urls[half:], ProxyStatus.DEAD)
-    facts = {(h, port, p): (c, a) for h, port, p, c, a in rows}
-    now = datetime.now(UTC)
-    proxies = await store.all_proxies()
-    for proxy in proxies:
-        country, anonymity = facts[(proxy.host, proxy.port, proxy.protocol.value)]
-        proxy.country, proxy.anonymity, proxy.last_checked = country, AnonymityLevel(anonymity), now
-        proxy.latency_ms, proxy.success_ratio, proxy.check_history = 100.0, 1.0, "1"
-        if proxy.status is ProxyStatus.DEAD:
-            proxy.dead_since, proxy.consecutive_failures, proxy.check_history = now, 1, "0"
-    for start in range(0, len(proxies), 10_000):
-        await store.save_results([(p, ()) for p in proxies[start : start + 10_000]])
-
-
 async def load_and_pick(location: str) -> dict[str, float]:
     from pool.models import ProxyProtocol
     from pool.selector import Route, Selector
@@ -206,7 +184,7 @@ def bench_big_pool(pg: PgServer, work: Path, args: argparse.Namespace) -> list[d
         async def prepare(location: str = location, opener: Any = opener) -> None:
             store = await opener(location)
             try:
-                await fill(store, args.pool_size)
+                await fill_pool(store, args.pool_size, latency=lambda: 100.0)
             finally:
                 await store.close()
 

@@ -32,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.gateway_bench import Gateway, cpu_seconds, say, tunnel_download  # noqa: E402
+from bench.common import cpu_seconds, say, timed_get, tunnel_download  # noqa: E402
+from bench.gateway_bench import Gateway  # noqa: E402
 from bench.upstreams import Services  # noqa: E402
 
 # the load generator, run in its own process so it never shares the proxy's core budget by accident
@@ -152,24 +152,7 @@ def socks_download(proxy: tuple[str, int], origin: tuple[str, int], path: str, v
             reply += chunk
         if reply[1] != 0:
             raise RuntimeError(f"{proxy}: SOCKS reply {reply[1]}")
-        started = time.perf_counter()
-        sock.sendall(f"GET {path} HTTP/{version}\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
-        view = memoryview(bytearray(1 << 20))
-        total = 0
-        first = b""
-        while True:
-            n = sock.recv_into(view)
-            if not n:
-                break
-            if len(first) < 4096:
-                first += bytes(view[: min(n, 4096)])
-            total += n
-        elapsed = time.perf_counter() - started
-    head_end = first.find(b"\r\n\r\n")
-    if head_end < 0 or first.split(b" ", 2)[1:2] != [b"200"]:
-        raise RuntimeError(f"GET {path} via {proxy}: {first[:80]!r}")
-    body = total - head_end - 4
-    return body / elapsed, body
+        return timed_get(sock, proxy, origin, path, version)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 
 import aiohttp
@@ -164,39 +164,33 @@ class PoolLowWatch:
             self._emit("proxy.pool_low", {"active_count": active, "threshold": self.threshold})
 
 
+@dataclass(eq=False, repr=False)
 class Pipeline:
     """Background checking: a queue, ``checker.concurrency`` workers, and a write-behind log."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        registry: PluginRegistry,
-        store: Store | None,
-        selector: Selector | None,
-        *,
-        self_judge: str | None = None,
-        observe: CheckObserver | None = None,
-        flush_interval: float = 0.5,
-    ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.store = store
-        self.selector = selector
-        self.self_judge = self_judge
-        self.observe = observe
-        self.flush_interval = flush_interval
-        self._queue: asyncio.Queue[Proxy] = asyncio.Queue()
-        self._queued: set[int] = set()
-        self._in_flight = 0
-        self._idle = asyncio.Event()
+    settings: Settings
+    registry: PluginRegistry
+    store: Store | None
+    selector: Selector | None
+    _: KW_ONLY
+    self_judge: str | None = None
+    observe: CheckObserver | None = None
+    flush_interval: float = 0.5
+    tls_judge: TlsJudge | None = field(default=None, init=False)  # the pinned TLS endpoint for loopback proxies
+    checked_total: int = field(default=0, init=False)
+    on_run: Callable[[CheckRun], None] | None = field(default=None, init=False)
+    _queue: asyncio.Queue[Proxy] = field(default_factory=asyncio.Queue, init=False)
+    _queued: set[int] = field(default_factory=set, init=False)
+    _in_flight: int = field(default=0, init=False)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _pending: list[tuple[Proxy, list[ProxyCheck]]] = field(default_factory=list, init=False)
+    _tasks: TaskSet = field(default_factory=TaskSet, init=False)
+    _session: aiohttp.ClientSession | None = field(default=None, init=False)
+    # removed from the pool: a check still running changes nothing
+    _removed: set[int] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
         self._idle.set()
-        self._pending: list[tuple[Proxy, list[ProxyCheck]]] = []
-        self._tasks = TaskSet()
-        self._session: aiohttp.ClientSession | None = None
-        self.tls_judge: TlsJudge | None = None  # the pinned TLS endpoint for proxies on loopback
-        self.checked_total = 0
-        self.on_run: Callable[[CheckRun], None] | None = None
-        self._removed: set[int] = set()  # removed from the pool: a check still running changes nothing
 
     # lifecycle ----------------------------------------------------------------------------
     async def start(self, *, workers: bool = True) -> None:

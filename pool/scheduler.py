@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from croniter import croniter
@@ -57,38 +58,30 @@ def is_stale(source: ProxySource, stale_hours: float, now: datetime) -> float | 
     return hours if hours >= stale_hours else None
 
 
+@dataclass(eq=False, repr=False)
 class Scheduler:
-    def __init__(
-        self,
-        settings: Settings,
-        store: Store,
-        registry: PluginRegistry,
-        scraper: Scraper,
-        pipeline: Pipeline,
-        selector: Selector,
-        *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        tick: float = 5.0,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.registry = registry
-        self.scraper = scraper
-        self.pipeline = pipeline
-        self.selector = selector
-        self.clock = clock
-        self.tick = tick
-        self._tasks = TaskSet()
-        self._stale_announced: set[int] = set()
-        self._last_recheck_scan: datetime | None = None
-        self._wake = asyncio.Event()
-        self._scraping: set[int] = set()
-        self._bad_schedules: set[str] = set()
-        self._first_pass = True
-        self.first_round = asyncio.Event()  # set once the scrapes of the first pass are over
-        self._quality_at: datetime | None = None
-        self.figures: dict[int, SourceFigures] = {}  # per source, as of the last quality pass (the gauges)
-        self.sources: list[ProxySource] = []  # as of the last quality pass
+    settings: Settings
+    store: Store
+    registry: PluginRegistry
+    scraper: Scraper
+    pipeline: Pipeline
+    selector: Selector
+    _: KW_ONLY
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    tick: float = 5.0
+    _tasks: TaskSet = field(default_factory=TaskSet, init=False)
+    _stale_announced: set[int] = field(default_factory=set, init=False)
+    _last_recheck_scan: datetime | None = field(default=None, init=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _scraping: set[int] = field(default_factory=set, init=False)
+    _bad_schedules: set[str] = field(default_factory=set, init=False)
+    _first_pass: bool = field(default=True, init=False)
+    # set once the scrapes of the first pass are over
+    first_round: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _quality_at: datetime | None = field(default=None, init=False)
+    # per source, as of the last quality pass (the gauges)
+    figures: dict[int, SourceFigures] = field(default_factory=dict, init=False)
+    sources: list[ProxySource] = field(default_factory=list, init=False)  # as of the last quality pass
 
     async def _scrape(self, source: ProxySource) -> None:
         try:
