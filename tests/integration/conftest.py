@@ -6,11 +6,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
 from config import Settings
 from gateway.app import ProxyPool
+from tests.support.judges import Judge, running_judge
 from tests.support.upstreams import Upstream, origin_app, pproxy_upstreams
 
 
@@ -20,6 +22,20 @@ async def origin() -> AsyncIterator[TestServer]:
     await server.start_server()
     yield server
     await server.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain client session (checkers take one, as the pipeline's)."""
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def judge() -> AsyncIterator[Judge]:
+    """A real judge (echoes what a request carried) on loopback."""
+    async with running_judge() as j:
+        yield j
 
 
 @pytest.fixture

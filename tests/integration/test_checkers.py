@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -22,7 +21,7 @@ from plugins.builtin.checkers import (
 )
 from tests.support.geoip import LOOPBACK_COUNTRIES, build_country_db
 from tests.support.grade_proxies import black_hole, grade_proxy, microsocks, microsocks_available
-from tests.support.judges import Judge, down_judge_url, running_judge
+from tests.support.judges import down_judge_url, running_judge
 from tests.support.upstreams import closed_port, pproxy_upstreams, start_pproxy
 
 TIMEOUT = 5.0  # generous for proxies that work; black holes use SHORT
@@ -35,18 +34,6 @@ def make_proxy(url: str, id_: int = 1) -> Proxy:
 
 def settings(**checker: object) -> Settings:
     return Settings(checker={"timeout": TIMEOUT, **checker})
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def judge() -> AsyncIterator[Judge]:
-    async with running_judge() as j:
-        yield j
 
 
 def ctx(client: aiohttp.ClientSession, *judges: str) -> CheckContext:

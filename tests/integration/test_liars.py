@@ -23,7 +23,6 @@ from plugins import CheckContext, Proxy, UpstreamURL
 from plugins.builtin.checkers import http_anonymity, tls_tunnel
 from pool.tls_judge import TlsJudge
 from tests.support.grade_proxies import grade_proxy, microsocks, microsocks_available
-from tests.support.judges import Judge, running_judge
 from tests.support.liars import liar
 from tests.support.upstreams import closed_port, origin_app, start_pproxy
 
@@ -31,18 +30,6 @@ TOKEN = "t" * 32
 ROOT = str(Path(__file__).resolve().parents[2])
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def judge() -> AsyncIterator[Judge]:
-    async with running_judge() as j:
-        yield j
 
 
 def _proxy(url: str) -> Proxy:

@@ -133,14 +133,6 @@ async def tls_origin() -> AsyncIterator[tuple[TestServer, Path]]:
     await server.close()
 
 
-@pytest.fixture
-async def origin() -> AsyncIterator[TestServer]:
-    server = TestServer(origin_app(), host="127.0.0.1")
-    await server.start_server()
-    yield server
-    await server.close()
-
-
 async def curl(*args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         "curl", "-sS", "--max-time", "15", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE

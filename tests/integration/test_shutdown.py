@@ -14,7 +14,7 @@ import signal
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from pool.tasks import TaskSet
-from tests.support.upstreams import Upstream, start_pproxy
 from tests.support.admin import token_beside
+from tests.support.replicas import Replica
+from tests.support.upstreams import Upstream, start_pproxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,40 +95,10 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 # the served process ---------------------------------------------------------------------
 @dataclass
-class Served:
-    proc: asyncio.subprocess.Process
-    db: Path
-    gateway: tuple[str, int] = ("", 0)
-    admin: tuple[str, int] = ("", 0)
-    lines: list[Any] = field(default_factory=list)
-    serving: asyncio.Event = field(default_factory=asyncio.Event)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+class Served(Replica):
+    """A ``serve`` on its own SQLite file (``db``): the admin's token file is beside it."""
 
-    def messages(self) -> str:
-        return "\n".join(
-            str(line.get("message", line)) if isinstance(line, dict) else line for line in self.lines
-        )
-
-    async def read_log(self) -> None:
-        """Every stderr line, parsed; 'serving' gives the addresses, 'stopping' marks SIGTERM handled."""
-        assert self.proc.stderr is not None
-        while raw := await self.proc.stderr.readline():
-            text = raw.decode(errors="replace").rstrip()
-            try:
-                entry: Any = json.loads(text)
-            except ValueError:
-                entry = text
-            self.lines.append(entry)
-            message = entry.get("message", "") if isinstance(entry, dict) else ""
-            if message.startswith("proxy-pool serving:"):
-                # "proxy-pool serving: gateway 127.0.0.1:P, admin 127.0.0.1:Q, ..."
-                gateway = message.split("gateway ", 1)[1].split(",", 1)[0]
-                admin = message.split("admin ", 1)[1].split(",", 1)[0]
-                self.gateway = _host_port(gateway)
-                self.admin = _host_port(admin)
-                self.serving.set()
-            elif message.startswith("stopping"):
-                self.stopping.set()
+    db: Path = Path()
 
     async def wait_active(self, count: int) -> list[dict[str, Any]]:
         """Poll the admin API until ``count`` proxies are active (an external process: bounded polling)."""
@@ -145,11 +116,6 @@ class Served:
         self.proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(drain_timeout + EXIT_MARGIN):
             return await self.proc.wait()
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _env(**settings: str) -> dict[str, str]:
@@ -194,7 +160,7 @@ async def serve(
             **settings,
         ),
     )
-    served = Served(proc, db)
+    served = Served("serve", proc, db=db)
     tasks = TaskSet()
     log_task = tasks.spawn(served.read_log(), name="serve-stderr")
     try:

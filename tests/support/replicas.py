@@ -36,6 +36,7 @@ class Replica:
     admin: tuple[str, int] = ("", 0)
     lines: list[Any] = field(default_factory=list)
     serving: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # its "stopping" line: SIGTERM handled
     tasks: TaskSet = field(default_factory=TaskSet)
 
     @property
@@ -46,6 +47,7 @@ class Replica:
         return "\n".join(str(e.get("message", e)) if isinstance(e, dict) else e for e in self.lines)
 
     async def read_log(self) -> None:
+        """Every stderr line, parsed; "serving" gives the addresses, "stopping" marks SIGTERM handled."""
         assert self.proc.stderr is not None
         while raw := await self.proc.stderr.readline():
             text = raw.decode(errors="replace").rstrip()
@@ -59,6 +61,8 @@ class Replica:
                 self.gateway = _host_port(message.split("gateway ", 1)[1].split(",", 1)[0])
                 self.admin = _host_port(message.split("admin ", 1)[1].split(",", 1)[0])
                 self.serving.set()
+            elif message.startswith("stopping"):
+                self.stopping.set()
 
     async def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         url = f"http://{self.admin[0]}:{self.admin[1]}{path}"
