@@ -55,6 +55,15 @@ async def _close(writer: asyncio.StreamWriter) -> None:
         await asyncio.wait_for(writer.wait_closed(), 1)
 
 
+async def _stop_server(server: asyncio.AbstractServer, writers: set[asyncio.StreamWriter]) -> None:
+    """Stop listening, drop the connections still open, wait (bounded) for the server to close."""
+    server.close()
+    for writer in list(writers):
+        writer.close()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(server.wait_closed(), 2)
+
+
 @dataclass
 class GradeProxy:
     host: str
@@ -76,11 +85,7 @@ class GradeProxy:
 
     async def stop(self) -> None:
         assert self.server is not None
-        self.server.close()
-        for writer in list(self._writers):
-            writer.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.server.wait_closed(), 2)
+        await _stop_server(self.server, self._writers)
 
     def _authorized(self, headers: list[tuple[str, str]]) -> bool:
         if self.auth is None:
@@ -190,11 +195,7 @@ class BlackHole:
 
     async def stop(self) -> None:
         assert self.server is not None
-        self.server.close()
-        for writer in list(self._writers):
-            writer.close()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.server.wait_closed(), 2)
+        await _stop_server(self.server, self._writers)
 
 
 @contextlib.asynccontextmanager
