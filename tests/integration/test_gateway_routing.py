@@ -285,10 +285,10 @@ async def test_stale_pooled_connection_is_retried_fresh(make_pool, origin):
             for _ in range(4):
                 async with client.get(f"http://127.0.0.1:{origin.port}/echo", proxy=gw(pool)) as resp:
                     assert resp.status == 200
-                # the upstream drops every idle connection between requests
+                # the upstream drops every idle connection between requests (closed for good before the next)
                 for writer in list(proxy._writers):
                     writer.close()
-                await asyncio.sleep(0)
+                    await writer.wait_closed()
     finally:
         await proxy.stop()
 
