@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
 import ssl
 import tempfile
+from collections.abc import AsyncIterator
 
 import pytest
 import trustme
@@ -105,16 +107,26 @@ def peers_of(dom: str) -> list[str]:
     return json.loads(match.group(1))
 
 
-async def test_browser_loads_http_and_https_pages_through_gateway(make_pool, upstreams, tmp_path):
-    """Chromium loads a plain-HTTP and an HTTPS page from local origins through the gateway."""
-    http_origin = TestServer(browser_app(2), host="127.0.0.1")
-    await http_origin.start_server()
+@contextlib.asynccontextmanager
+async def page_origins() -> AsyncIterator[tuple[TestServer, TestServer]]:
+    """The browser page (two requests from its script) on plain HTTP and on HTTPS (a trustme cert for 127.0.0.1)."""
     ca = trustme.CA()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+    http_origin = TestServer(browser_app(2), host="127.0.0.1")
     https_origin = TestServer(browser_app(2), host="127.0.0.1")
-    await https_origin.start_server(ssl=ctx)
     try:
+        await http_origin.start_server()
+        await https_origin.start_server(ssl=ctx)
+        yield http_origin, https_origin
+    finally:
+        await http_origin.close()
+        await https_origin.close()
+
+
+async def test_browser_loads_http_and_https_pages_through_gateway(make_pool, upstreams, tmp_path):
+    """Chromium loads a plain-HTTP and an HTTPS page from local origins through the gateway."""
+    async with page_origins() as (http_origin, https_origin):
         pool = await make_pool(
             [u.url() for u in upstreams],
             gateway={"allowed_connect_ports": "*"},
@@ -128,9 +140,6 @@ async def test_browser_loads_http_and_https_pages_through_gateway(make_pool, ups
         dom = await dump_dom(pool.gateway_address, f"https://127.0.0.1:{https_origin.port}/", tmp_path)
         assert "proxy-pool browser page" in dom
         assert set(peers_of(dom)) <= upstream_hosts
-    finally:
-        await http_origin.close()
-        await https_origin.close()
 
 
 async def test_browser_requests_rotate_per_request(make_pool, upstreams, tmp_path):
@@ -168,14 +177,7 @@ async def test_browser_follows_the_pac_file(make_pool, tmp_path):
 
 async def test_browser_through_the_gateway_as_a_socks5_proxy(make_pool, upstreams, tmp_path):
     """Chromium with --proxy-server=socks5://GATEWAY (the same port as HTTP) loads an HTTP and an HTTPS page."""
-    http_origin = TestServer(browser_app(2), host="127.0.0.1")
-    await http_origin.start_server()
-    ca = trustme.CA()
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
-    https_origin = TestServer(browser_app(2), host="127.0.0.1")
-    await https_origin.start_server(ssl=ctx)
-    try:
+    async with page_origins() as (http_origin, https_origin):
         pool = await make_pool(
             [u.url() for u in upstreams], gateway={"allowed_connect_ports": "*"}, pool={"passive_failure_limit": 1000}
         )
@@ -188,6 +190,3 @@ async def test_browser_through_the_gateway_as_a_socks5_proxy(make_pool, upstream
             assert "proxy-pool browser page" in dom, dom[:400]
             assert set(peers_of(dom)) <= upstream_hosts
         assert pool.metrics.request_counts.get(("CONNECT", "ok", "socks5"), 0) >= 2
-    finally:
-        await http_origin.close()
-        await https_origin.close()
