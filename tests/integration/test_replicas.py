@@ -234,7 +234,7 @@ async def test_credits_stay_exact_across_replicas_and_a_kill_costs_at_most_its_l
 
 
 async def test_a_password_change_on_one_replica_is_refused_by_all(
-    pg_url: str, tmp_path: Path, origin: int
+    pg_server, pg_url: str, tmp_path: Path, origin: int
 ) -> None:
     """A user added on one replica works on the others; after a new password on one, the old one is
     refused (407) by every replica and the new one accepted."""
@@ -251,10 +251,13 @@ async def test_a_password_change_on_one_replica_is_refused_by_all(
         _, user = await group[1].api("POST", "/api/users", {"name": "bob", "credits": 1000})
         old = basic("bob", user["password"])
 
-        async def known_everywhere() -> bool:
-            return all([await get_through(r.proxy_url, origin, old) == 200 for r in group])
+        async def known_everywhere() -> bool:  # every replica's accounts (what it admits by), a lease each
+            names = [[u["name"] for u in (await r.api("GET", "/api/users"))[1]["users"]] for r in group]
+            return names == [["bob"]] * 3 and len(await leased(pg_server, pg_url)) == 3
 
-        await eventually(known_everywhere, "the new user served by every replica")
+        await eventually(known_everywhere, "the new user known to every replica, each holding a lease")
+        for replica in group:
+            assert await get_through(replica.proxy_url, origin, old) == 200
         status, answer = await group[2].api("POST", "/api/users/bob/password")
         assert status == 200, answer
         new = basic("bob", answer["password"])
