@@ -20,6 +20,7 @@ import time
 from collections.abc import Sized
 
 from gateway.proxy import fasthead, http1
+from gateway.proxy.bound import BoundConnection
 from gateway.proxy.connection import UpstreamConnection
 from gateway.proxy.errors import BadRequest, BadResponse
 from gateway.proxy.exchange import Connect, Exchange
@@ -84,6 +85,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_upstream = False
         self.fixed: FixedTarget | None = None  # a SOCKS session served here (serve_fixed)
         self._eof = False  # a SOCKS session's client half-closed during its request
+        self.bound: BoundConnection | None = None  # held for this client alone (NTLM, Negotiate: gateway.proxy.bound)
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.peer} {self.state.name}>"
@@ -577,6 +579,9 @@ class ClientConnection(asyncio.Protocol):
         fixed, self.fixed = self.fixed, None
         if fixed is not None:
             fixed.end()
+        bound, self.bound = self.bound, None
+        if bound is not None:
+            bound.end()
         self.slots.left(self)
         if self.done is not None and not self.done.done():
             self.done.set_result(None)

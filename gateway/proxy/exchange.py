@@ -11,7 +11,9 @@ ends in a tunnel.  Failures move to the next upstream while that is safe:
 * a request with a body, or one not idempotent, never rides a pooled connection (the upstream may
   have closed it while we sent: nothing would tell us whether it acted), so it is never lost to one;
 * an answer whose status is in ``retry_on_status`` (a ban) is held back, unread, while another upstream
-  tries; the last one held goes to the client when nobody does better.
+  tries; the last one held goes to the client when nobody does better;
+* a connection-bound handshake (NTLM, Negotiate) binds its connection to the client
+  (``gateway.proxy.bound``): that client's next requests to the target ride it, nobody else's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from typing import Protocol
 
 from gateway.proxy import fasthead, http1
+from gateway.proxy.bound import BoundConnection
 from gateway.proxy.connection import UpstreamConnection
 from gateway.proxy.dialing import Plan
 from gateway.proxy.fixed import FixedTarget
@@ -39,6 +42,7 @@ class ClientSide(Protocol):
 
     peer: str
     pools_tunnels: bool  # a CONNECT may ride an idle pooled connection to its target (a SOCKS client)
+    bound: BoundConnection | None  # its connection-authenticated upstream connection (NTLM, Negotiate)
 
     def write(self, data: bytes) -> None: ...
     def answered(self, request: Exchange | Connect, outcome: str, keep: bool) -> None: ...
@@ -226,6 +230,12 @@ class Exchange(_Attempting):
                 return
             self._fixed_attempt(fixed)
             return
+        bound = self.client.bound
+        if bound is not None and not self.tried and not self.direct_tried:
+            conn = bound.take(self.head.host, self.head.port)
+            if conn is not None:
+                self._bound_attempt(bound.proxy, conn)
+                return
         try:
             go, proxy = self._pick()
         except Refusal as refusal:
@@ -243,6 +253,28 @@ class Exchange(_Attempting):
             self._send(conn)
         else:
             self._dial(fresh_retry=False)
+
+    def _bound_attempt(self, proxy: Proxy | None, conn: UpstreamConnection) -> None:
+        """The client's bound connection to this target, through its upstream (no pick): a handshake,
+        or what it authenticated, stays on the one connection."""
+        self.proxy = proxy
+        if proxy is None:
+            self.direct_tried = True
+        else:
+            self.tried.add(proxy.id)
+        self._plan = self.svc.dialer.plan(proxy, self.head.host, self.head.port, tunnel_only=False)
+        self._send(conn)
+
+    def _bind(self, conn: UpstreamConnection) -> None:
+        """``conn`` carries a connection-bound handshake: it is this client's from now on, never pooled
+        (a connection bound before, to another target, closes)."""
+        client = self.client
+        bound = client.bound
+        if bound is not None:
+            if bound.conn is conn:
+                return
+            bound.end()
+        client.bound = BoundConnection(conn, self.proxy, self.head.host, self.head.port)
 
     def _fixed_attempt(self, fixed: FixedTarget) -> None:
         proxy = self.proxy = fixed.proxy
@@ -282,6 +314,8 @@ class Exchange(_Attempting):
         if self.fixed is not None:
             self.fixed.hold(conn)
             self.fixed.served += 1
+        elif head.binds_connection:
+            self._bind(conn)
         if plan.absolute:
             assert self.proxy is not None
             extra = proxy_authorization(self.proxy.upstream)
@@ -340,6 +374,7 @@ class Exchange(_Attempting):
             and self.retryable
             and self.proxy is not None
             and len(self.tried) <= svc.gw.max_retries
+            and (self.conn is None or self.conn.holder is None)  # a bound connection has its one upstream
         )
 
     def plain_head(self, data: bytes, plain: fasthead.PlainResponse) -> bytes | None:
@@ -349,6 +384,8 @@ class Exchange(_Attempting):
         status, framing, _, _, cut_start, cut_end, fields_end, _ = plain
         if gw.retry_on_status and self._is_ban(status):
             return None  # the connection parses it fully and asks response_head
+        if status == 401 and self.fixed is None:
+            return None  # maybe a connection-bound challenge: response_head looks
         self._answering(status)
         self.keep = keep = self.head.keep_alive and framing is not _UNTIL_CLOSE and not svc.closing
         ending = fasthead.KEEP_ALIVE if keep else fasthead.CLOSE
@@ -373,6 +410,8 @@ class Exchange(_Attempting):
             self.conn = None
             svc.loop.call_soon(self._attempt)
             return None
+        if resp.status == 401 and self.fixed is None and self.conn is not None and http1.challenges_connection(resp):
+            self._bind(self.conn)
         self._answering(resp.status)
         return self._client_head(resp, framing)
 

@@ -139,16 +139,18 @@ _PLAIN_FIELDS = re.compile(
 )
 _CACHED_FIELDS_MAX = 4096  # bytes of field lines worth remembering (512 of them: at most 2 MiB)
 # fields that change what the gateway does with a request (http1.grammar._REQUEST_SPECIAL and _REQUEST_DROP),
-# and "close", which Connection: close would make hop-by-hop
+# and "close", which Connection: close would make hop-by-hop; Authorization is looked at (a connection-bound
+# scheme goes to the strict parser) and kept.  "Au" in the lookahead turns the Accept lines away at once.
 _REQUEST_SPECIAL = re.compile(
-    rb"(\r\n(?=[CcEeHhKkPpTtUuXx])(?i:(host|connection|proxy-connection|content-length|transfer-encoding|expect"
-    rb"|proxy-authorization|proxy-authenticate|keep-alive|te|trailer|upgrade|close|x-proxy-pool-[^:]*)): ([^\r]*))"
+    rb"(\r\n(?=[CcEeHhKkPpTtUuXx]|[Aa][Uu])(?i:(host|connection|proxy-connection|content-length|transfer-encoding|expect"
+    rb"|proxy-authorization|proxy-authenticate|keep-alive|te|trailer|upgrade|close|authorization|x-proxy-pool-[^:]*)): ([^\r]*))"
 )
 
 
 def plain_request(data: bytes) -> http1.RequestHead | None:
-    """An everyday request head (``GET http://host/path HTTP/1.1``, no body, no routing fields, at most
-    a plain Connection and the client's Proxy-Authorization) parsed into what ``http1.parse_request_head`` returns, with
+    """An everyday request head (``GET http://host/path HTTP/1.1``, no body, no routing fields, no
+    connection-bound Authorization (NTLM, Negotiate), at most a plain Connection and the client's
+    Proxy-Authorization) parsed into what ``http1.parse_request_head`` returns, with
     ``origin_form`` sliced from the client's bytes; ``None`` for anything else."""
     m = _PLAIN_REQUEST_LINE.match(data)
     if m is None:
@@ -222,6 +224,10 @@ def _fields_of(block: bytes) -> tuple[bytes, bool, tuple[str, ...], str | None] 
             if credentials is not None:
                 return None
             credentials = value.decode("latin-1")
+        elif name == b"authorization":
+            if http1.binds_connection(value.decode("latin-1")):
+                return None  # NTLM, Negotiate: the strict parser marks the head binds_connection
+            continue  # forwarded as it is
         else:
             return None
         kept = kept.replace(line, b"", 1)

@@ -35,7 +35,6 @@ _ORIGIN_LINE = re.compile(rb"([A-Z]{1,20}) (/[\x21-\x7e]*) HTTP/1\.1\r\n")
 _PARTIAL_LINE = re.compile(rb"[A-Z]{1,20}(?: (?:/[\x21-\x7e]*(?: [HTP/1.]{0,8}\r?)?)?)?")
 _HOST = re.compile(rb"\r\nhost:[ \t]*([^\r\n]*?)[ \t]*\r\n", re.IGNORECASE)
 _AUTHORITY = re.compile(rb"(?:[a-z0-9_.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?", re.IGNORECASE)
-_BOUND_AUTH = ("ntlm", "negotiate")  # schemes that authenticate the TCP connection, not the request
 
 
 def could_be_head(buffer: bytes | bytearray) -> bool:
@@ -61,11 +60,14 @@ def fixed_head(raw: bytes) -> http1.RequestHead | None:
         head = fasthead.plain_request(absolute) or http1.parse_request_head(absolute)
     except BadRequest:
         return None
-    if head.upgrade is not None or head.is_connect or head.pool_params or head.proxy_authorization is not None:
+    if (
+        head.upgrade is not None
+        or head.is_connect
+        or head.pool_params
+        or head.proxy_authorization is not None
+        or head.binds_connection  # NTLM, Negotiate (gateway.proxy.bound): raw on the held connection
+    ):
         return None
-    for name, value in head.headers:
-        if name.lower() == "authorization" and value.split(" ", 1)[0].lower() in _BOUND_AUTH:
-            return None
     return head
 
 

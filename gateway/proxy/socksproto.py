@@ -115,6 +115,7 @@ class SocksProtocol(asyncio.Protocol):
     the server (its ``ClientConnection``); this is the client side of its ``Connect``."""
 
     pools_tunnels = True  # the CONNECT may ride an idle pooled connection (gateway.proxy.fixed)
+    bound = None  # its requests are served in fixed-target mode, which holds its one connection anyway
 
     def __init__(self, svc: Services, slot: Slot) -> None:
         self.svc = svc

@@ -31,6 +31,7 @@ from gateway.proxy.http1.grammar import (
     REASONS,
     Framing,
     FramingKind,
+    binds_connection,
 )
 from gateway.proxy.http1.requests import (
     PlainRequestHead,
@@ -44,6 +45,7 @@ from gateway.proxy.http1.requests import (
 )
 from gateway.proxy.http1.responses import (
     ResponseHead,
+    challenges_connection,
     forward_response_head,
     parse_response_head,
     response_body_framing,
@@ -66,6 +68,8 @@ __all__ = [
     "PlainRequestHead",
     "RequestHead",
     "ResponseHead",
+    "binds_connection",
+    "challenges_connection",
     "connect_request_head",
     "format_authority",
     "forward_request_head",

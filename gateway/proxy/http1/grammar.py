@@ -176,10 +176,25 @@ _REQUEST_SPECIAL = frozenset(
         "expect",
         "proxy-authorization",
         "upgrade",
+        "authorization",
     }
 )
 _RESPONSE_SPECIAL = frozenset({"content-length", "transfer-encoding", "connection"})
 _MAX_CONTENT_LENGTH_DIGITS = 18
+
+# Schemes that authenticate the TCP connection, not the request (NTLM over HTTP, MS-NTHT; Negotiate,
+# RFC 4559 section 6): a connection that carried one serves its client only, never the pool.
+CONNECTION_AUTH_SCHEMES = frozenset({"ntlm", "negotiate"})
+
+
+def binds_connection(value: str) -> bool:
+    """Whether an ``Authorization`` value, or a ``WWW-Authenticate`` list of challenges, names a
+    connection-bound scheme (a false positive inside a quoted parameter only costs pooling)."""
+    for part in value.split(","):
+        if part.strip().split(" ", 1)[0].lower() in CONNECTION_AUTH_SCHEMES:
+            return True
+    return False
+
 
 REASONS: dict[int, str] = {s.value: s.phrase for s in HTTPStatus}
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"

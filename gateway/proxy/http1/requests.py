@@ -28,6 +28,7 @@ from gateway.proxy.http1.grammar import (
     _strip_leading_crlf,
     _TOKEN,
     _tokens,
+    binds_connection,
 )
 
 
@@ -60,6 +61,9 @@ class RequestHead:
     # the origin-form head with "Connection: keep-alive" appended, exactly as forward_request_head
     # builds it, when gateway.proxy.fasthead sliced it from the client's bytes (then nothing is rebuilt)
     origin_form: bytes | None = field(default=None, compare=False, repr=False)
+    # an Authorization of a connection-bound scheme (NTLM, Negotiate): the upstream connection carrying
+    # it serves this client only (gateway.proxy.bound); fasthead never answers for such a head
+    binds_connection: bool = False
 
 
 _NAME_VALUE = re.compile(r"([^:]+): ([^\r]*)\r\n")
@@ -82,6 +86,7 @@ class PlainRequestHead(RequestHead):
     proxy_authorization = None  # type: ignore[misc]  # the client's credentials set it on the instance
     pool_params = _NO_POOL_PARAMS  # type: ignore[misc]
     upgrade = None  # type: ignore[misc]
+    binds_connection = False  # type: ignore[misc]  # fasthead leaves NTLM / Negotiate to the strict parser
 
     def __init__(  # noqa: PLR0913 - a head is this many facts
         self,
@@ -152,6 +157,7 @@ def parse_request_head(data: bytes) -> RequestHead:
     proxy_authorization: str | None = None
     upgrade: str | None = None
     pool_params: dict[str, str] = {}
+    binds = False
     maybe_pool = _POOL_PREFIX in text.lower()
     for name, value in headers:
         lname = name.lower()
@@ -182,6 +188,8 @@ def parse_request_head(data: bytes) -> RequestHead:
             if proxy_authorization is not None:
                 raise BadRequest(400, "repeated Proxy-Authorization header")
             proxy_authorization = value
+        elif lname == "authorization":
+            binds = binds or binds_connection(value)
         else:  # upgrade
             upgrade = value if upgrade is None else f"{upgrade}, {value}"
 
@@ -242,6 +250,7 @@ def parse_request_head(data: bytes) -> RequestHead:
         pool_params,
         upgrade,
         connection,
+        binds_connection=binds,
     )
 
 

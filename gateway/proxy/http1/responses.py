@@ -22,6 +22,7 @@ from gateway.proxy.http1.grammar import (
     _strip_leading_crlf,
     _TOKEN,
     _tokens,
+    binds_connection,
 )
 
 
@@ -108,6 +109,13 @@ def parse_response_head(data: bytes) -> ResponseHead:
         keep_alive,
         connection,
         tuple(codings) if codings else (),
+    )
+
+
+def challenges_connection(resp: ResponseHead) -> bool:
+    """A 401 inviting a connection-bound handshake (``WWW-Authenticate: NTLM`` or ``Negotiate``)."""
+    return resp.status == 401 and any(
+        name.lower() == "www-authenticate" and binds_connection(value) for name, value in resp.headers
     )
 
 
