@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.admin.cache import Recent
 from gateway.admin.common import MAX_PAGE, POOL, country_param, enum_param, error, int_param, json_object
 from plugins import JUDGE_PAGE
 from pool.errors import InvalidInputError, NotFoundError
@@ -90,8 +91,14 @@ async def proxy_checks(request: web.Request) -> web.Response:
     return web.json_response({"checks": [c.public_dict() for c in checks]})
 
 
-async def stats(request: web.Request) -> web.Response:
-    pool = request.app[POOL]
+# /api/stats: the counts over the whole pool and the sources' figures (a database query) are at most
+# this old, computed once for every dashboard asking meanwhile (gateway.admin.cache); the rest is live
+STATS_TTL = 2.0
+STATS = web.AppKey("stats", Recent)
+
+
+async def _stats_counted(pool: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The expensive part of /api/stats: a pass over every proxy, and the sources from the database."""
     by: dict[str, dict[str, int]] = {"status": {}, "protocol": {}, "country": {}, "anonymity": {}}
     for proxy in pool.selector.proxies():
         for field, value in (
@@ -101,7 +108,21 @@ async def stats(request: web.Request) -> web.Response:
             ("anonymity", proxy.anonymity.value if proxy.anonymity else "unknown"),
         ):
             by[field][value] = by[field].get(value, 0) + 1
-    sources = await _sources_view(pool)
+    counts = {
+        "total": len(pool.selector),
+        "selectable": pool.selector.active_count,
+        "benched": len(pool.selector.benched),
+        "by_status": by["status"],
+        "by_protocol": by["protocol"],
+        "by_country": by["country"],
+        "by_anonymity": by["anonymity"],
+    }
+    return counts, await _sources_view(pool)
+
+
+async def stats(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    counts, sources = await request.app[STATS].get()
     notifiers = [
         {"name": n.name, "subscribes_to": list(n.subscribes_to), **pool.notifier_health.get(n.name, {"up": None})}
         for n in pool.registry.notifiers
@@ -114,15 +135,7 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "replica": pool.replica,
-            "pool": {
-                "total": len(pool.selector),
-                "selectable": pool.selector.active_count,
-                "benched": len(pool.selector.benched),
-                "by_status": by["status"],
-                "by_protocol": by["protocol"],
-                "by_country": by["country"],
-                "by_anonymity": by["anonymity"],
-            },
+            "pool": counts,
             "sources": sources,
             "notifiers": notifiers,
             "gateway": {
@@ -268,7 +281,16 @@ async def scrape_source(request: web.Request) -> web.Response:
 
 
 
+async def _fresh_stats_after_a_change(request: web.Request, response: web.StreamResponse) -> None:
+    """A change made through this API shows in the next /api/stats at once (no cached counts)."""
+    if response.status < 400 and request.method not in ("GET", "HEAD", "OPTIONS") and request.path.startswith("/api/"):
+        request.app[STATS].forget()
+
+
 def add_pool_routes(app: web.Application) -> None:
+    pool = app[POOL]
+    app[STATS] = Recent(lambda: _stats_counted(pool), ttl=STATS_TTL)
+    app.on_response_prepare.append(_fresh_stats_after_a_change)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/judge", judge)
