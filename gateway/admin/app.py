@@ -8,9 +8,10 @@ from aiohttp import web
 
 from gateway.admin.common import POOL, error
 from gateway.admin.dashboard import add_dashboard_routes
-from gateway.admin.guard import TOKEN, guard_middleware
+from gateway.admin.guard import THROTTLE, TOKEN, guard_middleware
 from gateway.admin.pac import add_pac_routes
 from gateway.admin.routes import add_pool_routes
+from gateway.admin.throttle import TokenThrottle
 from gateway.admin.users import add_user_routes
 from pool.errors import DuplicateError, InvalidInputError, NotFoundError
 
@@ -37,6 +38,7 @@ def make_app(pool: ProxyPool, token: str) -> web.Application:
     app = web.Application(middlewares=[guard_middleware, _errors], client_max_size=1 << 20)
     app[POOL] = pool
     app[TOKEN] = token
+    app[THROTTLE] = TokenThrottle()
     add_pool_routes(app)
     add_user_routes(app)
     add_pac_routes(app)

@@ -11,7 +11,6 @@ inline SVG drawn by the script: nothing is vendored, nothing comes from a CDN.
 
 from __future__ import annotations
 
-import hmac
 import html
 import math
 from importlib import resources
@@ -20,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin.common import POOL, json_object
-from gateway.admin.guard import TOKEN, session_authorized
+from gateway.admin.guard import TOKEN, session_authorized, token_attempt, too_many_attempts
 from gateway.admin.history import EVENTS, HISTORY, EventLog, History, history_context
 from gateway.admin.sessions import COOKIE, SESSION_SECONDS, SESSIONS, Sessions
 from pool.errors import InvalidInputError
@@ -126,7 +125,10 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(given, str) or not given:
         raise InvalidInputError("token is required")
     token = request.app[TOKEN]
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    matched, wait = token_attempt(request, given)
+    if wait is not None:
+        return too_many_attempts(wait)
+    if not matched:
         return web.json_response({"error": "wrong admin token"}, status=401, headers={"Cache-Control": "no-store"})
     # always a new session, whatever cookie came with the request (no fixation)
     response = web.Response(status=204, headers={"Cache-Control": "no-store"})

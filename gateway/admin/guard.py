@@ -6,7 +6,8 @@ Order of the checks, each answering with its own status and a one-line JSON erro
    ``admin.allowed_hosts``: a web page whose name was rebound to 127.0.0.1 sends its own name.
 2. 403 when a state-changing request (POST, PUT, PATCH, DELETE) carries an ``Origin`` that is not the
    admin's own (a request without ``Origin``, from curl or the CLI, is fine).
-3. 401 on ``/api/*`` unless ``admin_authorized``: the token is wanted from everyone, loopback included,
+3. 401 on ``/api/*`` unless ``admin_authorized``; 429 with ``Retry-After`` for a bearer token from a peer
+   that offered too many wrong ones (``gateway.admin.throttle``).  The token is wanted from everyone, loopback included,
    because an upstream on this host reaches loopback under names the gateway cannot check.  The
    dashboard's session cookie (``gateway.admin.sessions``) stands for the token only on a request from the
    admin's own origin: cookies are per host, not per port, and SameSite=Strict lets every page of the same
@@ -30,22 +31,54 @@ from aiohttp import web
 from config import Settings
 from gateway.admin.common import POOL
 from gateway.admin.sessions import COOKIE, SESSIONS
+from gateway.admin.throttle import TokenThrottle
 
-__all__ = ["TOKEN", "UNGUARDED_PATHS", "admin_authorized", "guard_middleware", "host_allowed", "session_authorized"]
+__all__ = [
+    "THROTTLE",
+    "TOKEN",
+    "UNGUARDED_PATHS",
+    "admin_authorized",
+    "guard_middleware",
+    "host_allowed",
+    "session_authorized",
+    "token_attempt",
+    "too_many_attempts",
+]
 
 TOKEN = web.AppKey("admin_token", str)
+THROTTLE = web.AppKey("token_throttle", TokenThrottle)
 UNGUARDED_PATHS = frozenset({"/healthz", "/metrics", "/judge", "/proxy.pac", "/wpad.dat"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
-def admin_authorized(request: web.Request) -> bool:
+def admin_authorized(request: web.Request) -> bool | int:
     """True when the request proves it is the operator: ``Authorization: Bearer TOKEN``, or the dashboard's
-    session cookie on a request from the admin's own origin."""
+    session cookie on a request from the admin's own origin; an int: seconds this peer must wait before
+    its bearer token is looked at again."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
-        return hmac.compare_digest(given.strip().encode(), request.app[TOKEN].encode())
+        matched, wait = token_attempt(request, given.strip())
+        return wait if wait is not None else matched
     return session_authorized(request)
+
+
+def token_attempt(request: web.Request, given: str) -> tuple[bool, int | None]:
+    """A token offered by the request's peer (bearer or login form), compared in constant time and
+    throttled per peer: (matched, None), or (False, seconds to wait) while that peer is refused."""
+    throttle = request.app.get(THROTTLE)
+    if throttle is None:
+        return hmac.compare_digest(given.encode(), request.app[TOKEN].encode()), None
+    return throttle.attempt(request.remote or "?", given, request.app[TOKEN])
+
+
+def too_many_attempts(wait: int) -> web.Response:
+    """429 for a peer refused after too many wrong tokens (its one line says when to come back)."""
+    return web.json_response(
+        {"error": f"too many wrong admin tokens from this address: try again in {wait} s"},
+        status=429,
+        headers={"Retry-After": str(wait), "Cache-Control": "no-store"},
+    )
 
 
 def session_authorized(request: web.Request) -> bool:
@@ -105,8 +138,12 @@ async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResp
     origin = request.headers.get("Origin")
     if changing and origin is not None and origin.lower().rstrip("/") != _own_origin(request):
         return _refusal(403, "cross-origin request refused")
-    if (request.path == "/api" or request.path.startswith("/api/")) and not admin_authorized(request):
-        return _refusal(401, "missing or wrong bearer token", **{"WWW-Authenticate": 'Bearer realm="proxy-pool"'})
+    if request.path == "/api" or request.path.startswith("/api/"):
+        authorized = admin_authorized(request)
+        if authorized is not True:
+            if authorized is not False:
+                return too_many_attempts(authorized)
+            return _refusal(401, "missing or wrong bearer token", **{"WWW-Authenticate": 'Bearer realm="proxy-pool"'})
     if changing and request.body_exists and request.content_type != "application/json":
         return _refusal(415, "request body must be application/json")
     return await handler(request)

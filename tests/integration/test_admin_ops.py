@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from gateway.admin.guard import THROTTLE
 from tests.support.upstreams import closed_port
 from tests.support.admin import admin_session
 
@@ -28,6 +29,7 @@ def admin(pool) -> str:
 async def test_token_guards_the_api_but_not_health_metrics_judge(make_pool):
     """With admin.token set, /api/* needs the bearer token (401 without); /healthz, /metrics, /judge stay open."""
     pool = await make_pool(admin={"token": "s3cret-token"})
+    pool.admin_runner.app[THROTTLE].limit = 1000  # the answers to wrong tokens here; their throttling: test_admin_throttle
     async with aiohttp.ClientSession() as client:
         for path in ("/api/stats", "/api/proxies", "/api/sources", "/api/users", "/api/nothing-here"):
             async with client.get(admin(pool) + path) as resp:
