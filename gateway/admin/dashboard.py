@@ -12,6 +12,7 @@ inline SVG drawn by the script: nothing is vendored, nothing comes from a CDN.
 from __future__ import annotations
 
 import html
+import logging
 import math
 from importlib import resources
 from typing import Any
@@ -24,6 +25,8 @@ from gateway.admin.history import EVENTS, HISTORY, EventLog, History, history_co
 from gateway.admin.sessions import COOKIE, SESSION_SECONDS, SESSIONS, Sessions
 from pool.errors import InvalidInputError
 from pool.models import ProxyStatus
+
+log = logging.getLogger("proxy_pool.admin")
 
 __all__ = ["add_dashboard_routes"]
 
@@ -114,7 +117,7 @@ def _dashboard(pool: Any) -> str:
 
 
 async def index(request: web.Request) -> web.Response:
-    if not session_authorized(request):
+    if not await session_authorized(request):
         return _page("proxy-pool: log in", LOGIN)
     return _page("proxy-pool", _dashboard(request.app[POOL]))
 
@@ -145,7 +148,17 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
-    request.app[SESSIONS].end(request.cookies.get(COOKIE), request.app[TOKEN])
+    try:
+        await request.app[SESSIONS].end(request.cookies.get(COOKIE), request.app[TOKEN])
+    except Exception as exc:  # ended here, but the other workers and replicas could not be told
+        log.warning("dashboard logout not recorded in the database: %s", type(exc).__name__)
+        response = web.json_response(
+            {"error": "logged out here, but the database is unreachable: other workers may accept the session until it expires"},
+            status=503,
+            headers={"Cache-Control": "no-store"},
+        )
+        response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
+        return response
     response = web.Response(status=204, headers={"Cache-Control": "no-store"})
     response.del_cookie(COOKIE, path="/", httponly=True, samesite="Strict")
     return response
@@ -214,7 +227,7 @@ async def events(request: web.Request) -> web.Response:
 
 def add_dashboard_routes(app: web.Application, *, interval: float = 5.0) -> None:
     pool = app[POOL]
-    app[SESSIONS] = Sessions()
+    app[SESSIONS] = Sessions(store=getattr(pool, "store", None))
     app[HISTORY] = History(pool, interval=interval)
     log = EventLog()
     app[EVENTS] = log

@@ -52,7 +52,7 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
-def admin_authorized(request: web.Request) -> bool | int:
+async def admin_authorized(request: web.Request) -> bool | int:
     """True when the request proves it is the operator: ``Authorization: Bearer TOKEN``, or the dashboard's
     session cookie on a request from the admin's own origin; an int: seconds this peer must wait before
     its bearer token is looked at again."""
@@ -60,7 +60,7 @@ def admin_authorized(request: web.Request) -> bool | int:
     if scheme.lower() == "bearer":
         matched, wait = token_attempt(request, given.strip())
         return wait if wait is not None else matched
-    return session_authorized(request)
+    return await session_authorized(request)
 
 
 def token_attempt(request: web.Request, given: str) -> tuple[bool, int | None]:
@@ -81,8 +81,9 @@ def too_many_attempts(wait: int) -> web.Response:
     )
 
 
-def session_authorized(request: web.Request) -> bool:
-    """A genuine, live session cookie, sent by the admin's own pages (or by a tool that is no browser)."""
+async def session_authorized(request: web.Request) -> bool:
+    """A genuine, live session cookie, sent by the admin's own pages (or by a tool that is no browser);
+    live: not logged out on any worker or replica (``Sessions.alive`` reads the shared store)."""
     fetch_site = request.headers.get("Sec-Fetch-Site")
     if fetch_site is not None and fetch_site.lower() not in ("same-origin", "none"):
         return False
@@ -90,7 +91,7 @@ def session_authorized(request: web.Request) -> bool:
     if origin is not None and origin.lower().rstrip("/") != _own_origin(request):
         return False
     sessions = request.app.get(SESSIONS)
-    return sessions is not None and sessions.valid(request.cookies.get(COOKIE), request.app[TOKEN])
+    return sessions is not None and await sessions.alive(request.cookies.get(COOKIE), request.app[TOKEN])
 
 
 def _host_part(host: str) -> str:
@@ -139,7 +140,7 @@ async def guard_middleware(request: web.Request, handler: Any) -> web.StreamResp
     if changing and origin is not None and origin.lower().rstrip("/") != _own_origin(request):
         return _refusal(403, "cross-origin request refused")
     if request.path == "/api" or request.path.startswith("/api/"):
-        authorized = admin_authorized(request)
+        authorized = await admin_authorized(request)
         if authorized is not True:
             if authorized is not False:
                 return too_many_attempts(authorized)

@@ -10,8 +10,11 @@ under ``HMAC(admin token, "proxy-pool dashboard session v1")``.  So:
   replicas with the same ``admin.token``; a gateway restart keeps the operator logged in;
 - the token itself is never in the browser, and the MAC is compared in constant time.
 
-Logout ends the session on the process that served it (a bounded in-memory list of ended ids, kept until
-they would have expired anyway); the browser drops the cookie too.
+Logout ends the session everywhere: its id is recorded in the shared store (a ``pool_marks`` row named
+``dashboard-session-ended:SID``, at the cookie's end), which every worker and replica on that database
+reads when a cookie comes with an admin request (never on the proxy path), and in a bounded in-memory
+list here, so the process that saw the logout, or learnt of it once, asks no more; the browser drops the
+cookie too.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import secrets
 import time
+from datetime import UTC, datetime
+from typing import Protocol
 
 from aiohttp import web
 
@@ -30,6 +36,16 @@ COOKIE = "proxy_pool_session"
 SESSION_SECONDS = 12 * 3600
 _VERSION = "v1"
 _KEY_LABEL = b"proxy-pool dashboard session v1"
+_ENDED_MARK = "dashboard-session-ended:"
+
+log = logging.getLogger("proxy_pool.admin")
+
+
+class MarkStore(Protocol):
+    """The part of ``pool.store.Store`` that sessions use (shared by every worker and replica)."""
+
+    async def get_mark(self, name: str) -> datetime | None: ...
+    async def claim_mark(self, name: str, last: datetime | None, at: datetime) -> bool: ...
 
 
 def _key(token: str) -> bytes:
@@ -44,9 +60,10 @@ def _mac(token: str, sid: str, expires: int) -> str:
 class Sessions:
     """Issues and verifies session cookies; remembers the ids logged out here (at most ``keep``)."""
 
-    def __init__(self, seconds: int = SESSION_SECONDS, keep: int = 10_000) -> None:
+    def __init__(self, seconds: int = SESSION_SECONDS, keep: int = 10_000, store: MarkStore | None = None) -> None:
         self.seconds = seconds
         self.keep = keep
+        self.store = store  # where logouts are shared with the other workers and replicas
         self._ended: dict[str, int] = {}  # sid -> when it would have expired
 
     def issue(self, token: str) -> str:
@@ -70,20 +87,45 @@ class Sessions:
         return sid, expires
 
     def valid(self, cookie: str | None, token: str) -> bool:
+        """Genuine, unexpired and not logged out as far as this process knows (see ``alive``)."""
         parsed = self._parse(cookie, token)
         return parsed is not None and parsed[0] not in self._ended
 
-    def end(self, cookie: str | None, token: str) -> None:
-        """Logout: a genuine cookie's id is refused from now on (forged ones are not remembered)."""
+    async def alive(self, cookie: str | None, token: str) -> bool:
+        """``valid``, and not logged out on any process sharing the store (one read of it)."""
+        parsed = self._parse(cookie, token)
+        if parsed is None or parsed[0] in self._ended:
+            return False
+        if self.store is None:
+            return True
+        try:
+            ended = await self.store.get_mark(_ENDED_MARK + parsed[0])
+        except Exception as exc:  # the database is out of reach: no session can be vouched for
+            log.warning("dashboard session not checked, the database is unreachable: %s", type(exc).__name__)
+            return False
+        if ended is not None:
+            self._remember(*parsed)
+            return False
+        return True
+
+    async def end(self, cookie: str | None, token: str) -> None:
+        """Logout: a genuine cookie's id is refused from now on, here at once and by every process sharing
+        the store (forged ones are not remembered).  Raises when the store cannot record it."""
         parsed = self._parse(cookie, token)
         if parsed is None:
             return
+        self._remember(*parsed)
+        if self.store is not None:
+            sid, expires = parsed
+            await self.store.claim_mark(_ENDED_MARK + sid, None, datetime.fromtimestamp(expires, UTC))
+
+    def _remember(self, sid: str, expires: int) -> None:
         now = time.time()
         if len(self._ended) >= self.keep:
-            self._ended = {sid: end for sid, end in self._ended.items() if end > now}
+            self._ended = {k: end for k, end in self._ended.items() if end > now}
             while len(self._ended) >= self.keep:  # still full: the one nearest its end goes first
                 self._ended.pop(min(self._ended, key=self._ended.__getitem__))
-        self._ended[parsed[0]] = parsed[1]
+        self._ended[sid] = expires
 
 
 SESSIONS = web.AppKey("sessions", Sessions)

@@ -46,18 +46,40 @@ def test_forged_tampered_and_expired_cookies_are_refused():
     assert not sessions.valid(Sessions(seconds=-1).issue(TOKEN), TOKEN)
 
 
-def test_logout_ends_only_that_session_and_remembers_a_bounded_number():
+async def test_logout_ends_only_that_session_and_remembers_a_bounded_number():
     sessions = Sessions(keep=3)
     cookies = [sessions.issue(TOKEN) for _ in range(5)]
-    sessions.end(cookies[0], TOKEN)
+    await sessions.end(cookies[0], TOKEN)
     assert not sessions.valid(cookies[0], TOKEN)
     assert all(sessions.valid(c, TOKEN) for c in cookies[1:])
-    sessions.end("forged", TOKEN)  # not remembered: only genuine cookies take a place
-    sessions.end(Sessions().issue("another token"), TOKEN)
+    await sessions.end("forged", TOKEN)  # not remembered: only genuine cookies take a place
+    await sessions.end(Sessions().issue("another token"), TOKEN)
     assert len(sessions._ended) == 1
     for cookie in cookies[1:]:
-        sessions.end(cookie, TOKEN)
+        await sessions.end(cookie, TOKEN)
     assert len(sessions._ended) == 3
+
+
+async def test_a_logout_on_one_process_ends_the_session_on_every_process_sharing_the_store(tmp_path):
+    """Two workers' Sessions on one database: a logout on the first is refused by the second at its next
+    check (and remembered there); other sessions and forged cookies leave no row behind."""
+    from pool.store import SqliteStore
+
+    store = await SqliteStore.open(tmp_path / "pool.db")
+    try:
+        first, second = Sessions(store=store), Sessions(store=store)
+        ended, kept = first.issue(TOKEN), second.issue(TOKEN)
+        assert await second.alive(ended, TOKEN) and await first.alive(kept, TOKEN)
+        await first.end(ended, TOKEN)
+        assert second.valid(ended, TOKEN)  # it has not looked yet
+        assert not await second.alive(ended, TOKEN)
+        assert not second.valid(ended, TOKEN)  # learnt once: no second read
+        assert await second.alive(kept, TOKEN) and await first.alive(kept, TOKEN)
+        await first.end("v1.forged.9999999999.x", TOKEN)
+        assert await store.get_mark("dashboard-session-ended:forged") is None
+        await first.end(ended, TOKEN)  # twice: no error
+    finally:
+        await store.close()
 
 
 def test_event_payloads_are_masked():
