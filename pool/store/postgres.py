@@ -20,7 +20,7 @@ import asyncpg
 from asyncpg.pool import Pool, PoolConnectionProxy
 
 from pool.models import Proxy, ProxyStatus, UpstreamURL
-from pool.store import schema
+import pool.store.schema as schema
 from pool.store.backend import Lock, Tx
 from pool.store.claims import ClaimsMixin
 from pool.store.leases import LeasesMixin

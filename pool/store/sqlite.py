@@ -19,7 +19,7 @@ from typing import Any
 import aiosqlite
 
 from pool.models import Proxy, ProxyStatus, UpstreamURL
-from pool.store import schema
+import pool.store.schema as schema
 from pool.store.backend import Lock, Tx
 from pool.store.claims import ClaimsMixin
 from pool.store.leases import LeasesMixin
