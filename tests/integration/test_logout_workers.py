@@ -4,10 +4,8 @@ the session ends on the worker that did not serve the logout too, at its very ne
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -15,20 +13,11 @@ import aiohttp
 import pytest
 
 from gateway.admin.sessions import COOKIE
-from tests.support.replicas import REPO, TOKEN
+from tests.support.replicas import TOKEN, serve_environ
+from tests.support.waiting import eventually
 from tests.support.upstreams import free_port
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def eventually(probe: Callable[[], Awaitable[bool]], what: str, bound: float = 60.0) -> None:
-    """Ask ``probe`` until it says yes (bounded: a slow machine only waits longer)."""
-    try:
-        async with asyncio.timeout(bound):
-            while not await probe():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"not reached within {bound}s: {what}")
 
 
 async def test_a_logout_on_one_worker_ends_the_session_on_the_other(pg_url: str, tmp_path: Path) -> None:
@@ -36,11 +25,7 @@ async def test_a_logout_on_one_worker_ends_the_session_on_the_other(pg_url: str,
     one session cookie; the logout goes over the first: both workers refuse the cookie from then on
     (401), while the second connection is still on its worker and the bearer token still works."""
     admin_port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_POOL_")}
-    environ.update(
-        PYTHONPATH=str(REPO), PROXY_POOL_ADMIN__TOKEN=TOKEN, PROXY_POOL_CHECKER__JUDGES="[]",
-        PROXY_POOL_PLUGINS__CONTRIB_DIR=str(tmp_path / "none"), PROXY_POOL_GATEWAY__DRAIN_TIMEOUT="2",
-    )
+    environ = serve_environ(tmp_path)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--workers", "2", "--db", pg_url, "--no-default-sources",
         "--listen", f"127.0.0.1:{free_port()}", "--admin-listen", f"127.0.0.1:{admin_port}", "--replica-name", "box",
@@ -71,7 +56,7 @@ async def test_a_logout_on_one_worker_ends_the_session_on_the_other(pg_url: str,
                 cookie = await logged_in() or ""
                 return bool(cookie)
 
-            await eventually(login, "serve --workers 2 answering a login")
+            await eventually(login, "serve --workers 2 answering a login", 60.0, interval=0.05)
             with_cookie = {"Cookie": f"{COOKIE}={cookie}"}
             on: dict[str, aiohttp.ClientSession] = {}
 
@@ -89,7 +74,7 @@ async def test_a_logout_on_one_worker_ends_the_session_on_the_other(pg_url: str,
                     on[name] = client
                 return set(on) == {"box/w0", "box/w1"}
 
-            await eventually(one_connection_per_worker, "a kept-alive connection on each worker")
+            await eventually(one_connection_per_worker, "a kept-alive connection on each worker", 60.0, interval=0.05)
             first, second = on["box/w0"], on["box/w1"]
             assert await replica(second, with_cookie) == (200, "box/w1")
             async with first.post(f"{base}/logout", headers=with_cookie) as resp:

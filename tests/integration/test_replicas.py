@@ -346,22 +346,17 @@ async def test_workers_share_the_listening_sockets(pg_url: str, tmp_path: Path, 
     """serve --workers 2: two processes answer on the same gateway and admin ports (SO_REUSEPORT),
     each a replica named NAME/wK, both up at the first try (the same --proxies list added once);
     SIGTERM to the supervisor stops both, exit 0."""
-    import os
     import signal
     import sys
 
-    from tests.support.replicas import REPO, TOKEN
+    from tests.support.replicas import TOKEN, serve_environ
     from tests.support.upstreams import free_port
 
     gw_port, admin_port = free_port(), free_port()
     async with upstreams(1) as ups:
         listing = tmp_path / "list.txt"
         listing.write_text(ups[0].url() + "\n")
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_POOL_")}
-        environ.update(
-            PYTHONPATH=str(REPO), PROXY_POOL_ADMIN__TOKEN=TOKEN, PROXY_POOL_CHECKER__JUDGES="[]",
-            PROXY_POOL_PLUGINS__CONTRIB_DIR=str(tmp_path / "none"), PROXY_POOL_GATEWAY__DRAIN_TIMEOUT="2",
-        )
+        environ = serve_environ(tmp_path)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway", "serve", "--workers", "2", "--db", pg_url, "--no-default-sources",
             "--listen", f"127.0.0.1:{gw_port}", "--admin-listen", f"127.0.0.1:{admin_port}",

@@ -107,21 +107,29 @@ def _host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def start_replica(
-    db_url: str, name: str, cwd: Path, *extra: str, env: dict[str, str] | None = None
-) -> Replica:
-    """One ``serve`` on free ports, sharing ``db_url``, up (its "serving" line read)."""
+def serve_environ(cwd: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a test ``serve``: this tree's code, the test admin token, no judges (loopback
+    upstreams: each replica's own /judge), no contrib plugins, a short drain; none of the caller's
+    ``PROXY_POOL_*``; ``env`` on top."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PROXY_POOL_")}
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")]))
     environ.update(
         {
             "PROXY_POOL_ADMIN__TOKEN": TOKEN,
-            "PROXY_POOL_CHECKER__JUDGES": "[]",  # loopback upstreams: each replica's own /judge
+            "PROXY_POOL_CHECKER__JUDGES": "[]",
             "PROXY_POOL_PLUGINS__CONTRIB_DIR": str(cwd / "no-contrib"),
             "PROXY_POOL_GATEWAY__DRAIN_TIMEOUT": "2",
             **(env or {}),
         }
     )
+    return environ
+
+
+async def start_replica(
+    db_url: str, name: str, cwd: Path, *extra: str, env: dict[str, str] | None = None
+) -> Replica:
+    """One ``serve`` on free ports, sharing ``db_url``, up (its "serving" line read)."""
+    environ = serve_environ(cwd, env)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--no-default-sources", "--log-format", "json",
         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--db", db_url, "--replica-name", name, *extra,
