@@ -114,8 +114,20 @@ class GatewaySettings(_Section):
     upstream_idle_timeout: float = Field(default=30.0, gt=0)
     socks_listen: str | None = Field(default=None, description="an extra SOCKS-only port (gateway.listen speaks both)")
     public_address: str | None = Field(default=None, description="host:port the PAC file names; default: listen")
+    intercept_listen: str | None = Field(
+        default=None, description="an opt-in HTTPS interception port (TLS terminated with proxy-pool's CA); unset: off"
+    )
+    intercept_ca: str | None = Field(
+        default=None, description="PEM with the CA certificate and its key; unset: generated beside the database"
+    )
+    intercept_verify: bool | str = Field(
+        default=True, description="verify sites' certificates: true (system store), false, or a CA bundle path"
+    )
+    intercept_bypass: list[str] = Field(
+        default_factory=list, description="host globs tunnelled end to end on the interception port"
+    )
 
-    @field_validator("listen", "socks_listen", "public_address")
+    @field_validator("listen", "socks_listen", "public_address", "intercept_listen")
     @classmethod
     def _listen(cls, v: str | None) -> str | None:
         if v is not None:
@@ -392,6 +404,13 @@ class Settings(BaseSettings):
                 f"gateway.listen: {self.gateway.listen} is not loopback and gateway.auth is 'none': "
                 "that is an open proxy; set gateway.auth = \"users\" or gateway.allow_open = true"
             )
+        if self.gateway.intercept_listen:
+            intercept_host, _ = parse_host_port(self.gateway.intercept_listen)
+            if not is_loopback_host(intercept_host) and self.gateway.auth == "none" and not self.gateway.allow_open:
+                raise ValueError(
+                    f"gateway.intercept_listen: {self.gateway.intercept_listen} is not loopback and gateway.auth is "
+                    "'none': that is an open proxy; set gateway.auth = \"users\" or gateway.allow_open = true"
+                )
         admin_host, _ = self.admin.host_port
         if not is_loopback_host(admin_host) and self.admin.token is None:
             raise ValueError(

@@ -18,6 +18,7 @@ from config import ConfigError, Settings
 from config.settings import is_loopback_host
 from gateway.admin.token import ensure_token
 from gateway.metrics import Metrics, SourceSample
+from gateway.proxy.certs import CertificateAuthority, ensure_ca
 from gateway.proxy.server import GatewayServer
 from plugins.discovery import load_all_plugins
 from plugins.watchdog import LoopWatchdog
@@ -72,7 +73,13 @@ class ProxyPool:
         self._changed = asyncio.Event()
         self._lock: ServeLock | None = None
         self.admin_token = ""
+        self.intercept_ca: CertificateAuthority | None = None  # gateway.intercept_listen: the CA it mints with
         self._cli_scrapes: list[asyncio.Task[Any]] = []
+
+    @property
+    def intercept_ca_pem(self) -> bytes | None:
+        """The interception CA's certificate for ``/ca.pem`` (None: interception is off); never its key."""
+        return self.intercept_ca.pem if self.intercept_ca is not None else None
 
     async def start(self) -> None:
         settings = self.settings
@@ -89,6 +96,9 @@ class ProxyPool:
             if token_path is not None:
                 log.info("admin API token: in %s (`proxy-pool admin-token` prints it)", token_path)
             _warn_if_open(settings)
+            if settings.gateway.intercept_listen:
+                self.intercept_ca = ensure_ca(settings)
+                log.info("HTTPS interception CA: %s (`proxy-pool ca` prints it)", self.intercept_ca.source)
             self.store = await open_store(settings.storage.location)
             await self._start()
         except BaseException:
@@ -153,7 +163,9 @@ class ProxyPool:
             replica=self.replica,
         )
         self.accounts.start()
-        self.gateway = GatewayServer(settings, self.selector, metrics=self.metrics, accounts=self.accounts)
+        self.gateway = GatewayServer(
+            settings, self.selector, metrics=self.metrics, accounts=self.accounts, intercept_ca=self.intercept_ca
+        )
         self.gateway.reuse_port = self.reuse_port
         self.admin_runner, self.admin_address = await start_admin(self, admin_host, admin_port, self.admin_token)
         self.gateway.add_own_address(*self.admin_address)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from gateway.admin.capem import add_ca_routes
 from gateway.admin.common import POOL, error
 from gateway.admin.dashboard import add_dashboard_routes
 from gateway.admin.guard import THROTTLE, TOKEN, guard_middleware
@@ -42,6 +43,7 @@ def make_app(pool: ProxyPool, token: str) -> web.Application:
     add_pool_routes(app)
     add_user_routes(app)
     add_pac_routes(app)
+    add_ca_routes(app)
     add_dashboard_routes(app)
     extra = getattr(pool, "admin_routes", None)
     if extra is not None:

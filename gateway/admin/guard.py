@@ -15,7 +15,7 @@ Order of the checks, each answering with its own status and a one-line JSON erro
    came from elsewhere is not the operator's, even for a GET.
 4. 415 when a state-changing request has a body that is not ``application/json`` (HTML forms cannot send it).
 
-``/healthz``, ``/metrics``, ``/judge``, ``/proxy.pac`` and ``/wpad.dat`` carry no secret and are read by
+``/healthz``, ``/metrics``, ``/judge``, ``/proxy.pac``, ``/wpad.dat`` and ``/ca.pem`` carry no secret and are read by
 machines under whatever name they know the admin by (Prometheus: the compose service name), so none of
 these rules applies to them.
 """
@@ -47,7 +47,7 @@ __all__ = [
 
 TOKEN = web.AppKey("admin_token", str)
 THROTTLE = web.AppKey("token_throttle", TokenThrottle)
-UNGUARDED_PATHS = frozenset({"/healthz", "/metrics", "/judge", "/proxy.pac", "/wpad.dat"})
+UNGUARDED_PATHS = frozenset({"/healthz", "/metrics", "/judge", "/proxy.pac", "/wpad.dat", "/ca.pem"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 

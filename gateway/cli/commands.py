@@ -102,6 +102,16 @@ def admin_token(args: argparse.Namespace) -> int:
     return 0
 
 
+# ca ---------------------------------------------------------------------------------------
+def ca(args: argparse.Namespace) -> int:
+    """Print the interception CA's certificate (``curl --cacert <(proxy-pool ca)``); never its key.
+    Without ``gateway.intercept_ca`` the CA is generated beside the database at first need."""
+    from gateway.proxy.certs import ensure_ca
+
+    sys.stdout.write(ensure_ca(load_settings(args)).pem.decode("ascii"))
+    return 0
+
+
 # dispatch ---------------------------------------------------------------------------------
 async def run(args: argparse.Namespace) -> int:
     settings = load_settings(args)

@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = sub.add_parser("admin-token", help="print the admin API token (configured, else the generated one)")
     _common(token)
 
+    ca = sub.add_parser("ca", help="print the HTTPS interception CA certificate (PEM; never its key)")
+    _common(ca)
+
     plugins = sub.add_parser("plugins", help="list discovered plugins")
     _common(plugins)
     _format(plugins)
@@ -163,6 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return commands.serve(args)
         if args.command == "admin-token":
             return commands.admin_token(args)
+        if args.command == "ca":
+            return commands.ca(args)
         return asyncio.run(commands.run(args))
     except (ConfigError, PoolError) as exc:
         print(f"proxy-pool: {exc}", file=sys.stderr)

@@ -24,6 +24,7 @@ from config.tls import upstream_tls_context
 from gateway.proxy import http1
 from gateway.proxy.accounting import Accounting
 from gateway.proxy.admission import Accounts, Admitter
+from gateway.proxy.certs import CertificateAuthority
 from gateway.proxy.client import ClientConnection, ClientState, Slots
 from gateway.proxy.connection import ConnectionPool
 from gateway.proxy.dialing import Dialer
@@ -45,6 +46,7 @@ class GatewayServer(Slots):
         metrics: object | None = None,
         accounts: Accounts | None = None,
         own_addresses: set[tuple[str, int]] | None = None,
+        intercept_ca: CertificateAuthority | None = None,
     ) -> None:
         self.settings = settings
         self.gw = settings.gateway
@@ -58,6 +60,7 @@ class GatewayServer(Slots):
         self.waiting: deque[tuple[ClientConnection, asyncio.TimerHandle]] = deque()
         self._tasks = TaskSet()
         self._accounts = accounts
+        self.intercept_ca = intercept_ca  # gateway.intercept_listen: the CA leaves are minted with
         self.upstream_tls = upstream_tls_context(settings.checker.upstream_tls_verify)
         self.svc: Services | None = None
         try:
