@@ -20,19 +20,18 @@ import time
 from collections.abc import Sized
 
 from gateway.proxy import fasthead, http1
-from gateway.proxy.bound import BoundConnection
+from gateway.proxy.bound import BoundConnections
 from gateway.proxy.connection import UpstreamConnection
 from gateway.proxy.errors import BadRequest, BadResponse
 from gateway.proxy.exchange import Connect, Exchange
 from gateway.proxy.fixed import FixedTarget, could_be_head, fixed_head
 from gateway.proxy.refusals import Admission, NeedsVerification, Refusal
 from gateway.proxy.relay import Tunnel, TunnelState
-from gateway.proxy.services import Services
+from gateway.proxy.services import HELD_MAX, Services
 from gateway.proxy.socksproto import SocksProtocol
 
 __all__ = ["ClientConnection", "ClientState"]
 
-_PAUSE_AT = 1 << 17  # bytes held from a client before its reading is paused
 _REQUEST_LINE = re.compile(rb"[^ ]+ [^ ]+ HTTP/[0-9]\.[0-9]\r\n")
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _TLS_HANDSHAKE = 0x16
@@ -85,7 +84,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_upstream = False
         self.fixed: FixedTarget | None = None  # a SOCKS session served here (serve_fixed)
         self._eof = False  # a SOCKS session's client half-closed during its request
-        self.bound: BoundConnection | None = None  # held for this client alone (NTLM, Negotiate: gateway.proxy.bound)
+        self.bound: BoundConnections | None = None  # held per user of this client (NTLM, Negotiate: gateway.proxy.bound)
 
     def __repr__(self) -> str:
         return f"<ClientConnection {self.peer} {self.state.name}>"
@@ -172,11 +171,11 @@ class ClientConnection(asyncio.Protocol):
                 if self._body_flowing:
                     self._pump_body()
                     return
-            if len(self.buffer) > _PAUSE_AT:
+            if len(self.buffer) > HELD_MAX:
                 self._pause()  # a pipelining client waits for its previous answer
             return
         if state is _WAITING:
-            if len(self.buffer) > _PAUSE_AT:
+            if len(self.buffer) > HELD_MAX:
                 self._pause()
             return
         if not self.first and len(self.buffer) == len(data):

@@ -13,7 +13,8 @@ ends in a tunnel.  Failures move to the next upstream while that is safe:
 * an answer whose status is in ``retry_on_status`` (a ban) is held back, unread, while another upstream
   tries; the last one held goes to the client when nobody does better;
 * a connection-bound handshake (NTLM, Negotiate) binds its connection to the client
-  (``gateway.proxy.bound``): that client's next requests to the target ride it, nobody else's.
+  (``gateway.proxy.bound``): that user's next requests on that client connection to the target ride it,
+  nobody else's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from typing import Protocol
 
 from gateway.proxy import fasthead, http1
-from gateway.proxy.bound import BoundConnection
+from gateway.proxy.bound import BoundConnections
 from gateway.proxy.connection import UpstreamConnection
 from gateway.proxy.dialing import Plan
 from gateway.proxy.fixed import FixedTarget
@@ -42,7 +43,7 @@ class ClientSide(Protocol):
 
     peer: str
     pools_tunnels: bool  # a CONNECT may ride an idle pooled connection to its target (a SOCKS client)
-    bound: BoundConnection | None  # its connection-authenticated upstream connection (NTLM, Negotiate)
+    bound: BoundConnections | None  # its connection-authenticated upstream connections (NTLM, Negotiate)
 
     def write(self, data: bytes) -> None: ...
     def answered(self, request: Exchange | Connect, outcome: str, keep: bool) -> None: ...
@@ -230,11 +231,11 @@ class Exchange(_Attempting):
                 return
             self._fixed_attempt(fixed)
             return
-        bound = self.client.bound
-        if bound is not None and not self.tried and not self.direct_tried:
-            conn = bound.take(self.head.host, self.head.port)
-            if conn is not None:
-                self._bound_attempt(bound.proxy, conn)
+        bounds = self.client.bound
+        if bounds is not None and not self.tried and not self.direct_tried:
+            bound = bounds.take(self.admission.user, self.head.host, self.head.port)
+            if bound is not None and bound.conn is not None:
+                self._bound_attempt(bound.proxy, bound.conn)
                 return
         try:
             go, proxy = self._pick()
@@ -267,14 +268,11 @@ class Exchange(_Attempting):
 
     def _bind(self, conn: UpstreamConnection) -> None:
         """``conn`` carries a connection-bound handshake: it is this client's from now on, never pooled
-        (a connection bound before, to another target, closes)."""
+        (the connection this user bound before on this client connection, to another target, closes)."""
         client = self.client
-        bound = client.bound
-        if bound is not None:
-            if bound.conn is conn:
-                return
-            bound.end()
-        client.bound = BoundConnection(conn, self.proxy, self.head.host, self.head.port)
+        if client.bound is None:
+            client.bound = BoundConnections()
+        client.bound.bind(conn, self.proxy, self.admission.user, self.head.host, self.head.port)
 
     def _fixed_attempt(self, fixed: FixedTarget) -> None:
         proxy = self.proxy = fixed.proxy

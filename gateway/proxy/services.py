@@ -14,7 +14,12 @@ from gateway.proxy.admission import Admitter
 from gateway.proxy.dialing import Dialer
 from pool.selector import Selector
 
-__all__ = ["Services"]
+__all__ = ["HELD_MAX", "Services"]
+
+# bytes held from a client that is not being read for (a pipelined request while the previous answer is
+# under way, data sent after a CONNECT or a SOCKS request while the upstream is dialed, a client waiting
+# for a slot) before reading from it is paused: one bound for every protocol on the port
+HELD_MAX = 1 << 17
 
 
 @dataclass(eq=False)

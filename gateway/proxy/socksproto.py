@@ -28,6 +28,7 @@ from gateway.proxy.exchange import Connect
 from gateway.proxy.fixed import FixedTarget
 from gateway.proxy.refusals import Admission, NeedsLease, NeedsVerification, Refusal
 from gateway.proxy.routing import Credentials
+from gateway.proxy.services import HELD_MAX
 from gateway.proxy.socks import (
     GRANTED4,
     SUCCEEDED5,
@@ -143,6 +144,8 @@ class SocksProtocol(asyncio.Protocol):
         if self.finished:
             if self.request is not None:
                 self.early += data  # early tunnel data (e.g. a TLS ClientHello sent before our reply)
+                if len(self.early) > HELD_MAX and self.transport is not None:
+                    self.transport.pause_reading()  # the tunnel resumes it (as for an HTTP CONNECT)
             return
         try:
             message = self.hs.feed(data)
@@ -309,6 +312,8 @@ class SocksProtocol(asyncio.Protocol):
         fixed = FixedTarget(request.proxy, head.host, head.port, request.admission, conn, self.svc.dialer.pool, ended)
         early = bytes(self.early)
         self.early.clear()
+        if not self.transport.is_reading():
+            self.transport.resume_reading()  # paused at HELD_MAX: the client connection reads on (and pauses as it must)
         self.slot.serve_fixed(fixed, early)
 
     # endings -----------------------------------------------------------------------------------

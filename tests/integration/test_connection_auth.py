@@ -217,3 +217,24 @@ async def test_a_challenge_binds_the_connection_before_any_credential(
         assert (await a.get(authorization=f"NTLM {type3('alice')}"))[2] == b"hello alice"
     assert len(origin.connections("alice")) == 1
     assert pool.gateway.idle_upstream_connections <= 1  # only bob's unauthenticated one may be pooled
+
+
+async def test_a_bound_connection_is_not_another_users_on_the_same_client_connection(
+    make_pool: PoolFactory, upstreams: list[Upstream], handshake_origin: tuple[BoundAuthOrigin, int]
+) -> None:
+    """A downstream proxy that pools its connections sends alice's and bob's requests on one client
+    connection: alice's NTLM-authenticated upstream connection is hers alone (bob gets 401 on another
+    connection), and it still serves her after bob's request."""
+    origin, port = handshake_origin
+    pool = await users_pool(make_pool, upstreams, "http")
+    alice = await pool.accounts.add_user("alice", 100)
+    bob = await pool.accounts.add_user("bob", 100)
+    async with Client(pool, "alice", basic("alice", alice.password), port) as shared:
+        await ntlm_handshake(shared)
+        shared.tag, shared.credentials = "bob", basic("bob", bob.password)
+        status, _, body = await shared.get()
+        assert (status, body) == (401, b"who are you?")
+        shared.tag, shared.credentials = "alice", basic("alice", alice.password)
+        assert (await shared.get("/again"))[2] == b"hello alice"
+    assert set(origin.rides("bob")) == {None}
+    assert not origin.connections("bob") & origin.connections("alice")

@@ -358,3 +358,68 @@ async def test_failover_happens_before_the_reply(upstreams, origin):
             assert (await http_get_inside(reader, writer))["peer"] == upstreams[0].host
     finally:
         await server.stop()
+
+
+async def test_socks_early_data_pauses_reading_at_the_bound_of_http_connect(make_pool):
+    """A SOCKS5 client that sends 4 MiB right after its CONNECT while the dial is slow (the upstream holds
+    the CONNECT until released) is read up to the one bound HTTP CONNECT has, then paused; once the tunnel
+    is up every byte reaches the target."""
+    from gateway.proxy.services import HELD_MAX
+    from gateway.proxy.socksproto import SocksProtocol
+    from tests.support.grade_proxies import Grade
+    from tests.support.liars import Liar
+
+    class Gated(Liar):
+        gate: asyncio.Event | None = None
+
+        async def lie(self, method, target, head, reader, writer) -> bool:
+            if method == "CONNECT" and self.gate is not None:
+                await self.gate.wait()
+            return False
+
+    received = 0
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        while chunk := await reader.read(65536):
+            received += len(chunk)
+        writer.close()
+
+    target = await asyncio.start_server(sink, "127.0.0.1", 0)
+    upstream = await Gated("127.0.0.2", Grade.ELITE).start()
+    try:
+        pool = await make_pool([upstream.url()], gateway={**OPEN, "connect_timeout": 30})
+        await pool.wait_until(lambda: pool.selector.active_count == 1)
+        upstream.gate = asyncio.Event()
+        reader, writer = await asyncio.open_connection(*pool.gateway_address)
+        writer.write(b"\x05\x01\x00")
+        assert await asyncio.wait_for(reader.readexactly(2), 10) == b"\x05\x00"
+        writer.write(b"\x05\x01\x00\x01" + bytes((127, 0, 0, 1)) + struct.pack("!H", target.sockets[0].getsockname()[1]))
+        total = 4 << 20
+
+        async def send() -> None:
+            for _ in range(total // 65536):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+
+        sending = asyncio.ensure_future(send())
+
+        def socks_protocols() -> list[SocksProtocol]:
+            found = [c.transport.get_protocol() for c in pool.gateway._clients if c.transport is not None]
+            return [p for p in found if isinstance(p, SocksProtocol)]
+
+        await wait_for(
+            lambda: any(p.transport is not None and not p.transport.is_reading() for p in socks_protocols()),
+            lambda: f"early data held: {[len(p.early) for p in socks_protocols()]}",
+        )
+        assert all(len(p.early) <= HELD_MAX + (256 << 10) for p in socks_protocols())
+        assert not sending.done()
+        upstream.gate.set()
+        assert (await asyncio.wait_for(reader.readexactly(10), 20))[:2] == b"\x05\x00"
+        await asyncio.wait_for(sending, 20)
+        writer.write_eof()
+        await wait_for(lambda: received == total, lambda: f"{received} of {total} bytes arrived")
+        writer.close()
+    finally:
+        await upstream.stop()
+        target.close()
