@@ -43,6 +43,8 @@ class Route:
     country: str | None = None
     anonymity: AnonymityLevel | None = None
     session: str | None = None
+    strict: bool = False  # a strict session fails instead of moving to another upstream
+    session_ttl: float | None = None  # seconds this session is kept after its last use; None: the default
     key: BucketKey = field(init=False, repr=False, compare=False)  # the bucket it picks from
 
     def __post_init__(self) -> None:
@@ -144,7 +146,7 @@ class Selector:
         self._target_streak: dict[int, list[str]] = {}  # distinct targets failed in a row, per upstream
         self._suspected: dict[int, float] = {}  # when a target failure last asked for a re-check
         self.benched: set[int] = set()
-        self._sessions: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._sessions: OrderedDict[str, tuple[int, float, float]] = OrderedDict()  # id, last use, ttl
         self._cooldowns: OrderedDict[tuple[str, int], float] = OrderedDict()
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counted: dict[int, tuple[str, str]] = {}
@@ -280,9 +282,11 @@ class Selector:
                 return proxy
         now = self._clock()
         if route.session is not None:
-            sticky = self._sticky(route.session, bucket, exclude, host, now, tunnel)
+            sticky = self._sticky(route, bucket, exclude, host, now, tunnel)
             if sticky is not None:
                 return sticky
+            if route.strict and route.session in self._sessions:
+                return None  # a strict session never moves: its request fails instead
         cursor = bucket.cursor
         if route.session is not None:
             proxy = self._rendezvous(route.session, bucket, exclude, host, now, tunnel)
@@ -294,7 +298,7 @@ class Selector:
             bucket.cursor = cursor
             proxy = self._choose(bucket, exclude, None, now, tunnel)
         if proxy is not None and route.session is not None:
-            self._remember(route.session, proxy, now)
+            self._remember(route, proxy, now)
         return proxy
 
     def _usable(
@@ -348,27 +352,32 @@ class Selector:
         return best
 
     def _sticky(
-        self, session: str, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float,
+        self, route: Route, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float,
         tunnel: bool,
     ) -> Proxy | None:
+        """The session's upstream while it is usable; an expired session is forgotten."""
+        session = route.session
+        assert session is not None
         entry = self._sessions.get(session)
         if entry is None:
             return None
-        proxy_id, last_used = entry
-        if now - last_used > self.session_ttl:
+        proxy_id, last_used, ttl = entry
+        if now - last_used > ttl:
             del self._sessions[session]
             return None
         if proxy_id not in bucket.where:  # gone, dead, benched, or no longer matching
             return None
         proxy = bucket.items[bucket.where[proxy_id]]
-        if not self._usable(proxy, exclude, host, now, tunnel):
-            return None
-        self._sessions[session] = (proxy_id, now)
-        self._sessions.move_to_end(session)
+        if not self._usable(proxy, exclude, host if not route.strict else None, now, tunnel):
+            return None  # a strict session stays even where its upstream rests: the site answers
+        self._remember(route, proxy, now)
         return proxy
 
-    def _remember(self, session: str, proxy: Proxy, now: float) -> None:
-        self._sessions[session] = (proxy.id, now)
+    def _remember(self, route: Route, proxy: Proxy, now: float) -> None:
+        session = route.session
+        assert session is not None
+        ttl = route.session_ttl if route.session_ttl is not None else self.session_ttl
+        self._sessions[session] = (proxy.id, now, ttl)
         self._sessions.move_to_end(session)
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)

@@ -16,7 +16,7 @@ from gateway.proxy import http1
 from gateway.proxy.errors import BadRequest
 from gateway.proxy.loops import OwnAddresses
 from gateway.proxy.refusals import AUTH_REALM, Admission, NeedsLease, NeedsVerification, Refusal
-from gateway.proxy.routing import Credentials, RouteError, parse_proxy_authorization, route_for
+from gateway.proxy.routing import Credentials, RouteError, parse_proxy_authorization, route_for, user_name
 from gateway.proxy.targets import canonical_host
 from pool.accounts import CreditsExhausted, LeaseMissing, LimitReached, Usage
 from pool.selector import Route
@@ -172,7 +172,7 @@ class Admitter:
                 raise Refusal(407, "proxy authentication required", "auth_required", AUTH_REALM)
             assert self.accounts is not None
             # who first (407 for strangers, whatever they ask), then what they ask (400 naming the part)
-            name = creds.username.split("-", 1)[0]
+            name = user_name(creds.username)
             user = verified if verified == name else self.accounts.check_cached(name, creds.password)
             if user is None:
                 raise NeedsVerification(name, creds.password)

@@ -106,16 +106,25 @@ class _Attempting:
         svc = self.svc
         if len(self.tried) + self.direct_tried > svc.gw.max_retries:
             return False, None
-        proxy = svc.selector.pick(self.admission.route, exclude=self.tried, host=self.head.host, tunnel=tunnel)
+        route = self.admission.route
+        proxy = svc.selector.pick(route, exclude=self.tried, host=self.head.host, tunnel=tunnel)
         if proxy is not None:
             self.tried.add(proxy.id)
             return True, proxy
+        if route.strict and (self.tried or svc.selector.session_upstream(route.session or "") is not None):
+            raise self._strict_lost(route.session or "")
         if self.tried or self.direct_tried:
             return False, None
         if svc.gw.fallback != "direct":
             raise _no_proxy(self.admission)
         self.direct_tried = True
         return True, None
+
+    def _strict_lost(self, session: str) -> Refusal:
+        """A strict session whose upstream failed: 502, never another upstream."""
+        refusal = Refusal(502, f"session {session}: its upstream failed and the session is strict", "upstream_error")
+        refusal.cause = self._attempts.last if self._attempts is not None else None
+        return refusal
 
     def _debug_headers(self) -> list[tuple[str, str]]:
         if not self.svc.gw.debug_headers:
@@ -369,6 +378,7 @@ class Exchange(_Attempting):
         return (
             status in svc.gw.retry_on_status
             and self.fixed is None  # a SOCKS session has its one upstream
+            and not self.admission.route.strict  # so has a strict session: the site's answer goes on
             and self.retryable
             and self.proxy is not None
             and len(self.tried) <= svc.gw.max_retries

@@ -27,7 +27,7 @@ from gateway.proxy import http1
 from gateway.proxy.exchange import Connect
 from gateway.proxy.fixed import FixedTarget
 from gateway.proxy.refusals import Admission, NeedsLease, NeedsVerification, Refusal
-from gateway.proxy.routing import Credentials
+from gateway.proxy.routing import Credentials, user_name
 from gateway.proxy.services import HELD_MAX
 from gateway.proxy.socks import (
     GRANTED4,
@@ -199,7 +199,7 @@ class SocksProtocol(asyncio.Protocol):
         if ":" in given.username:
             self._authenticated(given, None)
             return
-        name = given.username.split("-", 1)[0]
+        name = user_name(given.username)
         user = accounts.check_cached(name, given.password)
         if user is not None:
             self._authenticated(given, user)

@@ -11,15 +11,21 @@ from hypothesis import strategies as st
 from gateway.proxy import http1
 from gateway.proxy.errors import BadRequest
 from gateway.proxy.routing import (
+    ALIASES,
+    PARAMS,
     Credentials,
     RouteError,
     parse_proxy_authorization,
     parse_route,
     route_for,
     split_username,
+    user_name,
 )
 from pool.models import AnonymityLevel, ProxyProtocol
 from pool.selector import Route
+
+
+ROUTING_WORDS = frozenset(PARAMS) | frozenset(ALIASES) | {"zone"}
 
 
 def basic(user: str, password: str) -> str:
@@ -117,9 +123,7 @@ def test_malformed_value_names_the_part(params, part):
 
 
 @given(
-    name=st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z").filter(
-        lambda n: n not in ("country", "session", "protocol", "anonymity")
-    ),
+    name=st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z").filter(lambda n: n not in ROUTING_WORDS),
     country=st.none() | st.from_regex(r"\A[A-Za-z]{2}\Z"),
     session=st.none() | st.from_regex(r"\A[A-Za-z0-9_.]{1,64}\Z"),
     protocol=st.none() | st.sampled_from(list(ProxyProtocol)),
@@ -145,6 +149,100 @@ def test_any_username_parses_or_is_a_route_error(username):
             route_for(username, {}, with_name=with_name)
         except RouteError as exc:
             assert exc.status == 400 and "\n" not in exc.message
+
+
+# -- sessions and vendors' spellings ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("username", "name", "route"),
+    [
+        ("customer-alice-cc-DE-sessid-x1-sesstime-10", "alice", Route(country="DE", session="x1", session_ttl=600.0)),
+        (
+            "user-alice-country-de-session-x1-sessionduration-30",
+            "alice",
+            Route(country="DE", session="x1", session_ttl=1800.0),
+        ),
+        ("brd-customer-hl_1234-zone-dc1-country-de-session-x1", "hl_1234", Route(country="DE", session="x1")),
+        ("brd-customer-hl_1234-country-us", "hl_1234", Route(country="US")),
+        ("alice-session-x1-sessmode-strict-sesstime-1440", "alice", Route(session="x1", strict=True, session_ttl=86400.0)),
+        ("alice-session-x1-sessmode-SOFT", "alice", Route(session="x1")),
+        ("user-country-de", "user", Route(country="DE")),  # a prefix only when a name follows it
+        ("customer", "customer", Route()),
+    ],
+)
+def test_vendor_spellings_route_like_ours(username, name, route):
+    """Oxylabs, Decodo and Bright Data usernames give the route ours would; the user is the name they carry."""
+    assert route_for(username, {}, with_name=True) == (name, route)
+    assert user_name(username) == name
+    assert route_for(username, {}, with_name=False) == (None, route)
+
+
+@pytest.mark.parametrize(
+    ("username", "part"),
+    [
+        ("alice-session-x-sessmode-loose", "sessmode"),
+        ("alice-session-x-sesstime-0", "sesstime"),
+        ("alice-session-x-sesstime-1441", "sesstime"),
+        ("alice-session-x-sesstime-1e3", "sesstime"),
+        ("alice-session-x-sesstime-٣", "sesstime"),  # a digit, but not an ASCII one
+        ("alice-sesstime-10", "session"),
+        ("alice-sessmode-strict", "session"),
+        ("brd-customer-id-zone", "zone"),
+        ("alice-cc-de-country-fr", "country"),  # the same parameter twice under two names
+        ("alice-zone-z", "zone"),  # a zone only in Bright Data's spelling
+    ],
+)
+def test_malformed_session_and_vendor_parts_name_the_part(username, part):
+    with pytest.raises(RouteError) as info:
+        route_for(username, {}, with_name=True)
+    assert part in info.value.message
+
+
+def test_session_headers_and_vendor_header_names():
+    """X-Proxy-Pool-Sessmode / -Sesstime, and the vendors' names as headers too (X-Proxy-Pool-Cc)."""
+    got = route_for(None, {"sessid": "a", "sessmode": "strict", "sesstime": "5", "cc": "jp"}, with_name=False)
+    assert got == (None, Route(country="JP", session="a", strict=True, session_ttl=300.0))
+
+
+_VENDOR_KEYS = {"country": ("country", "cc"), "session": ("session", "sessid"), "sesstime": ("sesstime", "sessionduration")}
+
+
+@given(
+    name=st.from_regex(r"\A[a-z][a-z0-9_]{0,10}\Z").filter(lambda n: n not in ROUTING_WORDS and n != "brd"),
+    prefix=st.sampled_from(["", "customer-", "user-", "brd-customer-"]),
+    zone=st.none() | st.from_regex(r"\A[a-z0-9_]{1,8}\Z"),
+    country=st.none() | st.from_regex(r"\A[A-Za-z]{2}\Z"),
+    session=st.none() | st.from_regex(r"\A[A-Za-z0-9_.]{1,64}\Z"),
+    strict=st.none() | st.booleans(),
+    minutes=st.none() | st.integers(1, 1440),
+    spelling=st.lists(st.integers(0, 1), min_size=3, max_size=3),
+    order=st.permutations(["country", "session", "sessmode", "sesstime"]),
+)
+def test_vendor_username_roundtrip(name, prefix, zone, country, session, strict, minutes, spelling, order):
+    """Property: any of the spellings (ours, Oxylabs, Decodo, Bright Data), any order, reads back as one route."""
+    if session is None:
+        strict = minutes = None
+    values = {
+        "country": country,
+        "session": session,
+        "sessmode": None if strict is None else ("strict" if strict else "soft"),
+        "sesstime": None if minutes is None else str(minutes),
+    }
+    names = {key: _VENDOR_KEYS.get(key, (key,))[choice % len(_VENDOR_KEYS.get(key, (key,)))] for key, choice in zip(
+        ("country", "session", "sesstime"), spelling, strict=True
+    )}
+    names["sessmode"] = "sessmode"
+    parts = [prefix + name] + ([f"zone-{zone}"] if zone and prefix == "brd-customer-" else [])
+    parts += [f"{names[k]}-{values[k]}" for k in order if values[k] is not None]
+    got_name, route = route_for("-".join(parts), {}, with_name=True)
+    assert got_name == name == user_name("-".join(parts))
+    assert route == Route(
+        country=country.upper() if country else None,
+        session=session,
+        strict=bool(strict),
+        session_ttl=None if minutes is None else minutes * 60.0,
+    )
 
 
 # -- headers ---------------------------------------------------------------------------------------

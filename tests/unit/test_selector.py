@@ -615,3 +615,48 @@ def test_reload_with_fresh_objects_replaces_the_indexed_ones():
     assert {id(sel.pick()) for _ in range(4)} == {id(p) for p in fresh}
     sel.update(make_proxy(id=2, status=ProxyStatus.DEAD))
     assert {sel.pick().id for _ in range(4)} == {1}
+
+
+# -- strict sessions and per-session TTLs -----------------------------------------------------------
+
+
+def test_strict_session_never_moves_soft_one_does():
+    """Its upstream failed (excluded) or died: a soft session moves, a strict one gets nothing (its 502)."""
+    ps = [make_proxy() for _ in range(3)]
+    sel = selector(*ps)
+    strict, soft = Route(session="a", strict=True), Route(session="b")
+    first_strict, first_soft = sel.pick(strict), sel.pick(soft)
+    assert sel.pick(strict, exclude={first_strict.id}) is None
+    moved = sel.pick(soft, exclude={first_soft.id})
+    assert moved is not None and moved is not first_soft
+    dead = first_strict
+    dead.status, dead.consecutive_failures = ProxyStatus.DEAD, 1
+    sel.update(dead)
+    assert sel.pick(strict) is None
+    assert sel.session_upstream("a") == dead.id  # still its one upstream
+
+
+def test_strict_session_ignores_a_rest_for_the_host():
+    """A strict session keeps its upstream even where that upstream rests for the site."""
+    ps = [make_proxy() for _ in range(3)]
+    sel = selector(*ps)
+    route = Route(session="a", strict=True)
+    first = sel.pick(route, host="site.test")
+    sel.cooldown(first, "site.test", 600)
+    assert sel.pick(route, host="site.test") is first
+
+
+def test_session_ttl_per_session():
+    """sesstime: a session with its own TTL is forgotten after it, others after the default."""
+    clock = Clock()
+    ps = [make_proxy() for _ in range(3)]
+    sel = selector(*ps, clock=clock, session_ttl=600.0)
+    short, default = Route(session="short", session_ttl=60.0), Route(session="long")
+    sel.pick(short)
+    sel.pick(default)
+    clock.now += 59
+    strict_short = Route(session="short", strict=True, session_ttl=60.0)
+    assert sel.pick(strict_short, exclude={sel.session_upstream("short")}) is None  # still known: no move
+    clock.now += 61  # 61 s since "short" was last used: forgotten, a strict pick may start afresh
+    assert sel.pick(strict_short, exclude={sel.session_upstream("short")}) is not None
+    assert sel.pick(Route(session="long", strict=True), exclude={sel.session_upstream("long")}) is None
