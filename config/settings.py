@@ -71,6 +71,24 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def port_ranges(ports: list[int | str]) -> list[tuple[int, int]]:
+    """``[443, "1025-65535"]`` as inclusive ranges; ValueError naming a port out of 1-65535 or a bad range."""
+    ranges = []
+    for item in ports:
+        low_text, dash, high_text = str(item).partition("-")
+        try:
+            low, high = int(low_text), int(high_text) if dash else int(low_text)
+        except ValueError:
+            raise ValueError(f"{item!r} is neither a port nor a LO-HI range") from None
+        for port in (low, high):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} out of range 1-65535")
+        if low > high:
+            raise ValueError(f"range {item!r} ends before it starts")
+        ranges.append((low, high))
+    return ranges
+
+
 def is_loopback_host(host: str) -> bool:
     if host in ("localhost", "localhost.localdomain"):
         return True
@@ -99,6 +117,10 @@ class GatewaySettings(_Section):
     max_connections: int = Field(default=2048, ge=1)
     max_header_bytes: int = Field(default=65536, ge=1024)
     allowed_connect_ports: list[int] | Literal["*"] = Field(default_factory=lambda: [443, 80])
+    allowed_http_ports: list[int | str] | Literal["*"] = Field(
+        default_factory=lambda: [80, 443, 280, 488, 591, 777, "1025-65535"],
+        description="ports plain HTTP (absolute form) may go to: numbers or LO-HI ranges (squid's Safe_ports)",
+    )
     fallback: Literal["fail", "direct"] = "fail"
     direct_allow: list[str] = Field(
         default_factory=list, description="private/loopback networks the direct fallback may dial"
@@ -134,13 +156,11 @@ class GatewaySettings(_Section):
             parse_host_port(v)
         return v
 
-    @field_validator("allowed_connect_ports")
+    @field_validator("allowed_connect_ports", "allowed_http_ports")
     @classmethod
-    def _ports(cls, v: list[int] | str) -> list[int] | str:
+    def _ports(cls, v: list[int | str] | str) -> list[int | str] | str:
         if isinstance(v, list):
-            for port in v:
-                if not 1 <= port <= 65535:
-                    raise ValueError(f"port {port} out of range 1-65535")
+            port_ranges(v)
         return v
 
     @field_validator("retry_on_status")
@@ -161,6 +181,18 @@ class GatewaySettings(_Section):
     @property
     def host_port(self) -> tuple[str, int]:
         return parse_host_port(self.listen)
+
+    def open_listen_keys(self) -> list[tuple[str, str]]:
+        """The listening ports (``listen`` and every ``*_listen`` key) that anyone could use as an open
+        proxy: not loopback while ``auth`` is ``none``.  One rule for every port, whatever it speaks."""
+        if self.auth != "none":
+            return []
+        found = []
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            if (key == "listen" or key.endswith("_listen")) and value and not is_loopback_host(parse_host_port(value)[0]):
+                found.append((key, value))
+        return found
 
 
 class AdminSettings(_Section):
@@ -398,19 +430,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _not_open_by_accident(self) -> Settings:
-        host, _ = self.gateway.host_port
-        if not is_loopback_host(host) and self.gateway.auth == "none" and not self.gateway.allow_open:
+        open_ports = self.gateway.open_listen_keys()
+        if open_ports and not self.gateway.allow_open:
+            key, value = open_ports[0]
             raise ValueError(
-                f"gateway.listen: {self.gateway.listen} is not loopback and gateway.auth is 'none': "
+                f"gateway.{key}: {value} is not loopback and gateway.auth is 'none': "
                 "that is an open proxy; set gateway.auth = \"users\" or gateway.allow_open = true"
             )
-        if self.gateway.intercept_listen:
-            intercept_host, _ = parse_host_port(self.gateway.intercept_listen)
-            if not is_loopback_host(intercept_host) and self.gateway.auth == "none" and not self.gateway.allow_open:
-                raise ValueError(
-                    f"gateway.intercept_listen: {self.gateway.intercept_listen} is not loopback and gateway.auth is "
-                    "'none': that is an open proxy; set gateway.auth = \"users\" or gateway.allow_open = true"
-                )
         admin_host, _ = self.admin.host_port
         if not is_loopback_host(admin_host) and self.admin.token is None:
             raise ValueError(

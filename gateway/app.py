@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from config import ConfigError, Settings
-from config.settings import is_loopback_host
 from gateway.admin.token import ensure_token
 from gateway.metrics import Metrics, SourceSample
 from gateway.proxy.certs import CertificateAuthority, ensure_ca
@@ -422,11 +421,12 @@ class ProxyPool:
 def _warn_if_open(settings: Settings) -> None:
     """``allow_open`` lets a public gateway without auth start: say so at every start, not only once."""
     gateway = settings.gateway
-    if gateway.allow_open and gateway.auth == "none" and not is_loopback_host(gateway.host_port[0]):
+    open_ports = gateway.open_listen_keys()
+    if gateway.allow_open and open_ports:
         log.warning(
             "gateway.allow_open = true: the gateway on %s is an open proxy (no authentication) for anyone who "
             "can reach it; keep that port firewalled or published on 127.0.0.1 only, or set gateway.auth = \"users\"",
-            gateway.listen,
+            ", ".join(value for _, value in open_ports),
         )
 
 

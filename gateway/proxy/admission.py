@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from config import Settings
+from config.settings import port_ranges
 from gateway.proxy import http1
 from gateway.proxy.errors import BadRequest
 from gateway.proxy.loops import OwnAddresses
@@ -48,7 +49,8 @@ class Admitter:
         self.accounts = accounts if self.gw.auth == "users" else None
         self._open = self.gw.auth == "none"  # no credentials asked for
         self.own = own
-        self._allowed_ports = None if self.gw.allowed_connect_ports == "*" else frozenset(self.gw.allowed_connect_ports)
+        self._connect_ports = _PortRule(self.gw.allowed_connect_ports, "CONNECT")
+        self._http_ports = _PortRule(self.gw.allowed_http_ports, "plain HTTP")
         self.direct_allow = [ipaddress.ip_network(n, strict=False) for n in self.gw.direct_allow]
 
     def admit(
@@ -158,8 +160,7 @@ class Admitter:
             raise Refusal(400, exc.message, "bad_request") from None
         if host != head.host:
             head.host, head.origin_form = host, None  # the client's spelling goes nowhere
-        if head.is_connect and self._allowed_ports is not None and head.port not in self._allowed_ports:
-            raise Refusal(403, f"CONNECT to port {head.port} is not allowed", "forbidden")
+        (self._connect_ports if head.is_connect else self._http_ports).check(head.port)
         if head.port in self.own.ports and self.own.loops(head.host, head.port):
             raise Refusal(403, "request loops back to the gateway itself", "forbidden")
 
@@ -186,3 +187,26 @@ class Admitter:
         except RouteError as exc:
             raise Refusal(400, exc.message, "bad_request") from None
         return None, route
+
+
+class _PortRule:
+    """The one port rule, for CONNECT (and SOCKS: ``allowed_connect_ports``) and for plain HTTP
+    (``allowed_http_ports``): a port outside the list gets 403 before anything is dialed, so an upstream
+    never carries HTTP lines to a mail or database server's port."""
+
+    __slots__ = ("_ports", "_ranges", "_what")
+
+    def __init__(self, allowed: list[int] | list[int | str] | str, what: str) -> None:
+        self._what = what
+        ranges = None if allowed == "*" else port_ranges(list(allowed))
+        # single ports in a set (the common lists), wide ranges compared
+        self._ports = None if ranges is None else frozenset(low for low, high in ranges if low == high)
+        self._ranges = () if ranges is None else tuple(r for r in ranges if r[0] != r[1])
+
+    def check(self, port: int) -> None:
+        if self._ports is None or port in self._ports:
+            return
+        for low, high in self._ranges:
+            if low <= port <= high:
+                return
+        raise Refusal(403, f"{self._what} to port {port} is not allowed", "forbidden")

@@ -3,6 +3,7 @@ request aimed at the admin API or the gateway itself is refused at admission, on
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import aiohttp
@@ -106,3 +107,66 @@ async def test_direct_fallback_checks_the_resolved_address(make_pool):
     pool = await make_pool(gateway={"fallback": "direct", "direct_allow": ["127.0.0.1/32"]})
     await assert_refused_as_loop(pool, get(name, pool.admin_address[1]))
     await assert_refused_as_loop(pool, post(name, pool.admin_address[1]))
+
+
+def own_names_here() -> list[str]:
+    """This machine's host name, and every other name /etc/hosts gives a loopback address."""
+    names = [socket.gethostname()]
+    with open("/etc/hosts", encoding="utf-8", errors="replace") as hosts:
+        for line in hosts:
+            address, *aliases = line.partition("#")[0].split() or [""]
+            if address.startswith("127.") or address == "::1":
+                names += [a for a in aliases if a not in names and "localhost" not in a and not a.startswith("ip6-")]
+    return names
+
+
+async def test_own_host_names_are_refused_like_own_addresses(make_pool, upstreams):
+    """CONNECT, SOCKS5 and absolute-form requests to this machine's host name (and the names /etc/hosts gives
+    loopback) on the admin's or the gateway's port are refused (403 / 0x02), though the listen address is
+    127.0.0.1, not a wildcard: a local upstream would resolve them to us."""
+    from tests.integration.test_socks_clients import socks5_connect
+
+    pool = await make_pool([upstreams[0].url()], gateway={"allowed_connect_ports": "*"})
+    await pool.wait_until(lambda: pool.selector.active_count == 1)
+    admin_port, gateway_port = pool.admin_address[1], pool.gateway_address[1]
+    for name in own_names_here():
+        await assert_refused_as_loop(pool, connect(name, admin_port))
+        await assert_refused_as_loop(pool, connect(name.upper() + ".", gateway_port))
+        await assert_refused_as_loop(pool, get(name, admin_port))
+        _, writer, reply = await socks5_connect(pool.gateway_address, name, admin_port)
+        writer.close()
+        assert reply[1] == 0x02, (name, reply)
+
+
+async def test_plain_http_to_a_port_outside_the_safe_list_is_refused(make_pool, upstreams):
+    """``POST http://host:25/`` is refused with 403 before any upstream carries its lines there, like
+    ``CONNECT host:25``; with allowed_http_ports = [80, 443] a listening service on another port is never
+    reached; a port in the list still goes through."""
+    accepted = 0
+
+    async def service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        writer.close()
+
+    server = await asyncio.start_server(service, "127.0.0.1", 0)
+    service_port = server.sockets[0].getsockname()[1]
+    pool = await make_pool([upstreams[0].url()])
+    narrow = await make_pool([upstreams[0].url()], gateway={"allowed_http_ports": [80, 443]})
+    await pool.wait_until(lambda: pool.selector.active_count == 1)
+    await narrow.wait_until(lambda: narrow.selector.active_count == 1)
+    try:
+        for gateway, port in ((pool, 25), (pool, 22), (narrow, service_port)):
+            payload = (
+                f"POST http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 10\r\n"
+                "Connection: close\r\n\r\nHELO evil\n"
+            ).encode()
+            answer = await exchange(gateway.gateway_address, payload)
+            assert status_of(answer) == 403, answer[:200]
+            assert one_line_body(answer) == f"plain HTTP to port {port} is not allowed\n"
+            assert status_of(await exchange(gateway.gateway_address, connect("127.0.0.1", port))) == 403
+        assert accepted == 0
+        assert status_of(await exchange(pool.gateway_address, get("127.0.0.1", service_port, "/"))) == 502
+        assert accepted == 1  # the default list has the unprivileged ports: carried, and the service hung up
+    finally:
+        server.close()

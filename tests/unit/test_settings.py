@@ -257,6 +257,16 @@ def test_non_loopback_gateway_without_auth_is_refused(tmp_path, listen):
     assert "gateway.listen" in message and "allow_open" in message
 
 
+@pytest.mark.parametrize("key", ["socks_listen", "intercept_listen"])
+def test_every_listening_port_is_under_the_open_proxy_rule(key):
+    """The SOCKS-only port and the interception port on a non-loopback address with auth = none are open
+    proxies too: refused, naming the key; allow_open or auth = users let them start."""
+    message = config_error(gateway={key: "0.0.0.0:1080"})
+    assert f"gateway.{key}" in message and "allow_open" in message
+    assert getattr(Settings.load(gateway={key: "0.0.0.0:1080", "auth": "users"}).gateway, key) == "0.0.0.0:1080"
+    assert Settings.load(gateway={key: "0.0.0.0:1080", "allow_open": True}).gateway.allow_open
+
+
 @pytest.mark.parametrize("listen", ["127.0.0.1:8899", "127.0.0.5:1", "[::1]:8899", "localhost:8899"])
 def test_loopback_gateway_without_auth_is_fine(listen):
     """Loopback addresses (IPv4, IPv6, localhost) need no auth."""
