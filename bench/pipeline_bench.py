@@ -86,6 +86,11 @@ def closed_ports(n: int) -> list[tuple[str, int]]:
     return out
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -94,6 +99,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     from config import Settings
     from config.settings import CheckerSettings
     from gateway.app import open_registry
+    from gateway.eventloop import loop_name
     from pool.models import UpstreamURL
     from pool.pipeline import Pipeline
     from pool.selector import Selector
@@ -161,6 +167,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             pipeline.on_run = on_run_all
             await pipeline.start()
             peak_fds = open_fds()
+            cpu_before = _cpu()
             started = time.perf_counter()
             pipeline.submit(result.new)
 
@@ -173,6 +180,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             sampler = asyncio.ensure_future(sample())
             await pipeline.wait_idle()
             wall = time.perf_counter() - started
+            cpu = _cpu() - cpu_before
             sampler.cancel()
             await pipeline.stop()
             counts = {"active": 0, "dead": 0, "new": 0}
@@ -198,6 +206,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "checker_timeout_s": args.timeout,
         "wall_s": round(wall, 2),
         "proxies_per_s": round(len(targets) / wall, 1),
+        "cpu_s": round(cpu, 2),  # the checking process's user + system time while it checked
+        "loop": loop_name(),
         "peak_rss_mb": round(rss_mb, 1),
         "peak_open_fds": peak_fds,
         "fd_soft_limit_before": soft,
@@ -219,9 +229,20 @@ def main() -> None:
     parser.add_argument("--holes", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--loop", choices=("serve", "asyncio", "uvloop"), default="serve",
+                        help="event loop of the checking process: serve's (uvloop where installed, the default)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
     args = parser.parse_args()
-    figures = asyncio.run(run(args))
+    if args.loop == "asyncio":
+        figures = asyncio.run(run(args))
+    elif args.loop == "uvloop":
+        import uvloop
+
+        figures = uvloop.run(run(args))
+    else:
+        from gateway.eventloop import run as serve_loop_run
+
+        figures = serve_loop_run(run(args))
     if args.format == "json":
         print(json.dumps(figures, indent=2))
     else:

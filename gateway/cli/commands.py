@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from config import ConfigError, Settings
+from gateway import eventloop
 from gateway.admin.token import NoTokenYet, stored_token
 from gateway.app import ProxyPool, open_registry
 from gateway.cli.common import CommandFailed, emit, open_store
@@ -62,11 +63,7 @@ def serve(args: argparse.Namespace) -> int:
 
         return run_workers(args, settings)
     main = _serve(settings, args.proxies, replica_name=args.replica_name, reuse_port=args.worker_of is not None)
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+    return eventloop.run(main)
 
 
 async def _serve(
