@@ -115,6 +115,9 @@ class GatewaySettings(_Section):
         default=30.0, gt=0, description="seconds a body being relayed may go without a byte, either direction"
     )
     max_connections: int = Field(default=2048, ge=1)
+    max_handshakes_per_address: int = Field(
+        default=16, ge=1, description="when max_connections is reached: handshakes one address may hold"
+    )
     max_header_bytes: int = Field(default=65536, ge=1024)
     allowed_connect_ports: list[int] | Literal["*"] = Field(default_factory=lambda: [443, 80])
     allowed_http_ports: list[int | str] | Literal["*"] = Field(

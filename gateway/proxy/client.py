@@ -69,6 +69,7 @@ class ClientConnection(asyncio.Protocol):
         self.buffer = bytearray()
         self.request: Exchange | Connect | None = None
         self.peer = "?"
+        self.socks: SocksProtocol | None = None  # the SOCKS protocol it was handed to, if it was
         self.first = True
         self.idle_since = 0.0
         self.done: asyncio.Future[None] | None = None
@@ -94,6 +95,16 @@ class ClientConnection(asyncio.Protocol):
         """A keep-alive client between requests, nothing read: may be closed to make room
         (``max_connections``).  One that never sent a request is not: ``head_timeout`` is its limit."""
         return self.state is _IDLE and not self.buffer and not self.first
+
+    @property
+    def handshaking(self) -> bool:
+        """Still in its handshake, nothing admitted yet: half a first head, or a SOCKS greeting,
+        password or request not complete.  Evictable like an idle client when ``max_connections`` is
+        reached, and limited per address then (``gateway.proxy.server``)."""
+        state = self.state
+        if state is _IDLE:
+            return self.first and self.fixed is None
+        return state is _SOCKS and self.socks is not None and not self.socks.finished
 
     # connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -195,7 +206,7 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        socks = SocksProtocol(self.svc, self)
+        self.socks = socks = SocksProtocol(self.svc, self)
         self.transport.set_protocol(socks)
         socks.data_received(data)  # anything but SOCKS is refused there and closed
 

@@ -8,13 +8,16 @@ A request's journey reads top to bottom, one module per step, each calling only 
 A request costs: read and parse the head, ``selector.pick`` (in memory), optionally
 ``accounts.charge`` (in memory), dial or reuse an upstream connection, stream.  No disk, no SQL, no
 log line at INFO.  Up to ``max_connections`` clients are served at once; past that, idle keep-alive
-clients are closed, oldest first, to make room, and only then does a newcomer wait (a moment, then
-503).  On shutdown, idle clients are closed at once and busy ones get ``drain_timeout``.
+clients and clients still in their handshake (half a head, an unfinished SOCKS greeting) are closed,
+oldest first, to make room, and only then does a newcomer wait (a moment, then 503); a newcomer from an
+address (an IPv6 /64) already holding ``max_handshakes_per_address`` handshakes is turned away instead,
+so nobody holds the slots with half-open handshakes.  On shutdown, idle clients are closed at once and busy ones get ``drain_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any
@@ -177,6 +180,9 @@ class GatewayServer(Slots):
         """A new client: served at once while under ``max_connections`` (making room by closing the
         oldest idle keep-alive client if need be), else it waits a moment."""
         if len(self._clients) >= self.gw.max_connections:
+            if self._handshakes_from(client) >= self.gw.max_handshakes_per_address:
+                self._turn_away(client)
+                return
             self._evict_idle()
         if len(self._clients) < self.gw.max_connections:
             self._open(client)
@@ -186,8 +192,13 @@ class GatewayServer(Slots):
         timer = client.svc.loop.call_later(1.0, self._turn_away, client)
         self.waiting.append((client, timer))
 
+    def _handshakes_from(self, client: ClientConnection) -> int:
+        """How many clients from ``client``'s address (an IPv6 /64) are still in their handshake."""
+        where = _address_key(client.peer)
+        return sum(1 for c in self._clients if c.handshaking and _address_key(c.peer) == where)
+
     def _evict_idle(self) -> None:
-        idle = [c for c in self._clients if c.idle]
+        idle = [c for c in self._clients if c.idle or c.handshaking]
         if not idle:
             return
         oldest = min(idle, key=lambda c: c.idle_since)
@@ -235,3 +246,14 @@ class GatewayServer(Slots):
             timer.cancel()
             if waiting.state is not ClientState.CLOSED:
                 self._open(waiting)
+
+
+def _address_key(peer: str) -> str:
+    """A client's address for per-address limits: the IPv4 address, or the /64 of an IPv6 one."""
+    host = peer.rpartition(":")[0] or peer
+    if ":" not in host:
+        return host
+    try:
+        return str(ipaddress.IPv6Network((host.partition("%")[0], 64), strict=False))
+    except ValueError:
+        return host

@@ -683,6 +683,44 @@ async def test_waiting_connection_is_served_when_a_slot_frees(
         tunnel_writer.close()
 
 
+async def test_half_open_handshakes_do_not_hold_the_slots(
+    make_pool: PoolFactory, upstreams: list[Upstream], origin: TestServer
+) -> None:
+    """max_connections = 8: an attacker at 127.0.0.2 holding every slot with half-open handshakes (one SOCKS5
+    greeting byte, half an HTTP request line) does not turn a client away: the oldest handshake is closed
+    to make room; the attacker's reconnections, past max_handshakes_per_address, are turned away at once
+    instead of closing others' connections."""
+    pool = await make_pool(
+        [upstreams[0].url()], gateway={"max_connections": 8, "max_handshakes_per_address": 4, "head_timeout": 60}
+    )
+    await pool.wait_until(lambda: pool.selector.active_count == 1)
+    gateway, target = pool.gateway, f"127.0.0.1:{origin.port}"
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def half_open(n: int) -> None:
+        for i in range(n):
+            reader, writer = await asyncio.open_connection(*pool.gateway_address, local_addr=("127.0.0.2", 0))
+            writer.write(b"\x05" if i % 2 else b"GET http://exa")
+            held.append((reader, writer))
+
+    try:
+        await half_open(8)
+        await eventually(lambda: len(gateway._clients) == 8, lambda: f"clients {gateway._clients}")
+        for _ in range(2):
+            async with connection(pool.gateway_address) as (reader, writer):
+                writer.write(get(target, close=True))
+                answer = await read_answer(reader)
+            assert answer.status == 200, answer.head
+            await eventually(lambda: len(gateway._clients) == 7, lambda: f"clients {gateway._clients}")
+            await half_open(2)  # one takes the free slot; the next is over the attacker's limit
+            assert (await read_answer(held[-1][0])).status == 503
+            assert await read_to_eof(held[-1][0]) == b""
+        assert sum(c.handshaking for c in gateway._clients) == 8
+    finally:
+        for _, writer in held:
+            writer.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # 4. per-request rotation on one client connection
 # ---------------------------------------------------------------------------------------------
