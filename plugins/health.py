@@ -11,9 +11,8 @@ a task is in, so a plugin that blocks the event loop is named.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 __all__ = ["PROBATION", "PluginHealth"]
@@ -97,20 +96,10 @@ class PluginHealth:
             log.error("checker %s %s; the other checkers go on without it", checker, why)
 
     # which plugin call a task is in (for the loop watchdog) -------------------------------
-    @contextlib.contextmanager
-    def calling(self, plugin: str, hook: str) -> Iterator[None]:
-        try:
-            task: asyncio.Task[object] | None = asyncio.current_task()
-        except RuntimeError:  # no running loop (a synchronous caller)
-            task = None
-        stack = self._calls.setdefault(task, [])
-        stack.append(f"{plugin}.{hook}")
-        try:
-            yield
-        finally:
-            stack.pop()
-            if not stack:
-                self._calls.pop(task, None)
+    def calling(self, plugin: str, hook: str) -> _Calling:
+        """A context manager: inside it, the current task is in ``plugin.hook`` (a class, not a
+        generator: the pipeline enters one per check and per should_skip)."""
+        return _Calling(self._calls, f"{plugin}.{hook}")
 
     def running(self, task: asyncio.Task[object] | None) -> str | None:
         """``plugin.hook`` that ``task`` is inside, innermost first; None when it is in none."""
@@ -120,3 +109,28 @@ class PluginHealth:
     def summary(self) -> dict[str, object]:
         """For ``/api/stats`` and ``proxy-pool plugins``."""
         return {"errors": dict(self.errors), "last_error": dict(self.last_error), "disabled": dict(self.disabled)}
+
+
+class _Calling:
+    __slots__ = ("_calls", "_name", "_task")
+
+    def __init__(self, calls: dict[asyncio.Task[object] | None, list[str]], name: str) -> None:
+        self._calls = calls
+        self._name = name
+        self._task: asyncio.Task[object] | None = None
+
+    def __enter__(self) -> None:
+        try:
+            self._task = asyncio.current_task()
+        except RuntimeError:  # no running loop (a synchronous caller)
+            self._task = None
+        stack = self._calls.get(self._task)
+        if stack is None:
+            stack = self._calls[self._task] = []
+        stack.append(self._name)
+
+    def __exit__(self, *exc: object) -> None:
+        stack = self._calls[self._task]
+        stack.pop()
+        if not stack:
+            del self._calls[self._task]

@@ -90,6 +90,12 @@ async def _run_one(
     return result
 
 
+def _skips(checker: ProxyChecker, proxy: Proxy, health: PluginHealth | None) -> bool:
+    if health is None:
+        return checker.should_skip(proxy)
+    return health.guard(checker.name, "should_skip", lambda: bool(checker.should_skip(proxy)), False)
+
+
 async def run_checkers(
     checkers: Sequence[ProxyChecker],
     proxy: Proxy,
@@ -101,17 +107,17 @@ async def run_checkers(
     run = CheckRun(proxy)
     stages: dict[int, list[ProxyChecker]] = {}
     for checker in checkers:
-        skip = (
-            health.guard(checker.name, "should_skip", lambda c=checker: bool(c.should_skip(proxy)), False)
-            if health is not None
-            else checker.should_skip(proxy)
-        )
-        if not skip:
-            stages.setdefault(checker.stage, []).append(checker)
+        stages.setdefault(checker.stage, []).append(checker)
     no_verdict = False
     for stage in sorted(stages):
-        group = sorted(stages[stage], key=lambda c: c.priority)
-        results = await asyncio.gather(*(_run_one(c, proxy, context, observe, health) for c in group))
+        # should_skip is asked only of the stages a proxy reaches: most of a free list ends in stage 1
+        group = sorted((c for c in stages[stage] if not _skips(c, proxy, health)), key=lambda c: c.priority)
+        if not group:
+            continue
+        if len(group) == 1:  # no gather (a task per checker) for a stage of one
+            results = [await _run_one(group[0], proxy, context, observe, health)]
+        else:
+            results = await asyncio.gather(*(_run_one(c, proxy, context, observe, health) for c in group))
         run.results.extend(zip(group, results, strict=True))
         if any(not r.passed and not r.skipped for r in results):
             break
