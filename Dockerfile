@@ -1,6 +1,9 @@
 # proxy-pool: the gateway on 0.0.0.0:8899 inside the container.
 # Map it to loopback on the host:  docker run -p 127.0.0.1:8899:8899 proxy-pool
-FROM python:3.12-slim
+# The base is a build argument so the image builds where no registry is reachable: any image with
+# Python >= 3.11, `python3 -m venv` and useradd (docs/operate/docker.md builds one with debootstrap).
+ARG BASE_IMAGE=python:3.12-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

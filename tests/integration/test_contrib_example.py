@@ -31,8 +31,7 @@ ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "docs" / "examples" / "contrib_csv_parser.py"
-GUIDE = ROOT / "docs" / "write-your-own-parser.md"
-README = ROOT / "README.md"  # its "Write your own parser" section shows the same example
+GUIDE = ROOT / "docs" / "extend" / "parsers.md"  # "Write your own parser" in the docs site
 
 EXPORT = (
     "\ufeffCountry;ignored,Port,IP,Type\r\n"  # a header in another order, with a BOM and CRLF
@@ -95,8 +94,8 @@ def test_example_imports_only_the_public_surface() -> None:
 
 
 def test_guide_shows_the_tested_example_verbatim() -> None:
-    """The guide's and the README's code block is exactly the example file: the documented code is the tested code."""
-    for doc in (GUIDE, README):
+    """The guide's code block is exactly the example file: the documented code is the tested code."""
+    for doc in (GUIDE,):
         blocks = re.findall(r"```python\n(.*?)```", doc.read_text(), flags=re.DOTALL)
         assert EXAMPLE.read_text() in blocks, doc.name
         guide = doc.read_text()
@@ -195,3 +194,55 @@ async def test_listed_by_the_plugins_command(contrib: Path, tmp_path: Path) -> N
     assert proc.returncode == 0, err.decode()
     line = next(line for line in out.decode().splitlines() if line.split()[:2] == ["parser", "csv"])
     assert str(contrib / "csv_export.py") in line and line.rstrip().endswith("ok")
+
+
+CHECKER_EXAMPLE = ROOT / "docs" / "examples" / "contrib_latency_checker.py"
+NOTIFIER_EXAMPLE = ROOT / "docs" / "examples" / "contrib_jsonl_notifier.py"
+
+
+def test_the_checker_and_notifier_pages_show_their_tested_examples_verbatim() -> None:
+    for page, example in (("checkers.md", CHECKER_EXAMPLE), ("notifiers.md", NOTIFIER_EXAMPLE)):
+        text = (ROOT / "docs" / "extend" / page).read_text()
+        assert example.read_text() in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL), page
+
+
+async def test_the_example_checker_and_notifier_work_from_the_contrib_directory(tmp_path: Path) -> None:
+    """Discovered like any contrib plugin; the checker's verdicts and the notifier's lines are as documented."""
+    import json
+
+    import aiohttp
+
+    from plugins import CheckContext, Proxy, UpstreamURL
+
+    contrib = tmp_path / "contrib"
+    contrib.mkdir()
+    shutil.copy(CHECKER_EXAMPLE, contrib / "max_latency.py")
+    shutil.copy(NOTIFIER_EXAMPLE, contrib / "jsonl.py")
+    database = tmp_path / "pool.db"
+    registry = await load_all_plugins(
+        Settings(plugins={"contrib_dir": str(contrib)}, storage={"path": str(database)})
+    )
+    assert registry.errors == []
+    checker = next(c for c in registry.checkers if c.name == "max_latency")
+    notifier = next(n for n in registry.notifiers if n.name == "jsonl")
+    assert checker.stage == 3
+
+    proxy = Proxy(id=1, upstream=UpstreamURL.parse("http://192.0.2.1:8080"))
+    async with aiohttp.ClientSession() as client:
+        verdicts = []
+        for latency in (150.0, 5000.0, None):
+            context = CheckContext(http_client=client)
+            context.http_latency_ms = latency
+            verdicts.append(await checker.check(proxy, context))
+    assert [(v.passed, v.skipped) for v in verdicts] == [(True, False), (False, False), (True, True)]
+    assert "too slow: 5000 ms" in verdicts[1].detail
+
+    await notifier.notify(Event("proxy.pool_low", {"active_count": 3, "threshold": 5}))
+    assert await notifier.health_check()
+    lines = Path(str(database) + ".events.jsonl").read_text().splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["proxy.pool_low"]
+    # with replicas (PostgreSQL) it stays off
+    shared = await load_all_plugins(
+        Settings(plugins={"contrib_dir": str(contrib)}, storage={"url": "postgresql://u@127.0.0.1:1/db"})
+    )
+    assert all(n.name != "jsonl" for n in shared.notifiers)
