@@ -160,8 +160,9 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return
         if self.first or self.buffer:
+            method, target = _read_so_far(self.buffer)
             self.write(http1.simple_response(408, "request head not received in time", close=True))
-            self._count("?", Refusal(408, "", "timeout").outcome)
+            self._count(method, Refusal(408, "", "timeout").outcome, status=408, target=target)
         self.close()
 
     def data_received(self, data: bytes) -> None:
@@ -198,7 +199,7 @@ class ClientConnection(asyncio.Protocol):
         """Not HTTP: a TLS ClientHello is answered at once; a SOCKS greeting (0x05, 0x04), and anything
         on ``gateway.socks_listen``, goes to the SOCKS protocol, which takes the transport over."""
         if data[0] == _TLS_HANDSHAKE and not self.socks_only:
-            self._bad(BadRequest(400, "TLS sent to the HTTP proxy port: use http:// for the proxy address"))
+            self._bad(BadRequest(400, "TLS sent to the HTTP proxy port: use http:// for the proxy address"), b"")
             return
         assert self.transport is not None
         self.first = False
@@ -343,7 +344,7 @@ class ClientConnection(asyncio.Protocol):
         try:
             head = fasthead.plain_request(raw) or http1.parse_request_head(raw)
         except BadRequest as exc:
-            self._bad(exc)
+            self._bad(exc, raw)
             return
         self.first = False
         self.state = _BUSY
@@ -386,10 +387,11 @@ class ClientConnection(asyncio.Protocol):
                 self._arm(svc.gw.read_timeout)
         request.start()
 
-    def _bad(self, exc: BadRequest) -> None:
+    def _bad(self, exc: BadRequest, raw: bytes | bytearray | None = None) -> None:
+        method, target = _read_so_far(self.buffer if raw is None else raw)
         self.state = _BUSY
         self.write(http1.simple_response(exc.status, exc.message, close=True))
-        self._count("?", "headers_too_large" if exc.status == 431 else "bad_request")
+        self._count(method, "headers_too_large" if exc.status == 431 else "bad_request", status=exc.status, target=target)
         self.close()
 
     def write(self, data: bytes) -> None:
@@ -487,7 +489,10 @@ class ClientConnection(asyncio.Protocol):
         head: http1.RequestHead | None = None,
         request: Exchange | Connect | None = None,
         status: int = 0,
+        target: str = "-",
     ) -> None:
+        """Counted, and logged when the access log is on: ``target`` is what was read of a request
+        that never became a head (its status says why)."""
         fixed = self.fixed
         if fixed is not None:  # a request inside a SOCKS session: the session is counted, once, at its end
             if request is not None:
@@ -507,7 +512,7 @@ class ClientConnection(asyncio.Protocol):
             seconds,
             peer=self.peer,
             user=request.admission.user if request is not None else None,
-            host=head.host if head is not None else "-",
+            host=http1.format_authority(head.host, head.port) if head is not None else target,
             status=status,
             upstream=request.proxy if request is not None else None,
             sent=request.sent if request is not None else 0,
@@ -608,6 +613,19 @@ class ClientConnection(asyncio.Protocol):
         if self._paused_upstream and conn is not None and conn.transport is not None:
             conn.transport.resume_reading()
         self._paused_upstream = False
+
+
+def _read_so_far(buffer: bytes | bytearray) -> tuple[str, str]:
+    """The method and target of a request that never became a head, as far as they were read (for the
+    access log: at most 200 characters of the target, non-ASCII and control bytes as \\xNN)."""
+    line = bytes(buffer[:512]).split(b"\n", 1)[0].rstrip(b"\r")
+    method, _, rest = line.partition(b" ")
+    target = rest.split(b" ", 1)[0][:200]
+    return _printable(method[:16]) or "?", _printable(target) or "-"
+
+
+def _printable(raw: bytes) -> str:
+    return "".join(chr(b) if 0x21 <= b < 0x7F else f"\\x{b:02x}" for b in raw)
 
 
 class Slots:

@@ -340,7 +340,7 @@ class SocksProtocol(asyncio.Protocol):
             return
         accounting.request_done(
             request.head.method, outcome, seconds, peer=self.peer, user=request.admission.user,
-            host=request.head.host, status=200 if outcome == "ok" else request.status, upstream=request.proxy,
+            host=http1.format_authority(request.head.host, request.head.port), status=200 if outcome == "ok" else request.status, upstream=request.proxy,
             sent=request.sent, received=request.received, protocol=self.protocol,
         )
 

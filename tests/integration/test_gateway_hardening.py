@@ -181,8 +181,9 @@ async def test_http10_client_and_expect_continue(make_pool, upstreams, origin):
 
 
 async def test_max_connections_excess_gets_503(make_pool):
-    """Past max_connections a new client waits briefly, then gets 503."""
-    pool = await make_pool(gateway={"max_connections": 2, "head_timeout": 30})
+    """Past max_connections, a new client from an address whose handshakes fill the slots gets 503 (a busy
+    holder makes it wait briefly first: test_gateway_limits)."""
+    pool = await make_pool(gateway={"max_connections": 2, "max_handshakes_per_address": 2, "head_timeout": 30})
     holders = [await asyncio.open_connection(*pool.gateway_address) for _ in range(2)]
     try:
         answer = await exchange(pool.gateway_address, b"")

@@ -391,6 +391,40 @@ async def test_access_log_line_names_who_what_where_and_how_much(
         await eventually(lambda: any(r.name == "proxy_pool.access" for r in caplog.records))
     line = next(r.getMessage() for r in caplog.records if r.name == "proxy_pool.access")
     assert line.startswith("127.0.0.1:"), line
-    assert " POST 127.0.0.1 200 ok upstream=" in line, line
+    assert f" POST {target} 200 ok upstream=" in line, line
     assert " up=5 " in line and " down=" in line and line.endswith("ms"), line
     assert f"upstream={proxy_id} " in line, line
+
+
+async def test_access_log_names_the_port_and_the_status_sent(
+    make_pool: PoolFactory, upstreams: list[Upstream], origin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two services on one host are told apart (host:port for GET, CONNECT and SOCKS5), and a malformed
+    request is logged with the 400 it got and what was read of its target (control bytes escaped)."""
+    from tests.integration.test_socks_clients import socks5_connect
+
+    pool = await make_pool([upstreams[0].url()], gateway={"allowed_connect_ports": "*"}, log={"access_log": True})
+    await pool.wait_until(lambda: pool.selector.active_count == 1)
+    target = f"127.0.0.1:{origin.port}"
+    caplog.set_level(logging.INFO, logger="proxy_pool.access")
+    async with connection(pool.gateway_address) as (reader, writer):
+        writer.write(get(target))
+        assert (await read_answer(reader)).status == 200
+        writer.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        assert (await read_answer(reader)).status == 200
+    _, socks_writer, reply = await socks5_connect(pool.gateway_address, "127.0.0.1", origin.port)
+    assert reply[1] == 0
+    socks_writer.close()
+    async with connection(pool.gateway_address) as (reader, writer):
+        writer.write(f"GET http://{target}/x\x1b[2J HTTP/1.1 extra\r\nHost: {target}\r\n\r\n".encode())
+        assert (await read_answer(reader)).status == 400
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "proxy_pool.access"]
+
+    await eventually(lambda: len(lines()) == 4, lambda: f"{lines()}")
+    found = lines()
+    assert any(f" GET {target} 200 ok " in line for line in found), found
+    assert any(f" CONNECT {target} 200 ok " in line for line in found), found
+    assert any(f" SOCKS5-CONNECT {target} 200 ok " in line for line in found), found
+    assert any(f" GET http://{target}/x\\x1b[2J 400 bad_request " in line for line in found), found
