@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from croniter import croniter
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -102,6 +103,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class BanRule(_Section):
+    """``[[gateway.ban_rules]]``: an answer that is a ban although its status may say otherwise (a 200
+    captcha page): the upstream that got it rests for that site."""
+
+    site: str = Field(description="glob matched against the site (registrable domain) and the host")
+    status: list[int] = Field(min_length=1, description="statuses this rule applies to")
+    body_contains: str | None = Field(
+        default=None, description="text in the first 64 KiB of the body (answers up to that size); unset: any"
+    )
+
+    @field_validator("status")
+    @classmethod
+    def _statuses(cls, v: list[int]) -> list[int]:
+        for status in v:
+            if not 100 <= status <= 599:
+                raise ValueError(f"status {status} out of range 100-599")
+        return v
+
+    @field_validator("body_contains")
+    @classmethod
+    def _needle(cls, v: str | None) -> str | None:
+        if v is not None and not v:
+            raise ValueError("body_contains must not be empty (leave it out to match any body)")
+        return v
+
+
 class GatewaySettings(_Section):
     listen: str = "127.0.0.1:8899"
     auth: Literal["none", "users"] = "none"
@@ -131,7 +158,13 @@ class GatewaySettings(_Section):
     session_ttl: float = Field(default=600.0, gt=0)
     max_sessions: int = Field(default=100_000, ge=1)
     retry_on_status: list[int] = Field(default_factory=list)
-    retry_cooldown: float = Field(default=300.0, ge=0)
+    site_ban_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        validation_alias=AliasChoices("site_ban_seconds", "retry_cooldown"),  # retry_cooldown: its old name
+        description="seconds an upstream a site banned rests for that site; 0 turns per-site learning off",
+    )
+    ban_rules: list[BanRule] = Field(default_factory=list)
     debug_headers: bool = False
     allow_open: bool = False
     drain_timeout: float = Field(default=10.0, ge=0)

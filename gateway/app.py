@@ -31,6 +31,7 @@ from pool.pipeline import Pipeline, PoolLowWatch
 from pool.scheduler import Scheduler
 from pool.scraper import Scraper, ScrapeResult
 from pool.selector import Selector
+from pool.sites import SiteHealth
 from pool.sources import DEFAULT_SOURCES, add_source, normalise_source_url
 from pool.stores import open_store
 from pool.tasks import TaskSet
@@ -113,6 +114,7 @@ class ProxyPool:
             failure_limit=settings.pool.passive_failure_limit,
             session_ttl=settings.gateway.session_ttl,
             max_sessions=settings.gateway.max_sessions,
+            sites=SiteHealth(settings.gateway.site_ban_seconds),
         )
         self.selector.load(await self.store.all_proxies())
         self.metrics = Metrics(pool_counts=self.selector.counts, country_counts=self._country_counts)

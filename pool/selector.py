@@ -9,7 +9,11 @@ Sticky sessions choose by rendezvous hashing (the matching upstream with the hig
 ``hash(session, id)``), not by the strategy: replicas with the same view of the pool agree on a
 session's upstream without a shared write, and when it dies they all move to the same next one.
 The session table only remembers that choice (for ``session_ttl``, and a retry's move on this
-replica); benches and cool-downs are local to a replica, so a session can differ where they do.
+replica); benches and site rests are local to a replica, so a session can differ where they do.
+
+Per-site health (``pool.sites``): a pick for a host skips upstreams resting for its site (a ban), and
+weighs the strategy's choice against one random other match by their record at that site (power of two
+choices), so learning costs two dict lookups per pick, never a scan of the pool.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from itertools import product
 from typing import Literal
 
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus
+from pool.sites import SiteHealth, site_of
 
 __all__ = ["Route", "Selector"]
 
@@ -126,9 +131,9 @@ class Selector:
         failure_limit: int = 3,
         session_ttl: float = 600.0,
         max_sessions: int = 100_000,
-        max_cooldowns: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        sites: SiteHealth | None = None,
     ) -> None:
         if strategy not in ("round_robin", "random", "fastest"):
             raise ValueError(f"unknown strategy {strategy!r}")
@@ -136,7 +141,6 @@ class Selector:
         self.failure_limit = failure_limit
         self.session_ttl = session_ttl
         self.max_sessions = max_sessions
-        self.max_cooldowns = max_cooldowns
         self._clock = clock
         self._rng = rng or random.Random()
         self._proxies: dict[int, Proxy] = {}
@@ -147,7 +151,7 @@ class Selector:
         self._suspected: dict[int, float] = {}  # when a target failure last asked for a re-check
         self.benched: set[int] = set()
         self._sessions: OrderedDict[str, tuple[int, float, float]] = OrderedDict()  # id, last use, ttl
-        self._cooldowns: OrderedDict[tuple[str, int], float] = OrderedDict()
+        self.sites = sites if sites is not None else SiteHealth(clock=clock)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counted: dict[int, tuple[str, str]] = {}
         self.on_bench: Callable[[Proxy], None] | None = None
@@ -268,32 +272,37 @@ class Selector:
         bucket = self._buckets.get(route.key)
         if bucket is None:
             return None
+        sites = self.sites
+        site = site_of(host) if host is not None and sites.learning else None
         if route.session is None and self.strategy == "round_robin":
             # the everyday pick, decided here without a call: the next in turn, when nothing rules it out
             items = bucket.items
             start = bucket.cursor % len(items)
             proxy = items[start]
-            if (
-                proxy.id not in exclude
-                and (host is None or not self._cooldowns)
-                and not (tunnel and proxy.tunnels is False)
-            ):
-                bucket.cursor = start + 1
-                return proxy
+            if proxy.id not in exclude and not (tunnel and proxy.tunnels is False):
+                if site is None:
+                    bucket.cursor = start + 1
+                    return proxy
+                now = self._clock()
+                if not sites.resting_count or not sites.resting(site, proxy.id, now):
+                    bucket.cursor = start + 1
+                    return self._two_choices(site, proxy, items, exclude, now, tunnel)
         now = self._clock()
         if route.session is not None:
-            sticky = self._sticky(route, bucket, exclude, host, now, tunnel)
+            sticky = self._sticky(route, bucket, exclude, site, now, tunnel)
             if sticky is not None:
                 return sticky
             if route.strict and route.session in self._sessions:
                 return None  # a strict session never moves: its request fails instead
         cursor = bucket.cursor
         if route.session is not None:
-            proxy = self._rendezvous(route.session, bucket, exclude, host, now, tunnel)
+            proxy = self._rendezvous(route.session, bucket, exclude, site, now, tunnel)
         else:
-            proxy = self._choose(bucket, exclude, host, now, tunnel)
-        if proxy is None and host is not None and self._cooldowns:
-            # every match rests for this host: a resting upstream beats a 503 (or the direct fallback,
+            proxy = self._choose(bucket, exclude, site, now, tunnel)
+            if proxy is not None and site is not None:
+                proxy = self._two_choices(site, proxy, bucket.items, exclude, now, tunnel)
+        if proxy is None and site is not None and sites.resting_count:
+            # every match rests for this site: a resting upstream beats a 503 (or the direct fallback,
             # which would show the gateway's own address to the site that banned the pool)
             bucket.cursor = cursor
             proxy = self._choose(bucket, exclude, None, now, tunnel)
@@ -302,26 +311,36 @@ class Selector:
         return proxy
 
     def _usable(
-        self, proxy: Proxy, exclude: frozenset[int] | set[int], host: str | None, now: float, tunnel: bool = False
+        self, proxy: Proxy, exclude: frozenset[int] | set[int], site: str | None, now: float, tunnel: bool = False
     ) -> bool:
         if proxy.id in exclude or (tunnel and proxy.tunnels is False):
             return False
-        if host is not None and self._cooldowns:
-            until = self._cooldowns.get((host, proxy.id))
-            if until is not None:
-                if until > now:
-                    return False
-                del self._cooldowns[(host, proxy.id)]
-        return True
+        return site is None or not self.sites.resting_count or not self.sites.resting(site, proxy.id, now)
+
+    def _two_choices(
+        self, site: str, proxy: Proxy, items: list[Proxy], exclude: frozenset[int] | set[int], now: float, tunnel: bool
+    ) -> Proxy:
+        """The strategy's pick, or one random other match when that one clearly did better at ``site``."""
+        if len(items) < 2:
+            return proxy
+        other = items[self._rng.randrange(len(items))]
+        if (
+            other is not proxy
+            and self.sites.better(site, proxy.id, other.id)
+            and self._usable(other, exclude, site, now, tunnel)
+        ):
+            return other
+        return proxy
 
     def _choose(
-        self, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float, tunnel: bool
+        self, bucket: _Bucket, exclude: frozenset[int] | set[int], site: str | None, now: float, tunnel: bool
     ) -> Proxy | None:
+        """The strategy's pick among the usable matches; ``site``: skip the upstreams resting there."""
         items = bucket.items
         n = len(items)
         if self.strategy == "fastest":
             best = bucket.fastest()
-            usable = [p for p in best if self._usable(p, exclude, host, now, tunnel)]
+            usable = [p for p in best if self._usable(p, exclude, site, now, tunnel)]
             if usable:
                 return self._rng.choice(usable)
             # all of the best few are excluded: fall back to any usable one
@@ -331,14 +350,14 @@ class Selector:
             start = bucket.cursor % n
         for step in range(n):
             proxy = items[(start + step) % n]
-            if self._usable(proxy, exclude, host, now, tunnel):
+            if self._usable(proxy, exclude, site, now, tunnel):
                 if self.strategy == "round_robin":
                     bucket.cursor = start + step + 1
                 return proxy
         return None
 
     def _rendezvous(
-        self, session: str, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float,
+        self, session: str, bucket: _Bucket, exclude: frozenset[int] | set[int], site: str | None, now: float,
         tunnel: bool,
     ) -> Proxy | None:
         """The usable match with the highest score for this session: the same on every replica."""
@@ -347,12 +366,12 @@ class Selector:
         best_score = 0
         for proxy in bucket.items:
             score = hash((seed, proxy.id))  # ints hash alike in every process (no PYTHONHASHSEED)
-            if (best is None or score > best_score) and self._usable(proxy, exclude, host, now, tunnel):
+            if (best is None or score > best_score) and self._usable(proxy, exclude, site, now, tunnel):
                 best, best_score = proxy, score
         return best
 
     def _sticky(
-        self, route: Route, bucket: _Bucket, exclude: frozenset[int] | set[int], host: str | None, now: float,
+        self, route: Route, bucket: _Bucket, exclude: frozenset[int] | set[int], site: str | None, now: float,
         tunnel: bool,
     ) -> Proxy | None:
         """The session's upstream while it is usable; an expired session is forgotten."""
@@ -368,7 +387,7 @@ class Selector:
         if proxy_id not in bucket.where:  # gone, dead, benched, or no longer matching
             return None
         proxy = bucket.items[bucket.where[proxy_id]]
-        if not self._usable(proxy, exclude, host if not route.strict else None, now, tunnel):
+        if not self._usable(proxy, exclude, site if not route.strict else None, now, tunnel):
             return None  # a strict session stays even where its upstream rests: the site answers
         self._remember(route, proxy, now)
         return proxy
@@ -390,9 +409,10 @@ class Selector:
         ``failure_limit`` of them in a row bench it.  ``target="host:port"``: the upstream worked but
         said or showed that this target failed (closed the CONNECT, 502 about it, cut the answer):
         one dead web site must not bench every proxy, so the upstream is benched only after failures
-        for ``failure_limit`` *distinct* targets in a row, and meanwhile an active re-check is asked
+        at ``failure_limit`` *distinct* sites in a row, and meanwhile an active re-check is asked
         for (``on_suspect``, at most once per ``SUSPECT_RECHECK_EVERY``) whose failure marks it dead.
-        A success ends both runs.
+        A site failing through every upstream (``pool.sites.SITE_FAULT_RUN`` in a row) is failing on
+        its own: its failures count against nobody.  A success ends both runs.
         """
         pid = proxy.id
         if ok:
@@ -409,9 +429,12 @@ class Selector:
             if count >= self.failure_limit:
                 self._bench(proxy)
             return
+        site = site_of(target.rpartition(":")[0] or target)
+        if not self.sites.failed(site, pid):
+            return  # the site fails through every upstream: its own fault
         streak = self._target_streak.setdefault(pid, [])
-        if target not in streak:
-            streak.append(target)
+        if site not in streak:
+            streak.append(site)
         if len(streak) >= self.failure_limit:
             self._bench(proxy)
             return
@@ -448,19 +471,21 @@ class Selector:
         entry = self._sessions.get(session)
         return entry[0] if entry else None
 
-    def cooldown(self, proxy: Proxy, host: str, seconds: float) -> None:
-        """Rest ``proxy`` for ``host`` only (it was banned there); other hosts still use it."""
-        if seconds <= 0:
-            return
-        key = (host, proxy.id)
-        self._cooldowns[key] = self._clock() + seconds
-        self._cooldowns.move_to_end(key)
-        while len(self._cooldowns) > self.max_cooldowns:
-            self._cooldowns.popitem(last=False)
+    def served(self, proxy: Proxy, host: str, seconds: float | None) -> None:
+        """A request to ``host`` through ``proxy`` was answered (its head after ``seconds``): passive
+        health's success, and the site's record of that upstream."""
+        self.report(proxy, True)
+        self.sites.served(site_of(host), proxy.id, seconds)
+
+    def ban(self, proxy: Proxy, host: str) -> None:
+        """``proxy`` was banned by ``host``'s site: it rests for that site only (``site_ban_seconds``);
+        other sites still use it, and it benches nothing."""
+        self.sites.banned(site_of(host), proxy.id)
 
     @property
     def cooldown_count(self) -> int:
-        return len(self._cooldowns)
+        """Upstreams resting for a site (an upper bound: an ended rest is dropped when next met)."""
+        return self.sites.resting_count
 
     @property
     def session_count(self) -> int:

@@ -30,8 +30,6 @@ class Accounting:
         # (when it is off); bytes(direction, n) counts relayed bytes (the metrics ignore n == 0)
         self.count: Callable[..., None] = self._request_done or _ignore
         self.bytes: Callable[[str, int], None] = self.on_bytes or _ignore
-        # succeeded(proxy, True): passive health of a request that worked, the selector's own report
-        self.succeeded: Callable[[Proxy, bool], None] = selector.report
 
     def request_done(
         self,

@@ -21,7 +21,13 @@ from typing import Protocol
 from gateway.proxy import fasthead, http1
 from gateway.proxy.errors import BadResponse
 
-__all__ = ["ConnState", "ConnectionPool", "Receiver", "UpstreamConnection"]
+__all__ = ["SNIFF", "SNIFF_MAX", "ConnState", "ConnectionPool", "Receiver", "UpstreamConnection"]
+
+# what ``Receiver.response_head`` returns to have the whole body read first (a ban rule's
+# body_contains): the connection buffers it, at most ``SNIFF_MAX`` bytes, then asks
+# ``Receiver.sniffed``.  Compared by identity: no head is ever this object.
+SNIFF = bytes(1)
+SNIFF_MAX = 64 * 1024  # bytes of a body read whole at most; a longer answer goes on as it is
 
 _LENGTH = http1.FramingKind.LENGTH
 _UNTIL_CLOSE = http1.FramingKind.UNTIL_CLOSE
@@ -43,6 +49,7 @@ class Receiver(Protocol):
 
     def plain_head(self, data: bytes, plain: fasthead.PlainResponse) -> bytes | None: ...  # None: parse it fully
     def response_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes | None: ...  # None: hold it
+    def sniffed(self, body: bytes, whole: bool) -> bytes | None: ...  # after SNIFF: the head, or None (a ban)
     def relay(self, data: bytes, body_bytes: int) -> None: ...
     def done(self) -> None: ...
     def cut_short(self) -> None: ...
@@ -75,6 +82,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False
         self._body: http1.BodyTracker | None = None
         self._parked: bytes | None = None  # an answer held back (a ban) until someone wants it
+        self._sniff: bytearray | None = None  # a body read whole before its head goes anywhere (SNIFF)
         self.handshake: asyncio.Future[int] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
@@ -126,6 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._head.clear()
         self._responded = False
         self._body = None
+        self._sniff = None
         self.transport.write(data)  # type: ignore[union-attr]
         self._arm(timeout)
 
@@ -219,6 +228,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._responded:
             self._deadline = self.loop.time() + self.read_timeout
         try:
+            if self._sniff is not None:
+                self._sniff_bytes(receiver, data)
+                return
             out = b""
             if not self._responded:
                 plain = None if self._head or self.dechunk is not None else fasthead.plain_response(data, self.method)
@@ -259,6 +271,11 @@ class UpstreamConnection(asyncio.Protocol):
                     if head is None:  # held back (a ban answer): kept for later, unread
                         self._park(framing.kind, framing.length, resp.keep_alive, rest)
                         return
+                    if head is SNIFF:  # the body decides whether it is a ban: read it first
+                        self._start_body(framing.kind, framing.length, resp.keep_alive)
+                        self._sniff = bytearray()
+                        self._sniff_bytes(receiver, rest)
+                        return
                     out = head
                     self._start_body(framing.kind, framing.length, resp.keep_alive)
                     data = rest
@@ -282,6 +299,31 @@ class UpstreamConnection(asyncio.Protocol):
             receiver.relay(out + chunk if out else chunk, len(chunk))
         elif out:
             receiver.relay(out, 0)
+        if done:
+            self._finish(clean=used == len(data))
+
+    def _sniff_bytes(self, receiver: Receiver, data: bytes) -> None:
+        """Body bytes of an answer being read whole (SNIFF): kept until it ends or passes ``SNIFF_MAX``;
+        then the receiver says whether it goes on (its head first) or was a ban (nothing goes on, and the
+        connection, its answer read exactly, is free for the pool)."""
+        body = self._body
+        buf = self._sniff
+        assert body is not None and buf is not None
+        used, done = body.feed(data)
+        buf += data if used == len(data) else data[:used]
+        if not done and len(buf) <= SNIFF_MAX:
+            return
+        self._sniff = None
+        whole = bytes(buf)
+        out = receiver.sniffed(whole, done)
+        if out is None:  # a ban: the receiver has moved on
+            self.receiver = None
+            if done and used == len(data) and self._keep_alive and self.request_sent and self.dechunk is None:
+                self.pool.release(self)
+            else:
+                self.close()
+            return
+        receiver.relay(out + whole, len(whole))
         if done:
             self._finish(clean=used == len(data))
 
@@ -342,7 +384,16 @@ class UpstreamConnection(asyncio.Protocol):
             if self.holder is not None:
                 self.holder.lost(self)
             return
-        if not self._responded:
+        if self._sniff is not None:  # closed while its body was being read whole: nothing went on yet
+            whole, self._sniff = bytes(self._sniff), None
+            if self._body is not None and self._body.kind is _UNTIL_CLOSE:
+                out = receiver.sniffed(whole, True)  # the close ended it
+                if out is not None:
+                    receiver.relay(out + whole, len(whole))
+                    receiver.done()
+            else:
+                receiver.upstream_lost(self)
+        elif not self._responded:
             receiver.upstream_lost(self)
         elif self._body is not None and self._body.kind is _UNTIL_CLOSE:
             receiver.done()

@@ -10,8 +10,9 @@ ends in a tunnel.  Failures move to the next upstream while that is safe:
 * after sending, only an idempotent request without a body (RFC 9110 9.2.2); others get the 502/504;
 * a request with a body, or one not idempotent, never rides a pooled connection (the upstream may
   have closed it while we sent: nothing would tell us whether it acted), so it is never lost to one;
-* an answer whose status is in ``retry_on_status`` (a ban) is held back, unread, while another upstream
-  tries; the last one held goes to the client when nobody does better;
+* a ban (a status in ``retry_on_status``, or a ``[[gateway.ban_rules]]`` match, whose body may have to
+  be read first: ``gateway.proxy.bans``) rests that upstream for the site (``selector.ban``) and is held
+  back while another upstream tries; the last one held goes to the client when nobody does better;
 * a connection-bound handshake (NTLM, Negotiate) binds its connection to the client
   (``gateway.proxy.bound``): that user's next requests on that client connection to the target ride it,
   nobody else's.
@@ -23,8 +24,9 @@ import time
 from typing import Protocol
 
 from gateway.proxy import fasthead, http1
+from gateway.proxy.bans import BAN
 from gateway.proxy.bound import BoundConnections
-from gateway.proxy.connection import UpstreamConnection
+from gateway.proxy.connection import SNIFF, SNIFF_MAX, UpstreamConnection
 from gateway.proxy.dialing import Plan
 from gateway.proxy.fixed import FixedTarget
 from gateway.proxy.refusals import Admission, Attempts, Refusal
@@ -194,6 +196,8 @@ class Exchange(_Attempting):
         "_fresh_retry",
         "_out",
         "_plan",
+        "_since",
+        "_sniffing",
         "body",
         "body_done",
         "fixed",
@@ -221,18 +225,27 @@ class Exchange(_Attempting):
         self._continued = False  # our 100 Continue went to the client
         self._out = b""
         self._plan: Plan | None = None
-        # a ban answer held back: (proxy, connection, head) while another upstream tries
-        self._banned: tuple[Proxy, UpstreamConnection, http1.ResponseHead] | None = None
+        # a ban answer held back while another upstream tries: (proxy, its parked connection, head, None),
+        # or (proxy, None, head, body) for one read whole (a ban rule's body_contains)
+        self._banned: tuple[Proxy, UpstreamConnection | None, http1.ResponseHead, bytes | None] | None = None
+        self._sniffing: tuple[http1.ResponseHead, http1.FramingKind, tuple[bytes, ...]] | None = None
+        self._since = self.started  # when the current attempt began (the site's head times)
 
     @property
     def target(self) -> str:
         fixed = self.fixed
         return f"{self.head.host}:{self.head.port}" if fixed is None else f"{fixed.host}:{fixed.port}"
 
+    @property
+    def host(self) -> str:
+        """The target host (a SOCKS session's own target, not its Host header)."""
+        return self.head.host if self.fixed is None else self.fixed.host
+
     # attempts -----------------------------------------------------------------------------
     def _attempt(self) -> None:
         if self.finished:
             return
+        self._since = time.perf_counter()
         fixed = self.fixed
         if fixed is not None:  # the session's one upstream, once (the Host header routes nothing)
             if self.tried or self.direct_tried:
@@ -344,11 +357,17 @@ class Exchange(_Attempting):
         """No upstream left: a held ban answer is passed on as it is, else our own refusal."""
         banned, self._banned = self._banned, None
         if banned is not None and not self.finished:
-            proxy, conn, resp = banned
+            proxy, conn, resp, body = banned
             self.proxy = proxy
             self.conn = conn
             framing = http1.response_body_framing(resp, self.head.method)
-            conn.unpark(self, self._client_head(resp, framing.kind))
+            out = self._client_head(resp, framing.kind)
+            if conn is not None:
+                conn.unpark(self, out)
+            else:  # read whole: it goes on from memory
+                assert body is not None
+                self.relay(out + body, len(body))
+                self.done()
             return
         super()._out_of_attempts()
 
@@ -373,25 +392,41 @@ class Exchange(_Attempting):
             self.client.body_wanted()
 
     # the answer, from the connection -----------------------------------------------------------
-    def _is_ban(self, status: int) -> bool:
-        svc = self.svc
+    def _may_retry_ban(self) -> bool:
+        """Whether a ban may be retried through another upstream (else the answer goes on)."""
         return (
-            status in svc.gw.retry_on_status
-            and self.fixed is None  # a SOCKS session has its one upstream
+            self.fixed is None  # a SOCKS session has its one upstream
             and not self.admission.route.strict  # so has a strict session: the site's answer goes on
             and self.retryable
-            and self.proxy is not None
-            and len(self.tried) <= svc.gw.max_retries
+            and len(self.tried) <= self.svc.gw.max_retries
             and (self.conn is None or self.conn.holder is None)  # a bound connection has its one upstream
         )
+
+    def _banned_here(self, resp: http1.ResponseHead, body: bytes | None) -> bool:
+        """A ban: the upstream rests for the site (it works: no passive failure).  True when the answer
+        is held back while another upstream tries."""
+        svc = self.svc
+        proxy = self.proxy
+        assert proxy is not None
+        svc.selector.ban(proxy, self.host)
+        svc.accounting.report(proxy, True)
+        svc.accounting.failure("banned")
+        if not self._may_retry_ban():
+            return False
+        if self._banned is not None and self._banned[1] is not None:
+            self._banned[1].close()
+        self._banned = (proxy, self.conn if body is None else None, resp, body)
+        self.conn = None
+        svc.loop.call_soon(self._attempt)
+        return True
 
     def plain_head(self, data: bytes, plain: fasthead.PlainResponse) -> bytes | None:
         """The head for the client, sliced from an everyday one (the bytes ``response_head`` would build)."""
         svc = self.svc
         gw = svc.gw
         status, framing, _, _, cut_start, cut_end, fields_end, _ = plain
-        if gw.retry_on_status and self._is_ban(status):
-            return None  # the connection parses it fully and asks response_head
+        if status in svc.bans.statuses and self.proxy is not None:
+            return None  # maybe a ban: the connection parses it fully and asks response_head
         if status == 401 and self.fixed is None:
             return None  # maybe a connection-bound challenge: response_head looks
         self._answering(status)
@@ -405,21 +440,33 @@ class Exchange(_Attempting):
         return data[:cut_start] + data[cut_end:fields_end] + ending
 
     def response_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes | None:
-        if self._is_ban(resp.status):
-            conn = self.conn
-            assert conn is not None and self.proxy is not None
-            svc = self.svc
-            svc.selector.cooldown(self.proxy, self.head.host, svc.gw.retry_cooldown)
-            svc.accounting.report(self.proxy, True)
-            svc.accounting.failure("banned")
-            if self._banned is not None:
-                self._banned[1].close()
-            self._banned = (self.proxy, conn, resp)
-            self.conn = None
-            svc.loop.call_soon(self._attempt)
-            return None
+        bans = self.svc.bans
+        if resp.status in bans.statuses and self.proxy is not None:
+            verdict = bans.verdict(self.host, resp.status)
+            if verdict is BAN:
+                if self._banned_here(resp, None):
+                    return None  # the connection holds it, unread
+            elif (
+                verdict
+                and self.head.version != "HTTP/1.0"  # (its answer is de-chunked on the way: not read whole)
+                and framing is not http1.FramingKind.NONE
+                and (resp.content_length is None or resp.content_length <= SNIFF_MAX)
+            ):
+                self._sniffing = (resp, framing, verdict)
+                return SNIFF
         if resp.status == 401 and self.fixed is None and self.conn is not None and http1.challenges_connection(resp):
             self._bind(self.conn)
+        self._answering(resp.status)
+        return self._client_head(resp, framing)
+
+    def sniffed(self, body: bytes, whole: bool) -> bytes | None:
+        """The body of an answer a ban rule looks into, read whole (or its first ``SNIFF_MAX`` bytes):
+        None when it is a ban held back (another upstream tries), else the head for the client."""
+        assert self._sniffing is not None
+        resp, framing, needles = self._sniffing
+        self._sniffing = None
+        if whole and self.svc.bans.body_bans(needles, body, resp) and self._banned_here(resp, body):
+            return None
         self._answering(resp.status)
         return self._client_head(resp, framing)
 
@@ -427,7 +474,8 @@ class Exchange(_Attempting):
         self.responded = True
         self.status = status
         if self._banned is not None:
-            self._banned[1].close()
+            if self._banned[1] is not None:
+                self._banned[1].close()
             self._banned = None
 
     def _client_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes:
@@ -450,8 +498,8 @@ class Exchange(_Attempting):
         self.finished = True
         if self.body_done:
             self.conn = None  # else the rest of the body still goes out on it (an early answer)
-        if self.proxy is not None:
-            self.svc.accounting.succeeded(self.proxy, True)  # passive health: a real success
+        if self.proxy is not None:  # passive health: a real success, and the site's record of it
+            self.svc.selector.served(self.proxy, self.host, time.perf_counter() - self._since)
         self.client.answered(self, "ok", self.keep)
 
     def cut_short(self) -> None:
@@ -503,6 +551,7 @@ class Exchange(_Attempting):
         for conn in (self.conn, self._banned[1] if self._banned else None):
             if conn is not None:
                 conn.close()
+        self._sniffing = None
         self.conn = None
         self._banned = None
 
@@ -542,7 +591,8 @@ class Connect(_Attempting):
         plan = self.svc.dialer.plan(proxy, head.host, head.port, tunnel_only=True)
         conn = await self._dialed(plan, head.host, head.port, tunnel_only=True)
         if conn is not None:
-            self.svc.accounting.report(proxy, True)
+            if proxy is not None:  # passive health, and the site's record (a tunnel: no head time)
+                self.svc.selector.served(proxy, head.host, None)
             self._through(conn)
 
     def _through(self, conn: UpstreamConnection) -> None:

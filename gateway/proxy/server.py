@@ -27,6 +27,7 @@ from config.tls import upstream_tls_context
 from gateway.proxy import http1
 from gateway.proxy.accounting import Accounting
 from gateway.proxy.admission import Accounts, Admitter
+from gateway.proxy.bans import BanRules
 from gateway.proxy.certs import CertificateAuthority
 from gateway.proxy.client import ClientConnection, ClientState, Slots
 from gateway.proxy.connection import ConnectionPool
@@ -83,6 +84,7 @@ class GatewayServer(Slots):
                 loop, self.pool, admitter, self.gw.connect_timeout, self.gw.max_header_bytes, self.upstream_tls
             ),
             accounting=Accounting(self.selector, self.metrics, self.settings.log.access_log),
+            bans=BanRules(self.gw),
             spawn=self._spawn,
         )
         return self.svc

@@ -11,6 +11,7 @@ from config import Settings
 from config.settings import GatewaySettings
 from gateway.proxy.accounting import Accounting
 from gateway.proxy.admission import Admitter
+from gateway.proxy.bans import BanRules
 from gateway.proxy.dialing import Dialer
 from pool.selector import Selector
 
@@ -31,5 +32,6 @@ class Services:
     admitter: Admitter
     dialer: Dialer
     accounting: Accounting
+    bans: BanRules  # which answers are bans (retry_on_status, [[gateway.ban_rules]])
     spawn: Callable[[Coroutine[Any, Any, None], str], object]
     closing: bool = False

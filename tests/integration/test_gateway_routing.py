@@ -129,7 +129,7 @@ async def test_retry_on_status_rests_upstream_for_that_host_only(make_pool, upst
     await other.start_server()
     try:
         pool = await make_pool(
-            [u.url() for u in upstreams], gateway={"retry_on_status": [429], "retry_cooldown": 300}
+            [u.url() for u in upstreams], gateway={"retry_on_status": [429], "site_ban_seconds": 300}
         )
         await pool.wait_until(lambda: pool.selector.active_count == 3)
         async with aiohttp.ClientSession() as client:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus, UpstreamURL
 from pool.selector import FASTEST_SPREAD, SUSPECT_RECHECK_EVERY, Route, Selector
+from pool.sites import SITE_FAULT_RUN, SiteHealth, site_of
 
 _ids = count(1)
 
@@ -507,72 +508,123 @@ def test_session_with_no_match_is_not_remembered():
     assert sel.session_count == 0
 
 
-# -- per-host cool-downs ---------------------------------------------------------------------------
+# -- per-site rests (bans) and per-site health -------------------------------------------------------
 
 
-def test_cooldown_rests_a_proxy_for_that_host_only():
-    """An upstream banned by one host is avoided there, still used for other hosts, until it expires."""
+def site_selector(
+    *proxies: Proxy, ban_seconds: float = 300.0, clock: Clock | None = None, sites: dict | None = None, **kwargs
+) -> Selector:
+    clock = clock or Clock()
+    return selector(*proxies, clock=clock, sites=SiteHealth(ban_seconds, clock=clock, **(sites or {})), **kwargs)
+
+
+def test_ban_rests_a_proxy_for_that_site_only():
+    """An upstream banned by one site is avoided there (any host of that site), still used for other
+    sites, until the rest ends."""
     clock = Clock()
     a, b = make_proxy(), make_proxy()
-    sel = selector(a, b, clock=clock)
-    sel.cooldown(a, "banned.example", 300.0)
-    assert {sel.pick(host="banned.example").id for _ in range(6)} == {b.id}
-    assert {sel.pick(host="other.example").id for _ in range(6)} == {a.id, b.id}
+    sel = site_selector(a, b, clock=clock)
+    sel.ban(a, "www.banned.co.uk")
+    assert {sel.pick(host="shop.banned.co.uk").id for _ in range(6)} == {b.id}  # the same site
+    assert {sel.pick(host="other.co.uk").id for _ in range(6)} == {a.id, b.id}
     assert {sel.pick().id for _ in range(6)} == {a.id, b.id}
     clock.now += 301.0
-    assert {sel.pick(host="banned.example").id for _ in range(6)} == {a.id, b.id}
-    assert sel.cooldown_count == 0  # expired entries are dropped when met
+    assert {sel.pick(host="banned.co.uk").id for _ in range(6)} == {a.id, b.id}
+    assert sel.cooldown_count == 0  # an ended rest is dropped when met
 
 
-def test_cooldown_of_every_match_still_picks_a_resting_one():
-    """All matches resting for a host: a resting upstream beats a 503, or the direct fallback, which
+def test_ban_of_every_match_still_picks_a_resting_one():
+    """All matches resting for a site: a resting upstream beats a 503, or the direct fallback, which
     would show the gateway's own address to the site that banned the pool."""
     a, b = make_proxy(), make_proxy()
-    sel = selector(a, b)
-    sel.cooldown(a, "h.example", 10.0)
-    sel.cooldown(b, "h.example", 10.0)
+    sel = site_selector(a, b)
+    sel.ban(a, "h.example")
+    sel.ban(b, "h.example")
     assert {sel.pick(host="h.example").id for _ in range(4)} == {a.id, b.id}
     assert sel.pick(host="h.example", exclude={a.id}) is b  # an excluded one stays excluded
     assert sel.pick(host="h.example", exclude={a.id, b.id}) is None
     assert sel.cooldown_count == 2  # the rest still holds for later requests
 
 
-def test_cooldown_moves_a_sticky_session_to_an_upstream_not_resting():
+def test_ban_moves_a_sticky_session_to_an_upstream_not_resting():
     a, b = make_proxy(), make_proxy()
-    sel = selector(a, b)
+    sel = site_selector(a, b)
     first = sel.pick(Route(session="s1"), host="h.example")
-    sel.cooldown(first, "h.example", 10.0)
+    sel.ban(first, "h.example")
     moved = sel.pick(Route(session="s1"), host="h.example")
     assert moved is not first
     assert sel.pick(Route(session="s1"), host="h.example") is moved  # and stays there
 
 
-def test_cooldown_table_is_bounded():
-    """Per-host cool-downs are bounded in memory: the oldest entries go first."""
+def test_site_tables_are_bounded():
+    """Sites and (site, upstream) pairs are bounded in memory: the ones touched longest ago go first."""
     ps = [make_proxy() for _ in range(2)]
-    sel = selector(*ps, max_cooldowns=10)
+    sel = site_selector(*ps, sites={"max_sites": 10, "max_pairs": 10})
     for i in range(50):
-        sel.cooldown(ps[0], f"host{i}.example", 600.0)
-    assert sel.cooldown_count == 10
+        sel.ban(ps[0], f"host{i}.example")
+        sel.served(ps[1], f"host{i}.example", 0.1)
+    assert len(sel.sites) == 10 and sel.sites.pair_count == 10
     assert sel.pick(host="host49.example") is ps[1]  # the newest is kept
     assert {sel.pick(host="host0.example").id for _ in range(4)} == {p.id for p in ps}  # the oldest dropped
 
 
-def test_zero_cooldown_records_nothing():
-    """retry_cooldown = 0 disables resting."""
-    a = make_proxy()
-    sel = selector(a)
-    sel.cooldown(a, "h.example", 0)
-    assert sel.cooldown_count == 0 and sel.pick(host="h.example") is a
-
-
-def test_sticky_session_respects_host_cooldown():
-    """A session's upstream resting for a host is not used for that host."""
+def test_zero_site_ban_seconds_turns_learning_off():
+    """site_ban_seconds = 0: no rests, picks not weighed (the strategy alone), counts still kept."""
     a, b = make_proxy(), make_proxy()
-    sel = selector(a, b)
+    sel = site_selector(a, b, ban_seconds=0)
+    sel.ban(a, "h.example")
+    assert sel.cooldown_count == 0
+    assert [sel.pick(host="h.example").id for _ in range(4)] == [a.id, b.id, a.id, b.id]
+    assert sel.sites.rows()[0].bans == 1
+
+
+def test_sticky_session_respects_a_site_rest():
+    """A soft session's upstream resting for a site is not used for that site."""
+    a, b = make_proxy(), make_proxy()
+    sel = site_selector(a, b)
     first = sel.pick(Route(session="s"), host="h.example")
-    sel.cooldown(first, "h.example", 100.0)
+    sel.ban(first, "h.example")
     assert sel.pick(Route(session="s"), host="h.example") is not first
+
+
+def test_site_is_the_registrable_domain_and_an_address_its_own():
+    assert site_of("www.shop.example.co.uk") == "example.co.uk"
+    assert site_of("A.B.github.io") == "b.github.io"  # a private suffix of the list
+    assert site_of("127.0.0.1") == "127.0.0.1" and site_of("[::1]") == "::1"
+    assert site_of("localhost") == "localhost"
+
+
+def test_a_site_failing_through_every_upstream_benches_nobody():
+    """Failures at one site through SITE_FAULT_RUN distinct upstreams are the site's: no bench, no
+    re-check asked; an upstream failing at several sites is benched (its own fault)."""
+    ps = [make_proxy() for _ in range(4)]
+    sel = site_selector(*ps, failure_limit=3)
+    suspects: list[int] = []
+    sel.on_suspect = lambda p: suspects.append(p.id)
+    for _ in range(5):
+        for p in ps:
+            sel.report(p, False, target="down.example:443")
+    assert not sel.benched
+    assert len(suspects) == SITE_FAULT_RUN - 1  # only before the site was seen failing for everyone
+    bad = ps[0]
+    for site in ("a.example", "b.example", "c.example"):
+        sel.report(bad, False, target=f"www.{site}:80")
+    assert sel.benched == {bad.id}
+
+
+def test_two_choices_prefer_the_upstream_that_succeeds_at_a_site():
+    """Power of two choices: an upstream that keeps failing at a site loses most picks for it to one
+    that succeeds there, without any scan; other sites are unaffected."""
+    ps = [make_proxy() for _ in range(2)]
+    sel = site_selector(*ps, ban_seconds=300.0)
+    good, bad = ps
+    for _ in range(5):
+        sel.served(good, "s.example", 0.05)
+        sel.report(bad, False, target="s.example:80")
+    picks = Counter(sel.pick(host="s.example").id for _ in range(200))
+    assert picks[good.id] > 150, picks
+    elsewhere = Counter(sel.pick(host="t.example").id for _ in range(200))
+    assert elsewhere == Counter({good.id: 100, bad.id: 100})
 
 
 # -- counts ----------------------------------------------------------------------------------------
@@ -642,7 +694,7 @@ def test_strict_session_ignores_a_rest_for_the_host():
     sel = selector(*ps)
     route = Route(session="a", strict=True)
     first = sel.pick(route, host="site.test")
-    sel.cooldown(first, "site.test", 600)
+    sel.ban(first, "site.test")
     assert sel.pick(route, host="site.test") is first
 
 

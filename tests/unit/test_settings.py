@@ -323,3 +323,15 @@ def test_parse_host_port_rejects(text):
     """Malformed addresses raise ValueError."""
     with pytest.raises(ValueError):
         parse_host_port(text)
+
+
+def test_site_ban_seconds_reads_its_old_name_and_ban_rules_are_checked():
+    """gateway.retry_cooldown (the old name) still sets site_ban_seconds; a ban rule needs statuses and
+    a non-empty body_contains."""
+    assert Settings(gateway={"retry_cooldown": 5}).gateway.site_ban_seconds == 5.0
+    assert Settings().gateway.site_ban_seconds == 600.0
+    rule = Settings(gateway={"ban_rules": [{"site": "*.shop", "status": [200], "body_contains": "captcha"}]})
+    assert rule.gateway.ban_rules[0].status == [200]
+    for bad in ({"site": "*", "status": []}, {"site": "*", "status": [200], "body_contains": ""}, {"status": [403]}):
+        with pytest.raises(ValidationError):
+            Settings(gateway={"ban_rules": [bad]})

@@ -1,0 +1,253 @@
+"""Per-site health: what requests met at each site through each upstream, in memory, bounded.
+
+A *site* is the target's registrable domain (``www.shop.example.co.uk`` -> ``example.co.uk``) by the
+Public Suffix List, read from the copy bundled with ``publicsuffixlist`` (offline: nothing here ever
+fetches a list); an IP address is its own site, and so is a name with no registrable part
+(``localhost``).
+
+For each (site, upstream) pair the table keeps an EWMA of success and of the time to an answer's head,
+and a rest: an upstream a site banned is not picked for that site until the rest ends
+(``gateway.site_ban_seconds``), while other sites still use it.  Per site it keeps counts, recent head
+times (the p50/p95 of ``/api/sites``, and the p90 hedging waits for), and the run of distinct upstreams
+that failed there since its last success: when that run covers ``SITE_FAULT_RUN`` upstreams the site is
+failing for everyone, and its failures are its own (they count against no upstream).
+
+Both tables are LRU-ordered and bounded (``max_sites``, ``max_pairs``): the pair or site touched longest
+ago goes first, so a scraper crawling a million domains costs a bounded amount of memory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from publicsuffixlist import PublicSuffixList
+
+__all__ = ["SITE_FAULT_RUN", "PairHealth", "SiteHealth", "SiteStats", "site_of"]
+
+SITE_FAULT_RUN = 3  # distinct upstreams failing in a row at one site: the site's own fault
+EWMA = 0.3  # weight of the newest outcome
+SAMPLES = 128  # head times kept per site for its percentiles
+_HOST_CACHE = 65_536  # host -> site lookups remembered
+
+_psl: PublicSuffixList | None = None
+_sites: OrderedDict[str, str] = OrderedDict()
+
+
+def site_of(host: str) -> str:
+    """The registrable domain of ``host`` (lower case), or the host itself for an IP address or a name
+    with no registrable part.  Cached (bounded): the hot path pays a dict lookup."""
+    site = _sites.get(host)
+    if site is not None:
+        return site
+    global _psl
+    name = host.lower().rstrip(".").strip("[]")
+    try:
+        ipaddress.ip_address(name)
+        site = name
+    except ValueError:
+        if _psl is None:
+            _psl = PublicSuffixList()  # the bundled list; its constructor reads no network
+        site = _psl.privatesuffix(name) or name
+    _sites[host] = site
+    if len(_sites) > _HOST_CACHE:
+        _sites.popitem(last=False)
+    return site
+
+
+class PairHealth:
+    """One upstream at one site."""
+
+    __slots__ = ("ok", "seconds", "rest_until")
+
+    def __init__(self) -> None:
+        self.ok = 1.0  # EWMA of success (1 = every request answered without a ban)
+        self.seconds: float | None = None  # EWMA of the time to the answer's head
+        self.rest_until = 0.0
+
+
+class SiteStats:
+    """One site: counts, recent head times, and who failed there since its last success."""
+
+    __slots__ = ("bans", "failures", "requests", "run", "samples", "successes", "exits")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.successes = 0
+        self.bans = 0
+        self.failures = 0
+        self.samples: deque[float] = deque(maxlen=SAMPLES)
+        self.run: set[int] = set()  # upstreams failing here since the last success
+        self.exits: deque[str] = deque()  # exit keys of the latest picks (distinct exits)
+
+    def percentile(self, q: float) -> float | None:
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRow:
+    """A site as ``/api/sites`` shows it."""
+
+    site: str
+    requests: int
+    bans: int
+    resting: int
+    success_rate: float | None
+    p50: float | None
+    p95: float | None
+
+
+class SiteHealth:
+    """The per-site table.  ``ban_seconds = 0`` turns learning off: no rests and no weighing of picks
+    (counts and head times are still kept, for ``/api/sites`` and hedging)."""
+
+    def __init__(
+        self,
+        ban_seconds: float = 600.0,
+        *,
+        max_sites: int = 10_000,
+        max_pairs: int = 200_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ban_seconds = ban_seconds
+        self.learning = ban_seconds > 0
+        self.max_sites = max_sites
+        self.max_pairs = max_pairs
+        self._clock = clock
+        self._pairs: OrderedDict[tuple[str, int], PairHealth] = OrderedDict()
+        self._sites: OrderedDict[str, SiteStats] = OrderedDict()
+        self.resting_count = 0  # rests recorded and not yet found expired (an upper bound)
+
+    # the tables ------------------------------------------------------------------------------
+    def site(self, site: str) -> SiteStats:
+        stats = self._sites.get(site)
+        if stats is None:
+            stats = self._sites[site] = SiteStats()
+            if len(self._sites) > self.max_sites:
+                self._sites.popitem(last=False)
+        else:
+            self._sites.move_to_end(site)
+        return stats
+
+    def known(self, site: str) -> SiteStats | None:
+        return self._sites.get(site)
+
+    def pair(self, site: str, proxy_id: int) -> PairHealth | None:
+        return self._pairs.get((site, proxy_id))
+
+    def _pair(self, site: str, proxy_id: int) -> PairHealth:
+        key = (site, proxy_id)
+        pair = self._pairs.get(key)
+        if pair is None:
+            pair = self._pairs[key] = PairHealth()
+            if len(self._pairs) > self.max_pairs:
+                _, old = self._pairs.popitem(last=False)
+                if old.rest_until:
+                    self.resting_count = max(0, self.resting_count - 1)
+        else:
+            self._pairs.move_to_end(key)
+        return pair
+
+    def __len__(self) -> int:
+        return len(self._sites)
+
+    @property
+    def pair_count(self) -> int:
+        return len(self._pairs)
+
+    # what requests met -------------------------------------------------------------------------
+    def resting(self, site: str, proxy_id: int, now: float) -> bool:
+        """Whether ``proxy_id`` rests for ``site`` now (a ban); an ended rest is cleared when met."""
+        pair = self._pairs.get((site, proxy_id))
+        if pair is None or not pair.rest_until:
+            return False
+        if pair.rest_until > now:
+            return True
+        pair.rest_until = 0.0
+        self.resting_count = max(0, self.resting_count - 1)
+        return False
+
+    def served(self, site: str, proxy_id: int, seconds: float | None) -> None:
+        """A request to ``site`` through ``proxy_id`` got its answer's head after ``seconds``."""
+        stats = self.site(site)
+        stats.requests += 1
+        stats.successes += 1
+        stats.run.clear()
+        if seconds is not None:
+            stats.samples.append(seconds)
+        pair = self._pair(site, proxy_id)
+        pair.ok = pair.ok * (1 - EWMA) + EWMA
+        if seconds is not None:
+            pair.seconds = seconds if pair.seconds is None else pair.seconds * (1 - EWMA) + seconds * EWMA
+
+    def banned(self, site: str, proxy_id: int) -> None:
+        """``site`` banned ``proxy_id`` (a status or a ban rule): it rests there for ``ban_seconds``."""
+        stats = self.site(site)
+        stats.requests += 1
+        stats.bans += 1
+        stats.run.add(proxy_id)
+        pair = self._pair(site, proxy_id)
+        pair.ok *= 1 - EWMA
+        if self.learning:
+            if not pair.rest_until:
+                self.resting_count += 1
+            pair.rest_until = self._clock() + self.ban_seconds
+
+    def failed(self, site: str, proxy_id: int) -> bool:
+        """A request to ``site`` through ``proxy_id`` failed (refused, reset, timed out).  True when the
+        failure is the upstream's to answer for; False when the site is failing through every upstream
+        (``SITE_FAULT_RUN`` distinct ones in a row): then it is the site's own, and benches nobody."""
+        stats = self.site(site)
+        stats.requests += 1
+        stats.failures += 1
+        stats.run.add(proxy_id)
+        pair = self._pair(site, proxy_id)
+        pair.ok *= 1 - EWMA
+        return len(stats.run) < SITE_FAULT_RUN
+
+    def better(self, site: str, first: int, second: int) -> bool:
+        """Power of two choices: whether ``second`` clearly did better at ``site`` than ``first``
+        (more successes, or answers much sooner).  Ties keep ``first`` (the strategy's own pick)."""
+        a = self._pairs.get((site, first))
+        b = self._pairs.get((site, second))
+        if b is None:
+            return a is not None and a.ok < 0.5  # an untried upstream beats one that keeps failing here
+        if a is None:
+            return False
+        if b.ok - a.ok > 0.2:
+            return True
+        if a.ok - b.ok > 0.2:
+            return False
+        return a.seconds is not None and b.seconds is not None and a.seconds > 2 * b.seconds and a.seconds - b.seconds > 0.2
+
+    def p90(self, site: str) -> float | None:
+        stats = self._sites.get(site)
+        return stats.percentile(0.9) if stats is not None else None
+
+    def rows(self, limit: int = 500) -> list[SiteRow]:
+        """The busiest sites (by requests), for ``/api/sites``; O(sites + pairs), off the hot path."""
+        now = self._clock()
+        resting: dict[str, int] = {}
+        for (site, _), pair in self._pairs.items():
+            if pair.rest_until > now:
+                resting[site] = resting.get(site, 0) + 1
+        busiest = sorted(self._sites.items(), key=lambda item: item[1].requests, reverse=True)[:limit]
+        return [
+            SiteRow(
+                site=site,
+                requests=stats.requests,
+                bans=stats.bans,
+                resting=resting.get(site, 0),
+                success_rate=round(stats.successes / stats.requests, 4) if stats.requests else None,
+                p50=stats.percentile(0.5),
+                p95=stats.percentile(0.95),
+            )
+            for site, stats in busiest
+        ]
