@@ -84,7 +84,7 @@ log = logging.getLogger("proxy_pool.metrics")
 PREFIX = "proxy_pool_"
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE")
-PROTOCOLS = ("http", "connect", "socks5", "socks4")  # how the client spoke to the gateway
+PROTOCOLS = ("http", "connect", "socks5", "socks4", "intercepted")  # how the client spoke to the gateway
 OUTCOMES = (
     "ok",  # a response (any status from the origin) or an established tunnel reached the client
     "bad_request",  # 400

@@ -135,6 +135,11 @@ class Admitter:
             self.accounts.refund(admission.user, admission.cost)  # type: ignore[union-attr]
         self.release(conn)
 
+    def refund(self, admission: Admission) -> None:
+        """Its charge back (an intercepted CONNECT: the requests inside it are charged one by one)."""
+        if admission.user is not None and admission.cost and self.accounts is not None:
+            self.accounts.refund(admission.user, admission.cost)
+
     def refund_own_failure(self, admission: Admission, refusal: Refusal) -> None:
         """Our own 5xx (no proxy, every attempt failed) costs the user nothing, when so configured."""
         if (

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import re
+import ssl
 import time
 from collections.abc import Sized
 
@@ -25,10 +26,13 @@ from gateway.proxy.connection import UpstreamConnection
 from gateway.proxy.errors import BadRequest, BadResponse
 from gateway.proxy.exchange import Connect, Exchange
 from gateway.proxy.fixed import FixedTarget, could_be_head, fixed_head
+from gateway.proxy.intercept import Interceptor, Site, intercepted_head, terminate
 from gateway.proxy.refusals import Admission, NeedsVerification, Refusal
 from gateway.proxy.relay import Tunnel, TunnelState
+from gateway.proxy.routing import Credentials, parse_proxy_authorization
 from gateway.proxy.services import HELD_MAX, Services
 from gateway.proxy.socksproto import SocksProtocol
+from gateway.proxy.tlshello import BadHello, NotHello, read_hello
 
 __all__ = ["ClientConnection", "ClientState"]
 
@@ -44,6 +48,7 @@ class ClientState(enum.Enum):
     BUSY = "busy"  # a request is being served
     TUNNEL = "tunnel"  # handed to the relay
     SOCKS = "socks"  # handed to the SOCKS handshake (gateway.proxy.socksproto)
+    HELLO = "hello"  # interception port: CONNECT answered, its ClientHello read and TLS handshake under way
     CLOSED = "closed"
 
 
@@ -51,6 +56,8 @@ class ClientState(enum.Enum):
 _WAITING, _IDLE, _BUSY, _TUNNEL, _SOCKS, _CLOSED = (
     ClientState.WAITING, ClientState.IDLE, ClientState.BUSY, ClientState.TUNNEL, ClientState.SOCKS, ClientState.CLOSED
 )
+_HELLO = ClientState.HELLO
+_INTERCEPTED = "intercepted"  # the protocol label of a request inside an intercepted TLS session
 
 
 class ClientConnection(asyncio.Protocol):
@@ -59,10 +66,18 @@ class ClientConnection(asyncio.Protocol):
 
     pools_tunnels = False  # an HTTP client's CONNECT is always a fresh tunnel
 
-    def __init__(self, svc: Services, slots: Slots, socks_only: bool = False) -> None:
+    def __init__(
+        self, svc: Services, slots: Slots, socks_only: bool = False, interceptor: Interceptor | None = None
+    ) -> None:
         self.svc = svc
         self.slots = slots
         self.socks_only = socks_only  # accepted on gateway.socks_listen
+        self.interceptor = interceptor  # accepted on gateway.intercept_listen (gateway.proxy.intercept)
+        self.site: Site | None = None  # an intercepted TLS session's site, once its handshake is through
+        self._hello_of: tuple[http1.RequestHead, Admission, Site] | None = None  # the CONNECT being intercepted
+        self._after_200 = False  # the client has its CONNECT answer already (a raw relay after interception)
+        self._user: str | None = None  # an intercepted session's verified user and credentials, for each request
+        self._credentials: Credentials | None = None
         self._loop = svc.loop
         self.state = _WAITING
         self.transport: asyncio.Transport | None = None
@@ -108,6 +123,9 @@ class ClientConnection(asyncio.Protocol):
 
     # connection -----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.state is _HELLO:  # the TLS transport of an intercepted session, its handshake through
+            self._intercepted(transport)  # type: ignore[arg-type]
+            return
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
@@ -145,6 +163,9 @@ class ClientConnection(asyncio.Protocol):
             return
         if state is _BUSY and self._body is None:
             return  # the upstream connection's timers watch the answer
+        if state is _HELLO and self._loop.time() >= self._deadline:  # no ClientHello, or no handshake, in time
+            self._hello_failed("timeout")
+            return
         if self._loop.time() < self._deadline:  # re-armed since: sleep again (one handle, not one per request)
             self._timer = self._loop.call_at(self._deadline, self._on_timer)
             self._timer_at = self._deadline
@@ -189,6 +210,9 @@ class ClientConnection(asyncio.Protocol):
         if state is _WAITING:
             if len(self.buffer) > HELD_MAX:
                 self._pause()
+            return
+        if state is _HELLO:
+            self._read_hello()
             return
         if not self.first and len(self.buffer) == len(data):
             # the first bytes of a later head: from now on it has head_timeout, not idle_timeout (slowloris)
@@ -341,15 +365,19 @@ class ClientConnection(asyncio.Protocol):
             self.state = ClientState.BUSY
             self._begin(fixed_request, fixed.admission)
             return
+        site = self.site
         try:
-            head = fasthead.plain_request(raw) or http1.parse_request_head(raw)
+            if site is None:
+                head = fasthead.plain_request(raw) or http1.parse_request_head(raw)
+            else:
+                head = intercepted_head(raw, site)
         except BadRequest as exc:
             self._bad(exc, raw)
             return
         self.first = False
         self.state = _BUSY
         try:
-            admission = self.svc.admitter.admit(head, conn=self)
+            admission = self.svc.admitter.admit(head, self._user, self._credentials, conn=self)
         except Refusal as refusal:
             self._refuse(head, refusal, time.perf_counter())
             return
@@ -361,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
     async def _verify(self, head: http1.RequestHead) -> None:
         started = time.perf_counter()
         try:
-            admission = await self.svc.admitter.admit_slow(head, self.peer, conn=self)
+            admission = await self.svc.admitter.admit_slow(head, self.peer, self._user, self._credentials, conn=self)
         except Refusal as refusal:
             if self.state is _BUSY:
                 self._refuse(head, refusal, started)
@@ -374,6 +402,12 @@ class ClientConnection(asyncio.Protocol):
     def _begin(self, head: http1.RequestHead, admission: Admission) -> None:
         svc = self.svc
         if head.is_connect:
+            interceptor = self.interceptor
+            if interceptor is not None and self.site is None and not interceptor.bypassed(head.host):
+                self.intercept(head, admission)
+                return
+            self.request = request = Connect(svc, self, head, admission)
+        elif head.upgrade is not None and self.site is not None:  # WebSocket inside: relayed raw on its upstream
             self.request = request = Connect(svc, self, head, admission)
         else:
             self.request = request = Exchange(svc, self, head, admission, self.fixed)
@@ -455,6 +489,10 @@ class ClientConnection(asyncio.Protocol):
     # the end of a request --------------------------------------------------------------------------
     def refused(self, request: Exchange | Connect, refusal: Refusal) -> None:
         self.request = None
+        if self._after_200:  # a raw relay after interception: the client has its 200, nothing else of ours
+            self._count(request.head.method, refusal.outcome, request.started, request.head, request, refusal.status)
+            self.close()
+            return
         self._refuse(request.head, refusal, request.started, request)
 
     def _refuse(self, head: http1.RequestHead, refusal: Refusal, started: float, request: Exchange | Connect | None = None) -> None:
@@ -503,20 +541,31 @@ class ClientConnection(asyncio.Protocol):
         accounting = self.svc.accounting
         if request is not None and request.admission.usage is not None:
             request.admission.done(request.sent, request.received)  # the user's usage (no metric label)
+        site = self.site
         if not accounting.access:  # the common case: a counter, no log line to fill in
-            accounting.count(method, outcome, seconds)
+            if site is None:
+                accounting.count(method, outcome, seconds)
+            else:
+                accounting.count(method, outcome, seconds, _INTERCEPTED)
             return
+        if head is None:
+            host = target
+        elif site is None:
+            host = http1.format_authority(head.host, head.port)
+        else:
+            host = f"https://{site.authority}{head.path}"
         accounting.request_done(
             method,
             outcome,
             seconds,
             peer=self.peer,
             user=request.admission.user if request is not None else None,
-            host=http1.format_authority(head.host, head.port) if head is not None else target,
+            host=host,
             status=status,
             upstream=request.proxy if request is not None else None,
             sent=request.sent if request is not None else 0,
             received=request.received if request is not None else 0,
+            protocol=None if site is None else _INTERCEPTED,
         )
 
     def _next(self, keep: bool) -> None:
@@ -541,7 +590,13 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self.write(established)
+        early = b""
+        if self.site is not None:  # an Upgrade inside an intercepted session: its head goes first, as sent
+            head = request.head
+            upgrade = [("Connection", "Upgrade"), ("Upgrade", head.upgrade or "")]
+            early = http1.forward_request_head(head, absolute=False, extra=upgrade, default_port=443)
+        elif not self._after_200:
+            self.write(established)
         started = request.started
 
         def closed(tunnel: Tunnel) -> None:
@@ -553,10 +608,117 @@ class ClientConnection(asyncio.Protocol):
             self.transport, conn.transport, idle_timeout=min(self.svc.gw.read_timeout, self.svc.gw.idle_timeout), on_bytes=self.svc.accounting.on_bytes,
             on_closed=closed,
         )
-        early = bytes(self.buffer)
+        early += self.buffer
         self.buffer.clear()
         self._paused_reading = False
         self.tunnel_of.start(client_bytes=early, upstream_bytes=conn.early)
+
+    # interception (gateway.intercept_listen, gateway.proxy.intercept) -----------------------------
+    def intercept(
+        self, head: http1.RequestHead, admission: Admission, credentials: Credentials | None = None, answer: bytes = b""
+    ) -> None:
+        """A CONNECT (or, through ``intercept_socks``, a SOCKS one) on the interception port: answered at
+        once, no upstream yet; what the client sends next decides (``_read_hello``)."""
+        assert self.interceptor is not None
+        self.state = _HELLO
+        if credentials is None and head.proxy_authorization is not None:
+            credentials = parse_proxy_authorization(head.proxy_authorization)
+        self._credentials = credentials
+        self._user = admission.user
+        self._hello_of = (head, admission, self.interceptor.site(head.host, head.port, None))
+        self.write(answer or http1.CONNECT_ESTABLISHED)
+        self._arm(self.svc.gw.head_timeout)  # the ClientHello and the handshake, like a head
+        if self.buffer:
+            self._read_hello()
+
+    def intercept_socks(
+        self, head: http1.RequestHead, admission: Admission, credentials: Credentials | None, answer: bytes, early: bytes
+    ) -> None:
+        """A SOCKS client's CONNECT on the interception port: its connection comes back here."""
+        assert self.transport is not None
+        self.first = False
+        self.transport.set_protocol(self)
+        self.buffer += early
+        self.intercept(head, admission, credentials, answer)
+
+    def _read_hello(self) -> None:
+        hello_of = self._hello_of
+        interceptor = self.interceptor
+        assert hello_of is not None and interceptor is not None and self.transport is not None
+        try:
+            hello = read_hello(self.buffer)
+        except NotHello:  # not TLS: relayed raw through a picked upstream, as the main port would
+            self._hello_of = None
+            self._after_200 = True
+            self.state = _BUSY
+            head, admission, _ = hello_of
+            self.request = request = Connect(self.svc, self, head, admission)
+            request.start()
+            return
+        except BadHello:
+            self._hello_failed("bad_request")
+            return
+        if hello is None:
+            return  # more to come, within head_timeout
+        head, admission, _ = hello_of
+        site = interceptor.site(head.host, head.port, hello.sni)
+        self._hello_of = (head, admission, site)
+        self.transport.pause_reading()  # nothing more comes before our ServerHello anyway
+        name = interceptor.leaf_name(head.host, hello.sni)
+        context = interceptor.leaves.cached(name)
+        if context is None:
+            self.svc.spawn(self._mint(name), "intercept-mint")
+        else:
+            self._terminate(context)
+
+    async def _mint(self, name: str) -> None:
+        assert self.interceptor is not None
+        try:
+            context = await self.interceptor.leaves.context(name)
+        except (ValueError, TypeError, ssl.SSLError):  # a name no certificate can carry
+            self._hello_failed("bad_request")
+            return
+        if self.state is _HELLO and self.transport is not None and not self.transport.is_closing():
+            self._terminate(context)
+
+    def _terminate(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        hello = bytes(self.buffer)
+        self.buffer.clear()
+        remaining = max(0.001, self._deadline - self._loop.time())
+        terminate(self._loop, self.transport, self, context, hello, remaining, self._handshake_failed)
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        self._hello_failed("bad_request" if isinstance(exc, ssl.SSLError) else "client_closed")
+
+    def _hello_failed(self, outcome: str) -> None:
+        """No ClientHello, a bad one, or a handshake that failed or timed out: closed, counted once."""
+        if self.state is not _HELLO:
+            return
+        self._hello_of = None
+        self.state = _CLOSED
+        self.svc.accounting.count("CONNECT", outcome, 0.0, _INTERCEPTED)
+        transport = self.transport
+        if transport is None:
+            self._lost()
+            return
+        ours = transport.get_protocol() is self  # else the TLS layer has it: its connection_lost never reaches us
+        transport.close()
+        if not ours:
+            self._lost()
+
+    def _intercepted(self, transport: asyncio.Transport) -> None:
+        """The handshake is through: the TLS transport is the client's from now on, and what it sends is
+        served request by request like plain HTTP (each request picks, and pays, for itself)."""
+        hello_of, self._hello_of = self._hello_of, None
+        assert hello_of is not None
+        _, admission, site = hello_of
+        self.transport = transport
+        self.site = site
+        self.svc.admitter.refund(admission)  # the CONNECT went nowhere: the requests inside are charged
+        self.state = _IDLE
+        self.idle_since = self._loop.time()
+        self._arm(self.svc.gw.idle_timeout)
 
     def close(self) -> None:
         if self.state is _TUNNEL and self.tunnel_of is not None:
@@ -582,6 +744,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state is _TUNNEL:
             return  # the tunnel's own protocol hears of it
+        if self.state is _HELLO:
+            self._hello_failed("client_closed")
+            return
         self._abort("client_closed")
         self._lost()
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from gateway.proxy import http1
 from gateway.proxy.admission import Admitter
 from gateway.proxy.connection import ConnectionPool, UpstreamConnection
+from gateway.proxy.intercept import Site
 from gateway.proxy.refusals import Refusal
 from gateway.proxy.upstream import (
     UpstreamConnectError,
@@ -43,14 +44,16 @@ _NO_TUNNEL = frozenset({400, 403, 405, 501})
 
 
 class Plan:
-    """How one attempt reaches its target: the pool key, whether the upstream sees absolute form."""
+    """How one attempt reaches its target: the pool key, whether the upstream sees absolute form, and
+    (``site``: an intercepted https request) the TLS to the site on top of the tunnel, keyed by its name."""
 
-    __slots__ = ("absolute", "key", "proxy")
+    __slots__ = ("absolute", "key", "proxy", "site")
 
-    def __init__(self, proxy: Proxy | None, host: str, port: int, absolute: bool) -> None:
+    def __init__(self, proxy: Proxy | None, host: str, port: int, absolute: bool, site: Site | None = None) -> None:
         self.proxy = proxy
         self.absolute = absolute
-        self.key = (proxy.id if proxy is not None else None, host, port, absolute)
+        self.site = site
+        self.key = (proxy.id if proxy is not None else None, host, port, absolute if site is None else site.name)
 
 
 class Dialer:
@@ -74,7 +77,9 @@ class Dialer:
         self.max_head = max_head
         self.no_tunnel: set[int] = set()  # HTTP upstreams that refuse CONNECT to plain-HTTP ports
 
-    def plan(self, proxy: Proxy | None, host: str, port: int, tunnel_only: bool) -> Plan:
+    def plan(self, proxy: Proxy | None, host: str, port: int, tunnel_only: bool, site: Site | None = None) -> Plan:
+        if site is not None:
+            return Plan(proxy, host, port, False, site)
         absolute = (
             not tunnel_only
             and proxy is not None
@@ -88,8 +93,44 @@ class Dialer:
 
     async def dial(self, plan: Plan, host: str, port: int, tunnel_only: bool = False) -> UpstreamConnection:
         """A fresh connection for ``plan``; raises ``UpstreamError`` (or ``Refusal`` for a direct target
-        not allowed).  An HTTP upstream refusing CONNECT to the port switches the plan to absolute form
-        (unless ``tunnel_only``: a client's CONNECT has no other way)."""
+        not allowed, or a site whose certificate is not trusted).  An HTTP upstream refusing CONNECT to
+        the port switches the plan to absolute form (unless ``tunnel_only``: a client's CONNECT has no
+        other way, nor an intercepted request, whose TLS to the site rides the tunnel)."""
+        site = plan.site
+        if site is None:
+            return await self._dial(plan, host, port, tunnel_only)
+        conn = await self._dial(plan, host, port, True)
+        return await self._site_tls(conn, site, f"{host}:{port}")
+
+    async def _site_tls(self, conn: UpstreamConnection, site: Site, target: str) -> UpstreamConnection:
+        """TLS to the site on top of the tunnel (SNI: the name the client asked for), verified by the
+        site context: an untrusted certificate is the client's 502, never a silent pass."""
+        transport = conn.transport
+        assert transport is not None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                tls = await self.loop.start_tls(transport, conn, site.context, server_hostname=site.name)
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            why = exc.verify_message or exc.reason or "verification failed"
+            raise Refusal(502, f"site certificate not trusted: {why}", "upstream_error") from None
+        except TimeoutError:
+            conn.close()
+            raise UpstreamTimeout("TLS to the site timed out", target=target) from None
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            conn.close()
+            why = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or type(exc).__name__
+            raise UpstreamError(f"TLS to the site failed: {str(why).lower()}", "tls", target=target) from None
+        except BaseException:
+            conn.close()
+            raise
+        if tls is None:  # the connection closed during the handshake
+            conn.close()
+            raise UpstreamError("the site closed the connection during TLS", "reset", target=target)
+        conn.transport = tls  # type: ignore[assignment]
+        return conn
+
+    async def _dial(self, plan: Plan, host: str, port: int, tunnel_only: bool) -> UpstreamConnection:
         proxy = plan.proxy
         if proxy is None:
             return await self._direct(plan, host, port)
@@ -108,7 +149,7 @@ class Dialer:
         request = http1.connect_request_head(host, port, extra=proxy_authorization(proxy.upstream))
         try:
             async with asyncio.timeout(self.connect_timeout):
-                status = await conn.start_tunnel(request, early_ok=tunnel_only)
+                status = await conn.start_tunnel(request, early_ok=tunnel_only and plan.site is None)
         except TimeoutError:  # connected, then no answer: the upstream is still dialing the target
             conn.close()
             raise UpstreamTimeout("upstream did not answer CONNECT in time", target=f"{host}:{port}") from None

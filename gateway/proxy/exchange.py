@@ -29,6 +29,7 @@ from gateway.proxy.bound import BoundConnections
 from gateway.proxy.connection import SNIFF, SNIFF_MAX, UpstreamConnection
 from gateway.proxy.dialing import Plan
 from gateway.proxy.fixed import FixedTarget
+from gateway.proxy.intercept import Site
 from gateway.proxy.refusals import Admission, Attempts, Refusal
 from gateway.proxy.services import Services
 from gateway.proxy.upstream import UpstreamError, UpstreamTimeout, proxy_authorization
@@ -46,6 +47,7 @@ class ClientSide(Protocol):
     peer: str
     pools_tunnels: bool  # a CONNECT may ride an idle pooled connection to its target (a SOCKS client)
     bound: BoundConnections | None  # its connection-authenticated upstream connections (NTLM, Negotiate)
+    site: Site | None  # an intercepted TLS session's site (gateway.proxy.intercept): TLS to it on each tunnel
 
     def write(self, data: bytes) -> None: ...
     def answered(self, request: Exchange | Connect, outcome: str, keep: bool) -> None: ...
@@ -68,6 +70,7 @@ class _Attempting:
         "proxy",
         "received",
         "sent",
+        "site",
         "started",
         "status",
         "svc",
@@ -79,6 +82,7 @@ class _Attempting:
         self.client = client
         self.head = head
         self.admission = admission
+        self.site = client.site
         self.tried: set[int] = set()
         self.direct_tried = False
         self._attempts: Attempts | None = None  # made on the first failure only
@@ -270,7 +274,7 @@ class Exchange(_Attempting):
         self.proxy = proxy
         head = self.head
         svc = self.svc
-        plan = self._plan = svc.dialer.plan(proxy, head.host, head.port, tunnel_only=False)
+        plan = self._plan = svc.dialer.plan(proxy, head.host, head.port, tunnel_only=False, site=self.site)
         conn = svc.dialer.reuse(plan.key) if self.retryable else None
         if conn is not None:
             self._send(conn)
@@ -285,7 +289,7 @@ class Exchange(_Attempting):
             self.direct_tried = True
         else:
             self.tried.add(proxy.id)
-        self._plan = self.svc.dialer.plan(proxy, self.head.host, self.head.port, tunnel_only=False)
+        self._plan = self.svc.dialer.plan(proxy, self.head.host, self.head.port, tunnel_only=False, site=self.site)
         self._send(conn)
 
     def _bind(self, conn: UpstreamConnection) -> None:
@@ -341,8 +345,12 @@ class Exchange(_Attempting):
             extra = proxy_authorization(self.proxy.upstream)
             extra.append(("Connection", "keep-alive"))
             self._out = http1.forward_request_head(head, absolute=True, extra=extra)
-        else:
+        elif self.site is None:
             self._out = head.origin_form or http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE)
+        else:
+            self._out = head.origin_form or http1.forward_request_head(
+                head, absolute=False, extra=_KEEP_ALIVE, default_port=443
+            )
         conn.dechunk = [] if head.version == "HTTP/1.0" else None
         conn.request_sent = self.body_done
         gw = self.svc.gw
@@ -578,7 +586,7 @@ class Connect(_Attempting):
         if self.client.pools_tunnels:
             head = self.head
             dialer = self.svc.dialer
-            conn = dialer.reuse(dialer.plan(proxy, head.host, head.port, tunnel_only=True).key)
+            conn = dialer.reuse(dialer.plan(proxy, head.host, head.port, tunnel_only=True, site=self.site).key)
             if conn is not None:
                 self._through(conn)
                 return
@@ -588,7 +596,7 @@ class Connect(_Attempting):
 
     async def _dial_task(self, proxy: Proxy | None) -> None:
         head = self.head
-        plan = self.svc.dialer.plan(proxy, head.host, head.port, tunnel_only=True)
+        plan = self.svc.dialer.plan(proxy, head.host, head.port, tunnel_only=True, site=self.site)
         conn = await self._dialed(plan, head.host, head.port, tunnel_only=True)
         if conn is not None:
             if proxy is not None:  # passive health, and the site's record (a tunnel: no head time)

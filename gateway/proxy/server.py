@@ -32,6 +32,7 @@ from gateway.proxy.certs import CertificateAuthority
 from gateway.proxy.client import ClientConnection, ClientState, Slots
 from gateway.proxy.connection import ConnectionPool
 from gateway.proxy.dialing import Dialer
+from gateway.proxy.intercept import Interceptor
 from gateway.proxy.loops import OwnAddresses
 from gateway.proxy.refusals import Refusal
 from gateway.proxy.services import Services
@@ -60,11 +61,17 @@ class GatewayServer(Slots):
         self._own = OwnAddresses(own_addresses or ())
         self._server: asyncio.AbstractServer | None = None
         self._socks_server: asyncio.AbstractServer | None = None  # gateway.socks_listen
+        self._intercept_server: asyncio.AbstractServer | None = None  # gateway.intercept_listen
         self._clients: set[ClientConnection] = set()  # holding a slot
         self.waiting: deque[tuple[ClientConnection, asyncio.TimerHandle]] = deque()
         self._tasks = TaskSet()
         self._accounts = accounts
         self.intercept_ca = intercept_ca  # gateway.intercept_listen: the CA leaves are minted with
+        self.interceptor: Interceptor | None = None
+        if self.gw.intercept_listen:
+            if intercept_ca is None:
+                raise ValueError("gateway.intercept_listen is set: the gateway needs the CA (intercept_ca=)")
+            self.interceptor = Interceptor(self.gw, intercept_ca)
         self.upstream_tls = upstream_tls_context(settings.checker.upstream_tls_verify)
         self.svc: Services | None = None
         try:
@@ -113,6 +120,15 @@ class GatewayServer(Slots):
             )
             socks_bound = self._socks_server.sockets[0].getsockname()
             self.add_own_address(socks_bound[0], socks_bound[1])
+        interceptor = self.interceptor
+        if interceptor is not None and self.gw.intercept_listen:  # the opt-in HTTPS interception port
+            intercept_host, intercept_port = parse_host_port(self.gw.intercept_listen)
+            self._intercept_server = await loop.create_server(
+                lambda: ClientConnection(svc, self, interceptor=interceptor), intercept_host, intercept_port,
+                backlog=1024, reuse_address=True, reuse_port=self.reuse_port or None,
+            )
+            intercept_bound = self._intercept_server.sockets[0].getsockname()
+            self.add_own_address(intercept_bound[0], intercept_bound[1])
         self._tasks.spawn(self._prune_loop(), name="gateway-pool-prune")
         return bound[0], bound[1]
 
@@ -122,6 +138,14 @@ class GatewayServer(Slots):
         if self._socks_server is None:
             return None
         sock = self._socks_server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    @property
+    def intercept_address(self) -> tuple[str, int] | None:
+        """The bound ``gateway.intercept_listen`` address, when there is one."""
+        if self._intercept_server is None:
+            return None
+        sock = self._intercept_server.sockets[0].getsockname()
         return sock[0], sock[1]
 
     @property
@@ -142,6 +166,8 @@ class GatewayServer(Slots):
             self._server.close()
         if self._socks_server is not None:
             self._socks_server.close()
+        if self._intercept_server is not None:
+            self._intercept_server.close()
         for waiting, timer in list(self.waiting):
             timer.cancel()
             waiting.close()
@@ -163,6 +189,8 @@ class GatewayServer(Slots):
             await self._server.wait_closed()
         if self._socks_server is not None:
             await self._socks_server.wait_closed()
+        if self._intercept_server is not None:
+            await self._intercept_server.wait_closed()
 
     @property
     def idle_upstream_connections(self) -> int:

@@ -47,6 +47,7 @@ from gateway.proxy.upstream import UpstreamError, UpstreamRefused, UpstreamTimeo
 
 if TYPE_CHECKING:
     from gateway.proxy.connection import UpstreamConnection
+    from gateway.proxy.intercept import Interceptor
     from gateway.proxy.exchange import Exchange
     from gateway.proxy.services import Services
     from pool.models import Proxy
@@ -107,8 +108,13 @@ class Slot(Protocol):
     peer: str
     transport: asyncio.Transport | None
 
+    interceptor: Interceptor | None
+
     def serve_fixed(self, fixed: FixedTarget, early: bytes) -> None: ...
     def socks_done(self) -> None: ...
+    def intercept_socks(
+        self, head: http1.RequestHead, admission: Admission, credentials: Credentials | None, answer: bytes, early: bytes
+    ) -> None: ...
 
 
 class SocksProtocol(asyncio.Protocol):
@@ -117,6 +123,7 @@ class SocksProtocol(asyncio.Protocol):
 
     pools_tunnels = True  # the CONNECT may ride an idle pooled connection (gateway.proxy.fixed)
     bound = None  # its requests are served in fixed-target mode, which holds its one connection anyway
+    site = None  # never inside an intercepted session (the interception port takes a SOCKS CONNECT back)
 
     def __init__(self, svc: Services, slot: Slot) -> None:
         self.svc = svc
@@ -274,6 +281,13 @@ class SocksProtocol(asyncio.Protocol):
         self.finished = True
         self._cancel_timer()
         self.early += self.hs.rest
+        interceptor = self.slot.interceptor
+        if interceptor is not None and not interceptor.bypassed(head.host):  # the interception port
+            self._released = True  # the client connection has it back, slot and all
+            early = bytes(self.early)
+            self.early.clear()
+            self.slot.intercept_socks(head, admission, self.credentials, self.answer.established(None), early)
+            return
         self.request = Connect(self.svc, self, head, admission)
         self.request.start()
 
