@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from plugins.discovery import load_all_plugins
 from plugins.watchdog import LoopWatchdog
 from plugins.registry import PluginConflictError, PluginRegistry
 from pool.accounts import Accounts
-from pool.dbfiles import ServeLock, ServeLockHeld, local_database
+from pool.dbfiles import LeaderLock, ServeLock, ServeLockHeld, local_database
 from pool.errors import DuplicateError
 from pool.models import Proxy, masked_url, scrub_url_secrets
 from pool.events import EventBus
@@ -39,6 +40,8 @@ from pool.tasks import TaskSet
 __all__ = ["ProxyPool", "open_registry"]
 
 log = logging.getLogger("proxy_pool")
+
+LEADER_POLL = 0.5  # seconds between a waiting worker's tries of the leader lock (a takeover's delay)
 
 
 async def open_registry(settings: Settings, events: EventBus | None = None) -> PluginRegistry:
@@ -61,6 +64,8 @@ class ProxyPool:
         self.replica = replica_name or f"{socket.gethostname()}:{settings.gateway.host_port[1]}"
         self._named = replica_name is not None
         self.reuse_port = False  # a worker of ``serve --workers N``
+        self.pool_lock: int | None = None  # ... on a SQLite file: the serve lock it inherited (a descriptor)
+        self._leader: LeaderLock | None = None  # ... which then runs the background work only while it holds this
         self._heard_ids: set[int] = set()
         self._resync = False
         self._heard = asyncio.Event()
@@ -87,10 +92,15 @@ class ProxyPool:
         if database is not None:  # a shared store (PostgreSQL) has replicas by design: no lock
             lock = ServeLock(database)
             try:
-                lock.acquire()
+                if self.pool_lock is not None:  # a worker: the lock its supervisor holds for the pool
+                    lock.adopt(self.pool_lock)
+                else:
+                    lock.acquire()
             except ServeLockHeld as exc:
                 raise ConfigError(str(exc)) from None
             self._lock = lock
+            if self.pool_lock is not None:
+                self._leader = LeaderLock(database)
         try:
             self.admin_token, token_path = ensure_token(settings)
             if token_path is not None:
@@ -99,7 +109,7 @@ class ProxyPool:
             if settings.gateway.intercept_listen:
                 self.intercept_ca = ensure_ca(settings)
                 log.info("HTTPS interception CA: %s (`proxy-pool ca` prints it)", self.intercept_ca.source)
-            self.store = await open_store(settings.storage.location)
+            self.store = await open_store(settings.storage.location, shared=self._leader is not None)
             await self._start()
         except BaseException:
             await self.stop()
@@ -133,7 +143,7 @@ class ProxyPool:
         self.watchdog.start()
         self.pool_low = PoolLowWatch(
             settings.pool.low_threshold,
-            lambda type_, payload: self.registry.emit_event(type_, **payload),
+            lambda type_, payload: self.registry.emit_event(type_, **payload) if self.leading() else None,
             self.selector.active_count,
         )
         self.selector.on_change = self._pool_changed
@@ -154,7 +164,7 @@ class ProxyPool:
             self.store, self.registry, settings.fetch, on_new=self._new_proxies, on_scraped=self._scraped
         )
         self.scheduler = Scheduler(
-            settings, self.store, self.registry, self.scraper, self.pipeline, self.selector
+            settings, self.store, self.registry, self.scraper, self.pipeline, self.selector, leading=self.leading
         )
         self.accounts = await Accounts.open(
             self.store,
@@ -171,7 +181,7 @@ class ProxyPool:
         self.admin_runner, self.admin_address = await start_admin(self, admin_host, admin_port, self.admin_token)
         self.gateway.add_own_address(*self.admin_address)
         if self._lock is not None:  # the CLI reaches this serve's admin API through the lock file
-            self._lock.announce(f"http://{_netloc(*_reachable(self.admin_address))}")
+            self._lock.announce(*self.admin_address)
         self.pipeline.self_judge = f"http://{_netloc(*self.admin_address)}/judge"
         await self._sync_sources()
         for source in await self.store.list_sources():
@@ -179,6 +189,10 @@ class ProxyPool:
         await self.pipeline.start()
         self.gateway_address = await self.gateway.start()
         self.metrics.source_quality = self._source_samples
+        if self._leader is not None and not self._leader.try_acquire():
+            self._tasks.spawn(self._lead(), name="leader-wait")
+        elif self._leader is not None:
+            self._leading_now()
         await self.scheduler.start()
         self._tasks.spawn(self._notifier_health_loop(), name="notifier-health")
         self._tasks.spawn(self._after_first_round(), name="first-round")
@@ -238,6 +252,22 @@ class ProxyPool:
             if await self.store.claim_source(source.id, source.last_run_at, datetime.now(UTC)):
                 self._cli_scrapes.append(self._tasks.spawn(self.scraper.scrape(source), name=f"scrape-cli-{source.id}"))
 
+    def leading(self) -> bool:
+        """Whether this process runs the background work: always, but for a worker of a pool on a SQLite
+        file that does not hold the leader lock (replicas on PostgreSQL split it by claims instead)."""
+        return self._leader is None or self._leader.held
+
+    async def _lead(self) -> None:
+        """Wait for the leader lock (the kernel drops it when the leader dies), then lead."""
+        assert self._leader is not None
+        while not self._leader.try_acquire():
+            await asyncio.sleep(LEADER_POLL)
+        self._leading_now()
+        self.scheduler.wake()
+
+    def _leading_now(self) -> None:
+        log.info("%s (pid %d) leads: it scrapes, checks and runs the pool's passes", self.replica, os.getpid())
+
     def _source_samples(self) -> dict[int, SourceSample]:
         """The per-source gauges: the scheduler's figures as of its last quality pass (no SQL at scrape time)."""
         figures = self.scheduler.figures
@@ -260,7 +290,7 @@ class ProxyPool:
             await asyncio.wait(self._cli_scrapes)
         await self.pipeline.wait_idle()
         self.pool_low.first_round_over(self.selector.active_count)
-        if len(self.selector) > 0:
+        if len(self.selector) > 0 or not self.leading():  # (the leader says it for the workers)
             return
         sources = await self.store.list_sources()
         if not self.settings.default_sources:  # the ones that are scraped
@@ -414,6 +444,8 @@ class ProxyPool:
         store = getattr(self, "store", None)
         if store is not None:
             await store.close()
+        if self._leader is not None:
+            self._leader.release()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -430,12 +462,6 @@ def _warn_if_open(settings: Settings) -> None:
             "can reach it; keep that port firewalled or published on 127.0.0.1 only, or set gateway.auth = \"users\"",
             ", ".join(value for _, value in open_ports),
         )
-
-
-def _reachable(address: tuple[str, int]) -> tuple[str, int]:
-    """A wildcard listen address as a client on this host dials it."""
-    host, port = address[0], address[1]
-    return ({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)
 
 
 def _netloc(host: str, port: int) -> str:

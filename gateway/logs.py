@@ -16,6 +16,7 @@ class JsonFormatter(logging.Formatter):
             "at": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # the workers of ``serve --workers N`` share one stderr
             "message": record.getMessage(),
         }
         if record.exc_info:

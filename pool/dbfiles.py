@@ -1,4 +1,5 @@
-"""Files kept beside an embedded database: the generated admin token and the ``serve`` lock.
+"""Files kept beside an embedded database: the generated admin token, the ``serve`` lock and the
+leader lock of ``serve --workers N``.
 
 A store that is not a local file (``:memory:``, a ``postgresql://`` URL) has no "beside": then
 ``database_file`` is None, no lock is taken (PostgreSQL replicas share one database by design) and the
@@ -12,7 +13,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ServeLock", "ServeLockHeld", "database_file", "local_database", "serving_admin", "sibling"]
+__all__ = [
+    "LeaderLock",
+    "ServeLock",
+    "ServeLockHeld",
+    "database_file",
+    "local_database",
+    "serving_admin",
+    "sibling",
+]
 
 
 class ServeLockHeld(Exception):
@@ -39,9 +48,11 @@ def sibling(database: Path, suffix: str) -> Path:
 
 
 class ServeLock:
-    """An exclusive ``flock`` on ``DB.serve.lock``, held while ``serve`` runs.
+    """An exclusive ``flock`` on ``DB.serve.lock``, held while one pool serves the file: one ``serve``,
+    or the supervisor of ``serve --workers N`` and its workers, which inherit its open file (``fd``,
+    ``adopt``): a ``flock`` belongs to the open file, so the pool holds it while any of them lives.
 
-    The kernel drops it when the process dies (kill -9 too), so a stale file never blocks a restart.
+    The kernel drops it when the last holder dies (kill -9 too), so a stale file never blocks a restart.
     The CLI's other commands do not take it: they work beside a running ``serve`` by design.
     """
 
@@ -49,6 +60,12 @@ class ServeLock:
         self.database = database
         self.path = sibling(database, ".serve.lock")
         self._fd: int | None = None
+        self._adopted = False
+
+    @property
+    def fd(self) -> int | None:
+        """The locked file's descriptor (the supervisor passes it to its workers)."""
+        return self._fd
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,23 +78,75 @@ class ServeLock:
             who = f" (pid {holder})" if holder else ""
             raise ServeLockHeld(
                 f"database {self.database} is in use by another `proxy-pool serve`{who}; "
-                "run one serve per database (or use PostgreSQL for replicas)"
+                "run one serve per database (`serve --workers N` for more cores, PostgreSQL for replicas)"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
-    def announce(self, admin_url: str) -> None:
-        """Write the serving admin API's URL under the pid: the CLI finds a running serve by it."""
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, f"{os.getpid()}\n{admin_url}\n".encode(), 0)
+    def adopt(self, fd: int) -> None:
+        """A worker's start: ``fd`` is this lock file, opened and locked by its supervisor (inherited)."""
+        try:
+            mine, there = os.fstat(fd), os.stat(self.path)
+            same = (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
+            if same:  # the lock of our own open file: granted again at once; anyone else's: refused
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            same = False
+        if not same:
+            raise ServeLockHeld(f"database {self.database}: this worker's supervisor does not hold its serve lock")
+        self._fd = fd
+        self._adopted = True
+
+    def announce(self, host: str, port: int) -> None:
+        """Write the serving admin API's URL under the pid: the CLI finds a running serve by it (a
+        pool's supervisor announces it for its workers).  A wildcard address as a client here dials it."""
+        if self._fd is not None and not self._adopted:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+            netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            text = f"{os.getpid()}\nhttp://{netloc}\n".encode()
+            os.pwrite(self._fd, text, 0)
+            os.ftruncate(self._fd, len(text))
 
     def release(self) -> None:
         if self._fd is not None:
-            os.ftruncate(self._fd, 0)  # no stale URL for the CLI once this serve is gone
+            if not self._adopted:  # a worker leaves the pool's announcement to the others
+                os.ftruncate(self._fd, 0)  # no stale URL for the CLI once this serve is gone
             os.close(self._fd)  # closing drops the lock; the file stays (its removal would race a new holder)
             self._fd = None
+
+
+class LeaderLock:
+    """``DB.leader.lock``: the one worker of a pool on a SQLite file that runs the background work
+    (scraping, checks, the pool's passes) holds this ``flock``; the kernel drops it when that worker
+    dies (kill -9 too), and the next worker that tries takes it over."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = sibling(database, ".leader.lock")
+        self._fd: int | None = None
+        self.held = False
+
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it (never waits); whether this process holds it now."""
+        if self.held:
+            return True
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        text = f"{os.getpid()}\n".encode()
+        os.pwrite(self._fd, text, 0)
+        os.ftruncate(self._fd, len(text))
+        self.held = True
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.held = False
 
 
 def serving_admin(database: Path) -> str | None:

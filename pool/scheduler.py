@@ -69,6 +69,8 @@ class Scheduler:
     _: KW_ONLY
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     tick: float = 5.0
+    # False in the workers of a pool on a SQLite file but its leader: they only read the figures
+    leading: Callable[[], bool] = lambda: True
     _tasks: TaskSet = field(default_factory=TaskSet, init=False)
     _stale_announced: set[int] = field(default_factory=set, init=False)
     _last_recheck_scan: datetime | None = field(default=None, init=False)
@@ -157,6 +159,12 @@ class Scheduler:
         sources = await self.store.list_sources()
         if not self.settings.default_sources:  # turned off: neither scraped nor reported stale
             sources = [s for s in sources if s.origin != "default"]
+        if not self.leading():  # another worker scrapes, checks and decides; this one shows the figures
+            if self._first_pass:
+                self._first_pass = False
+                self.first_round.set()
+            await self.quality(sources, now, passes=False)
+            return
         due = [s for s in sources if self._due(s, now)]
         started: list[asyncio.Task[None]] = []
         for source in due:
@@ -177,15 +185,20 @@ class Scheduler:
             await asyncio.wait(scrapes)
         self.first_round.set()
 
-    async def quality(self, sources: list[ProxySource], now: datetime, *, force: bool = False) -> None:
+    async def quality(
+        self, sources: list[ProxySource], now: datetime, *, force: bool = False, passes: bool = True
+    ) -> None:
         """Source quality (``pool.quality``), at most every ``QUALITY_EVERY``: every replica refreshes its
-        figures from the shared database; the one that wins the ``quality`` mark counts survival since
-        the last pass, writes yields and decides quarantine (so ``source.quarantined`` fires once)."""
+        figures from the shared database; the one that wins the ``quality`` mark (``passes``: one that
+        may run it) counts survival since the last pass, writes yields and decides quarantine (so
+        ``source.quarantined`` fires once)."""
         if not force and self._quality_at is not None and timedelta(0) <= now - self._quality_at < QUALITY_EVERY:
             return
         self._quality_at = now
         figures = source_figures(sources, await self.store.source_activity(), now)
         self.figures, self.sources = figures, sources
+        if not passes:
+            return
         last = await self.store.get_mark("quality")
         if last is not None and now - last < QUALITY_EVERY:
             return  # another replica ran it lately

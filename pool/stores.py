@@ -10,10 +10,11 @@ from pool.store.postgres import PostgresStore, is_postgres_url
 __all__ = ["display_location", "is_postgres_url", "open_store"]
 
 
-async def open_store(location: str) -> Store:
+async def open_store(location: str, *, shared: bool = False) -> Store:
+    """``shared``: a SQLite file opened by one worker of several (PostgreSQL is always shared)."""
     if is_postgres_url(location):
         return await PostgresStore.open(location)
-    return await SqliteStore.open(location)
+    return await SqliteStore.open(location, shared=shared)
 
 
 def display_location(location: str) -> str:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,7 @@ from pool.quality import source_figures, source_view
 from pool.scraper import Scraper
 from pool.sources import add_source
 from pool.store import ProxyFilter, Store
+from pool.tasks import TaskSet
 
 __all__ = ["CommandFailed", "admin_token", "run", "serve"]
 
@@ -53,24 +55,30 @@ def serve(args: argparse.Namespace) -> int:
     )
     if args.workers < 1:
         raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
-    if args.workers > 1 and not settings.storage.shared:
-        raise ConfigError(
-            "--workers needs a shared database (--db postgresql://...): a SQLite file has one serving process"
-        )
     setup_logging(settings.log.level, settings.log.format, settings.log.access_log)
     if args.workers > 1:
         from gateway.cli.workers import run_workers
 
         return run_workers(args, settings)
-    main = _serve(settings, args.proxies, replica_name=args.replica_name, reuse_port=args.worker_of is not None)
+    main = _serve(
+        settings, args.proxies, replica_name=args.replica_name, worker=args.worker_of is not None, pool_lock=args.pool_lock
+    )
     return eventloop.run(main)
 
 
 async def _serve(
-    settings: Settings, extra_sources: list[str], *, replica_name: str | None = None, reuse_port: bool = False
+    settings: Settings,
+    extra_sources: list[str],
+    *,
+    replica_name: str | None = None,
+    worker: bool = False,
+    pool_lock: int | None = None,
 ) -> int:
+    """One serving process; ``worker``: one of ``serve --workers N`` (``pool_lock``: on a SQLite file,
+    the supervisor's serve lock it inherited)."""
     pool = ProxyPool(settings, extra_sources=extra_sources, replica_name=replica_name)
-    pool.reuse_port = reuse_port
+    pool.reuse_port = worker
+    pool.pool_lock = pool_lock
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -80,13 +88,25 @@ async def _serve(
         await pool.start()
     except OSError as exc:
         raise CommandFailed(f"cannot start: {exc.strerror or exc}") from None
+    orphan = TaskSet()
+    if worker:
+        orphan.spawn(_stop_when_orphaned(os.getppid(), stop), name="supervisor-watch")
     try:
         await stop.wait()
         log.info("stopping: draining connections and flushing state")
     finally:
+        await orphan.close()
         await pool.stop()
     log.info("stopped")
     return 0
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    """A worker whose supervisor died (kill -9) stops too: nobody would stop or restart it."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("the supervisor of this worker is gone: stopping")
+    stop.set()
 
 
 # admin-token ------------------------------------------------------------------------------

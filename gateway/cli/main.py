@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -44,6 +45,16 @@ def _version() -> str:
         return "unknown"
 
 
+def _workers(text: str) -> int:
+    """``--workers N`` or ``--workers auto`` (the cores this process may run on)."""
+    if text == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="proxy-pool", description="Self-hosted rotating proxy gateway with its own validated pool.")
     parser.add_argument("--version", action="version", version=f"proxy-pool {_version()}")
@@ -58,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-default-sources", action="store_true", help="do not scrape the built-in public lists")
     serve.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="N processes sharing the listening sockets (PostgreSQL only)"
+        "--workers", type=_workers, default=1, metavar="N",
+        help="N processes sharing the listening sockets ('auto': one per core)",
     )
     serve.add_argument("--replica-name", metavar="NAME", help="this replica's name (default: host name and port)")
     serve.add_argument("--worker-of", metavar="N", type=int, help=argparse.SUPPRESS)  # set by --workers for its children
+    serve.add_argument("--pool-lock", metavar="FD", type=int, help=argparse.SUPPRESS)  # the supervisor's serve lock
 
     check = sub.add_parser("check", help="run the checker pipeline once on some proxies")
     _common(check)

@@ -155,6 +155,17 @@ STEPS: list[str] = [
         last_seen {REAL}
     );
     """,
+    # 7: change announcements between the workers of one SQLite file (``serve --workers N``; ``feed.py``),
+    # SQLite's stand-in for NOTIFY: ids of what changed, never rows (unused on PostgreSQL)
+    """
+    CREATE TABLE pool_changes (
+        id {ID},
+        origin TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        ids TEXT NOT NULL,
+        at {REAL} NOT NULL
+    );
+    """,
 ]
 
 

@@ -2,8 +2,10 @@
 
 Only what is SQLite's own lives here: opening and migrating the file (``PRAGMA user_version``), the
 write lock and ``BEGIN IMMEDIATE``, bulk inserts that find their rows by rowid, and the replica
-questions a single serving process answers alone.  The SQL both databases share is in the concern
-modules this class mixes in.
+questions a single serving process answers alone.  The workers of ``serve --workers N`` open the file
+``shared``: then every write takes the write lock at BEGIN, and the changes the others must hear go
+through ``pool_changes`` (``feed.py``), SQLite's stand-in for NOTIFY.  The SQL both databases share
+is in the concern modules this class mixes in.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pool.models import Proxy, ProxyStatus, UpstreamURL
 import pool.store.schema as schema
 from pool.store.backend import Lock, Tx
 from pool.store.claims import ClaimsMixin
+from pool.store.feed import ChangeFeed
 from pool.store.leases import LeasesMixin
 from pool.store.proxies import ProxiesMixin
 from pool.store.records import PROXY_COLUMNS, ChangeHandler, Row, UpsertResult, proxy_row
@@ -34,8 +37,9 @@ __all__ = ["SqliteStore"]
 class _SqliteTx:
     """``Tx`` over the one aiosqlite connection."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: aiosqlite.Connection, feed: ChangeFeed | None) -> None:
         self._db = db
+        self._feed = feed
 
     async def fetch(self, sql: str, *args: Any) -> list[Row]:
         async with self._db.execute(sql, args) as cur:
@@ -66,31 +70,39 @@ class _SqliteTx:
         return [int(r[0]) for r in await self.fetch(f"SELECT id FROM {table} WHERE id > ? ORDER BY id", before)]
 
     async def notify(self, kind: str, ids: Iterable[int] = ()) -> None:
-        """Nobody else serves from this file: the CLI's changes are read at each flush."""
+        """A ``pool_changes`` row for the other workers; alone on the file, nobody to tell (the CLI's
+        changes are read at each flush)."""
+        if self._feed is not None:
+            await self._feed.send(kind, ids)
 
 
 class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMixin):
     """The embedded store.  One connection; aiosqlite runs it on its own thread.
 
-    One serving process per file (``shared`` is False): it leases every credit it sees, its claims
+    One serving process per file (``shared`` False): it leases every credit it sees, its claims
     always succeed, and nobody else's changes need announcing (the CLI's are read on each flush).
+    The workers of one pool (``shared`` True) lease in blocks and announce their changes, as replicas
+    on PostgreSQL do; one of them (the leader, ``pool.dbfiles.LeaderLock``) checks, so its check
+    claims still always succeed.
     """
 
-    shared = False
     FOR_UPDATE = ""  # BEGIN IMMEDIATE holds the whole file
     NO_LIMIT = "-1"
     LATEST_SEEN = "MAX(COALESCE(user_usage.last_seen, 0), COALESCE(excluded.last_seen, 0))"
     DUPLICATE = (sqlite3.IntegrityError,)
     REJECTED = (sqlite3.IntegrityError,)
 
-    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: str, *, shared: bool = False) -> None:
         self._db = db
         self.path = path
+        self.shared = shared
         self._write_lock = asyncio.Lock()
-        self._tx = _SqliteTx(db)
+        self._feed = ChangeFeed(db, self._write_lock) if shared else None
+        self._tx = _SqliteTx(db, self._feed)
 
     @classmethod
-    async def open(cls, path: str | Path) -> SqliteStore:
+    async def open(cls, path: str | Path, *, shared: bool = False) -> SqliteStore:
+        """Open (and migrate) the file; ``shared``: as one worker of several serving it."""
         path = str(path)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +112,7 @@ class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMix
             await db.execute("PRAGMA synchronous=NORMAL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.execute("PRAGMA busy_timeout=5000")
-            store = cls(db, path)
+            store = cls(db, path, shared=shared)
             await store._migrate()
         except BaseException:
             await db.close()
@@ -108,6 +120,8 @@ class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMix
         return store
 
     async def close(self) -> None:
+        if self._feed is not None:
+            await self._feed.close()
         await self._db.close()
 
     # schema ---------------------------------------------------------------------------------
@@ -149,11 +163,13 @@ class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMix
         """The one write frame: under the write lock, committed when the block ends, rolled back on any error.
 
         A ``lock`` takes SQLite's write lock at BEGIN (IMMEDIATE), so a reader in another process (the
-        CLI) cannot slip a write between our read and our update.
+        CLI) cannot slip a write between our read and our update; a shared store takes it for every
+        write (the other workers write all the time, and a read that is then upgraded to a write could
+        fail busy at once instead of waiting).
         """
         async with self._write_lock:
             try:
-                if lock is not Lock.NONE and not self._db.in_transaction:
+                if (lock is not Lock.NONE or self.shared) and not self._db.in_transaction:
                     await self._db.execute("BEGIN IMMEDIATE")
                 yield self._tx
                 await self._db.commit()
@@ -162,10 +178,15 @@ class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMix
                 raise
 
     async def _announce(self, kind: str, ids: Sequence[int]) -> None:
-        """Nobody else holds a lease here."""
+        """A row for the other workers (alone on the file: nobody else holds a lease here)."""
+        if self._feed is not None:
+            async with self._write() as tx:
+                await tx.notify(kind, ids)
 
     def subscribe(self, handler: ChangeHandler) -> None:
-        """Nothing to hear: nobody else serves from this file."""
+        """The other workers' changes (alone on the file: nothing to hear)."""
+        if self._feed is not None:
+            self._feed.subscribe(handler)
 
     # what differs from PostgreSQL ----------------------------------------------------------
     async def upsert_proxies(self, source_id: int | None, upstreams: Sequence[UpstreamURL]) -> UpsertResult:
@@ -190,6 +211,8 @@ class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMix
                     "SELECT id, ?, ? FROM proxies WHERE protocol = ? AND host = ? AND port = ?",
                     [(source_id, now, u.protocol.value, u.host, u.port) for u in unique.values()],
                 )
+            if new:
+                await tx.notify("proxies", [p.id for p in new])
         return UpsertResult(found=len(unique), new=new)
 
     async def insert_proxies_bulk(self, upstreams: Iterable[UpstreamURL], status: ProxyStatus) -> int:
@@ -223,4 +246,4 @@ class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMix
         return found
 
     async def claim_checks(self, proxies: Sequence[Proxy], until: datetime) -> list[int]:
-        return [p.id for p in proxies]  # one process checks everything it finds due
+        return [p.id for p in proxies]  # one process (the only one, or the workers' leader) checks what is due

@@ -1,8 +1,10 @@
-"""Real ``proxy-pool serve`` replicas on one PostgreSQL database, and a round-robin TCP balancer.
+"""Real ``proxy-pool serve`` replicas on one PostgreSQL database, ``serve --workers N`` pools, and a
+round-robin TCP balancer.
 
 Each replica is the real command line in a subprocess (JSON logs on stderr; its addresses come from
-the "serving" line).  The balancer stands in for HAProxy: it spreads connections over the replicas
-and skips one that refuses (a killed replica), as a TCP load balancer with retries does.
+the "serving" line).  A pool of workers is its supervisor's process, whose stderr carries every
+worker's lines (each with its pid).  The balancer stands in for HAProxy: it spreads connections over
+the replicas and skips one that refuses (a killed replica), as a TCP load balancer with retries does.
 """
 
 from __future__ import annotations
@@ -20,8 +22,20 @@ from typing import Any
 import aiohttp
 
 from pool.tasks import TaskSet
+from tests.support.upstreams import free_port
+from tests.support.waiting import across_processes
 
-__all__ = ["START_BOUND", "TOKEN", "Balancer", "Replica", "start_replica"]
+__all__ = [
+    "START_BOUND",
+    "TOKEN",
+    "Balancer",
+    "Replica",
+    "each_worker",
+    "serve_environ",
+    "start_replica",
+    "start_workers",
+    "worker_pids",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 TOKEN = "replica-test-token"
@@ -148,6 +162,66 @@ async def start_replica(
         await replica.kill()
         raise AssertionError(f"replica {name} did not start:\n{replica.messages()}")
     return replica
+
+
+async def start_workers(
+    db: str, cwd: Path, count: int, *extra: str, env: dict[str, str] | None = None, name: str = "box"
+) -> Replica:
+    """``serve --workers count`` on ``db`` (fixed free ports, as --workers wants), every worker serving."""
+    gateway, admin = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--workers", str(count), "--db", db, "--no-default-sources",
+        "--listen", f"127.0.0.1:{gateway}", "--admin-listen", f"127.0.0.1:{admin}", "--replica-name", name,
+        "--log-format", "json", *extra,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        cwd=cwd, env=serve_environ(cwd, env),
+    )
+    pool = Replica(name, proc, gateway=("127.0.0.1", gateway), admin=("127.0.0.1", admin))
+    pool.tasks.spawn(pool.read_log(), name=f"log-{name}")
+
+    async def all_serving() -> bool:
+        return pool.messages().count("proxy-pool serving:") >= count or proc.returncode is not None
+
+    try:
+        await across_processes(all_serving, f"{count} workers serving", timeout=START_BOUND)
+    except BaseException:
+        await pool.kill()
+        raise
+    if proc.returncode is not None:
+        await pool.kill()
+        raise AssertionError(f"serve --workers {count} did not start:\n{pool.messages()}")
+    return pool
+
+
+def worker_pids(pool: Replica) -> list[int]:
+    """The live workers of a ``serve --workers`` pool: its supervisor's children."""
+    pid = pool.proc.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+async def each_worker(pool: Replica, path: str, check: Any, workers: int = 2) -> dict[str, Any]:
+    """Poll ``path`` on the pool's shared admin port until every worker's answer passes ``check``; the
+    answers by worker name.  Each probe is a new connection (the kernel hands it to either worker) that
+    asks ``/api/stats`` for the worker's name, then ``path``, on that one kept-alive connection."""
+    names = {f"{pool.name}/w{i}" for i in range(workers)}
+    answers: dict[str, Any] = {}
+    base = f"http://{pool.admin[0]}:{pool.admin[1]}"
+
+    async def probe() -> bool:
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+            try:
+                async with client.get(base + "/api/stats") as resp:
+                    worker = (await resp.json())["replica"]
+                async with client.get(base + path) as resp:
+                    answer = await resp.json()
+            except aiohttp.ClientError:
+                return False
+        answers[worker] = answer if check(answer) else None
+        return set(answers) >= names and all(answers[n] is not None for n in names)
+
+    await across_processes(probe, lambda: f"{path} on every worker of {sorted(names)}: {answers}")
+    return answers
 
 
 class Balancer:

@@ -1,4 +1,5 @@
-"""Accounts of several replicas on one PostgreSQL database: leases keep credits exact, a crash costs a lease."""
+"""Accounts of several replicas on one database (PostgreSQL, or the workers of a pool on one SQLite file):
+leases keep credits exact, a crash costs a lease."""
 
 from __future__ import annotations
 
@@ -9,19 +10,25 @@ import pytest
 
 from config.settings import CreditsSettings
 from pool.accounts import Accounts
+from pool.store import SqliteStore, Store
 from pool.store.postgres import PostgresStore
 from tests.support.waiting import eventually
+from tests.unit.test_store_replicas import _wait_listening
 
 
-@pytest.fixture
-async def stores(pg_url: str) -> AsyncIterator[list[PostgresStore]]:
-    opened = [await PostgresStore.open(pg_url) for _ in range(3)]
+@pytest.fixture(params=["sqlite", "postgres"])
+async def stores(request, tmp_path) -> AsyncIterator[list[Store]]:
+    if request.param == "sqlite":
+        opened: list[Store] = [await SqliteStore.open(tmp_path / "pool.db", shared=True) for _ in range(3)]
+    else:
+        url = request.getfixturevalue("pg_url")
+        opened = [await PostgresStore.open(url) for _ in range(3)]
     yield opened
     for s in opened:
         await s.close()
 
 
-async def replica(store: PostgresStore, name: str, **settings: object) -> Accounts:
+async def replica(store: Store, name: str, **settings: object) -> Accounts:
     settings = {"lease_block": 20, "flush_interval": 60.0, **settings}
     return await Accounts.open(store, CreditsSettings(**settings), replica=name)  # type: ignore[arg-type]
 
@@ -50,8 +57,7 @@ async def test_a_drained_replica_gets_more_and_an_idle_one_gives_back_when_asked
     await b.flush()
     assert a._by_name["alice"].balance == 20 and b._by_name["alice"].balance == 20
     b.start()
-    assert stores[1]._announcer.listening is not None
-    await asyncio.wait_for(stores[1]._announcer.listening.wait(), 10)
+    await _wait_listening(stores[1])
     await b.flush()
     await b.flush()  # no charge on b for a whole interval: idle
     try:

@@ -13,11 +13,24 @@ from pool.stores import display_location
 from tests.support.upstreams import closed_port
 
 
-def test_workers_on_sqlite_refused_with_one_line(capsys):
-    """serve --workers 2 on a SQLite file: exit 2 and one line saying why (before anything starts)."""
-    assert main(["serve", "--workers", "2", "--db", "pool.db", "--no-default-sources"]) == 2
+def test_workers_on_an_in_memory_database_refused_with_one_line(capsys):
+    """serve --workers 2 on ``:memory:`` (one process's database): exit 2 and one line, before anything starts."""
+    argv = ["serve", "--workers", "2", "--db", ":memory:", "--no-default-sources", "--listen", "127.0.0.1:1"]
+    assert main([*argv, "--admin-listen", "127.0.0.1:2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--workers needs a shared database" in err[0] and "SQLite" in err[0]
+    assert len(err) == 1 and "--workers needs a database file or PostgreSQL" in err[0]
+
+
+def test_workers_auto_is_the_cores_and_nonsense_is_one_line(capsys):
+    import os
+
+    args = build_parser().parse_args(["serve", "--workers", "auto"])
+    assert args.workers == len(os.sched_getaffinity(0)) >= 1
+    with pytest.raises(SystemExit) as refused:
+        main(["serve", "--workers", "many"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers" in err[0] and "'auto'" in err[0]
 
 
 def test_zero_workers_refused(capsys):
@@ -59,3 +72,8 @@ def test_worker_command_lines_are_named_and_not_recursive():
     """Each worker runs serve without --workers, under NAME/wK (its leases and metric label)."""
     argv = ["serve", "--workers", "2", "--replica-name", "gw", "--db", "postgresql://h/d", "--workers=3"]
     assert worker_argv(argv, 1, "gw") == ["serve", "--db", "postgresql://h/d", "--worker-of", "1", "--replica-name", "gw/w1"]
+    # on a SQLite file, the descriptor of the serve lock each worker inherits (never a user's --pool-lock)
+    lite = ["serve", "--workers", "2", "--db", "pool.db", "--pool-lock=9"]
+    assert worker_argv(lite, 0, "gw", 5) == [
+        "serve", "--db", "pool.db", "--worker-of", "0", "--replica-name", "gw/w0", "--pool-lock", "5"
+    ]

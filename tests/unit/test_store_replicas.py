@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from pool.errors import InvalidInputError
-from pool.store import Settlement
+from pool.store import Settlement, SqliteStore, Store
 from pool.store.notify import payloads as _payloads
 from pool.store.postgres import PostgresStore
 from tests.unit.test_store import store, up  # noqa: F401  (the fixture over both stores)
@@ -123,33 +125,71 @@ async def test_postgres_check_claims_split_due_proxies(pg_url):
         await b.close()
 
 
-async def test_postgres_changes_are_announced_to_the_other_replicas(pg_url):
-    """A check result, a user and a source written on one store are heard by another (ids only), not by itself."""
-    a, b = await PostgresStore.open(pg_url), await PostgresStore.open(pg_url)
-    heard_a: list[tuple[str, list[int]]] = []
-    heard_b: asyncio.Queue[tuple[str, list[int]]] = asyncio.Queue()
-    a.subscribe(lambda kind, ids: heard_a.append((kind, ids)))
-    b.subscribe(lambda kind, ids: heard_b.put_nowait((kind, ids)))
+@pytest.fixture(params=["sqlite", "postgres"])
+async def pair(request, tmp_path) -> AsyncIterator[tuple[Store, Store]]:
+    """Two stores on one database as two serving processes open it: PostgreSQL replicas, or two workers
+    of a pool on one SQLite file (``shared``)."""
+    if request.param == "sqlite":
+        a = await SqliteStore.open(tmp_path / "pool.db", shared=True)
+        b = await SqliteStore.open(tmp_path / "pool.db", shared=True)
+    else:
+        url = request.getfixturevalue("pg_url")
+        a, b = await PostgresStore.open(url), await PostgresStore.open(url)
     try:
-        await _wait_listening(a)
-        await _wait_listening(b)
-        (p,) = (await a.upsert_proxies(None, [up("1.2.3.4:80")])).new
-        assert await asyncio.wait_for(heard_b.get(), 5) == ("proxies", [p.id])
-        user = await a.add_user("alice", "h", 5)
-        assert await asyncio.wait_for(heard_b.get(), 5) == ("users", [user.id])
-        source = await a.add_source("https://example.com/x.txt")
-        assert await asyncio.wait_for(heard_b.get(), 5) == ("sources", [source.id])
-        await a.delete_proxies([p.id])
-        assert await asyncio.wait_for(heard_b.get(), 5) == ("deleted", [p.id])
-        assert heard_a == []
+        yield a, b
     finally:
         await a.close()
         await b.close()
 
 
-async def _wait_listening(s: PostgresStore) -> None:
-    assert s._announcer.listening is not None
-    await asyncio.wait_for(s._announcer.listening.wait(), 10)
+async def test_changes_are_announced_to_the_other_processes(pair):
+    """A check result, a user and a source written on one store are heard by another (ids only), not by itself."""
+    a, b = pair
+    heard_a: list[tuple[str, list[int]]] = []
+    heard_b: asyncio.Queue[tuple[str, list[int]]] = asyncio.Queue()
+    a.subscribe(lambda kind, ids: heard_a.append((kind, ids)))
+    b.subscribe(lambda kind, ids: heard_b.put_nowait((kind, ids)))
+    await _wait_listening(a)
+    await _wait_listening(b)
+    (p,) = (await a.upsert_proxies(None, [up("1.2.3.4:80")])).new
+    assert await asyncio.wait_for(heard_b.get(), 5) == ("proxies", [p.id])
+    user = await a.add_user("alice", "h", 5)
+    assert await asyncio.wait_for(heard_b.get(), 5) == ("users", [user.id])
+    source = await a.add_source("https://example.com/x.txt")
+    assert await asyncio.wait_for(heard_b.get(), 5) == ("sources", [source.id])
+    await a.delete_proxies([p.id])
+    assert await asyncio.wait_for(heard_b.get(), 5) == ("deleted", [p.id])
+    await a.ask_credits([user.id])  # outside any write
+    assert await asyncio.wait_for(heard_b.get(), 5) == ("wanted", [user.id])
+    assert heard_a == []
+
+
+async def test_a_sqlite_worker_that_fell_behind_the_pruning_resyncs(tmp_path):
+    """Rows pruned before a worker read them (it stalled): it is told to resync, then follows on."""
+    a = await SqliteStore.open(tmp_path / "pool.db", shared=True)
+    b = await SqliteStore.open(tmp_path / "pool.db", shared=True)
+    heard: asyncio.Queue[tuple[str, list[int]]] = asyncio.Queue()
+    b.subscribe(lambda kind, ids: heard.put_nowait((kind, ids)))
+    try:
+        await _wait_listening(b)
+        with sqlite3.connect(tmp_path / "pool.db") as db:  # rows 1..3 written and pruned unseen
+            db.execute("INSERT INTO pool_changes (id, origin, kind, ids, at) VALUES (4, 'x', 'users', '7', 0)")
+        assert await asyncio.wait_for(heard.get(), 5) == ("resync", [])
+        assert await asyncio.wait_for(heard.get(), 5) == ("users", [7])
+        source = await a.add_source("https://example.com/x.txt")
+        assert await asyncio.wait_for(heard.get(), 5) == ("sources", [source.id])
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def _wait_listening(s: Store) -> None:
+    if isinstance(s, PostgresStore):
+        assert s._announcer.listening is not None
+        await asyncio.wait_for(s._announcer.listening.wait(), 10)
+    else:
+        assert s._feed is not None
+        await asyncio.wait_for(s._feed.following.wait(), 10)
 
 
 def test_notification_payloads_stay_small():
