@@ -344,7 +344,7 @@ class CreditsSettings(_Section):
     refund_gateway_failures: bool = True
     flush_interval: float = Field(default=1.0, gt=0)
     lease_block: int = Field(
-        default=100, ge=1, description="credits a replica on PostgreSQL leases per user at a time"
+        default=100, ge=1, description="credits a replica or worker leases per user at a time"
     )
     lease_wait: float = Field(
         default=2.0, gt=0, le=30, description="seconds a request (or a debit) waits for credits leased elsewhere"
