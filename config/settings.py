@@ -165,6 +165,10 @@ class GatewaySettings(_Section):
         description="seconds an upstream a site banned rests for that site; 0 turns per-site learning off",
     )
     ban_rules: list[BanRule] = Field(default_factory=list)
+    distinct_exit: Literal["ip", "subnet", "off"] = Field(
+        default="ip", description="keep a site's picks off exits (or /24, /48 subnets) that served it lately"
+    )
+    distinct_exit_window: int = Field(default=32, ge=1, le=100_000, description="picks per site an exit is avoided for")
     debug_headers: bool = False
     allow_open: bool = False
     drain_timeout: float = Field(default=10.0, ge=0)

@@ -125,6 +125,8 @@ class ProxyPool:
             session_ttl=settings.gateway.session_ttl,
             max_sessions=settings.gateway.max_sessions,
             sites=SiteHealth(settings.gateway.site_ban_seconds),
+            distinct_exit=settings.gateway.distinct_exit,
+            distinct_window=settings.gateway.distinct_exit_window,
         )
         self.selector.load(await self.store.all_proxies())
         self.metrics = Metrics(pool_counts=self.selector.counts, country_counts=self._country_counts)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import ipaddress
 import random
 import time
 from collections import Counter, OrderedDict
@@ -29,7 +30,7 @@ from itertools import product
 from typing import Literal
 
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus
-from pool.sites import SiteHealth, site_of
+from pool.sites import SiteHealth, SiteStats, site_of
 
 __all__ = ["Route", "Selector"]
 
@@ -37,6 +38,8 @@ Strategy = Literal["round_robin", "random", "fastest"]
 BucketKey = tuple[str | None, str | None, str | None]
 
 FASTEST_SPREAD = 5  # "fastest" spreads load over this many of the quickest
+DISTINCT_SCAN = 64  # a bucket up to this size is looked through for a distinct exit; a larger one...
+DISTINCT_TRIES = 8  # ...is sampled this many times (never a scan of a large pool per request)
 SUSPECT_RECHECK_EVERY = 30.0  # seconds between two re-checks asked for by target failures of one upstream
 
 
@@ -134,6 +137,8 @@ class Selector:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         sites: SiteHealth | None = None,
+        distinct_exit: Literal["ip", "subnet", "off"] = "ip",
+        distinct_window: int = 32,
     ) -> None:
         if strategy not in ("round_robin", "random", "fastest"):
             raise ValueError(f"unknown strategy {strategy!r}")
@@ -152,6 +157,9 @@ class Selector:
         self.benched: set[int] = set()
         self._sessions: OrderedDict[str, tuple[int, float, float]] = OrderedDict()  # id, last use, ttl
         self.sites = sites if sites is not None else SiteHealth(clock=clock)
+        self.distinct_exit = distinct_exit
+        self.distinct_window = distinct_window
+        self._exit_keys: dict[int, str] = {}  # proxy id -> its exit key (distinct_exit)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counted: dict[int, tuple[str, str]] = {}
         self.on_bench: Callable[[Proxy], None] | None = None
@@ -174,6 +182,7 @@ class Selector:
         previous = self._proxies.get(proxy.id)
         if previous is not None and previous is not proxy:
             self._unindex(previous)  # a fresh object for a known id (e.g. reloaded from the store)
+        self._exit_keys.pop(proxy.id, None)  # its exit may have changed
         new_key = (proxy.status.value, proxy.protocol.value)
         self._counts[new_key] += 1
         self._counted[proxy.id] = new_key
@@ -202,6 +211,7 @@ class Selector:
         self._passive_failures.pop(proxy_id, None)
         self._target_streak.pop(proxy_id, None)
         self._suspected.pop(proxy_id, None)
+        self._exit_keys.pop(proxy_id, None)
         if self.on_change:
             self.on_change()
 
@@ -273,7 +283,7 @@ class Selector:
         if bucket is None:
             return None
         sites = self.sites
-        site = site_of(host) if host is not None and sites.learning else None
+        site = site_of(host) if host is not None and (sites.learning or self.distinct_exit != "off") else None
         if route.session is None and self.strategy == "round_robin":
             # the everyday pick, decided here without a call: the next in turn, when nothing rules it out
             items = bucket.items
@@ -286,7 +296,7 @@ class Selector:
                 now = self._clock()
                 if not sites.resting_count or not sites.resting(site, proxy.id, now):
                     bucket.cursor = start + 1
-                    return self._two_choices(site, proxy, items, exclude, now, tunnel)
+                    return self._for_site(site, proxy, bucket, exclude, now, tunnel)
         now = self._clock()
         if route.session is not None:
             sticky = self._sticky(route, bucket, exclude, site, now, tunnel)
@@ -300,7 +310,7 @@ class Selector:
         else:
             proxy = self._choose(bucket, exclude, site, now, tunnel)
             if proxy is not None and site is not None:
-                proxy = self._two_choices(site, proxy, bucket.items, exclude, now, tunnel)
+                proxy = self._for_site(site, proxy, bucket, exclude, now, tunnel)
         if proxy is None and site is not None and sites.resting_count:
             # every match rests for this site: a resting upstream beats a 503 (or the direct fallback,
             # which would show the gateway's own address to the site that banned the pool)
@@ -316,6 +326,78 @@ class Selector:
         if proxy.id in exclude or (tunnel and proxy.tunnels is False):
             return False
         return site is None or not self.sites.resting_count or not self.sites.resting(site, proxy.id, now)
+
+    def _for_site(
+        self, site: str, proxy: Proxy, bucket: _Bucket, exclude: frozenset[int] | set[int], now: float, tunnel: bool
+    ) -> Proxy:
+        """The strategy's pick for a request to ``site``, weighed by the site's record (two choices),
+        then kept off the exits that served the site lately (``distinct_exit``)."""
+        if self.sites.learning:
+            proxy = self._two_choices(site, proxy, bucket.items, exclude, now, tunnel)
+        if self.distinct_exit != "off":
+            stats = self.sites.site(site)
+            proxy = self._distinct(stats, proxy, bucket, exclude, site, now, tunnel)
+            stats.saw_exit(self._exit_key(proxy), self.distinct_window)
+        return proxy
+
+    def _exit_key(self, proxy: Proxy) -> str:
+        """The exit a site sees from ``proxy``: the address the judge saw (``subnet``: its /24 or /48);
+        unknown, the proxy alone.  Proxies sharing an exit share the key."""
+        key = self._exit_keys.get(proxy.id)
+        if key is None:
+            key = f"#{proxy.id}"
+            if proxy.exit_ip:
+                try:
+                    address = ipaddress.ip_address(proxy.exit_ip)
+                except ValueError:
+                    pass
+                else:
+                    if self.distinct_exit == "subnet":
+                        prefix = 24 if address.version == 4 else 48
+                        key = str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+                    else:
+                        key = str(address)
+            self._exit_keys[proxy.id] = key
+        return key
+
+    def _distinct(
+        self,
+        stats: SiteStats,
+        proxy: Proxy,
+        bucket: _Bucket,
+        exclude: frozenset[int] | set[int],
+        site: str,
+        now: float,
+        tunnel: bool,
+    ) -> Proxy:
+        """``proxy``, unless its exit served ``site`` within the last ``distinct_window`` picks: then
+        another usable match whose exit did not (the next in turn; in a large pool, one of a few random
+        ones), else the one whose exit served the site longest ago; never one that did clearly worse at
+        the site than ``proxy`` (two choices' measure)."""
+        window = self.distinct_window
+        age = stats.exit_age(self._exit_key(proxy))
+        if age is None or age >= window:
+            return proxy
+        best, best_age = proxy, age
+        items = bucket.items
+        n = len(items)
+        if n <= DISTINCT_SCAN:
+            start = bucket.cursor % n
+            candidates: Iterable[Proxy] = (items[(start + step) % n] for step in range(n))
+        else:
+            candidates = (items[self._rng.randrange(n)] for _ in range(DISTINCT_TRIES))
+        learning = self.sites.learning
+        for other in candidates:
+            if other is proxy or not self._usable(other, exclude, site, now, tunnel):
+                continue
+            if learning and self.sites.better(site, other.id, proxy.id):
+                continue  # clearly worse at this site: a repeated exit beats a failing one
+            other_age = stats.exit_age(self._exit_key(other))
+            if other_age is None or other_age >= window:
+                return other
+            if other_age > best_age:
+                best, best_age = other, other_age
+        return best
 
     def _two_choices(
         self, site: str, proxy: Proxy, items: list[Proxy], exclude: frozenset[int] | set[int], now: float, tunnel: bool

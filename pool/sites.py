@@ -73,7 +73,7 @@ class PairHealth:
 class SiteStats:
     """One site: counts, recent head times, and who failed there since its last success."""
 
-    __slots__ = ("bans", "failures", "requests", "run", "samples", "successes", "exits")
+    __slots__ = ("bans", "exits", "failures", "picks", "requests", "run", "samples", "successes")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -82,7 +82,22 @@ class SiteStats:
         self.failures = 0
         self.samples: deque[float] = deque(maxlen=SAMPLES)
         self.run: set[int] = set()  # upstreams failing here since the last success
-        self.exits: deque[str] = deque()  # exit keys of the latest picks (distinct exits)
+        self.picks = 0  # picks for this site (distinct exits count their age in picks)
+        self.exits: dict[str, int] = {}  # exit key -> the pick that last used it
+
+    def exit_age(self, key: str) -> int | None:
+        """Picks for this site since ``key`` last served it (0: the latest), None: never (or forgotten)."""
+        last = self.exits.get(key)
+        return None if last is None else self.picks - last
+
+    def saw_exit(self, key: str, window: int) -> None:
+        """A pick for this site went out through exit ``key``; exits older than ``window`` are forgotten
+        now and then (the table stays within twice the window)."""
+        self.picks += 1
+        self.exits[key] = self.picks
+        if len(self.exits) > 2 * window:
+            oldest = self.picks - window
+            self.exits = {k: at for k, at in self.exits.items() if at > oldest}
 
     def percentile(self, q: float) -> float | None:
         if not self.samples:

@@ -135,3 +135,32 @@ async def test_a_site_down_for_everyone_benches_nobody(make_pool, upstreams, ori
     for _, text in await get_many(pool, f"http://127.0.0.1:{origin.port}/echo", 6):
         peers[text.split('"peer": "')[1].split('"')[0]] += 1
     assert set(peers) == {u.host for u in upstreams}
+
+
+async def test_two_proxies_sharing_an_exit_never_serve_a_site_back_to_back(make_pool, judge):
+    """Two upstreams leaving from one address (127.0.0.5) and one from another (127.0.0.6): the judge
+    sees their exits, and requests to a site never go out through the same exit twice in a row; with
+    distinct_exit = "off" plain round robin does."""
+    from tests.support.upstreams import start_pproxy
+
+    ups = [await start_pproxy("127.0.0.5"), await start_pproxy("127.0.0.5"), await start_pproxy("127.0.0.6")]
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"peer": request.remote})
+
+    try:
+        async with site(echo) as origin:
+            for mode in ("ip", "off"):
+                pool = await make_pool(
+                    [u.url() for u in ups], checker={"judges": [judge.json_url]}, gateway={"distinct_exit": mode}
+                )
+                await pool.wait_until(
+                    lambda pool=pool: pool.selector.active_count == 3 and all(p.exit_ip for p in pool.selector.proxies())
+                )
+                peers = [text.split('"peer": "')[1].split('"')[0] for _, text in await get_many(pool, f"http://127.0.0.1:{origin.port}/", 12)]
+                repeated = any(a == b for a, b in zip(peers, peers[1:]))
+                assert repeated is (mode == "off"), (mode, peers)
+                await pool.stop()
+    finally:
+        for up in ups:
+            await up.stop()

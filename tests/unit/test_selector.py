@@ -712,3 +712,65 @@ def test_session_ttl_per_session():
     clock.now += 61  # 61 s since "short" was last used: forgotten, a strict pick may start afresh
     assert sel.pick(strict_short, exclude={sel.session_upstream("short")}) is not None
     assert sel.pick(Route(session="long", strict=True), exclude={sel.session_upstream("long")}) is None
+
+
+# -- distinct exits ----------------------------------------------------------------------------------
+
+
+def exits(*addresses: str | None) -> list[Proxy]:
+    ps = [make_proxy() for _ in addresses]
+    for proxy, address in zip(ps, addresses, strict=True):
+        proxy.exit_ip = address
+    return ps
+
+
+def test_proxies_sharing_an_exit_never_serve_a_site_back_to_back():
+    """Two proxies behind one exit count as one: picks for a site alternate exits, while picks without
+    a site (or for another site) rotate as before."""
+    ps = exits("203.0.113.5", "203.0.113.5", "198.51.100.7")
+    sel = selector(*ps)
+    seen = [sel.pick(host="shop.example").exit_ip for _ in range(30)]
+    assert all(a != b for a, b in pairwise(seen)), seen
+    assert {p.id for p in (sel.pick(host="shop.example") for _ in range(30))} == {p.id for p in ps}
+
+
+@pytest.mark.parametrize(
+    ("mode", "addresses", "distinct"),
+    [
+        ("subnet", ["203.0.113.5", "203.0.113.9", "198.51.100.7"], True),  # one /24 is one exit
+        ("ip", ["203.0.113.5", "203.0.113.9", "198.51.100.7"], False),  # three exits: round robin
+        ("subnet", ["2001:db8:1:1::1", "2001:db8:1:2::1", "2001:db8:2::1"], True),  # one /48
+        ("off", ["203.0.113.5", "203.0.113.5", "198.51.100.7"], False),
+    ],
+)
+def test_distinct_exit_modes(mode, addresses, distinct):
+    ps = exits(*addresses)
+    sel = selector(*ps, distinct_exit=mode)
+    seen = [sel.pick(host="shop.example") for _ in range(12)]
+    key = (lambda p: p.id) if not distinct else (lambda p: ps.index(p) < 2)
+    back_to_back = any(key(a) == key(b) for a, b in pairwise(seen))
+    if distinct:
+        assert not back_to_back
+    elif mode == "off":
+        assert [p.id for p in seen[:3]] == [p.id for p in ps]  # plain round robin: the shared exit twice
+    else:
+        assert not back_to_back and {p.id for p in seen} == {p.id for p in ps}
+
+
+def test_distinct_exit_window_frees_an_exit_after_n_picks():
+    """An exit is avoided for the window's picks of that site; a window of 1 only forbids repeats."""
+    ps = exits("203.0.113.5", "198.51.100.7", "192.0.2.1", "192.0.2.2")
+    sel = selector(*ps, distinct_exit="ip", distinct_window=3, strategy="random")
+    seen = [sel.pick(host="shop.example").id for _ in range(40)]
+    for i in range(len(seen) - 2):
+        assert len(set(seen[i : i + 3])) == 3, seen  # no exit twice within any three picks
+
+
+def test_distinct_exits_yield_to_an_upstream_failing_at_the_site():
+    """Avoiding a repeated exit never sends a site to an upstream that clearly failed there."""
+    good, bad = exits("203.0.113.5", "198.51.100.7")
+    sel = selector(good, bad)
+    for _ in range(5):
+        sel.served(good, "s.example", 0.05)
+        sel.report(bad, False, target="s.example:80")
+    assert Counter(sel.pick(host="s.example").id for _ in range(100))[good.id] > 75
