@@ -18,7 +18,14 @@ COPY config ./config
 COPY gateway ./gateway
 COPY pool ./pool
 COPY plugins ./plugins
-RUN pip install --no-cache-dir '.[speed]' \
+# A virtualenv of its own, so a distribution's Python (PEP 668, no pip) serves as a base as well as
+# python:*-slim. PIP_NO_INDEX / PIP_FIND_LINKS (unset by default) install from wheels instead of an index:
+# podman build -v "$PWD/wheels:/wheels:ro" --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels .
+ENV PATH=/opt/proxy-pool/bin:$PATH
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
+RUN python3 -m venv /opt/proxy-pool \
+    && pip install --no-cache-dir '.[speed]' \
     && useradd --system --home /data --create-home proxypool \
     && mkdir -p /app/plugins-contrib \
     && chown proxypool /data /app/plugins-contrib
