@@ -119,11 +119,11 @@ class Gateway:
     """``proxy-pool serve`` as a subprocess in its own process group, with its admin API."""
 
     def __init__(self, services: Services, work: Path, *, proxies: list[str] | None, db: Path,
-                 extra_config: str = "", root: Path = ROOT) -> None:
+                 extra_config: str = "", root: Path = ROOT, admin_port: int | None = None) -> None:
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.admin_port = free_port()
+        self.admin_port = admin_port or free_port()  # chosen by the caller when the config names it
         config = work / "proxy-pool.toml"
         self.token = "bench-" + os.urandom(8).hex()  # /api/* wants the bearer token, also from loopback
         config.write_text(f'[admin]\ntoken = "{self.token}"\n[gateway]\nallowed_connect_ports = "*"\n' + extra_config)
