@@ -223,9 +223,11 @@ class SiteHealth:
         stats.requests += 1
         stats.failures += 1
         stats.run.add(proxy_id)
+        if len(stats.run) >= SITE_FAULT_RUN:
+            return False  # the site's own: no mark against this upstream here either
         pair = self._pair(site, proxy_id)
         pair.ok *= 1 - EWMA
-        return len(stats.run) < SITE_FAULT_RUN
+        return True
 
     def better(self, site: str, first: int, second: int) -> bool:
         """Power of two choices: whether ``second`` clearly did better at ``site`` than ``first``

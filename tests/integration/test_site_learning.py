@@ -132,7 +132,7 @@ async def test_a_site_down_for_everyone_benches_nobody(make_pool, upstreams, ori
     assert not pool.selector.benched and pool.selector.active_count == 3
     assert pool.selector.cooldown_count == 0
     peers = Counter()
-    for _, text in await get_many(pool, f"http://127.0.0.1:{origin.port}/echo", 6):
+    for _, text in await get_many(pool, f"http://localhost:{origin.port}/echo", 6):  # another site
         peers[text.split('"peer": "')[1].split('"')[0]] += 1
     assert set(peers) == {u.host for u in upstreams}
 
