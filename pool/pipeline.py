@@ -31,7 +31,7 @@ from pool.lifecycle import RunVerdict, apply_run
 from pool.models import Proxy, ProxyCheck
 from pool.selector import Selector
 from pool.store import Store
-from pool.tasks import TaskSet
+from pool.tasks import TaskSet, spawn
 from pool.tls_judge import TlsJudge
 
 __all__ = ["CheckRun", "Pipeline", "PoolLowWatch", "run_checkers"]
@@ -191,6 +191,8 @@ class Pipeline:
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _pending: list[tuple[Proxy, list[ProxyCheck]]] = field(default_factory=list, init=False)
     _tasks: TaskSet = field(default_factory=TaskSet, init=False)
+    _writer_task: asyncio.Task[None] | None = field(default=None, init=False)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _session: aiohttp.ClientSession | None = field(default=None, init=False)
     # removed from the pool: a check still running changes nothing
     _removed: set[int] = field(default_factory=set, init=False)
@@ -211,10 +213,17 @@ class Pipeline:
         for n in range(self.settings.checker.concurrency if workers else 0):
             self._tasks.spawn(self._worker(), name=f"checker-{n}")
         if self.store is not None:
-            self._tasks.spawn(self._writer(), name="check-log-writer")
+            self._closing.clear()
+            self._writer_task = spawn(self._writer(), name="check-log-writer")
 
     async def stop(self) -> None:
         await self._tasks.close()
+        # the writer is asked to end, never cancelled: a batch it is saving would be lost (the last
+        # results of a run stayed unwritten when a busy machine made the save slow)
+        self._closing.set()
+        if self._writer_task is not None:
+            await asyncio.wait([self._writer_task])
+            self._writer_task = None
         await self.flush()
         if self._session is not None:
             await self._session.close()
@@ -298,8 +307,10 @@ class Pipeline:
                     self._idle.set()
 
     async def _writer(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval):
+                    await self._closing.wait()
             await self.flush()
 
     async def flush(self) -> None:

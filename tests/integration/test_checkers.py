@@ -463,3 +463,19 @@ async def test_site_reach_https_target_through_credentialed_connect(tmp_path):
     assert gp.seen[0].startswith("CONNECT 127.0.0.1:")
     assert not bad.passed and "407" in bad.detail
     assert "pw1" not in good.detail + bad.detail
+
+
+async def test_judge_gone_behind_a_black_hole_is_the_judges_fault(client):
+    """The judge stops after being verified and the proxy never answers: the judge, asked again
+    directly with a share of the budget the proxy cannot eat, refuses: no verdict on the proxy
+    (the proxy's timeout used to leave no time to ask, and the proxy was blamed: issue 22 #18)."""
+    checker = http_anonymity.create_plugin(settings(timeout=SHORT))
+    checker.reprobe_after = 0.0  # always re-verify after a failure
+    async with grade_proxy("elite", "127.0.0.2") as gp, running_judge() as j:
+        first = await checker.check(make_proxy(gp.url()), ctx(client, j.json_url))
+        url = j.json_url
+    async with black_hole("127.0.0.5") as hole:
+        second = await checker.check(make_proxy(hole.url()), ctx(client, url))
+    assert first.passed, first.detail
+    assert second.skipped and not second.passed, second.detail
+    assert checker.health.is_down(url)

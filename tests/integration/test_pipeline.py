@@ -20,6 +20,7 @@ from plugins.health import PluginHealth
 from pool.pipeline import Pipeline, PoolLowWatch, run_checkers
 from pool.selector import Selector
 from pool.store import SqliteStore
+from pool.tasks import spawn
 from tests.support.grade_proxies import black_hole, start_grade_proxy
 from tests.support.judges import running_judge
 from tests.support.upstreams import closed_port
@@ -282,3 +283,37 @@ def test_check_command_bad_input_exits_2(tmp_path):
     assert "ftp" in proc.stderr
 
 
+
+
+async def test_stop_keeps_the_batch_being_written(tmp_path):
+    """stop() while the write-behind log is saving a batch: the batch still lands.  (Under load a save
+    takes long; stop() cancelled it and the run's last results were lost: the black hole of
+    test_real_pipeline_grades_and_logs stayed ``new`` in the store, issue 22 #18.)"""
+
+    class HeldStore(SqliteStore):
+        entered: asyncio.Event
+        release: asyncio.Event
+
+        async def save_results(self, results):
+            self.entered.set()
+            await self.release.wait()
+            await super().save_results(results)
+
+    store = await HeldStore.open(tmp_path / "p.db")
+    store.entered, store.release = asyncio.Event(), asyncio.Event()
+    registry = PluginRegistry()
+    registry.register(FakeChecker("verdict", 1, CheckResult(False, "refused")))
+    (new,) = (await store.upsert_proxies(None, [UpstreamURL.parse("http://127.0.0.9:1")])).new
+    pipeline = Pipeline(Settings(), registry, store, None, flush_interval=0.01)
+    await pipeline.start()
+    pipeline.submit([new])
+    await pipeline.wait_idle()
+    await store.entered.wait()  # the writer holds the batch, mid-save
+    stopping = spawn(pipeline.stop(), name="stop")
+    await asyncio.sleep(0)  # stop() has asked its tasks to end
+    store.release.set()
+    await stopping
+    (saved,) = await store.all_proxies()
+    assert saved.status is ProxyStatus.DEAD
+    assert [c.detail for c in await store.get_checks(saved.id)] == ["refused"]
+    await store.close()

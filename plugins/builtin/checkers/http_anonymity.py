@@ -7,7 +7,11 @@ the host's own address, which a transparent proxy would leak.  The verdict is ca
 
 Whose fault is a failure?  When the request through the proxy fails, the judge is re-verified
 (unless it was verified moments ago): a judge that still answers directly means the proxy failed;
-a judge that does not is marked unhealthy for ``judge_retry_after`` and the next one is tried.
+a judge that does not is marked unhealthy for ``judge_retry_after`` and the next one is tried.  The
+blame follows what the judge itself answers, never the clock: requests through the proxy end a
+quarter of ``timeout`` before the check's deadline, so that re-verification always has that
+quarter of its own (a proxy that ate the whole budget once left it nothing, and the judge that
+could not answer in no time was blamed, or was not asked at all).
 When no judge is healthy the check is *skipped* (no verdict), so a judge outage never kills proxies.
 
 Every request carries a fresh token (``_judge``); an answer through the proxy without it is not the
@@ -106,6 +110,7 @@ class HttpAnonymityChecker:
     judge_ttl = 30.0  # a direct "judge is up" verdict is trusted this long
     reprobe_after = 5.0  # after a failure through a proxy, re-verify a judge last seen longer ago
     judge_retry_after = 60.0  # an unhealthy judge is left alone this long
+    judge_share = 0.25  # of ``timeout``, kept for re-verifying the judge after a failure through the proxy
 
     def __init__(self, timeout: float, judges: list[str], tls: ssl.SSLContext | None = None) -> None:
         self.timeout = timeout
@@ -172,7 +177,7 @@ class HttpAnonymityChecker:
         first: tuple[str, JudgeReply, float] | None = None
         async with Through(proxy, client, self.tls) as via:
             for judge in self._order(judges):
-                remaining = deadline - loop.time()
+                remaining = deadline - self.timeout * self.judge_share - loop.time()  # the proxy's share
                 if remaining <= 0:
                     break
                 if self.health.is_down(judge):
@@ -205,16 +210,17 @@ class HttpAnonymityChecker:
         token = new_token()
         try:
             reply = await via.get(
-                with_token(judge, token), timeout=deadline - loop.time(), headers={TOKEN_HEADER: token}
+                with_token(judge, token),
+                timeout=deadline - self.timeout * self.judge_share - loop.time(),
+                headers={TOKEN_HEADER: token},
             )
             if reply.status != 200:
                 raise JudgeFormatError(f"answered {reply.status}")
             parsed = parse_judge_reply(reply.body)
         except _JUDGE_ERRORS as exc:
             reason = str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, self.timeout)
-            left = deadline - loop.time()
-            if self.health.is_down(judge) or (
-                left > 0 and not await self.judge_is_up(judge, client, left, self.reprobe_after)
+            if self.health.is_down(judge) or not await self.judge_is_up(
+                judge, client, max(deadline - loop.time(), self.timeout * self.judge_share), self.reprobe_after
             ):
                 return None
             return CheckResult(False, f"{judge} through proxy: {reason}", metadata={"judge": judge})
