@@ -7,7 +7,6 @@ gateway then answers 407) and enables them, re-checks a proxy and takes a screen
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -291,8 +290,6 @@ async def test_dashboard_in_a_real_browser(make_pool, upstreams, origin, tmp_pat
 
             await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             assert (tmp_path / "dashboard.png").stat().st_size > 10_000
-            if os.environ.get("DASHBOARD_SCREENSHOT"):  # how docs/dashboard.png is made
-                await page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT"], full_page=True)
 
             await page.click("#logout")
             await expect(page.locator("#login-form")).to_be_visible()
