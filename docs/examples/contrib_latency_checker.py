@@ -41,7 +41,9 @@ class MaxLatencyChecker:
         if latency is None:
             return CheckResult(True, "no judge latency measured: not judged", skipped=True)
         if latency > self.limit_ms:
-            return CheckResult(False, f"too slow: {latency:.0f} ms to the judge (limit {self.limit_ms:.0f} ms)")
+            return CheckResult(
+                False, f"too slow: {latency:.0f} ms to the judge (limit {self.limit_ms:.0f} ms)"
+            )
         return CheckResult(True, f"{latency:.0f} ms to the judge", latency_ms=latency)
 
 

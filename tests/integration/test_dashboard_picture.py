@@ -86,7 +86,8 @@ async def site() -> AsyncIterator[TestServer]:
 async def test_the_dashboard_of_a_demo_pool(make_pool, demo_upstreams, list_server, site, tmp_path: Path):
     playwright_api = pytest.importorskip("playwright.async_api")
     geoip = build_country_db(
-        tmp_path / "countries.mmdb", {up.host: COUNTRIES[i % len(COUNTRIES)] for i, up in enumerate(demo_upstreams)}
+        tmp_path / "countries.mmdb",
+        {up.host: COUNTRIES[i % len(COUNTRIES)] for i, up in enumerate(demo_upstreams)},
     )
     sources = [
         {"url": str(list_server.make_url(path)), "default_protocol": protocol, "parser": "plaintext"}
@@ -102,19 +103,25 @@ async def test_the_dashboard_of_a_demo_pool(make_pool, demo_upstreams, list_serv
     # an upstream on two lists of different protocols is two proxies (http:// and socks5://)
     proxies = len({(protocol, i) for protocol, carried in LISTS.values() for i in carried})
     await pool.wait_until(
-        lambda: pool.selector.active_count == proxies
-        and sum(p.status is ProxyStatus.DEAD for p in pool.selector.proxies()) == dead_entries,
+        lambda: (
+            pool.selector.active_count == proxies
+            and sum(p.status is ProxyStatus.DEAD for p in pool.selector.proxies()) == dead_entries
+        ),
         timeout=60,
     )
 
     async with admin_session(pool) as api:
         for name, credits, requests in (("alice", 5000, 24), ("bob", 800, 9), ("carol", 40, 3)):
-            async with api.post(admin_url(pool, "/api/users"), json={"name": name, "credits": credits}) as resp:
+            async with api.post(
+                admin_url(pool, "/api/users"), json={"name": name, "credits": credits}
+            ) as resp:
                 assert resp.status == 201
                 password = (await resp.json())["password"]
             for _ in range(requests):
                 assert (await raw_get(pool, site.port, basic(name, password))).status == 200
-        async with api.patch(admin_url(pool, "/api/users/carol"), json={"max_requests_per_second": 2}) as resp:
+        async with api.patch(
+            admin_url(pool, "/api/users/carol"), json={"max_requests_per_second": 2}
+        ) as resp:
             assert resp.status == 200
 
     expect = playwright_api.expect

@@ -42,8 +42,12 @@ TOKEN = "docker-test-token"
 CONTRIB_EXAMPLE = ROOT / "docs" / "examples" / "contrib_csv_parser.py"
 
 pytestmark = [
-    pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed (apt-get install podman runc)"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="podman as root (rootless needs subuids this test does not set up)"),
+    pytest.mark.skipif(
+        shutil.which("podman") is None, reason="podman is not installed (apt-get install podman runc)"
+    ),
+    pytest.mark.skipif(
+        os.geteuid() != 0, reason="podman as root (rootless needs subuids this test does not set up)"
+    ),
     pytest.mark.timeout(900),
 ]
 
@@ -67,7 +71,9 @@ def podman_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(conf)}
 
 
-def podman(env: dict[str, str], *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+def podman(
+    env: dict[str, str], *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(["podman", *args], env=env, capture_output=True, text=True, timeout=timeout)
     if check and done.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)} -> {done.returncode}\n{done.stdout}\n{done.stderr}")
@@ -90,7 +96,12 @@ def _base_image(env: dict[str, str], tmp: Path) -> None:
         pytest.skip(f"debootstrap could not reach Debian's mirror: {made.stderr.strip().splitlines()[-1:]}")
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     imported = subprocess.run(
-        ["podman", "import", "-", BASE_IMAGE], stdin=tar.stdout, env=env, capture_output=True, text=True, timeout=300
+        ["podman", "import", "-", BASE_IMAGE],
+        stdin=tar.stdout,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert tar.stdout is not None
     tar.stdout.close()
@@ -158,7 +169,9 @@ def container(podman_env: dict[str, str], image: str, tmp_path: Path) -> Iterato
 
 
 def _published(env: dict[str, str], name: str, port: int) -> tuple[str, int]:
-    host, _, published = podman(env, "port", name, f"{port}/tcp").stdout.strip().splitlines()[0].rpartition(":")
+    host, _, published = (
+        podman(env, "port", name, f"{port}/tcp").stdout.strip().splitlines()[0].rpartition(":")
+    )
     assert host == "127.0.0.1", "published beyond loopback"
     return host, int(published)
 
@@ -209,19 +222,26 @@ def test_the_image_serves_checks_its_health_loads_contrib_plugins_and_stops_clea
 
     gateway = _published(podman_env, container, 8899)
     with socket.create_connection(gateway, timeout=10) as client:
-        client.sendall(b"GET http://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\nConnection: close\r\n\r\n")
+        client.sendall(
+            b"GET http://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\nConnection: close\r\n\r\n"
+        )
         answer = b""
         while chunk := client.recv(4096):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 503"), answer[:200]  # an empty pool says so
 
-    assert "healthz" in podman(podman_env, "inspect", container, "--format", "{{json .Config.Healthcheck}}").stdout
+    assert (
+        "healthz"
+        in podman(podman_env, "inspect", container, "--format", "{{json .Config.Healthcheck}}").stdout
+    )
     health = podman(podman_env, "healthcheck", "run", container, check=False)
     assert health.returncode == 0, health.stdout + health.stderr
 
     plugins = podman(podman_env, "exec", container, "proxy-pool", "plugins").stdout
     csv_rows = [row.split() for row in plugins.splitlines() if row.split()[:2] == ["parser", "csv"]]
-    assert csv_rows and csv_rows[0][2] == "/app/plugins-contrib/csv_export.py" and csv_rows[0][-1] == "ok", plugins
+    assert csv_rows and csv_rows[0][2] == "/app/plugins-contrib/csv_export.py" and csv_rows[0][-1] == "ok", (
+        plugins
+    )
 
     podman(podman_env, "stop", "-t", "30", container, timeout=60)
     assert podman(podman_env, "inspect", container, "--format", "{{.State.ExitCode}}").stdout.strip() == "0"

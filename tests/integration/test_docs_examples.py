@@ -13,9 +13,8 @@ import asyncio
 import os
 import re
 import sys
-from pathlib import Path
-
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -56,12 +55,19 @@ async def site() -> AsyncIterator[TestServer]:
 
 def test_the_docs_mark_the_examples_that_matter() -> None:
     code = "\n".join(c for _, c in runnable_snippets())
-    for must in ("curl -sf -x http://127.0.0.1:8899", "proxy-pool admin-token", "/api/stats", "proxy-pool users add",
-                 "proxy-pool proxies"):
+    for must in (
+        "curl -sf -x http://127.0.0.1:8899",
+        "proxy-pool admin-token",
+        "/api/stats",
+        "proxy-pool users add",
+        "proxy-pool proxies",
+    ):
         assert must in code, must
 
 
-async def test_every_runnable_snippet_runs(tmp_path: Path, upstreams: list[Upstream], site: TestServer) -> None:
+async def test_every_runnable_snippet_runs(
+    tmp_path: Path, upstreams: list[Upstream], site: TestServer
+) -> None:
     (tmp_path / "my-proxies.txt").write_text("".join(u.url() + "\n" for u in upstreams))
     env = {"PROXY_POOL_CHECKER__INTEGRITY_PAGES": "[]"}
     serve = await start_replica("proxy-pool.db", "docs", tmp_path, "--proxies", "my-proxies.txt", env=env)
