@@ -61,7 +61,8 @@ def _codename() -> str:
 
 CODENAME = _codename()
 BASE_IMAGE = f"localhost/proxy-pool-test-base:{CODENAME}"
-IMAGE = "localhost/proxy-pool-test-image:latest"
+# one tag per source tree, so runs from two checkouts on one machine never swap images
+IMAGE = f"localhost/proxy-pool-test-image:{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
 
 
 @pytest.fixture(scope="module")

@@ -230,6 +230,21 @@ def test_every_metric_family_is_documented() -> None:
     assert not missing, f"metric families missing from docs/operate/metrics-alerts.md: {missing}"
 
 
+def test_one_version_in_pyproject_the_cli_and_the_changelog() -> None:
+    """pyproject.toml is the one source: ``proxy-pool --version`` reads the installed metadata, and the
+    changelog has a section for it."""
+    import importlib.metadata
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+    assert importlib.metadata.version("proxy-pool") == version, "reinstall: the installed metadata is stale"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert out.getvalue().strip() == f"proxy-pool {version}"
+    assert f"## [{version}]" in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+
+
 def test_readme_stays_a_start_page() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 200
