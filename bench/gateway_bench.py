@@ -84,12 +84,14 @@ def median_of(results: list[WrkResult]) -> WrkResult:
 
 
 def run_wrk(proxy: tuple[str, int], target_url: str, *, close: bool, duration: float, connections: int,
-            threads: int, body_bytes: int = 0) -> dict[str, Any]:
+            threads: int, body_bytes: int = 0, browser: bool = False) -> dict[str, Any]:
     """One wrk run against ``proxy`` asking for ``target_url`` (a POST of ``body_bytes`` when set);
     the Lua script's JSON summary."""
     env = {**os.environ, "WRK_TARGET": target_url, "WRK_CLOSE": "1" if close else "0"}
     if body_bytes:
         env.update(WRK_METHOD="POST", WRK_BODY_BYTES=str(body_bytes))
+    if browser:  # a browser's 8 field lines, Cookie and Referer new on every request
+        env["WRK_BROWSER"] = "1"
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
             "-s", str(LUA), f"http://{proxy[0]}:{proxy[1]}/"]
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration + 30, check=False)
@@ -100,11 +102,11 @@ def run_wrk(proxy: tuple[str, int], target_url: str, *, close: bool, duration: f
 
 
 def wrk_case(case: str, name: str, proxy: tuple[str, int], pid: int, target: str, args: argparse.Namespace, *,
-             close: bool, note: str = "", body_bytes: int = 0) -> WrkResult:
+             close: bool, note: str = "", body_bytes: int = 0, browser: bool = False) -> WrkResult:
     """One measured wrk run; also the CPU the proxy process spent per request (robust to a busy machine)."""
     before = cpu_seconds(pid)
     raw = run_wrk(proxy, target, close=close, duration=args.duration, connections=args.connections,
-                  threads=args.threads, body_bytes=body_bytes)
+                  threads=args.threads, body_bytes=body_bytes, browser=browser)
     spent = cpu_seconds(pid) - before
     errors = {k: raw[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "bad_status") if raw[k]}
     result = WrkResult(case, name, raw["rps"], raw["p50_us"] / 1000, raw["p99_us"] / 1000, raw["requests"],
@@ -119,7 +121,8 @@ class Gateway:
     """``proxy-pool serve`` as a subprocess in its own process group, with its admin API."""
 
     def __init__(self, services: Services, work: Path, *, proxies: list[str] | None, db: Path,
-                 extra_config: str = "", root: Path = ROOT, admin_port: int | None = None) -> None:
+                 extra_config: str = "", root: Path = ROOT, admin_port: int | None = None,
+                 prefix: tuple[str, ...] = ()) -> None:
         self.work = work
         work.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -127,7 +130,7 @@ class Gateway:
         config = work / "proxy-pool.toml"
         self.token = "bench-" + os.urandom(8).hex()  # /api/* wants the bearer token, also from loopback
         config.write_text(f'[admin]\ntoken = "{self.token}"\n[gateway]\nallowed_connect_ports = "*"\n' + extra_config)
-        argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--no-default-sources",
+        argv = [*prefix, sys.executable, "-m", "gateway", "serve", "--config", str(config), "--no-default-sources",
                 "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
                 "--db", str(db)]
         if proxies:
@@ -231,13 +234,16 @@ POOLS = {
     "socks5": ("microsocks", "pproxy-socks5"),
     "http": ("tinyproxy", "squid"),
 }
-POOL_ROWS = [  # (row, pool, close, body bytes)
-    ("keep-alive mixed", "mixed", False, 0),
-    ("keep-alive SOCKS5 only", "socks5", False, 0),
-    ("keep-alive HTTP only", "http", False, 0),
-    ("Connection: close mixed", "mixed", True, 0),
-    ("Connection: close HTTP only", "http", True, 0),
-    ("1 MiB POST keep-alive mixed", "mixed", False, 1 << 20),
+POOL_ROWS = [  # (row, pool, close, body bytes, a browser's changing head instead of wrk's fixed one)
+    ("keep-alive mixed", "mixed", False, 0, False),
+    ("keep-alive SOCKS5 only", "socks5", False, 0, False),
+    ("keep-alive HTTP only", "http", False, 0, False),
+    ("keep-alive browser head mixed", "mixed", False, 0, True),
+    ("keep-alive browser head SOCKS5 only", "socks5", False, 0, True),
+    ("keep-alive browser head HTTP only", "http", False, 0, True),
+    ("Connection: close mixed", "mixed", True, 0, False),
+    ("Connection: close HTTP only", "http", True, 0, False),
+    ("1 MiB POST keep-alive mixed", "mixed", False, 1 << 20, False),
 ]
 BULK_ROW = "CONNECT bulk HTTP only"  # (c) through the HTTP pool's upstreams, beside the rows above
 
@@ -275,18 +281,18 @@ def pools_case(services: Services, origin: Origin, work: Path, args: argparse.Na
     out: dict[str, Any] = {"pools": {k: [ups[m].url for m in v] for k, v in POOLS.items()}, "rows": []}
     page = f"{origin.base()}/"
     post = f"{origin.base()}/post"
-    for row, pool, close, body in POOL_ROWS:
+    for row, pool, close, body, browser in POOL_ROWS:
         if row not in args.rows:
             continue
         target = post if body else page
         for address, _ in fronts[pool].values():  # warm-up
             run_wrk(address, target, close=close, duration=1, connections=args.connections, threads=args.threads,
-                    body_bytes=body)
+                    body_bytes=body, browser=browser)
         runs: dict[str, list[WrkResult]] = {name: [] for name in fronts[pool]}
         for _ in range(max(1, args.rounds)):
             for name, (address, pid) in fronts[pool].items():
                 runs[name].append(wrk_case(f"(f) {row}", name, address, pid, target, args, close=close,
-                                           body_bytes=body))
+                                           body_bytes=body, browser=browser))
         out["rows"].append({"row": row, "pool": pool, "results": {n: asdict(median_of(r)) for n, r in runs.items()}})
     if BULK_ROW in args.rows:
         out["bulk"] = bulk_downloads(origin, [ups[m] for m in POOLS["http"]], fronts["http"], args.bulk_reps)

@@ -172,7 +172,9 @@ class Services:
             out.close()
         return proc
 
-    def _started(self, service: Service, timeout: float = 15.0) -> Service:
+    def _started(self, service: Service, timeout: float | None = None) -> Service:
+        if timeout is None:  # under valgrind (a prefix) a Python program starts some 50 times slower
+            timeout = 15.0 if "valgrind" not in str(service.proc.args) else 300.0
         self.services.append(service)
         try:
             wait_port(service.host, service.port, timeout, service.proc)
@@ -269,6 +271,7 @@ class Services:
         schemes: str = "http",
         leave_from_self: bool = False,
         extra: Sequence[str] = (),
+        prefix: Sequence[str] = (),
     ) -> Service:
         """The pproxy CLI in a subprocess (through a wrapper: see ``PPROXY_WRAPPER_*``).
 
@@ -278,7 +281,7 @@ class Services:
         name, work = self._workdir("pproxy-uvloop" if uvloop else "pproxy")
         port = port or free_port(host)
         listen = f"{schemes}://{host}:{port}" + ("/@in" if leave_from_self else "")
-        argv = [sys.executable, "-c", PPROXY_WRAPPER_UVLOOP if uvloop else PPROXY_WRAPPER_ASYNCIO, "-l", listen]
+        argv = [*prefix, sys.executable, "-c", PPROXY_WRAPPER_UVLOOP if uvloop else PPROXY_WRAPPER_ASYNCIO, "-l", listen]
         for remote in remotes:
             argv += ["-r", remote]
         if remotes:

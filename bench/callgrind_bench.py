@@ -1,0 +1,138 @@
+"""What one keep-alive request costs the proxy, counted rather than timed: user-space instructions per
+request of ``proxy-pool serve`` and of pproxy ``-s rr`` over the same upstreams, under callgrind.
+
+Instruction counts do not move with the load of a shared machine (wall-clock figures do), so this is
+the figure to steer by.  For each pool of ``gateway_bench.POOLS`` (mixed, SOCKS5 only, HTTP only) and
+each head (wrk's fixed one; a browser's 8 field lines whose Cookie and Referer change on every request,
+``bench/wrk_absolute.lua`` with ``WRK_BROWSER=1``), each proxy runs under
+``valgrind --tool=callgrind --instr-atstart=no``; after a warm-up, instrumentation is switched on
+(``callgrind_control -i on``) for a wrk run of ``--seconds`` with ``--connections`` keep-alive
+connections, then the counters are dumped.  Instructions / requests answered = the row.  The kernel's
+work (system calls, loopback TCP) is not counted: both proxies make the same system calls per request
+(two reads, two writes; ``strace -c``).
+
+Run:  python bench/callgrind_bench.py [--pools mixed,socks5,http] [--heads wrk,browser] [--seconds 10]
+Needs: valgrind, wrk, nginx, tinyproxy, squid, microsocks; pproxy.  About 2 minutes per pool and head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import say
+from bench.gateway_bench import POOLS, Gateway, _pool_upstream, run_wrk
+from bench.upstreams import Services
+
+RESULTS = Path(__file__).resolve().parent / "results" / "callgrind.md"
+
+
+def _valgrind(out: Path) -> tuple[str, ...]:
+    return ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
+
+
+def _control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=120)
+
+
+def _total(out_glob: Path) -> int:
+    """Instructions in the dumps of one run (callgrind writes ``out`` and ``out.N`` per dump)."""
+    total = 0
+    for path in out_glob.parent.glob(out_glob.name + "*"):
+        m = re.search(rb"^totals: (\d+)", path.read_bytes(), re.MULTILINE)
+        if m:
+            total += int(m.group(1))
+    return total
+
+
+def measure(pid: int, address: tuple[str, int], target: str, out: Path, args: argparse.Namespace,
+            browser: bool) -> dict[str, float]:
+    """Warm up, count instructions over one wrk run, return instructions per request."""
+    run_wrk(address, target, close=False, duration=args.warmup, connections=args.connections, threads=1,
+            browser=browser)
+    for old in out.parent.glob(out.name + "*"):
+        old.unlink()
+    _control("-z", str(pid))  # zero whatever the warm-up left (instrumentation is still off)
+    _control("-i", "on", str(pid))
+    raw = run_wrk(address, target, close=False, duration=args.seconds, connections=args.connections, threads=1,
+                  browser=browser)
+    _control("-i", "off", str(pid))
+    _control("-d", str(pid))
+    deadline = time.monotonic() + 60
+    while (instructions := _total(out)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    errors = sum(raw[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts", "bad_status"))
+    return {"requests": raw["requests"], "errors": errors, "instructions": instructions,
+            "per_request": instructions / max(1, raw["requests"])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pools", default="mixed,socks5,http")
+    parser.add_argument("--heads", default="wrk,browser")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--skip-pproxy", action="store_true")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    for tool in ("valgrind", "callgrind_control", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"callgrind_bench: {tool} is not installed (apt-get install valgrind wrk)", file=sys.stderr)
+            return 2
+    pools = [p.strip() for p in args.pools.split(",") if p.strip()]
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows: list[tuple[str, str, str, dict[str, float]]] = []
+    work = Path(tempfile.mkdtemp(prefix="proxy-pool-callgrind-"))
+    try:
+        with Services(log=say) as services:
+            origin = services.nginx("127.0.0.1", big_mb=1)
+            hosts = iter(f"127.0.0.{i}" for i in range(20, 60))
+            software = sorted({s for p in pools for s in POOLS[p]})
+            ups = {name: _pool_upstream(services, name, next(hosts)) for name in software}
+            target = f"{origin.base()}/"
+            for pool in pools:
+                urls = [ups[m].url for m in POOLS[pool]]
+                out = work / f"gw-{pool}.cg"
+                gw = Gateway(services, work / f"gw-{pool}", proxies=urls, db=work / f"gw-{pool}.db",
+                             prefix=_valgrind(out))
+                gw.wait_active(len(urls), timeout=600)
+                fronts = [("proxy-pool", gw.proc.pid, gw.address, out)]
+                if not args.skip_pproxy:
+                    pp_out = work / f"pp-{pool}.cg"
+                    pp = services.pproxy("127.0.0.1", remotes=urls, prefix=_valgrind(pp_out))
+                    fronts.append(("pproxy -s rr", pp.pid, (pp.host, pp.port), pp_out))
+                for head in heads:
+                    for name, pid, address, cg in fronts:
+                        figures = measure(pid, address, target, cg, args, browser=head == "browser")
+                        say(f"{pool:<7} {head:<8} {name:<13} {figures['per_request']:>9,.0f} instructions/request"
+                            f" ({figures['requests']} requests, {figures['errors']} errors)")
+                        rows.append((pool, head, name, figures))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lines = [f"# callgrind, {at}: user-space instructions per keep-alive request", "",
+             f"wrk -t1 -c{args.connections}, {args.seconds:g} s counted after {args.warmup:g} s of warm-up", "",
+             "| pool | head | proxy | instructions / request | requests | errors |", "|---|---|---|---:|---:|---:|"]
+    for pool, head, name, f in rows:
+        lines.append(f"| {pool} | {head} | {name} | {f['per_request']:,.0f} | {f['requests']} | {f['errors']} |")
+    text = "\n".join(lines) + "\n"
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
