@@ -456,3 +456,41 @@ async def test_client_renegotiation_is_refused(env):
         assert b"RENEGOTIATING" in out
         assert b"no renegotiation" in out, out[-2000:]  # the gateway's alert, as OpenSSL names it
         await eventually(lambda: settled(env))
+
+
+def test_on_uvloop_too(tmp_path):
+    """serve runs on uvloop where it is installed, whose own TLS protocol then terminates the client's
+    session: one kept-alive session sees both exits, a stalled handshake ends, the slots go back."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> None:
+        site_ca = trustme.CA()
+        bundle = tmp_path / "site-ca.pem"
+        site_ca.cert_pem.write_to_path(str(bundle))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        site_ca.issue_cert("127.0.0.1", SITE).configure_cert(context)
+        origin = TestServer(site_app(), host="127.0.0.1")
+        await origin.start_server(ssl=context)
+        ups = [await start_pproxy("127.0.0.2", "http"), await start_pproxy("127.0.0.3", "socks5")]
+        ca = ensure_ca(Settings(storage={"path": str(tmp_path / "pool.db")}))
+        ca_file = tmp_path / "proxy-pool-ca.pem"
+        ca_file.write_bytes(ca.pem)
+        env = Env(tmp_path, site_ca, bundle, origin, ups, ca, ca_file)
+        try:
+            async with env.gateway(head_timeout=0.5):
+                reader, writer = await session(env)
+                assert type(writer.transport).__module__.startswith("uvloop")
+                assert {peer_of((await get(reader, writer))[2]) for _ in range(4)} == {"127.0.0.2", "127.0.0.3"}
+                writer.close()
+                reader, writer = await connect(env)
+                writer.write(real_client_hello("stuck.example"))
+                assert (await asyncio.wait_for(reader.read(1), 10)) == b"\x16"
+                await closed_by_gateway(reader)
+                writer.close()
+                await eventually(lambda: settled(env), lambda: repr(env.server._clients))  # noqa: SLF001
+        finally:
+            for up in ups:
+                await up.stop()
+            await origin.close()
+
+    uvloop.run(scenario())
