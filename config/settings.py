@@ -169,6 +169,9 @@ class GatewaySettings(_Section):
         default="ip", description="keep a site's picks off exits (or /24, /48 subnets) that served it lately"
     )
     distinct_exit_window: int = Field(default=32, ge=1, le=100_000, description="picks per site an exit is avoided for")
+    hedge_after: Literal["auto", "off"] | float = Field(
+        default="auto", description="seconds before a slow idempotent request is also sent through a second upstream"
+    )
     debug_headers: bool = False
     allow_open: bool = False
     drain_timeout: float = Field(default=10.0, ge=0)
@@ -209,6 +212,13 @@ class GatewaySettings(_Section):
         for status in v:
             if not 100 <= status <= 599:
                 raise ValueError(f"status {status} is not an HTTP status code")
+        return v
+
+    @field_validator("hedge_after")
+    @classmethod
+    def _hedge(cls, v: str | float) -> str | float:
+        if isinstance(v, float) and not 0 < v <= 3600:
+            raise ValueError("hedge_after: expected \"auto\", \"off\" or seconds (more than 0, at most 3600)")
         return v
 
     @field_validator("direct_allow")

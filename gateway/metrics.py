@@ -133,6 +133,8 @@ FAMILIES = tuple(
         "gateway_request_duration_seconds",
         "gateway_active_connections",
         "gateway_bytes_total",
+        "gateway_hedges_total",
+        "gateway_hedge_wins_total",
         "upstream_failures_total",
         "checks_total",
         "check_duration_seconds",
@@ -417,6 +419,14 @@ class Metrics:
         )
         self._events_family = Counter(PREFIX + "events", "Events emitted by type.", ["type"], registry=reg)
         self._credits = Counter(PREFIX + "credits_spent", "Credits charged to gateway users.", registry=reg)
+        self._hedges = Counter(
+            PREFIX + "gateway_hedges",
+            "Requests also sent through a second upstream because the first was slow to answer.",
+            registry=reg,
+        )
+        self._hedge_wins = Counter(
+            PREFIX + "gateway_hedge_wins", "Hedged requests answered through the second upstream.", registry=reg
+        )
         self._plugin_errors_family = Counter(
             PREFIX + "plugin_errors",
             "Exceptions raised by plugin calls (and calls that blocked the event loop), by plugin.",
@@ -471,6 +481,9 @@ class Metrics:
     def upstream_failure(self, reason: str) -> None:
         child = self._failures.get(reason)
         (child if child is not None else self._failures["other"]).inc()
+
+    def hedge(self, won: bool) -> None:
+        (self._hedge_wins if won else self._hedges).inc()
 
     def credits_spent(self, n: int) -> None:
         if n > 0:

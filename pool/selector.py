@@ -559,6 +559,11 @@ class Selector:
         self.report(proxy, True)
         self.sites.served(site_of(host), proxy.id, seconds)
 
+    def slow(self, proxy: Proxy, host: str, seconds: float) -> None:
+        """``proxy`` had not answered a request to ``host`` after ``seconds`` when another upstream did
+        (a hedge won): its record at that site learns it was at least that slow."""
+        self.sites.slow(site_of(host), proxy.id, seconds)
+
     def ban(self, proxy: Proxy, host: str) -> None:
         """``proxy`` was banned by ``host``'s site: it rests for that site only (``site_ban_seconds``);
         other sites still use it, and it benches nothing."""

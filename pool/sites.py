@@ -32,6 +32,7 @@ __all__ = ["SITE_FAULT_RUN", "PairHealth", "SiteHealth", "SiteStats", "site_of"]
 SITE_FAULT_RUN = 3  # distinct upstreams failing in a row at one site: the site's own fault
 EWMA = 0.3  # weight of the newest outcome
 SAMPLES = 128  # head times kept per site for its percentiles
+P90_EVERY = 8  # answers between two computations of a site's p90
 _HOST_CACHE = 65_536  # host -> site lookups remembered
 
 _psl: PublicSuffixList | None = None
@@ -73,7 +74,7 @@ class PairHealth:
 class SiteStats:
     """One site: counts, recent head times, and who failed there since its last success."""
 
-    __slots__ = ("bans", "exits", "failures", "picks", "requests", "run", "samples", "successes")
+    __slots__ = ("bans", "exits", "failures", "fresh", "p90", "picks", "requests", "run", "samples", "successes")
 
     def __init__(self) -> None:
         self.requests = 0
@@ -81,6 +82,8 @@ class SiteStats:
         self.bans = 0
         self.failures = 0
         self.samples: deque[float] = deque(maxlen=SAMPLES)
+        self.p90: float | None = None  # cached (``SiteHealth.p90``)
+        self.fresh = 0  # samples since it was computed
         self.run: set[int] = set()  # upstreams failing here since the last success
         self.picks = 0  # picks for this site (distinct exits count their age in picks)
         self.exits: dict[str, int] = {}  # exit key -> the pick that last used it
@@ -197,10 +200,16 @@ class SiteHealth:
         stats.run.clear()
         if seconds is not None:
             stats.samples.append(seconds)
+            stats.fresh += 1
         pair = self._pair(site, proxy_id)
         pair.ok = pair.ok * (1 - EWMA) + EWMA
         if seconds is not None:
             pair.seconds = seconds if pair.seconds is None else pair.seconds * (1 - EWMA) + seconds * EWMA
+
+    def slow(self, site: str, proxy_id: int, seconds: float) -> None:
+        """``proxy_id`` had not answered at ``site`` after ``seconds`` (it lost a hedge)."""
+        pair = self._pair(site, proxy_id)
+        pair.seconds = seconds if pair.seconds is None else max(pair.seconds, pair.seconds * (1 - EWMA) + seconds * EWMA)
 
     def banned(self, site: str, proxy_id: int) -> None:
         """``site`` banned ``proxy_id`` (a status or a ban rule): it rests there for ``ban_seconds``."""
@@ -245,8 +254,14 @@ class SiteHealth:
         return a.seconds is not None and b.seconds is not None and a.seconds > 2 * b.seconds and a.seconds - b.seconds > 0.2
 
     def p90(self, site: str) -> float | None:
+        """The site's recent p90 head time (hedging's wait), recomputed every ``P90_EVERY`` answers."""
         stats = self._sites.get(site)
-        return stats.percentile(0.9) if stats is not None else None
+        if stats is None or not stats.samples:
+            return None
+        if stats.p90 is None or stats.fresh >= P90_EVERY:
+            stats.p90 = stats.percentile(0.9)
+            stats.fresh = 0
+        return stats.p90
 
     def rows(self, limit: int = 500) -> list[SiteRow]:
         """The busiest sites (by requests), for ``/api/sites``; O(sites + pairs), off the hot path."""

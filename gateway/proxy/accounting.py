@@ -80,6 +80,11 @@ class Accounting:
         if exc is not None:
             self.failure(exc.reason)
 
+    def hedged(self, won: bool) -> None:
+        """A hedge was sent (``won=False``), or carried the answer (``won=True``)."""
+        if self.metrics is not None:
+            self.metrics.hedge(won)  # type: ignore[attr-defined]
+
     def failure(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.upstream_failure(reason)  # type: ignore[attr-defined]

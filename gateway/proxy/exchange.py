@@ -13,6 +13,10 @@ ends in a tunnel.  Failures move to the next upstream while that is safe:
 * a ban (a status in ``retry_on_status``, or a ``[[gateway.ban_rules]]`` match, whose body may have to
   be read first: ``gateway.proxy.bans``) rests that upstream for the site (``selector.ban``) and is held
   back while another upstream tries; the last one held goes to the client when nobody does better;
+* hedging (``gateway.hedge_after``): an idempotent request without a body whose upstream has not
+  answered by then is also sent through a second upstream (``_Hedge``); the first head wins, the other
+  connection is closed (never pooled mid-answer), a pending dial is closed when it lands; at most one
+  hedge per request, charged once;
 * a connection-bound handshake (NTLM, Negotiate) binds its connection to the client
   (``gateway.proxy.bound``): that user's next requests on that client connection to the target ride it,
   nobody else's.
@@ -20,6 +24,7 @@ ends in a tunnel.  Failures move to the next upstream while that is safe:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Protocol
 
@@ -34,10 +39,13 @@ from gateway.proxy.refusals import Admission, Attempts, Refusal
 from gateway.proxy.services import Services
 from gateway.proxy.upstream import UpstreamError, UpstreamTimeout, proxy_authorization
 from pool.models import Proxy
+from pool.sites import site_of
 
 __all__ = ["ClientSide", "Connect", "Exchange"]
 
 _KEEP_ALIVE = (("Connection", "keep-alive"),)
+HEDGE_MIN = 0.5  # hedge_after = "auto": never sooner than this
+HEDGE_UNMEASURED = 1.0  # ... and for a site with no head times yet
 _UNTIL_CLOSE = http1.FramingKind.UNTIL_CLOSE
 
 
@@ -61,6 +69,7 @@ class _Attempting:
 
     __slots__ = (
         "_attempts",
+        "_gen",
         "admission",
         "client",
         "conn",
@@ -86,6 +95,7 @@ class _Attempting:
         self.tried: set[int] = set()
         self.direct_tried = False
         self._attempts: Attempts | None = None  # made on the first failure only
+        self._gen = 0  # bumped when an attempt under way is abandoned (a hedge won): its dial is stale
         self.proxy: Proxy | None = None
         self.conn: UpstreamConnection | None = None
         self.started = time.perf_counter()
@@ -156,15 +166,18 @@ class _Attempting:
     async def _dialed(self, plan: Plan, host: str, port: int, tunnel_only: bool) -> UpstreamConnection | None:
         """A fresh connection for this attempt, or None when the dial failed (the next attempt is under
         way, or the refusal sent) or the request ended meanwhile (the connection is closed)."""
+        gen = self._gen
         try:
             conn = await self.svc.dialer.dial(plan, host, port, tunnel_only=tunnel_only)
         except UpstreamError as exc:
-            self._dial_failed(exc)
+            if gen == self._gen:
+                self._dial_failed(exc)
             return None
         except Refusal as refusal:
-            self._refuse(refusal)
+            if gen == self._gen:
+                self._refuse(refusal)
             return None
-        if self.finished:
+        if self.finished or gen != self._gen:
             conn.close()
             return None
         return conn
@@ -198,6 +211,8 @@ class Exchange(_Attempting):
         "_banned",
         "_continued",
         "_fresh_retry",
+        "_hedge",
+        "_hedge_timer",
         "_out",
         "_plan",
         "_since",
@@ -234,6 +249,8 @@ class Exchange(_Attempting):
         self._banned: tuple[Proxy, UpstreamConnection | None, http1.ResponseHead, bytes | None] | None = None
         self._sniffing: tuple[http1.ResponseHead, http1.FramingKind, tuple[bytes, ...]] | None = None
         self._since = self.started  # when the current attempt began (the site's head times)
+        self._hedge: _Hedge | None = None  # a second attempt racing this one
+        self._hedge_timer: asyncio.TimerHandle | None = None
 
     @property
     def target(self) -> str:
@@ -248,6 +265,9 @@ class Exchange(_Attempting):
     # attempts -----------------------------------------------------------------------------
     def _attempt(self) -> None:
         if self.finished:
+            return
+        if self._hedge is not None:  # the attempt failed while a hedge races it: the hedge carries on alone
+            self._promote(self._hedge)
             return
         self._since = time.perf_counter()
         fixed = self.fixed
@@ -313,7 +333,25 @@ class Exchange(_Attempting):
         else:
             self._dial(fresh_retry=False)
 
-    start = _attempt  # the first attempt (no call in between: this runs once per request)
+    def start(self) -> None:
+        """The first attempt, and the hedge's timer when this request may be hedged."""
+        self._attempt()
+        if (
+            self.proxy is not None
+            and self.retryable
+            and not self.finished
+            and self.fixed is None
+            and self.admission.route.session is None  # a session keeps its one exit
+            and self.client.bound is None
+        ):
+            after = self.svc.gw.hedge_after
+            if after != "off":
+                if after == "auto":
+                    p90 = self.svc.selector.sites.p90(site_of(self.head.host))
+                    delay = HEDGE_UNMEASURED if p90 is None else max(HEDGE_MIN, p90)
+                else:
+                    delay = float(after)
+                self._hedge_timer = self.svc.loop.call_later(delay, self._hedge_now)
 
     def _dial(self, fresh_retry: bool) -> None:
         self._fresh_retry = fresh_retry
@@ -330,6 +368,18 @@ class Exchange(_Attempting):
         if conn is not None:
             self._send(conn)
 
+    def _request_bytes(self, plan: Plan, proxy: Proxy | None) -> bytes:
+        """The request head as this attempt's upstream (or the target) is sent it."""
+        head = self.head
+        if plan.absolute:
+            assert proxy is not None
+            extra = proxy_authorization(proxy.upstream)
+            extra.append(("Connection", "keep-alive"))
+            return http1.forward_request_head(head, absolute=True, extra=extra)
+        if self.site is None:
+            return head.origin_form or http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE)
+        return head.origin_form or http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE, default_port=443)
+
     def _send(self, conn: UpstreamConnection) -> None:
         head = self.head
         plan = self._plan
@@ -340,17 +390,7 @@ class Exchange(_Attempting):
             self.fixed.served += 1
         elif head.binds_connection:
             self._bind(conn)
-        if plan.absolute:
-            assert self.proxy is not None
-            extra = proxy_authorization(self.proxy.upstream)
-            extra.append(("Connection", "keep-alive"))
-            self._out = http1.forward_request_head(head, absolute=True, extra=extra)
-        elif self.site is None:
-            self._out = head.origin_form or http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE)
-        else:
-            self._out = head.origin_form or http1.forward_request_head(
-                head, absolute=False, extra=_KEEP_ALIVE, default_port=443
-            )
+        self._out = self._request_bytes(plan, self.proxy)
         conn.dechunk = [] if head.version == "HTTP/1.0" else None
         conn.request_sent = self.body_done
         gw = self.svc.gw
@@ -378,6 +418,74 @@ class Exchange(_Attempting):
                 self.done()
             return
         super()._out_of_attempts()
+
+    # hedging ------------------------------------------------------------------------------------
+    def _hedge_now(self) -> None:
+        """``hedge_after`` passed without an answer's head: the same request through a second upstream."""
+        self._hedge_timer = None
+        if self.finished or self.responded or self._hedge is not None or self.proxy is None or self._sniffing:
+            return
+        svc = self.svc
+        if len(self.tried) > svc.gw.max_retries:
+            return
+        head = self.head
+        proxy = svc.selector.pick(self.admission.route, exclude=self.tried, host=head.host)
+        if proxy is None:
+            return
+        self.tried.add(proxy.id)
+        plan = svc.dialer.plan(proxy, head.host, head.port, tunnel_only=False, site=self.site)
+        hedge = self._hedge = _Hedge(self, proxy, plan)
+        svc.accounting.hedged(False)
+        hedge.start()
+
+    def _adopt(self, hedge: _Hedge) -> None:
+        """The hedge's head came first: the first attempt is abandoned (its connection closed, never
+        pooled mid-answer; a dial under way closes when it lands) and the hedge's connection is this
+        request's from now on."""
+        self._hedge = None
+        self._gen += 1
+        old = self.conn
+        if old is not None:
+            old.close()
+        if self.proxy is not None:  # the loser was this slow at the site at least
+            self.svc.selector.slow(self.proxy, self.head.host, time.perf_counter() - self._since)
+        self._take_over(hedge)
+        conn = hedge.conn
+        assert conn is not None
+        self.conn = conn
+        conn.receiver = self
+
+    def _promote(self, hedge: _Hedge) -> None:
+        """The first attempt failed while the hedge races it: the hedge is the attempt now (no new pick)."""
+        self._hedge = None
+        hedge.state = _WON
+        self._take_over(hedge)
+        conn = hedge.conn
+        if conn is not None:
+            self.conn = conn
+            conn.receiver = self
+        # else its dial lands in _Hedge._dial_task, which hands the connection to _send
+
+    def _take_over(self, hedge: _Hedge) -> None:
+        self.proxy = hedge.proxy
+        self._plan = hedge.plan
+        self._since = hedge.since
+        self._fresh_retry = False
+        self.svc.accounting.hedged(True)
+
+    def _end_hedge(self) -> None:
+        """The request was answered (or ended) otherwise: the hedge timer and any hedge racing go."""
+        if self._hedge_timer is not None:
+            self._hedge_timer.cancel()
+            self._hedge_timer = None
+        hedge, self._hedge = self._hedge, None
+        if hedge is not None:
+            hedge.drop()
+
+    def _refuse(self, refusal: Refusal) -> None:
+        if self._hedge_timer is not None or self._hedge is not None:
+            self._end_hedge()
+        super()._refuse(refusal)
 
     # the request body, from the client ---------------------------------------------------------
     def body_data(self, data: bytes) -> bool:
@@ -481,6 +589,8 @@ class Exchange(_Attempting):
     def _answering(self, status: int) -> None:
         self.responded = True
         self.status = status
+        if self._hedge_timer is not None or self._hedge is not None:
+            self._end_hedge()
         if self._banned is not None:
             if self._banned[1] is not None:
                 self._banned[1].close()
@@ -489,6 +599,8 @@ class Exchange(_Attempting):
     def _client_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes:
         self.responded = True
         self.status = resp.status
+        if self._hedge_timer is not None or self._hedge is not None:
+            self._end_hedge()
         dechunk = self.head.version == "HTTP/1.0"  # a 1.0 client cannot read chunked framing
         self.keep = (
             self.head.keep_alive and framing is not http1.FramingKind.UNTIL_CLOSE and not self.svc.closing and not dechunk
@@ -504,6 +616,8 @@ class Exchange(_Attempting):
         if self.finished:
             return
         self.finished = True
+        if self._hedge_timer is not None or self._hedge is not None:
+            self._end_hedge()
         if self.body_done:
             self.conn = None  # else the rest of the body still goes out on it (an early answer)
         if self.proxy is not None:  # passive health: a real success, and the site's record of it
@@ -515,6 +629,8 @@ class Exchange(_Attempting):
         if self.finished:
             return
         self.finished = True
+        if self._hedge_timer is not None or self._hedge is not None:
+            self._end_hedge()
         self.conn = None
         self.svc.accounting.report(self.proxy, False, UpstreamError("upstream cut the answer short", "reset", target=self.target))
         self.client.answered(self, "upstream_error", False)
@@ -560,8 +676,145 @@ class Exchange(_Attempting):
             if conn is not None:
                 conn.close()
         self._sniffing = None
+        self._end_hedge()
         self.conn = None
         self._banned = None
+
+
+_RACING, _WON, _DROPPED = 0, 1, 2
+
+
+class _Hedge:
+    """The second attempt of a hedged request, racing the first.  It is its connection's receiver only
+    while racing: its first head makes it the winner (``Exchange._adopt``: the connection's receiver is
+    the exchange from then on), a failure or a ban while racing ends it quietly (the first attempt goes
+    on), and when the first attempt fails it carries on as the request's attempt (``_promote``)."""
+
+    __slots__ = ("conn", "exchange", "plan", "proxy", "since", "state")
+
+    def __init__(self, exchange: Exchange, proxy: Proxy, plan: Plan) -> None:
+        self.exchange = exchange
+        self.proxy = proxy
+        self.plan = plan
+        self.conn: UpstreamConnection | None = None
+        self.since = time.perf_counter()
+        self.state = _RACING
+
+    def start(self) -> None:
+        conn = self.exchange.svc.dialer.reuse(self.plan.key)
+        if conn is not None:
+            self._send(conn)
+        else:
+            self.exchange.svc.spawn(self._dial_task(), "upstream-hedge")
+
+    async def _dial_task(self) -> None:
+        ex = self.exchange
+        try:
+            conn = await ex.svc.dialer.dial(self.plan, ex.head.host, ex.head.port, tunnel_only=False)
+        except UpstreamError as exc:
+            if self.state == _RACING:
+                self._lost(exc)
+            elif self.state == _WON and ex._plan is self.plan:  # promoted while dialing: it was the attempt
+                ex._dial_failed(exc)
+            return
+        except Refusal as refusal:
+            if self.state == _RACING:
+                self._lost(None)
+            elif self.state == _WON and ex._plan is self.plan:
+                ex._refuse(refusal)
+            return
+        if self.state == _RACING:
+            self._send(conn)
+        elif self.state == _WON and ex._plan is self.plan and not ex.finished:
+            ex._send(conn)
+        else:
+            conn.close()
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        ex = self.exchange
+        conn.dechunk = [] if ex.head.version == "HTTP/1.0" else None
+        conn.request_sent = True
+        gw = ex.svc.gw
+        conn.send(self, ex.head.method, ex._request_bytes(self.plan, self.proxy), gw.response_timeout, gw.read_timeout)
+
+    def drop(self) -> None:
+        """The request was answered otherwise (or ended): this attempt's connection closes."""
+        self.state = _DROPPED
+        if self.conn is not None:
+            self.conn.close()
+
+    def _lost(self, exc: UpstreamError | None) -> None:
+        """Failed while racing: counted against its upstream, and the first attempt goes on alone."""
+        ex = self.exchange
+        if ex._hedge is self:
+            ex._hedge = None
+        self.drop()
+        if exc is not None:
+            ex.svc.accounting.report(self.proxy, False, exc)
+
+    # Receiver: while racing, the first head decides; after, everything is the exchange's ----------
+    def plain_head(self, data: bytes, plain: fasthead.PlainResponse) -> bytes | None:
+        ex = self.exchange
+        if self.state == _DROPPED:
+            return None
+        if self.state == _RACING:
+            if plain[0] in ex.svc.bans.statuses:
+                return None  # maybe a ban: response_head decides
+            ex._adopt(self)
+            self.state = _WON
+        return ex.plain_head(data, plain)
+
+    def response_head(self, resp: http1.ResponseHead, framing: http1.FramingKind) -> bytes | None:
+        ex = self.exchange
+        if self.state == _RACING:
+            bans = ex.svc.bans
+            if resp.status in bans.statuses and bans.verdict(ex.host, resp.status) is BAN:
+                ex.svc.selector.ban(self.proxy, ex.host)  # banned here: the first attempt goes on
+                ex.svc.accounting.failure("banned")
+                self._lost(None)
+                return None
+            ex._adopt(self)
+            self.state = _WON
+        elif self.state == _DROPPED:
+            return None
+        return ex.response_head(resp, framing)
+
+    def sniffed(self, body: bytes, whole: bool) -> bytes | None:
+        return self.exchange.sniffed(body, whole)
+
+    def relay(self, data: bytes, body_bytes: int) -> None:
+        self.exchange.relay(data, body_bytes)
+
+    def done(self) -> None:
+        self.exchange.done()
+
+    def cut_short(self) -> None:
+        self.exchange.cut_short()
+
+    def writable(self) -> None:
+        if self.state == _WON:
+            self.exchange.writable()
+
+    def upstream_lost(self, conn: UpstreamConnection) -> None:
+        if self.state == _RACING:
+            self._lost(UpstreamError("upstream closed the connection without answering", "reset", target=self.exchange.target))
+        elif self.state == _WON:
+            self.exchange.upstream_lost(conn)
+
+    def upstream_failed(self, conn: UpstreamConnection, message: str) -> None:
+        if self.state == _RACING:
+            self._lost(UpstreamError(message, "protocol_error", target=self.exchange.target))
+        elif self.state == _WON:
+            self.exchange.upstream_failed(conn, message)
+
+    def timed_out(self, conn: UpstreamConnection) -> None:
+        if self.state == _RACING:
+            self._lost(UpstreamTimeout("upstream did not answer in time", target=self.exchange.target))
+        elif self.state == _WON:
+            self.exchange.timed_out(conn)
+        else:
+            conn.close()
 
 
 class Connect(_Attempting):

@@ -1,0 +1,121 @@
+"""Hedged requests on real sockets: an upstream that takes requests and never answers, beside a good one.
+The answer comes through the good one once ``hedge_after`` passes; the stalled connection is closed
+(never pooled), and the gateway's bookkeeping goes back to where it was."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from pool.models import Proxy, ProxyStatus, UpstreamURL, utcnow
+from tests.support.upstreams import start_pproxy
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Stalled:
+    """An HTTP proxy that reads each request head and never answers; knows which connections are open."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.accepted = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self, host: str = "127.0.0.9") -> str:
+        self.server = await asyncio.start_server(self._serve, host, 0)
+        return f"http://{host}:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        self.open += 1
+        self.writers.add(writer)
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.read()  # until the gateway closes it
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open -= 1
+            self.writers.discard(writer)
+            writer.close()
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.close()
+
+
+@pytest.fixture
+async def stalled() -> AsyncIterator[Stalled]:
+    s = Stalled()
+    await s.start()
+    yield s
+    await s.stop()
+
+
+def hedges(pool) -> tuple[float, float]:
+    registry = pool.metrics.registry
+    return (
+        registry.get_sample_value("proxy_pool_gateway_hedges_total") or 0.0,
+        registry.get_sample_value("proxy_pool_gateway_hedge_wins_total") or 0.0,
+    )
+
+
+async def test_hedge_answers_through_the_other_upstream_and_closes_the_stalled_one(make_pool, stalled, origin):
+    good = await start_pproxy("127.0.0.2")
+    try:
+        pool = await make_pool([good.url()], gateway={"hedge_after": 0.3, "response_timeout": 30.0, "distinct_exit": "off"})
+        await pool.wait_until(lambda: pool.selector.active_count == 1)
+        host, port = stalled.server.sockets[0].getsockname()[:2]
+        pool.selector.update(
+            Proxy(id=900, upstream=UpstreamURL.parse(f"http://{host}:{port}"), status=ProxyStatus.ACTIVE, last_checked=utcnow())
+        )
+        gateway = pool.gateway
+        tasks_before, clients_before = len(gateway._tasks), len(gateway._clients)
+        gw_host, gw_port = pool.gateway_address
+        async with aiohttp.ClientSession() as client:
+            for _ in range(4):
+                async with client.get(
+                    f"http://127.0.0.1:{origin.port}/echo", proxy=f"http://{gw_host}:{gw_port}",
+                    timeout=aiohttp.ClientTimeout(total=20),
+                ) as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["peer"] == "127.0.0.2"
+        sent, won = hedges(pool)
+        assert stalled.accepted >= 1 and sent >= 1 and won == sent, (stalled.accepted, sent, won)
+        await eventually(lambda: stalled.open == 0, "the stalled upstream's connections are closed")
+        await eventually(
+            lambda: (len(gateway._tasks), len(gateway._clients)) == (tasks_before, clients_before),
+            "no task or client slot left behind",
+        )
+        assert not [key for key in gateway.pool._idle if key[0] == 900], "a stalled connection was pooled"
+        assert pool.selector.sites.pair("127.0.0.1", 900).seconds >= 0.3  # it learnt the loser was slow there
+    finally:
+        await good.stop()
+
+
+async def test_hedging_off_waits_for_the_first_upstream(make_pool, stalled, origin):
+    """hedge_after = "off": a request on the stalled upstream waits for its response_timeout, then moves."""
+    good = await start_pproxy("127.0.0.2")
+    try:
+        pool = await make_pool([good.url()], gateway={"hedge_after": "off", "response_timeout": 1.0, "distinct_exit": "off"})
+        await pool.wait_until(lambda: pool.selector.active_count == 1)
+        host, port = stalled.server.sockets[0].getsockname()[:2]
+        pool.selector.update(
+            Proxy(id=900, upstream=UpstreamURL.parse(f"http://{host}:{port}"), status=ProxyStatus.ACTIVE, last_checked=utcnow())
+        )
+        gw_host, gw_port = pool.gateway_address
+        async with aiohttp.ClientSession() as client:
+            for _ in range(2):
+                async with client.get(f"http://127.0.0.1:{origin.port}/echo", proxy=f"http://{gw_host}:{gw_port}") as resp:
+                    assert resp.status == 200
+        assert hedges(pool) == (0.0, 0.0)
+        assert stalled.accepted >= 1  # a request met it, timed out there and moved on (no second upstream meanwhile)
+    finally:
+        await good.stop()
