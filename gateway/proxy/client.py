@@ -119,6 +119,8 @@ class ClientConnection(asyncio.Protocol):
         state = self.state
         if state is _IDLE:
             return self.first and self.fixed is None
+        if state is _HELLO:  # an intercepted CONNECT whose ClientHello or TLS handshake is not through yet
+            return True
         return state is _SOCKS and self.socks is not None and not self.socks.finished
 
     # connection -----------------------------------------------------------------------------
@@ -691,15 +693,16 @@ class ClientConnection(asyncio.Protocol):
     def _handshake_failed(self, exc: BaseException) -> None:
         self._hello_failed("bad_request" if isinstance(exc, ssl.SSLError) else "client_closed")
 
-    def _hello_failed(self, outcome: str) -> None:
-        """No ClientHello, a bad one, or a handshake that failed or timed out: closed, counted once."""
+    def _hello_failed(self, outcome: str, lost: bool = False) -> None:
+        """No ClientHello, a bad one, or a handshake that failed or timed out: closed, counted once.
+        ``lost``: the connection is gone already (``connection_lost``)."""
         if self.state is not _HELLO:
             return
         self._hello_of = None
         self.state = _CLOSED
         self.svc.accounting.count("CONNECT", outcome, 0.0, _INTERCEPTED)
         transport = self.transport
-        if transport is None:
+        if lost or transport is None:
             self._lost()
             return
         ours = transport.get_protocol() is self  # else the TLS layer has it: its connection_lost never reaches us
@@ -721,6 +724,9 @@ class ClientConnection(asyncio.Protocol):
         self._arm(self.svc.gw.idle_timeout)
 
     def close(self) -> None:
+        if self.state is _HELLO:  # its transport may be the TLS layer's already: ended, and counted, there
+            self._hello_failed("client_closed")
+            return
         if self.state is _TUNNEL and self.tunnel_of is not None:
             self.tunnel_of.close()
             return
@@ -745,7 +751,7 @@ class ClientConnection(asyncio.Protocol):
         if self.state is _TUNNEL:
             return  # the tunnel's own protocol hears of it
         if self.state is _HELLO:
-            self._hello_failed("client_closed")
+            self._hello_failed("client_closed", lost=True)
             return
         self._abort("client_closed")
         self._lost()

@@ -494,3 +494,17 @@ def test_on_uvloop_too(tmp_path):
             await origin.close()
 
     uvloop.run(scenario())
+
+
+async def test_silent_intercepted_connects_are_evicted_for_a_newcomer(env):
+    """max_connections reached by CONNECTs that never send their ClientHello: a newcomer gets a slot, the
+    oldest silent one is closed, and every slot comes back."""
+    async with env.gateway(max_connections=2, head_timeout=30):
+        silent = [await connect(env) for _ in range(2)]
+        reader, writer = await session(env)
+        assert (await get(reader, writer))[0] == 200
+        assert await closed_by_gateway(silent[0][0]) == b""
+        writer.close()
+        for _, w in silent:
+            w.close()
+        await eventually(lambda: settled(env), lambda: repr(env.server._clients))  # noqa: SLF001
