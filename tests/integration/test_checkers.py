@@ -165,7 +165,9 @@ async def test_grade_proxies_are_graded(client, judge, fmt, grade, level, sign):
         assert context.headers_forwarded == []
     else:
         assert sign in context.headers_forwarded
-    assert judge.hits(url.split("?")[0].removeprefix(judge.base), "127.0.0.3") == 1
+    # asked both ways the gateway uses an HTTP proxy: the absolute form and inside a CONNECT tunnel
+    assert judge.hits(url.split("?")[0].removeprefix(judge.base), "127.0.0.3") == 2
+    assert [line.split(" ", 1)[0] for line in gp.seen] == ["GET", "CONNECT"]
 
 
 async def test_plain_proxy_written_https_fails_saying_it_does_not_speak_tls(client, judge):
@@ -223,7 +225,7 @@ async def test_real_address_is_learned_once_for_many_checks(client, judge):
         )
     assert all(r.passed for r in results)
     assert judge.hits("/get", "127.0.0.1") == 1
-    assert judge.hits("/get", "127.0.0.2") == 20
+    assert judge.hits("/get", "127.0.0.2") == 40  # each: the absolute form and a CONNECT tunnel
 
 
 async def test_judges_are_taken_in_turn(client, judge):
@@ -237,7 +239,8 @@ async def test_judges_are_taken_in_turn(client, judge):
             for _ in range(2)
         ]
     assert sorted(used) == sorted([judge.json_url, judge.azenv_url])
-    assert judge.hits("/get", "127.0.0.2") == 2 and judge.hits("/azenv", "127.0.0.2") == 2
+    # each check: the first judge both ways (absolute form, CONNECT tunnel), the second one once
+    assert judge.hits("/get", "127.0.0.2") == 3 and judge.hits("/azenv", "127.0.0.2") == 3
 
 
 # http_anonymity: failures and whose fault -----------------------------------------------------

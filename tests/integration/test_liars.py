@@ -426,3 +426,75 @@ async def test_a_page_refused_through_the_proxy_is_not_an_alteration(client):
         await server.close()
     assert result.passed, result.detail
     assert result.detail == f"not checked: {url} answered 503 through the proxy"
+
+
+# issue 22: liars honest only where the checker looks ----------------------------------------------
+
+
+@pytest.fixture
+async def own_judge_page() -> AsyncIterator[str]:
+    """The project's own judge page (``plugins.JUDGE_PAGE`` at ``/judge/page``); yields the judge URL."""
+    from aiohttp import web
+
+    from plugins import JUDGE_PAGE
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=JUDGE_PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/judge/page", page)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield f"http://127.0.0.1:{server.port}/judge"
+    await server.close()
+
+
+async def test_tunnel_rewriter_is_graded_by_what_it_does_inside_tunnels(client, judge):
+    """Honest in the absolute form, rewriting plain HTTP inside its CONNECT tunnels (which the gateway
+    uses for http:// targets): graded by the worse way, transparent, not elite."""
+    checker = http_anonymity.create_plugin(Settings(checker={"timeout": 5.0}))
+    async with liar("tunnel_rewriter", "127.0.0.91") as rewriter:
+        result = await checker.check(_proxy(rewriter.url()), CheckContext(client, judges=[judge.json_url]))
+    assert rewriter.connects >= 1
+    assert result.passed, result.detail
+    assert result.metadata["anonymity"] == "transparent" and result.metadata["exit_ip"] == "127.0.0.91"
+    assert {"Via", "X-Forwarded-For"} <= set(result.metadata["headers_forwarded"])
+
+
+async def test_tunnel_rewriter_alters_content_inside_tunnels(client, own_judge_page):
+    """The page comes back intact in the absolute form and with a script inside a CONNECT tunnel: dead."""
+    from plugins.builtin.checkers import content_integrity
+
+    checker = content_integrity.create_plugin(Settings(checker={"timeout": 5.0}))
+    async with liar("tunnel_rewriter", "127.0.0.92") as rewriter, grade_proxy("elite", "127.0.0.93") as honest:
+        lied = await checker.check(_proxy(rewriter.url()), CheckContext(client, judges=[own_judge_page]))
+        intact = await checker.check(_proxy(honest.url()), CheckContext(client, judges=[own_judge_page]))
+    assert not lied.passed and lied.detail.startswith("alters content inside a CONNECT tunnel: "), lied.detail
+    assert intact.passed and intact.detail.startswith("content intact: "), intact.detail
+    assert honest.seen[0].startswith("GET http://") and honest.seen[1].startswith("CONNECT ")  # both ways
+
+
+async def test_a_proxy_refusing_the_judge_page_fails(client, own_judge_page):
+    """An injector that answers 403 only to the project's own judge page has not shown it is honest."""
+    from plugins.builtin.checkers import content_integrity
+
+    checker = content_integrity.create_plugin(Settings(checker={"timeout": 5.0}))
+    async with liar("page_refuser", "127.0.0.94") as refuser:
+        result = await checker.check(_proxy(refuser.url()), CheckContext(client, judges=[own_judge_page]))
+    assert refuser.lies >= 1
+    assert not result.passed and not result.skipped
+    assert result.detail == f"refuses the judge page: {own_judge_page}/page answered 403 through the proxy"
+
+
+async def test_transparent_proxy_behind_a_self_hosted_httpbin_keeps_its_exit(client, judge):
+    """A self-hosted httpbin reports the X-Forwarded-For a transparent proxy adds (our own address) as
+    its origin: that is the transparent sign, not a second exit; the two judges agree."""
+    checker = http_anonymity.create_plugin(Settings(checker={"timeout": 5.0}))
+    async with grade_proxy("transparent", "127.0.0.95") as gp:
+        results = [
+            await checker.check(_proxy(gp.url()), CheckContext(client, judges=[judge.json_url, judge.forwarded_url]))
+            for _ in range(2)  # judges are taken in turn: each one first once
+        ]
+    for result in results:
+        assert result.passed, result.detail
+        assert result.metadata["anonymity"] == "transparent" and result.metadata["exit_ip"] == "127.0.0.95"

@@ -38,6 +38,13 @@ async def httpbin_get(request: web.Request) -> web.Response:
     )
 
 
+async def forwarded_get(request: web.Request) -> web.Response:
+    """httpbin behind a front that trusts forwarding headers: ``origin`` is ``X-Forwarded-For`` when sent."""
+    _count(request)
+    origin = request.headers.get("X-Forwarded-For", request.remote)
+    return web.json_response({"args": dict(request.query), "origin": origin, "headers": _headers(request)})
+
+
 async def azenv(request: web.Request) -> web.Response:
     _count(request)
     lines = [
@@ -68,6 +75,7 @@ def judge_app() -> web.Application:
     app[HITS] = Counter()
     app.router.add_get("/get", httpbin_get)
     app.router.add_get("/azenv", azenv)
+    app.router.add_get("/forwarded-get", forwarded_get)
     app.router.add_get("/garbage", garbage)
     return app
 
@@ -81,6 +89,11 @@ class Judge:
     @property
     def json_url(self) -> str:
         return f"{self.base}/get?show_env=1"
+
+    @property
+    def forwarded_url(self) -> str:
+        """A self-hosted httpbin that reports ``X-Forwarded-For`` as ``origin``."""
+        return f"{self.base}/forwarded-get"
 
     @property
     def azenv_url(self) -> str:

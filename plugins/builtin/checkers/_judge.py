@@ -42,6 +42,7 @@ __all__ = [
     "grade",
     "new_token",
     "parse_judge_reply",
+    "reported_addresses",
     "with_token",
 ]
 
@@ -273,10 +274,24 @@ def _forwarded_for(value: str) -> list[str]:
     return out
 
 
+def reported_addresses(reply: JudgeReply) -> set[str]:
+    """Every address a judge reported: its ``origin`` list and the addresses in forwarding headers."""
+    found = set(reply.origin)
+    for name, value in reply.headers.items():
+        low = name.lower()
+        if _is_forwarding(low) and low not in _ADDRESSLESS:
+            found.update(_forwarded_for(value) if low == "forwarded" else addresses_in(value))
+    return found
+
+
 def grade(reply: JudgeReply, real_ips: Collection[str]) -> Verdict:
-    """Decide the anonymity level of one proxied answer given the host's real addresses."""
+    """Decide the anonymity level of one proxied answer given the host's real addresses.
+
+    The exit is the last ``origin`` entry that is not one of the host's own: a judge that reports a
+    forwarding header as its peer (httpbin behind a trusting front) names the client a transparent
+    proxy forwarded, which is the transparent sign, not the exit."""
     real = {ip for raw in real_ips if (ip := normalise_ip(raw)) is not None}
-    exit_ip = reply.exit_ip
+    exit_ip = next((ip for ip in reversed(reply.origin) if ip not in real), reply.exit_ip)
     transparent = any(ip in real for ip in reply.origin)
     signs: list[str] = []
     for name, value in reply.headers.items():

@@ -4,7 +4,10 @@ HTTP proxies go through the shared session with aiohttp's ``proxy=`` (absolute-f
 credentials as ``proxy_auth``); ``https://`` proxies (TLS to the proxy itself) the same way over a
 session of their own whose connector holds the ``checker.upstream_tls_verify`` context (aiohttp uses one
 context for the proxy and the target); SOCKS4/5 proxies get a session of their own over an
-aiohttp-socks connector.  Own sessions are closed on exit.  Used by ``http_anonymity`` and ``site_reach``; the leading
+aiohttp-socks connector.  ``tunnel=True`` sends a plain-HTTP request to an HTTP(S) proxy the other way
+the gateway uses it: inside a CONNECT tunnel to the target (aiohttp-socks's HTTP proxy type), which
+is how ``http://`` targets go when the upstream tunnels; ``tunnel_refused`` tells a proxy that will not
+open one (the gateway then falls back to the absolute form).  Own sessions are closed on exit.  Used by ``http_anonymity`` and ``site_reach``; the leading
 underscore keeps plugin discovery away from it.
 """
 
@@ -23,12 +26,12 @@ from aiohttp_socks import ProxyConnectionError as SocksConnectionError
 from aiohttp_socks import ProxyConnector
 from aiohttp_socks import ProxyError as SocksProxyError
 from aiohttp_socks import ProxyTimeoutError as SocksTimeoutError
-from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError, ProxyType
 
 from config.tls import tls_failure
 from plugins import Proxy, ProxyProtocol
 
-__all__ = ["NETWORK_ERRORS", "Reply", "Through", "describe_failure"]
+__all__ = ["NETWORK_ERRORS", "Reply", "Through", "describe_failure", "tunnel_refused"]
 
 # What a request through a proxy raises when the network, the proxy or the target misbehaves.
 NETWORK_ERRORS: tuple[type[Exception], ...] = (
@@ -58,15 +61,37 @@ class Reply:
 class Through:
     """``async with Through(proxy, shared) as via: await via.get(url, timeout=5)``."""
 
-    def __init__(self, proxy: Proxy, shared: aiohttp.ClientSession, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, proxy: Proxy, shared: aiohttp.ClientSession, tls: ssl.SSLContext | None = None, *, tunnel: bool = False
+    ) -> None:
         self._proxy = proxy
         self._shared = shared
         self._tls = tls
+        self._tunnel = tunnel and not proxy.protocol.is_socks  # a SOCKS proxy is always a tunnel
         self._own: aiohttp.ClientSession | None = None
+
+    @property
+    def tunnel(self) -> bool:
+        """Plain HTTP goes inside a CONNECT tunnel (an HTTP(S) proxy asked with ``tunnel=True``)."""
+        return self._tunnel
 
     async def __aenter__(self) -> Self:
         if self._proxy.protocol.is_socks:
             connector: aiohttp.BaseConnector = ProxyConnector.from_url(self._proxy.url, limit=0)
+            self._own = aiohttp.ClientSession(connector=connector, trust_env=False)
+        elif self._tunnel:
+            up = self._proxy.upstream
+            connector = ProxyConnector(
+                up.host,
+                up.port,
+                ProxyType.HTTP,
+                username=up.username,
+                password=up.password,
+                rdns=True,
+                proxy_ssl=(self._tls or ssl.create_default_context()) if up.protocol is ProxyProtocol.HTTPS else None,
+                limit=0,
+                force_close=True,
+            )
             self._own = aiohttp.ClientSession(connector=connector, trust_env=False)
         elif self._proxy.protocol is ProxyProtocol.HTTPS:
             tls = self._tls or ssl.create_default_context()
@@ -88,7 +113,7 @@ class Through:
         session = self._own or self._shared
         headers = {**(headers or {}), "Connection": "close"}  # one request per check: hold no idle sockets
         kwargs: dict[str, object] = {}
-        if not self._proxy.protocol.is_socks:
+        if not self._proxy.protocol.is_socks and not self._tunnel:
             up = self._proxy.upstream
             kwargs["proxy"] = f"{'https' if up.protocol is ProxyProtocol.HTTPS else 'http'}://{up.netloc}"
             if up.username is not None:
@@ -110,6 +135,11 @@ class Through:
             if read_body:
                 body = await _read_capped(resp, MAX_BODY)
             return Reply(resp.status, body, (time.monotonic() - started) * 1000)
+
+
+def tunnel_refused(exc: BaseException) -> bool:
+    """True when the proxy answered the CONNECT with a refusal (a status other than 200)."""
+    return isinstance(exc, (ProxyError, SocksProxyError))
 
 
 def _basic(user: str, password: str) -> str:

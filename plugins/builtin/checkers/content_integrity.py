@@ -1,7 +1,8 @@
 """Stage 3: does the proxy hand back a page exactly as the site sent it?
 
-A page of known content is fetched through the proxy (absolute form, like every plain-HTTP request
-a client sends) and compared byte for byte with the copy the checker knows.  A proxy that appends a
+A page of known content is fetched through the proxy each way the gateway uses it (the absolute form,
+and plain HTTP inside a CONNECT tunnel when an HTTP(S) proxy opens one) and compared byte for byte
+with the copy the checker knows; either leg altering it fails the check.  A proxy that appends a
 script, an advertisement or a tracking pixel alters content: the check fails and the proxy is dead.
 
 Pages, first usable wins: ``/judge/page`` of every proxy-pool judge in ``context.judges`` (a judge
@@ -9,9 +10,12 @@ URL ending in ``/judge``; its content is ``plugins.JUDGE_PAGE``), then ``checker
 (static pages, e.g. ``http://httpbin.org/html``, whose content is learned by a direct fetch).  Like
 a judge, a page is first fetched directly (cached ``page_ttl``): one that does not answer, or whose
 judge page is not the known one, is skipped, and a failure through the proxy is re-checked directly
-before it is blamed on the proxy.  Only a 200 with other bytes is an alteration: a 403 or 503 through
-the proxy is the site refusing that exit (httpbin rate-limits), and the next page is tried.  With no usable page the check passes with "not checked".  Cost:
-one request through the proxy per check.
+before it is blamed on the proxy.  A 200 with other bytes is an alteration.  The project's own judge
+page refuses no exit, so any other status for it through the proxy fails the check (a proxy that
+will not fetch it has not shown it is honest); for a configured static page a 403 or 503 through
+the proxy is the site refusing that exit (httpbin rate-limits), and the next page is tried.  With
+no usable page the check passes with "not checked".  Cost:
+one request through the proxy per check, two for an HTTP(S) proxy that opens tunnels.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from config import Settings
 from config.tls import upstream_tls_context
 from plugins import JUDGE_PAGE, CheckContext, CheckResult, Proxy
 
-from ._through import MAX_BODY, NETWORK_ERRORS, Through, describe_failure
+from ._through import MAX_BODY, NETWORK_ERRORS, Through, describe_failure, tunnel_refused
 
 __all__ = ["ContentIntegrityChecker", "create_plugin", "judge_pages"]
 
@@ -107,7 +111,7 @@ class ContentIntegrityChecker:
         own = judge_pages(context.judges)
         candidates = [(p, JUDGE_PAGE) for p in own] + [(p, None) for p in self.pages if p not in own]
         refused: list[str] = []
-        async with Through(proxy, client, self._tls) as via:
+        async with Through(proxy, client, self._tls) as via, Through(proxy, client, self._tls, tunnel=True) as inside:
             for page, expected in candidates:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -115,35 +119,70 @@ class ContentIntegrityChecker:
                 known = await self.reference(page, expected, client, remaining / 2, self.page_ttl)
                 if known is None:
                     continue
-                try:
-                    reply = await via.get(page, timeout=deadline - loop.time())
-                except NETWORK_ERRORS as exc:
-                    left = deadline - loop.time()
-                    if left > 0 and await self.reference(page, expected, client, left, self.reprobe_after) is None:
-                        continue  # the page's fault, not the proxy's
-                    return CheckResult(False, f"{page} through proxy: {describe_failure(exc, self.timeout)}")
-                if reply.status != 200:
-                    # the site refused this exit (a rate limit, a ban) or the proxy did: no content to judge
-                    refused.append(f"{page} answered {reply.status}")
+                outcome: CheckResult | str | None = None
+                for leg in (via, inside) if inside.tunnel else (via,):
+                    fetched = await self._fetch(leg, page, known, expected is not None, client, deadline)
+                    if isinstance(fetched, _NoTunnel):
+                        break  # the gateway uses the absolute form for this proxy: already checked
+                    outcome = fetched
+                    if not (isinstance(outcome, CheckResult) and outcome.passed):
+                        break  # altered, refused or unreachable: the other leg has nothing to add
+                if outcome is None:
+                    continue  # the page's fault, not the proxy's
+                if isinstance(outcome, str):
+                    refused.append(outcome)
                     continue
-                if reply.body == known:
-                    return CheckResult(
-                        True,
-                        f"content intact: {page} ({len(known)} bytes)",
-                        latency_ms=reply.elapsed_ms,
-                        metadata={"page": page, "sha256": hashlib.sha256(known).hexdigest()},
-                    )
-                got = hashlib.sha256(reply.body).hexdigest()
-                return CheckResult(
-                    False,
-                    f"alters content: {page} came back with {len(reply.body)} bytes "
-                    f"(sha256 {got[:16]}), not the {len(known)} bytes sent "
-                    f"(sha256 {hashlib.sha256(known).hexdigest()[:16]})",
-                    metadata={"page": page, "sha256": got},
-                )
+                return outcome
         if refused:
             return CheckResult(True, f"not checked: {'; '.join(refused)} through the proxy")
         return CheckResult(True, "not checked: no page of known content could be fetched directly")
+
+    async def _fetch(
+        self, via: Through, page: str, known: bytes, ours: bool, client: aiohttp.ClientSession, deadline: float
+    ) -> CheckResult | str | _NoTunnel | None:
+        """The page through one leg (absolute form, or plain HTTP in a CONNECT tunnel): a verdict, a
+        refusal to note (a status from a site that may rate-limit the exit), ``_NO_TUNNEL`` (the proxy
+        opens no CONNECT tunnel), or None (the page's fault)."""
+        loop = asyncio.get_running_loop()
+        how = " inside a CONNECT tunnel" if via.tunnel else ""
+        try:
+            reply = await via.get(page, timeout=deadline - loop.time())
+        except NETWORK_ERRORS as exc:
+            if via.tunnel and tunnel_refused(exc):
+                return _NO_TUNNEL
+            left = deadline - loop.time()
+            if left > 0 and await self.reference(page, JUDGE_PAGE if ours else None, client, left, self.reprobe_after) is None:
+                return None
+            return CheckResult(False, f"{page} through proxy{how}: {describe_failure(exc, self.timeout)}")
+        if reply.status != 200:
+            if ours:  # our own judge page refuses no exit: a proxy that will not fetch it has not shown it is honest
+                return CheckResult(
+                    False, f"refuses the judge page: {page} answered {reply.status} through the proxy{how}"
+                )
+            # a site refusing this exit (a rate limit, a ban), or the proxy: no content to judge
+            return f"{page} answered {reply.status}"
+        if reply.body == known:
+            return CheckResult(
+                True,
+                f"content intact: {page} ({len(known)} bytes)",
+                latency_ms=reply.elapsed_ms,
+                metadata={"page": page, "sha256": hashlib.sha256(known).hexdigest()},
+            )
+        got = hashlib.sha256(reply.body).hexdigest()
+        return CheckResult(
+            False,
+            f"alters content{how}: {page} came back with {len(reply.body)} bytes "
+            f"(sha256 {got[:16]}), not the {len(known)} bytes sent "
+            f"(sha256 {hashlib.sha256(known).hexdigest()[:16]})",
+            metadata={"page": page, "sha256": got},
+        )
+
+
+class _NoTunnel:
+    """The proxy opens no CONNECT tunnel (``_fetch``)."""
+
+
+_NO_TUNNEL = _NoTunnel()
 
 
 def create_plugin(settings: Settings) -> ContentIntegrityChecker:

@@ -15,7 +15,9 @@ could not answer in no time was blamed, or was not asked at all).
 When no judge is healthy the check is *skipped* (no verdict), so a judge outage never kills proxies.
 
 Every request carries a fresh token (``_judge``); an answer through the proxy without it is not the
-judge's and fails the check.  With two or more judges, a second one is asked as well and must see
+judge's and fails the check.  An HTTP(S) proxy is asked both ways the gateway will use it: in the
+absolute form and, when it opens CONNECT tunnels, with plain HTTP inside a tunnel; it is graded by
+the worse of the two (a proxy honest only where a checker looks is not honest).  With two or more judges, a second one is asked as well and must see
 the same exit address (a proxy that makes answers up cannot keep two judges' stories straight).
 
 Fills ``context.exit_ip``, ``anonymity_level``, ``headers_forwarded``, ``http_latency_ms`` and,
@@ -30,13 +32,14 @@ import itertools
 import logging
 import ssl
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import aiohttp
 
 from config import Settings
 from config.tls import upstream_tls_context
-from plugins import CheckContext, CheckResult, Proxy
+from plugins import AnonymityLevel, CheckContext, CheckResult, Proxy
 
 from ._judge import (
     TOKEN_HEADER,
@@ -46,9 +49,10 @@ from ._judge import (
     grade,
     new_token,
     parse_judge_reply,
+    reported_addresses,
     with_token,
 )
-from ._through import NETWORK_ERRORS, Through, describe_failure
+from ._through import NETWORK_ERRORS, Through, describe_failure, tunnel_refused
 
 __all__ = ["HttpAnonymityChecker", "JudgeHealth", "create_plugin"]
 
@@ -175,7 +179,9 @@ class HttpAnonymityChecker:
         deadline = loop.time() + self.timeout
         client = context.http_client
         first: tuple[str, JudgeReply, float] | None = None
-        async with Through(proxy, client, self.tls) as via:
+        replies: list[JudgeReply] = []  # every answer the proxy carried: graded by the worst
+        tunnels: bool | None = None
+        async with Through(proxy, client, self.tls) as via, Through(proxy, client, self.tls, tunnel=True) as inside:
             for judge in self._order(judges):
                 remaining = deadline - self.timeout * self.judge_share - loop.time()  # the proxy's share
                 if remaining <= 0:
@@ -189,25 +195,41 @@ class HttpAnonymityChecker:
                     continue  # the judge, not the proxy: try the next one
                 if isinstance(answer, CheckResult):
                     return answer
+                if first is None and not proxy.protocol.is_socks:
+                    # the gateway sends http:// targets inside a CONNECT tunnel when the proxy opens one:
+                    # a proxy honest only in the absolute form (what a checker sends) must not pass
+                    tunnelled = await self._ask(inside, judge, client, deadline)
+                    if tunnelled is None:
+                        continue
+                    if isinstance(tunnelled, CheckResult):
+                        return tunnelled
+                    if tunnelled is not _REFUSED:
+                        tunnels = True
+                        replies.append(tunnelled[0])
+                    else:
+                        tunnels = False
+                replies.append(answer[0])
                 if first is None:
                     first = (judge, *answer)
                     if len(judges) > 1:
                         continue  # a second judge must see the same exit address
                     break
-                disagreement = _disagreement(first[0], first[1], judge, answer[0])
+                disagreement = _disagreement(first[0], first[1], judge, answer[0], self._own(first[0], context))
                 if disagreement is not None:
                     return disagreement
-                return self._graded(*first, context, agreed_by=judge)
-        if first is not None:
-            return self._graded(*first, context)  # no second judge could answer: one is all we have
+                return self._graded(first[0], replies, first[2], context, tunnels, agreed_by=judge)
+        if first is not None:  # no second judge could answer: one is all we have
+            return self._graded(first[0], replies, first[2], context, tunnels)
         return CheckResult(False, "no healthy judge", skipped=True)
 
     async def _ask(
         self, via: Through, judge: str, client: aiohttp.ClientSession, deadline: float
-    ) -> tuple[JudgeReply, float] | CheckResult | None:
-        """One tokened request through the proxy: the reply, a failed check, or None (the judge's fault)."""
+    ) -> tuple[JudgeReply, float] | CheckResult | _Refused | None:
+        """One tokened request through the proxy: the reply, a failed check, ``_REFUSED`` (a tunnel the
+        proxy will not open), or None (the judge's fault)."""
         loop = asyncio.get_running_loop()
         token = new_token()
+        how = "through a CONNECT tunnel of the proxy" if via.tunnel else "through proxy"
         try:
             reply = await via.get(
                 with_token(judge, token),
@@ -218,56 +240,92 @@ class HttpAnonymityChecker:
                 raise JudgeFormatError(f"answered {reply.status}")
             parsed = parse_judge_reply(reply.body)
         except _JUDGE_ERRORS as exc:
+            if via.tunnel and tunnel_refused(exc):
+                return _REFUSED  # the gateway falls back to the absolute form for this proxy
             reason = str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, self.timeout)
             if self.health.is_down(judge) or not await self.judge_is_up(
                 judge, client, max(deadline - loop.time(), self.timeout * self.judge_share), self.reprobe_after
             ):
                 return None
-            return CheckResult(False, f"{judge} through proxy: {reason}", metadata={"judge": judge})
+            return CheckResult(False, f"{judge} {how}: {reason}", metadata={"judge": judge})
         if not echoes_token(parsed, token):
             return CheckResult(
                 False,
-                f"{judge} through proxy: the answer does not echo the check token (not the judge's own answer)",
+                f"{judge} {how}: the answer does not echo the check token (not the judge's own answer)",
                 metadata={"judge": judge},
             )
         return parsed, reply.elapsed_ms
 
-    def _graded(
-        self, judge: str, reply: JudgeReply, elapsed_ms: float, context: CheckContext, agreed_by: str | None = None
-    ) -> CheckResult:
+    def _own(self, judge: str, context: CheckContext) -> set[str]:
+        """The checker's own addresses: every judge's view of our direct calls, and ``real_ip``."""
         if context.real_ip is None:
             context.real_ip = self.health.origin_seen_by(judge)
         real = self.health.own_addresses()
         if context.real_ip is not None:
             real.add(context.real_ip)
-        verdict = grade(reply, real)
-        context.exit_ip = verdict.exit_ip
-        context.anonymity_level = verdict.level
-        context.headers_forwarded = list(verdict.signs)
+        return real
+
+    def _graded(
+        self,
+        judge: str,
+        replies: list[JudgeReply],
+        elapsed_ms: float,
+        context: CheckContext,
+        tunnels: bool | None,
+        agreed_by: str | None = None,
+    ) -> CheckResult:
+        """The worst of every answer the proxy carried (absolute form, CONNECT tunnel, second judge)."""
+        real = self._own(judge, context)
+        verdicts = [grade(reply, real) for reply in replies]
+        level = min((v.level for v in verdicts), key=_RANK.__getitem__)
+        exit_ip = next((v.exit_ip for v in verdicts if v.exit_ip not in real), verdicts[0].exit_ip)
+        signs = list(dict.fromkeys(sign for v in verdicts for sign in v.signs))
+        context.exit_ip = exit_ip
+        context.anonymity_level = level
+        context.headers_forwarded = signs
         context.http_latency_ms = elapsed_ms
-        detail = f"{verdict.level} via {judge}, exit {verdict.exit_ip}"
-        if verdict.signs:
-            detail += f", reveals {', '.join(verdict.signs)}"
+        detail = f"{level} via {judge}, exit {exit_ip}"
+        if signs:
+            detail += f", reveals {', '.join(signs)}"
+        if tunnels and len({v.level for v in verdicts}) > 1:
+            detail += " (the worst of the absolute form and a CONNECT tunnel)"
         return CheckResult(
             True,
             detail,
             latency_ms=elapsed_ms,
             metadata={
                 "judge": judge,
-                "exit_ip": verdict.exit_ip,
-                "anonymity": verdict.level.value,
-                "headers_forwarded": list(verdict.signs),
+                "exit_ip": exit_ip,
+                "anonymity": level.value,
+                "headers_forwarded": signs,
                 "agreed_by": agreed_by,
+                "tunnel_checked": tunnels,
             },
         )
 
 
-def _disagreement(judge_a: str, reply_a: JudgeReply, judge_b: str, reply_b: JudgeReply) -> CheckResult | None:
-    """A failed check when two judges saw different exit addresses of one family and one reach. Not a
-    lie: a dual-stack proxy reaching one judge over IPv4 and the other over IPv6, or a local proxy that
-    our own judge sees at its loopback or LAN address and a public judge at the site's public one."""
-    a, b = ipaddress.ip_address(reply_a.exit_ip), ipaddress.ip_address(reply_b.exit_ip)
+class _Refused:
+    """The proxy refused to open a CONNECT tunnel (``_ask``)."""
+
+
+_REFUSED = _Refused()
+_RANK = {AnonymityLevel.TRANSPARENT: 0, AnonymityLevel.ANONYMOUS: 1, AnonymityLevel.ELITE: 2}
+
+
+def _disagreement(
+    judge_a: str, reply_a: JudgeReply, judge_b: str, reply_b: JudgeReply, real: Collection[str] = ()
+) -> CheckResult | None:
+    """A failed check when two judges saw different exit addresses of one family and one reach. Not
+    a lie: a dual-stack proxy reaching one judge over IPv4 and the other over IPv6, or a local proxy
+    that our own judge sees at its loopback or LAN address and a public judge at the site's public
+    one.  Nor an address that is one of the checker's own (a judge that reports a forwarding header
+    as its peer shows the client a transparent proxy forwarded: the transparent sign, not an exit)
+    or that the other judge saw in a forwarding header."""
+    a = ipaddress.ip_address(grade(reply_a, real).exit_ip)
+    b = ipaddress.ip_address(grade(reply_b, real).exit_ip)
     if a == b or a.version != b.version or a.is_global != b.is_global:
+        return None
+    if {str(a), str(b)} & set(real) or str(a) in reported_addresses(reply_b) or str(b) in reported_addresses(reply_a):
         return None
     return CheckResult(
         False,
