@@ -233,12 +233,17 @@ async def test_ban_answer_retried_on_another_upstream(env):
 
 
 async def test_untrusted_site_is_a_502_with_the_reason(env):
-    """intercept_verify = true (the system store): the test CA's site is not trusted: 502, one line."""
+    """intercept_verify = true (the system store): the test CA's site is not trusted: 502, one line;
+    intercept_verify = false lets the same site through (the operator said so)."""
     async with env.gateway(intercept_verify=True):
         reader, writer = await session(env)
         status, _, body = await get(reader, writer)
         assert status == 502
         assert body.decode().startswith("site certificate not trusted: ") and body.count(b"\n") == 1
+        writer.close()
+    async with env.gateway(intercept_verify=False):
+        reader, writer = await session(env)
+        assert (await get(reader, writer))[0] == 200
         writer.close()
 
 

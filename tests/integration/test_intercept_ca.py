@@ -3,6 +3,7 @@ serves the same certificate without a token; with interception off /ca.pem is a 
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ import pytest
 pytestmark = pytest.mark.timeout(60)
 
 
-async def test_ca_pem_open_same_as_cli_and_never_the_key(make_pool, tmp_path):
+async def test_ca_pem_open_same_as_cli_and_never_the_key(make_pool, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     pool = await make_pool(admin={"token": "sekrit"}, gateway={"intercept_listen": "127.0.0.1:0"})
     host, port = pool.admin_address
     async with aiohttp.ClientSession() as client:
@@ -28,6 +30,10 @@ async def test_ca_pem_open_same_as_cli_and_never_the_key(make_pool, tmp_path):
     assert done.stdout == served
     key = (tmp_path / "pool.db.ca-key.pem").read_bytes()
     assert b"PRIVATE KEY" in key and key not in done.stdout + done.stderr
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "HTTPS interception CA" in logged and "PRIVATE" not in logged
+    body = key.split(b"\n")[1].decode()  # a line of the key's base64: in no log line either
+    assert body not in logged
 
 
 async def test_ca_pem_is_404_when_interception_is_off(make_pool):
