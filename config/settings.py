@@ -129,6 +129,26 @@ class BanRule(_Section):
         return v
 
 
+class GatewayRule(_Section):
+    """``[[gateway.rules]]``: what requests to some hosts do: leave directly, be refused (403), or pick
+    by routing defaults (country, protocol, anonymity) that the request's own parameters override."""
+
+    match: list[str] = Field(min_length=1, description="host globs, e.g. [\"*.internal.example\", \"10.*\"]")
+    action: Literal["direct", "refuse"] | None = None
+    country: str | None = Field(default=None, pattern=r"^[A-Za-z]{2}$")
+    protocol: Literal["http", "https", "socks4", "socks5"] | None = None
+    anonymity: Literal["transparent", "anonymous", "elite"] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GatewayRule:
+        routing = self.country is not None or self.protocol is not None or self.anonymity is not None
+        if self.action is not None and routing:
+            raise ValueError("a gateway rule has either an action (direct, refuse) or routing keys, not both")
+        if self.action is None and not routing:
+            raise ValueError("a gateway rule needs an action (direct, refuse) or a routing key (country, protocol, anonymity)")
+        return self
+
+
 class GatewaySettings(_Section):
     listen: str = "127.0.0.1:8899"
     auth: Literal["none", "users"] = "none"
@@ -169,6 +189,7 @@ class GatewaySettings(_Section):
         default="ip", description="keep a site's picks off exits (or /24, /48 subnets) that served it lately"
     )
     distinct_exit_window: int = Field(default=32, ge=1, le=100_000, description="picks per site an exit is avoided for")
+    rules: list[GatewayRule] = Field(default_factory=list)
     hedge_after: Literal["auto", "off"] | float = Field(
         default="auto", description="seconds before a slow idempotent request is also sent through a second upstream"
     )

@@ -18,6 +18,7 @@ from gateway.proxy.errors import BadRequest
 from gateway.proxy.loops import OwnAddresses
 from gateway.proxy.refusals import AUTH_REALM, Admission, NeedsLease, NeedsVerification, Refusal
 from gateway.proxy.routing import Credentials, RouteError, parse_proxy_authorization, route_for, user_name
+from gateway.proxy.rules import HostRules
 from gateway.proxy.targets import canonical_host
 from pool.accounts import CreditsExhausted, LeaseMissing, LimitReached, Usage
 from pool.selector import Route
@@ -52,6 +53,7 @@ class Admitter:
         self._connect_ports = _PortRule(self.gw.allowed_connect_ports, "CONNECT")
         self._http_ports = _PortRule(self.gw.allowed_http_ports, "plain HTTP")
         self.direct_allow = [ipaddress.ip_network(n, strict=False) for n in self.gw.direct_allow]
+        self.rules = HostRules(self.gw.rules)
 
     def admit(
         self,
@@ -68,6 +70,21 @@ class Admitter:
         have sent, ``gateway.proxy.socksproto``).  ``conn``: the client connection, for the per-user
         connection limit (``release`` frees its slot when it ends)."""
         self._check_target(head)
+        if self.rules:
+            rule = self.rules.rule_for(head.host)
+            if rule is not None:
+                if rule.action == "refuse":
+                    raise HostRules.refuse(head.host)
+                return HostRules.apply(rule, self._admit(head, verified, credentials, conn))
+        return self._admit(head, verified, credentials, conn)
+
+    def _admit(
+        self,
+        head: http1.RequestHead,
+        verified: str | None,
+        credentials: Credentials | None,
+        conn: object | None,
+    ) -> Admission:
         if head.proxy_authorization is None and credentials is None and not head.pool_params and self._open:
             return _ANYONE_ANYWHERE  # the common case: nothing asked, nothing to check
         user, route = self._authorize(head, verified, credentials)

@@ -120,6 +120,11 @@ class _Attempting:
         raises the 503 when nothing matched at all.  ``tunnel`` (a CONNECT): never an upstream known
         not to carry tunnels."""
         svc = self.svc
+        if self.admission.direct:  # a gateway rule: through no upstream, once
+            if self.direct_tried:
+                return False, None
+            self.direct_tried = True
+            return True, None
         if len(self.tried) + self.direct_tried > svc.gw.max_retries:
             return False, None
         route = self.admission.route

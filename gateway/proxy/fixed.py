@@ -99,7 +99,7 @@ class FixedTarget:
         self.port = port
         # the connection was charged once, for its reply: a request inside that fails refunds nothing, and
         # its usage (bytes) is counted once too, by the SOCKS connection at its end (so no usage here)
-        self.admission = Admission(admission.user, admission.route, 0)
+        self.admission = Admission(admission.user, admission.route, 0, direct=admission.direct)
         self.pool = pool
         self.on_end: Callable[[FixedTarget], None] | None = on_end
         self.client: FixedClient | None = None

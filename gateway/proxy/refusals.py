@@ -100,6 +100,7 @@ class Admission:
     route: Route
     cost: int
     usage: Usage | None = None  # the user's usage counters (pool.accounts), given the bytes relayed
+    direct: bool = False  # a gateway rule sends it through no upstream
 
     def done(self, sent: int, received: int) -> None:
         """The request (or tunnel) ended having relayed these bytes: the user's usage counts them."""

@@ -136,7 +136,7 @@ def test_commented_keys_are_the_optional_ones():
     """A key is commented out only when it has no default value or sits in an optional section."""
     documented = documented_keys(EXAMPLE.read_text(encoding="utf-8"))
     fields = model_keys(Settings)
-    optional_sections = ("sources.", "notifiers.smtp.", "notifiers.webhook.", "gateway.ban_rules.")
+    optional_sections = ("sources.", "notifiers.smtp.", "notifiers.webhook.", "gateway.ban_rules.", "gateway.rules.")
     for path, (commented, _) in documented.items():
         if commented and not path.startswith(optional_sections):
             assert _default(fields[path]) is None, f"{path} has a default but is commented out"
@@ -147,6 +147,8 @@ def test_optional_sections_show_their_defaults_when_switched_on():
     text = uncomment_all(EXAMPLE.read_text(encoding="utf-8"))
     data = tomllib.loads(text)
     assert {"smtp", "webhook"} <= set(data["notifiers"]) and data["sources"], "optional sections not shown"
+    for rule in data["gateway"].get("rules", []):  # a rule's action and its routing keys exclude each other
+        Settings.model_validate({"gateway": {"rules": [{"match": rule["match"], "action": rule.pop("action")}]}})
     Settings.model_validate(data)  # every shown example value is valid
     fields = model_keys(Settings)
     for path, info in fields.items():

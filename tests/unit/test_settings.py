@@ -335,3 +335,17 @@ def test_site_ban_seconds_reads_its_old_name_and_ban_rules_are_checked():
     for bad in ({"site": "*", "status": []}, {"site": "*", "status": [200], "body_contains": ""}, {"status": [403]}):
         with pytest.raises(ValidationError):
             Settings(gateway={"ban_rules": [bad]})
+
+
+def test_gateway_rules_take_an_action_or_routing_keys():
+    ok = Settings(gateway={"rules": [{"match": ["*.lan"], "action": "direct"}, {"match": ["a.test"], "country": "DE"}]})
+    assert [r.action for r in ok.gateway.rules] == ["direct", None]
+    for bad in (
+        {"match": ["x"]},  # nothing to do
+        {"match": ["x"], "action": "refuse", "country": "de"},  # both
+        {"match": [], "action": "refuse"},
+        {"match": ["x"], "action": "block"},
+        {"match": ["x"], "country": "germany"},
+    ):
+        with pytest.raises(ValidationError):
+            Settings(gateway={"rules": [bad]})
