@@ -1,14 +1,19 @@
-"""Replicas on PostgreSQL: what ``--workers 2`` buys, what PostgreSQL costs, how fast changes travel.
+"""Replicas and workers: what ``--workers 2`` buys on SQLite and PostgreSQL, what PostgreSQL costs,
+how fast changes travel.
 
     python bench/replicas_bench.py [--duration 8] [--rounds 2] [--pool-size 100000] [--changes 60]
+                                   [--db sqlite,postgres] [--pin] [--skip a,b,c]
 
-(a) ``serve --workers 2`` against one ``serve`` process on the same PostgreSQL database and the same
-    upstreams (tinyproxy x2 + squid, nginx origin, ``wrk`` with 32 keep-alive connections): req/s,
-    p50/p99 and the CPU every gateway process together spent per request; interleaved rounds.
+(a) ``serve --workers 2`` against one ``serve`` process on the same database (a fresh SQLite file, or
+    a fresh PostgreSQL database) and the same upstreams (tinyproxy x2 + squid, nginx origin, ``wrk``
+    with 32 keep-alive connections): req/s, p50/p99 and the CPU every gateway process together spent
+    per request (the supervisor and its workers); interleaved rounds.  ``--pin`` (taskset): wrk runs
+    on the last core with one thread, one ``serve`` on the first core, the workers on every core, so
+    on a 2-core machine one worker shares its core with wrk (the upstreams and the origin float).
 (b) 100,000 proxies (half active) in PostgreSQL and in SQLite: the time to load the pool into the
     selector, the µs of a filtered ``Selector.pick`` on each, and the RSS of ``serve`` on each.
-(c) two replicas: the time from a top-up request on one to the other replica's in-memory balance
-    showing it (its ``/api/users``, polled every 2 ms): p50 and p99.
+(c) two replicas (PostgreSQL), two workers (SQLite): the time from a top-up request on one to the
+    other's in-memory balance showing it (its ``/api/users``, polled every 2 ms): p50 and p99.
 
 Starts its own PostgreSQL (tests/support/postgres.py: initdb + pg_ctl in a temp dir) and kills
 everything it started at the end.  Figures vary with the load of the shared machine: compare
@@ -39,6 +44,8 @@ from bench.gateway_bench import run_wrk
 from bench.upstreams import Services, free_port
 from tests.support.postgres import PgServer, missing_reason
 
+CORES = sorted(os.sched_getaffinity(0))
+
 TOKEN = "bench-token"
 
 
@@ -65,9 +72,10 @@ class Serve:
     """``proxy-pool serve`` (optionally ``--workers N``) as a subprocess on fixed ports."""
 
     def __init__(self, work: Path, db: str, *, workers: int = 1, proxies: Path | None = None, name: str = "bench",
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, cpus: str | None = None) -> None:
         self.port, self.admin = free_port(), free_port()
-        argv = [sys.executable, "-m", "gateway", "serve", "--no-default-sources", "--db", db,
+        pin = ["taskset", "-c", cpus] if cpus else []
+        argv = [*pin, sys.executable, "-m", "gateway", "serve", "--no-default-sources", "--db", db,
                 "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin}",
                 "--replica-name", name, "--log-level", "warning"]
         if workers > 1:
@@ -117,30 +125,43 @@ class Serve:
 
 
 # (a) ------------------------------------------------------------------------------------------
-def bench_workers(pg: PgServer, services: Services, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+def bench_workers(pg: PgServer | None, services: Services, work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     origin = services.nginx("127.0.0.1", big_mb=1)
     ups = [services.tinyproxy("127.0.0.2"), services.tinyproxy("127.0.0.3"), services.squid("127.0.0.4")]
     listing = work / "upstreams.txt"
     listing.write_text("".join(u.url + "\n" for u in ups))
-    rows: dict[str, list[dict[str, Any]]] = {"1 process": [], "--workers 2": []}
+    fresh = iter(range(10**6))
+    databases = {
+        "SQLite": lambda: str(work / f"workers-{next(fresh)}.db"),
+        "PostgreSQL": lambda: pg.create_database() if pg is not None else "",
+    }
+    cases = [(f"{db}, {label}", db, workers) for db in databases if db.lower()[:6] in args.db
+             for label, workers in (("1 process", 1), ("--workers 2", 2))]
+    rows: dict[str, list[dict[str, Any]]] = {case: [] for case, _, _ in cases}
+    wrk_cores = {CORES[-1]} if args.pin else set(CORES)
     for _ in range(args.rounds):
-        for label, workers in (("1 process", 1), ("--workers 2", 2)):
-            serve = Serve(work, pg.create_database(), workers=workers, proxies=listing)
+        for case, db, workers in cases:
+            cpus = None if not args.pin else ",".join(map(str, CORES)) if workers > 1 else str(CORES[0])
+            serve = Serve(work, databases[db](), workers=workers, proxies=listing, cpus=cpus)
             try:
                 serve.wait_ready(len(ups))
                 if workers > 1:
                     time.sleep(1.0)  # both workers up (each loads the pool)
                 before = serve.cpu()
-                raw = run_wrk(("127.0.0.1", serve.port), origin.base() + "/", close=False, duration=args.duration,
-                              connections=32, threads=2)
+                os.sched_setaffinity(0, wrk_cores)  # wrk inherits it
+                try:
+                    raw = run_wrk(("127.0.0.1", serve.port), origin.base() + "/", close=False, duration=args.duration,
+                                  connections=32, threads=1 if args.pin else 2)
+                finally:
+                    os.sched_setaffinity(0, set(CORES))
                 spent = serve.cpu() - before
             finally:
                 serve.stop()
             row = {"rps": raw["rps"], "p50_ms": raw["p50_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
                    "cpu_us_per_request": 1e6 * spent / max(1, raw["requests"]), "requests": raw["requests"]}
-            say(f"(a) {label:<12} {row['rps']:7.0f} req/s  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
+            say(f"(a) {case:<24} {row['rps']:7.0f} req/s  p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
                 f"cpu {row['cpu_us_per_request']:.0f} us/req")
-            rows[label].append(row)
+            rows[case].append(row)
     out = []
     for label, runs in rows.items():
         out.append({"case": label, **{k: statistics.median(r[k] for r in runs) for k in runs[0]},
@@ -238,6 +259,56 @@ def bench_propagation(pg: PgServer, work: Path, args: argparse.Namespace) -> dic
     return out
 
 
+def bench_propagation_workers(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """(c) on SQLite: ``serve --workers 2``; a top-up on one worker until the other's balance shows it.
+    Each worker is reached through a kept-alive connection to the shared admin port that it accepted."""
+    import http.client
+
+    serve = Serve(work, str(work / "propagation.db"), workers=2, name="box")
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    conns: dict[str, http.client.HTTPConnection] = {}
+
+    def call(con: http.client.HTTPConnection, path: str, body: Any = None) -> Any:
+        con.request("GET" if body is None else "POST", path, None if body is None else json.dumps(body), headers)
+        return json.loads(con.getresponse().read())
+
+    times: list[float] = []
+    try:
+        serve.wait_ready(0)
+        for _ in range(200):  # each new connection goes to either worker
+            con = http.client.HTTPConnection("127.0.0.1", serve.admin, timeout=10)
+            try:
+                conns.setdefault(call(con, "/api/stats")["replica"], con)
+            except OSError:
+                time.sleep(0.2)
+            if len(conns) == 2:
+                break
+        a, b = list(conns.values())
+        call(a, "/api/users", {"name": "topped", "credits": 1})
+        want = 1
+        for _ in range(args.changes):
+            time.sleep(0.05)
+            want += 7
+            started = time.perf_counter()
+            call(a, "/api/users/topped/credits", {"amount": 7})
+            deadline = started + 10
+            while time.perf_counter() < deadline:
+                if any(u["name"] == "topped" and u["credits"] == want for u in call(b, "/api/users")["users"]):
+                    break
+                time.sleep(0.002)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        for con in conns.values():
+            con.close()
+        serve.stop()
+    times.sort()
+    out = {"changes": len(times), "p50_ms": statistics.median(times),
+           "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))], "max_ms": times[-1]}
+    say(f"(c) SQLite, change on one worker seen by the other: p50 {out['p50_ms']:.0f} ms  p99 {out['p99_ms']:.0f} ms "
+        f"(max {out['max_ms']:.0f} ms, {len(times)} changes)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=8.0)
@@ -245,15 +316,19 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=100_000)
     parser.add_argument("--changes", type=int, default=60)
     parser.add_argument("--skip", default="", help="comma list of a,b,c to skip")
+    parser.add_argument("--db", default="sqlite,postgres", help="(a) on which databases: sqlite, postgres or both")
+    parser.add_argument("--pin", action="store_true", help="(a): wrk on the last core, one serve on the first (taskset)")
     args = parser.parse_args()
-    reason = missing_reason()
+    skip = set(filter(None, args.skip.split(",")))
+    needs_pg = "postgres" in args.db or "b" not in skip
+    reason = missing_reason() if needs_pg else None
     if reason:
         raise SystemExit(reason)
-    skip = set(filter(None, args.skip.split(",")))
-    pg = PgServer()
-    pg.init()
-    pg.start()
-    results: dict[str, Any] = {"load_average": os.getloadavg()}
+    pg = PgServer() if needs_pg else None
+    if pg is not None:
+        pg.init()
+        pg.start()
+    results: dict[str, Any] = {"load_average": os.getloadavg(), "pinned": args.pin, "cores": len(CORES)}
     try:
         with tempfile.TemporaryDirectory(prefix="replicas-bench-") as tmp:
             work = Path(tmp)
@@ -261,12 +336,15 @@ def main() -> None:
             if "a" not in skip:
                 with Services(log=say) as services:
                     results["workers"] = bench_workers(pg, services, work, args)
-            if "b" not in skip:
+            if "b" not in skip and pg is not None:
                 results["big_pool"] = bench_big_pool(pg, work, args)
-            if "c" not in skip:
+            if "c" not in skip and "sqlite" in args.db:
+                results["propagation_sqlite_workers"] = bench_propagation_workers(work, args)
+            if "c" not in skip and pg is not None and "postgres" in args.db:
                 results["propagation"] = bench_propagation(pg, work, args)
     finally:
-        pg.destroy()
+        if pg is not None:
+            pg.destroy()
     print(json.dumps(results, indent=2))
 
 

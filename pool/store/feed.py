@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import aiosqlite
 
+from pool.store.backend import Tx
 from pool.store.records import ChangeHandler
 from pool.tasks import TaskSet
 
@@ -48,17 +49,17 @@ class ChangeFeed:
     async def close(self) -> None:
         await self._tasks.close()
 
-    async def send(self, kind: str, ids: Iterable[int] = ()) -> None:
-        """One row, inside the caller's write transaction (committed, or rolled back, with it)."""
+    async def send(self, tx: Tx, kind: str, ids: Iterable[int] = ()) -> None:
+        """One row, inside the caller's write transaction ``tx`` (committed, or rolled back, with it)."""
         now = time.time()
-        await self._db.execute(
+        await tx.execute(
             "INSERT INTO pool_changes (origin, kind, ids, at) VALUES (?, ?, ?, ?)",
-            (self._origin, kind, ",".join(str(i) for i in ids), now),
+            self._origin, kind, ",".join(str(i) for i in ids), now,
         )
         self._sent += 1
         if self._sent % PRUNE_EVERY == 0:  # the newest row stays: ids never go back (followers rely on it)
-            await self._db.execute(
-                "DELETE FROM pool_changes WHERE at < ? AND id < (SELECT MAX(id) FROM pool_changes)", (now - KEEP,)
+            await tx.execute(
+                "DELETE FROM pool_changes WHERE at < ? AND id < (SELECT MAX(id) FROM pool_changes)", now - KEEP
             )
 
     def subscribe(self, handler: ChangeHandler) -> None:
@@ -79,16 +80,20 @@ class ChangeFeed:
             return list(await cur.fetchall())
 
     async def _follow(self) -> None:
-        (version, last), = await self._fetch("SELECT (SELECT data_version FROM pragma_data_version), COALESCE(MAX(id), 0) FROM pool_changes")
+        ((version, last),) = await self._fetch(
+            "SELECT (SELECT data_version FROM pragma_data_version), COALESCE(MAX(id), 0) FROM pool_changes"
+        )
         self.following.set()
         while True:
             await asyncio.sleep(POLL)
             try:
-                (now,), = await self._fetch("PRAGMA data_version")
+                ((now,),) = await self._fetch("PRAGMA data_version")
                 if now == version:
                     continue
                 version = now
-                rows = await self._fetch("SELECT id, origin, kind, ids FROM pool_changes WHERE id > ? ORDER BY id", last)
+                rows = await self._fetch(
+                    "SELECT id, origin, kind, ids FROM pool_changes WHERE id > ? ORDER BY id", last
+                )
             except Exception as exc:  # noqa: BLE001  (a busy or broken file: keep serving, look again)
                 log.warning("could not read the other workers' changes (%s); retrying", exc)
                 continue

@@ -73,7 +73,7 @@ class _SqliteTx:
         """A ``pool_changes`` row for the other workers; alone on the file, nobody to tell (the CLI's
         changes are read at each flush)."""
         if self._feed is not None:
-            await self._feed.send(kind, ids)
+            await self._feed.send(self, kind, ids)
 
 
 class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMixin):

@@ -156,6 +156,27 @@ async def test_never_run_sources_are_scraped_on_the_first_pass(
     assert len(await h.store.all_proxies()) == 2
 
 
+async def test_a_worker_that_does_not_lead_scrapes_nothing_until_it_leads(
+    harness: HarnessFactory, listing: Path
+) -> None:
+    """serve --workers on SQLite: a worker without the leader lock neither scrapes nor claims the quality
+    pass; it reads the source figures; once it leads, it does both."""
+    h = await harness()
+    leading = False
+    h.scheduler.leading = lambda: leading
+    source = await h.add(listing.as_uri())
+
+    await h.run(T0)
+    assert h.scraped == [] and h.scheduler.first_round.is_set()
+    assert source.id in h.scheduler.figures
+    assert await h.store.get_mark("quality") is None
+
+    leading = True
+    await h.run(T0 + timedelta(hours=1))
+    assert h.scraped == [source.id]
+    assert await h.store.get_mark("quality") == T0 + timedelta(hours=1)
+
+
 async def test_only_due_sources_are_scraped(harness: HarnessFactory, listing: Path) -> None:
     """With a fixed clock, a source runs at its cron fire time and not before."""
     h = await harness()

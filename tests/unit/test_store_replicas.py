@@ -183,6 +183,30 @@ async def test_a_sqlite_worker_that_fell_behind_the_pruning_resyncs(tmp_path):
         await b.close()
 
 
+async def test_sqlite_change_rows_are_pruned_but_the_newest(tmp_path, monkeypatch):
+    """Old rows go (every PRUNE_EVERY writes) but the newest, so ids never go back; a worker that reads
+    after the pruning hears a resync instead of missing changes silently."""
+    import pool.store.feed as feed
+
+    a = await SqliteStore.open(tmp_path / "pool.db", shared=True)
+    b = await SqliteStore.open(tmp_path / "pool.db", shared=True)
+    heard: asyncio.Queue[tuple[str, list[int]]] = asyncio.Queue()
+    b.subscribe(lambda kind, ids: heard.put_nowait((kind, ids)))
+    try:
+        await _wait_listening(b)
+        monkeypatch.setattr(feed, "KEEP", -1.0)  # every row is old at once
+        async with a._write() as tx:  # one transaction: b sees all of it at once, pruned
+            for i in range(feed.PRUNE_EVERY):
+                await tx.notify("users", [i])
+        with sqlite3.connect(tmp_path / "pool.db") as db:
+            assert db.execute("SELECT COUNT(*), MAX(id) FROM pool_changes").fetchone() == (1, feed.PRUNE_EVERY)
+        assert await asyncio.wait_for(heard.get(), 5) == ("resync", [])
+        assert await asyncio.wait_for(heard.get(), 5) == ("users", [feed.PRUNE_EVERY - 1])
+    finally:
+        await a.close()
+        await b.close()
+
+
 async def _wait_listening(s: Store) -> None:
     if isinstance(s, PostgresStore):
         assert s._announcer.listening is not None
