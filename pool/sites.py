@@ -18,6 +18,7 @@ ago goes first, so a scraper crawling a million domains costs a bounded amount o
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
 import time
@@ -74,7 +75,9 @@ class PairHealth:
 class SiteStats:
     """One site: counts, recent head times, and who failed there since its last success."""
 
-    __slots__ = ("bans", "exits", "failures", "fresh", "p90", "picks", "requests", "run", "samples", "successes")
+    __slots__ = (
+        "bans", "exits", "failures", "fresh", "p90", "picks", "requests", "rests", "run", "samples", "successes"
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -85,6 +88,7 @@ class SiteStats:
         self.p90: float | None = None  # cached (``SiteHealth.p90``)
         self.fresh = 0  # samples since it was computed
         self.run: set[int] = set()  # upstreams failing here since the last success
+        self.rests: dict[int, float] = {}  # upstream id -> end of its rest here (for /api/sites)
         self.picks = 0  # picks for this site (distinct exits count their age in picks)
         self.exits: dict[str, int] = {}  # exit key -> the pick that last used it
 
@@ -222,7 +226,11 @@ class SiteHealth:
         if self.learning:
             if not pair.rest_until:
                 self.resting_count += 1
-            pair.rest_until = self._clock() + self.ban_seconds
+            now = self._clock()
+            pair.rest_until = now + self.ban_seconds
+            if len(stats.rests) >= 64:  # ended rests go now and then: bounded by the upstreams resting
+                stats.rests = {pid: until for pid, until in stats.rests.items() if until > now}
+            stats.rests[proxy_id] = pair.rest_until
 
     def failed(self, site: str, proxy_id: int) -> bool:
         """A request to ``site`` through ``proxy_id`` failed (refused, reset, timed out).  True when the
@@ -264,19 +272,15 @@ class SiteHealth:
         return stats.p90
 
     def rows(self, limit: int = 500) -> list[SiteRow]:
-        """The busiest sites (by requests), for ``/api/sites``; O(sites + pairs), off the hot path."""
+        """The busiest sites (by requests), for ``/api/sites``; O(sites log sites), off the hot path."""
         now = self._clock()
-        resting: dict[str, int] = {}
-        for (site, _), pair in self._pairs.items():
-            if pair.rest_until > now:
-                resting[site] = resting.get(site, 0) + 1
-        busiest = sorted(self._sites.items(), key=lambda item: item[1].requests, reverse=True)[:limit]
+        busiest = heapq.nlargest(limit, self._sites.items(), key=lambda item: item[1].requests)
         return [
             SiteRow(
                 site=site,
                 requests=stats.requests,
                 bans=stats.bans,
-                resting=resting.get(site, 0),
+                resting=sum(1 for until in stats.rests.values() if until > now),
                 success_rate=round(stats.successes / stats.requests, 4) if stats.requests else None,
                 p50=stats.percentile(0.5),
                 p95=stats.percentile(0.95),

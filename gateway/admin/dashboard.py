@@ -4,7 +4,7 @@ Login: the form posts the admin token as JSON to ``/login`` (the form itself say
 script the token never lands in a URL); a right token gets a new signed session (``gateway.admin.sessions``)
 in an HttpOnly, SameSite=Strict cookie, and the token itself never travels again.  Without a valid session
 ``/`` is the login form and nothing else.  The page is live by polling the JSON API with that
-cookie (``/api/stats``, ``/api/users``, ``/api/proxies``, ``/api/history``, ``/api/events``); every action
+cookie (``/api/stats``, ``/api/users``, ``/api/proxies``, ``/api/sites``, ``/api/history``, ``/api/events``); every action
 goes through the same admin routes, as JSON from the admin's own origin (the CSRF rules hold).  Charts are
 inline SVG drawn by the script: nothing is vendored, nothing comes from a CDN.
 """
@@ -110,6 +110,7 @@ def _dashboard(pool: Any) -> str:
 <button type="submit">Add user</button></form>
 <p id="new-password" class="password" hidden></p></section>
 <section><h2>Proxies <span id="proxies-count" class="muted"></span></h2><table id="proxies"></table></section>
+<section><h2>Sites <span id="sites-count" class="muted"></span></h2><table id="sites"></table></section>
 <section><h2>Notifiers</h2><table id="notifiers"></table></section>
 <section><h2>Events</h2><ol id="events"></ol></section>
 <p id="action-error" class="error" role="alert"></p>

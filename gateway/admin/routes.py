@@ -120,6 +120,30 @@ async def _stats_counted(pool: Any) -> tuple[dict[str, Any], list[dict[str, Any]
     return counts, await _sources_view(pool)
 
 
+async def list_sites(request: web.Request) -> web.Response:
+    """Per site (the registrable domain) what the gateway learnt: the busiest first."""
+    sites = request.app[POOL].selector.sites
+    limit = int_param(request, "limit", 100, 1, MAX_PAGE) or 100
+    return web.json_response(
+        {
+            "sites": [
+                {
+                    "site": row.site,
+                    "requests": row.requests,
+                    "bans": row.bans,
+                    "resting": row.resting,
+                    "success_rate": row.success_rate,
+                    "p50_ms": None if row.p50 is None else round(row.p50 * 1000, 1),
+                    "p95_ms": None if row.p95 is None else round(row.p95 * 1000, 1),
+                }
+                for row in sites.rows(limit)
+            ],
+            "total": len(sites),
+            "learning": sites.learning,
+        }
+    )
+
+
 async def stats(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     counts, sources = await request.app[STATS].get()
@@ -296,6 +320,7 @@ def add_pool_routes(app: web.Application) -> None:
     app.router.add_route("*", "/judge", judge)
     app.router.add_get("/judge/page", judge_page)
     app.router.add_get("/api/stats", stats)
+    app.router.add_get("/api/sites", list_sites)
     app.router.add_get("/api/proxies", list_proxies)
     app.router.add_get("/api/proxies/pick", pick_proxy)
     app.router.add_get("/api/proxies/{id}/checks", proxy_checks)

@@ -164,3 +164,38 @@ async def test_two_proxies_sharing_an_exit_never_serve_a_site_back_to_back(make_
     finally:
         for up in ups:
             await up.stop()
+
+
+async def test_api_sites_lists_what_the_gateway_learnt(make_pool, upstreams):
+    """GET /api/sites (token): per site requests, bans, upstreams resting, success rate, p50/p95, the
+    busiest first; without the token, 401."""
+    from tests.support.admin import admin_session
+
+    banned = upstreams[0].host
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.remote == banned:
+            return web.Response(status=403, text="go away")
+        return web.json_response({"peer": request.remote})
+
+    async with site(handler) as origin, site(handler, "localhost") as other:
+        pool = await make_pool([u.url() for u in upstreams], gateway={"retry_on_status": [403]})
+        await pool.wait_until(lambda: pool.selector.active_count == 3)
+        assert all(status == 200 for status, _ in await get_many(pool, f"http://127.0.0.1:{origin.port}/", 6))
+        assert all(status == 200 for status, _ in await get_many(pool, f"http://localhost:{other.port}/", 3))
+        admin = "http://{}:{}".format(*pool.admin_address)
+        async with aiohttp.ClientSession() as anonymous:
+            async with anonymous.get(f"{admin}/api/sites") as resp:
+                assert resp.status == 401
+        async with admin_session(pool) as client:
+            async with client.get(f"{admin}/api/sites") as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            async with client.get(f"{admin}/api/sites?limit=0") as resp:
+                assert resp.status == 400
+    assert body["total"] == 2 and body["learning"] is True
+    first, second = body["sites"]
+    assert first["site"] == "127.0.0.1" and second["site"] == "localhost"
+    assert (first["requests"], first["bans"], first["resting"]) == (7, 1, 1)  # six answers and one ban
+    assert first["success_rate"] == round(6 / 7, 4) and first["p50_ms"] > 0 and first["p95_ms"] >= first["p50_ms"]
+    assert (second["requests"], second["bans"], second["resting"]) == (4, 1, 1)  # that exit is banned here too

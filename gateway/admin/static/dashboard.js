@@ -181,6 +181,14 @@ function renderProxies(listing) {
   ], listing.proxies, (p) => [el("button", { type: "button", class: "recheck", onclick: () => act(() => call("POST", `/api/proxies/${p.id}/recheck`, {})) }, "Re-check")]);
 }
 
+function renderSites(listing) {
+  setText("sites-count", listing.total > listing.sites.length ? `(the busiest ${listing.sites.length} of ${listing.total})` : `(${listing.total})`);
+  table("sites", [
+    ["site", "site"], ["requests", "requests"], ["bans", "bans"], ["resting", "upstreams resting"],
+    ["success_rate", "success", pct], ["p50_ms", "p50 ms"], ["p95_ms", "p95 ms"],
+  ], listing.sites.map((s) => ({ id: s.site, ...s })));
+}
+
 function renderHistory(hist) {
   history = history.concat(hist.points || []).slice(-(hist.capacity || 2880));
   const points = history;
@@ -217,6 +225,7 @@ async function refresh() {
   const stats = await call("GET", "/api/stats");
   const users = await call("GET", "/api/users");
   const proxies = await call("GET", "/api/proxies?limit=100");
+  const sites = await call("GET", "/api/sites?limit=20");
   if (stats.replica !== historyReplica) history = [];  // another worker's history: start again
   historyReplica = stats.replica;
   const hist = await call("GET", "/api/history" + (history.length ? `?since=${history[history.length - 1].t}` : ""));
@@ -225,6 +234,7 @@ async function refresh() {
   renderStats(stats);
   renderUsers(users.users);
   renderProxies(proxies);
+  renderSites(sites);
   renderHistory(hist);
   renderEvents(events);
   setText("updated", "updated " + new Date().toLocaleTimeString());
