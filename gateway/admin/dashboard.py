@@ -129,7 +129,7 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(given, str) or not given:
         raise InvalidInputError("token is required")
     token = request.app[TOKEN]
-    matched, wait = token_attempt(request, given)
+    matched, wait = await token_attempt(request, given)
     if wait is not None:
         return too_many_attempts(wait)
     if not matched:

@@ -6,8 +6,9 @@ Order of the checks, each answering with its own status and a one-line JSON erro
    ``admin.allowed_hosts``: a web page whose name was rebound to 127.0.0.1 sends its own name.
 2. 403 when a state-changing request (POST, PUT, PATCH, DELETE) carries an ``Origin`` that is not the
    admin's own (a request without ``Origin``, from curl or the CLI, is fine).
-3. 401 on ``/api/*`` unless ``admin_authorized``; 429 with ``Retry-After`` for a bearer token from a peer
-   that offered too many wrong ones (``gateway.admin.throttle``).  The token is wanted from everyone, loopback included,
+3. 401 on ``/api/*`` unless ``admin_authorized``; 429 with ``Retry-After`` for a wrong bearer token from a
+   peer that offered too many (or when all peers did), held a moment (``gateway.admin.throttle``); the
+   right token always passes.  The token is wanted from everyone, loopback included,
    because an upstream on this host reaches loopback under names the gateway cannot check.  The
    dashboard's session cookie (``gateway.admin.sessions``) stands for the token only on a request from the
    admin's own origin: cookies are per host, not per port, and SameSite=Strict lets every page of the same
@@ -58,18 +59,23 @@ async def admin_authorized(request: web.Request) -> bool | int:
     its bearer token is looked at again."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer":
-        matched, wait = token_attempt(request, given.strip())
+        matched, wait = await token_attempt(request, given.strip())
         return wait if wait is not None else matched
     return await session_authorized(request)
 
 
-def token_attempt(request: web.Request, given: str) -> tuple[bool, int | None]:
-    """A token offered by the request's peer (bearer or login form), compared in constant time and
-    throttled per peer: (matched, None), or (False, seconds to wait) while that peer is refused."""
+async def token_attempt(request: web.Request, given: str) -> tuple[bool, int | None]:
+    """A token offered by the request's peer (bearer or login form), compared in constant time:
+    (True, None) for the right one, always; (False, None) for a wrong one; (False, seconds to wait) for
+    a wrong one past the throttle's budget, answered only after being held."""
     throttle = request.app.get(THROTTLE)
     if throttle is None:
         return hmac.compare_digest(given.encode(), request.app[TOKEN].encode()), None
-    return throttle.attempt(request.remote or "?", given, request.app[TOKEN])
+    matched, wait = throttle.attempt(request.remote or "?", given, request.app[TOKEN])
+    if wait is not None:
+        async with throttle.held():
+            pass
+    return matched, wait
 
 
 def too_many_attempts(wait: int) -> web.Response:

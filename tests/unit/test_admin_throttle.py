@@ -25,7 +25,6 @@ def test_five_wrong_in_a_minute_lock_the_peer_out_and_each_lockout_doubles() -> 
     for _ in range(4):
         assert throttle.attempt("10.0.0.1", "guess", TOKEN) == (False, None)
     assert throttle.attempt("10.0.0.1", "guess", TOKEN) == (False, 60)
-    assert throttle.attempt("10.0.0.1", TOKEN, TOKEN) == (False, 60)  # refused: not even compared
     assert throttle.attempt("10.0.0.2", TOKEN, TOKEN) == (True, None)  # another peer: untouched
     clock.now += 59.5
     assert throttle.retry_after("10.0.0.1") == 1
@@ -78,3 +77,28 @@ def test_the_log_names_the_peer_never_a_token(caplog: pytest.LogCaptureFixture) 
         throttle.attempt("10.0.0.1", f"guess-{n}-SECRETISH", TOKEN)
     assert "10.0.0.1" in caplog.text and "refused for 60 s" in caplog.text
     assert "SECRETISH" not in caplog.text and TOKEN not in caplog.text
+
+
+def test_the_right_token_always_passes_and_clears_the_record() -> None:
+    """A locked-out peer (every local process is 127.0.0.1, the operator's too) still gets in with the
+    right token; only its wrong ones are refused (issue 22 #8)."""
+    throttle = TokenThrottle(clock=Clock())
+    for _ in range(5):
+        throttle.attempt("127.0.0.1", "guess", TOKEN)
+    assert throttle.attempt("127.0.0.1", "guess", TOKEN) == (False, 60)
+    assert throttle.attempt("127.0.0.1", TOKEN, TOKEN) == (True, None)
+    assert throttle.retry_after("127.0.0.1") is None
+
+
+def test_wrong_tokens_share_a_global_budget() -> None:
+    """Past ``global_limit`` wrong tokens within the window from all peers, every wrong token is
+    refused, from any address; the right token still passes; the window frees it (issue 22 #14)."""
+    clock = Clock()
+    throttle = TokenThrottle(clock=clock, global_limit=12)
+    for n in range(11):
+        assert throttle.attempt(f"127.0.1.{n}", "guess", TOKEN) == (False, None)
+    assert throttle.attempt("127.0.1.11", "guess", TOKEN) == (False, 60)  # the twelfth
+    assert throttle.attempt("127.0.2.1", "guess", TOKEN) == (False, 60)
+    assert throttle.attempt("127.0.2.2", TOKEN, TOKEN) == (True, None)
+    clock.now += 61
+    assert throttle.attempt("127.0.2.3", "guess", TOKEN) == (False, None)
