@@ -7,7 +7,8 @@ how fast changes travel.
 (a) ``serve --workers 2`` against one ``serve`` process on the same database (a fresh SQLite file, or
     a fresh PostgreSQL database) and the same upstreams (tinyproxy x2 + squid, nginx origin, ``wrk``
     with 32 keep-alive connections): req/s, p50/p99 and the CPU every gateway process together spent
-    per request (the supervisor and its workers); interleaved rounds.  ``--pin`` (taskset): wrk runs
+    per request (the supervisor and its workers); interleaved rounds.  ``--direct``: no upstreams, the
+    gateway's direct fallback to the origin, so only wrk and nginx share the cores with the gateway.  ``--pin`` (taskset): wrk runs
     on the last core with one thread, one ``serve`` on the first core, the workers on every core, so
     on a 2-core machine one worker shares its core with wrk (the upstreams and the origin float).
 (b) 100,000 proxies (half active) in PostgreSQL and in SQLite: the time to load the pool into the
@@ -142,9 +143,11 @@ def bench_workers(pg: PgServer | None, services: Services, work: Path, args: arg
     for _ in range(args.rounds):
         for case, db, workers in cases:
             cpus = None if not args.pin else ",".join(map(str, CORES)) if workers > 1 else str(CORES[0])
-            serve = Serve(work, databases[db](), workers=workers, proxies=listing, cpus=cpus)
+            direct = {"PROXY_POOL_GATEWAY__FALLBACK": "direct", "PROXY_POOL_GATEWAY__DIRECT_ALLOW": '["127.0.0.0/8"]'}
+            serve = Serve(work, databases[db](), workers=workers, proxies=None if args.direct else listing, cpus=cpus,
+                          extra_env=direct if args.direct else None)
             try:
-                serve.wait_ready(len(ups))
+                serve.wait_ready(0 if args.direct else len(ups))
                 if workers > 1:
                     time.sleep(1.0)  # both workers up (each loads the pool)
                 before = serve.cpu()
@@ -318,6 +321,9 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list of a,b,c to skip")
     parser.add_argument("--db", default="sqlite,postgres", help="(a) on which databases: sqlite, postgres or both")
     parser.add_argument("--pin", action="store_true", help="(a): wrk on the last core, one serve on the first (taskset)")
+    parser.add_argument("--direct", action="store_true",
+                        help="(a) without upstream proxies: every request goes direct to the nginx origin "
+                             "(no tinyproxy or squid competing for the cores: the gateway is what is measured)")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     needs_pg = "postgres" in args.db or "b" not in skip
