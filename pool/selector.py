@@ -30,7 +30,7 @@ from itertools import product
 from typing import Literal
 
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus
-from pool.sites import SiteHealth, SiteStats, site_of
+from pool.sites import SiteHealth, SiteStats, beats, site_of
 
 __all__ = ["Route", "Selector"]
 
@@ -148,6 +148,7 @@ class Selector:
         self.max_sessions = max_sessions
         self._clock = clock
         self._rng = rng or random.Random()
+        self._random = self._rng.random
         self._proxies: dict[int, Proxy] = {}
         self._indexed: dict[int, tuple[BucketKey, ...]] = {}
         self._buckets: dict[BucketKey, _Bucket] = {}
@@ -330,14 +331,30 @@ class Selector:
     def _for_site(
         self, site: str, proxy: Proxy, bucket: _Bucket, exclude: frozenset[int] | set[int], now: float, tunnel: bool
     ) -> Proxy:
-        """The strategy's pick for a request to ``site``, weighed by the site's record (two choices),
-        then kept off the exits that served the site lately (``distinct_exit``)."""
-        if self.sites.learning:
-            proxy = self._two_choices(site, proxy, bucket.items, exclude, now, tunnel)
+        """The strategy's pick for a request to ``site``, weighed by the site's record against one random
+        other match (power of two choices), then kept off the exits that served the site lately
+        (``distinct_exit``).  Written out in one function: it runs on every request with a host."""
+        sites = self.sites
+        if sites.learning:
+            items = bucket.items
+            n = len(items)
+            if n > 1:
+                other = items[int(self._random() * n)]
+                if other is not proxy:
+                    pairs = sites._pairs
+                    b = pairs.get((site, other.id))
+                    a = pairs.get((site, proxy.id))
+                    if (a is not None or b is not None) and beats(b, a) and self._usable(other, exclude, site, now, tunnel):
+                        proxy = other
         if self.distinct_exit != "off":
-            stats = self.sites.site(site)
-            proxy = self._distinct(stats, proxy, bucket, exclude, site, now, tunnel)
-            stats.saw_exit(self._exit_key(proxy), self.distinct_window)
+            stats = sites._sites.get(site) or sites.site(site)
+            key = self._exit_keys.get(proxy.id) or self._exit_key(proxy)
+            last = stats.exits.get(key)
+            window = self.distinct_window
+            if last is not None and stats.picks - last < window:
+                proxy = self._distinct(stats, proxy, bucket, exclude, site, now, tunnel)
+                key = self._exit_key(proxy)
+            stats.saw_exit(key, window)
         return proxy
 
     def _exit_key(self, proxy: Proxy) -> str:
@@ -398,21 +415,6 @@ class Selector:
             if other_age > best_age:
                 best, best_age = other, other_age
         return best
-
-    def _two_choices(
-        self, site: str, proxy: Proxy, items: list[Proxy], exclude: frozenset[int] | set[int], now: float, tunnel: bool
-    ) -> Proxy:
-        """The strategy's pick, or one random other match when that one clearly did better at ``site``."""
-        if len(items) < 2:
-            return proxy
-        other = items[self._rng.randrange(len(items))]
-        if (
-            other is not proxy
-            and self.sites.better(site, proxy.id, other.id)
-            and self._usable(other, exclude, site, now, tunnel)
-        ):
-            return other
-        return proxy
 
     def _choose(
         self, bucket: _Bucket, exclude: frozenset[int] | set[int], site: str | None, now: float, tunnel: bool

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from publicsuffixlist import PublicSuffixList
 
-__all__ = ["SITE_FAULT_RUN", "PairHealth", "SiteHealth", "SiteStats", "site_of"]
+__all__ = ["SITE_FAULT_RUN", "PairHealth", "SiteHealth", "SiteStats", "beats", "site_of"]
 
 SITE_FAULT_RUN = 3  # distinct upstreams failing in a row at one site: the site's own fault
 EWMA = 0.3  # weight of the newest outcome
@@ -40,25 +40,45 @@ _psl: PublicSuffixList | None = None
 _sites: OrderedDict[str, str] = OrderedDict()
 
 
+def _suffixes() -> PublicSuffixList:
+    """The list, parsed once per process (about 50 ms): from the copy bundled with the package, never
+    fetched (its constructor reads a file beside its module and nothing else)."""
+    global _psl
+    if _psl is None:
+        _psl = PublicSuffixList()
+    return _psl
+
+
 def site_of(host: str) -> str:
     """The registrable domain of ``host`` (lower case), or the host itself for an IP address or a name
     with no registrable part.  Cached (bounded): the hot path pays a dict lookup."""
     site = _sites.get(host)
     if site is not None:
         return site
-    global _psl
     name = host.lower().rstrip(".").strip("[]")
     try:
         ipaddress.ip_address(name)
         site = name
     except ValueError:
-        if _psl is None:
-            _psl = PublicSuffixList()  # the bundled list; its constructor reads no network
-        site = _psl.privatesuffix(name) or name
+        site = _suffixes().privatesuffix(name) or name
     _sites[host] = site
     if len(_sites) > _HOST_CACHE:
         _sites.popitem(last=False)
     return site
+
+
+def beats(b: PairHealth | None, a: PairHealth | None) -> bool:
+    """Whether the upstream with record ``b`` clearly did better at a site than the one with ``a``
+    (more successes, or answers in less than half the time); a tie keeps ``a``."""
+    if b is None:
+        return a is not None and a.ok < 0.5  # an untried upstream beats one that keeps failing here
+    if a is None:
+        return False
+    if b.ok - a.ok > 0.2:
+        return True
+    if a.ok - b.ok > 0.2:
+        return False
+    return a.seconds is not None and b.seconds is not None and a.seconds > 2 * b.seconds and a.seconds - b.seconds > 0.2
 
 
 class PairHealth:
@@ -146,6 +166,7 @@ class SiteHealth:
         self._pairs: OrderedDict[tuple[str, int], PairHealth] = OrderedDict()
         self._sites: OrderedDict[str, SiteStats] = OrderedDict()
         self.resting_count = 0  # rests recorded and not yet found expired (an upper bound)
+        _suffixes()  # parsed now, at start-up, not on the first request's time
 
     # the tables ------------------------------------------------------------------------------
     def site(self, site: str) -> SiteStats:
@@ -247,19 +268,8 @@ class SiteHealth:
         return True
 
     def better(self, site: str, first: int, second: int) -> bool:
-        """Power of two choices: whether ``second`` clearly did better at ``site`` than ``first``
-        (more successes, or answers much sooner).  Ties keep ``first`` (the strategy's own pick)."""
-        a = self._pairs.get((site, first))
-        b = self._pairs.get((site, second))
-        if b is None:
-            return a is not None and a.ok < 0.5  # an untried upstream beats one that keeps failing here
-        if a is None:
-            return False
-        if b.ok - a.ok > 0.2:
-            return True
-        if a.ok - b.ok > 0.2:
-            return False
-        return a.seconds is not None and b.seconds is not None and a.seconds > 2 * b.seconds and a.seconds - b.seconds > 0.2
+        """Power of two choices: whether ``second`` clearly did better at ``site`` than ``first``."""
+        return beats(self._pairs.get((site, second)), self._pairs.get((site, first)))
 
     def p90(self, site: str) -> float | None:
         """The site's recent p90 head time (hedging's wait), recomputed every ``P90_EVERY`` answers."""
