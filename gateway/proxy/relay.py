@@ -35,6 +35,8 @@ class _Half(asyncio.Protocol):
         self.peer: _Half | None = None
         self.eof = False
         self.lost = False
+        # a TLS transport (an intercepted session's WebSocket) cannot stay half open: its close_notify ends it
+        self.half_open = transport.get_extra_info("sslcontext") is None
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -61,7 +63,7 @@ class _Half(asyncio.Protocol):
             except (OSError, RuntimeError):
                 pass
         self.tunnel.half_closed()
-        return True  # keep our side open for writing
+        return self.half_open  # keep our side open for writing (a TLS transport: asyncio warns and closes)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

@@ -247,7 +247,9 @@ async def test_untrusted_site_is_a_502_with_the_reason(env):
         writer.close()
 
 
-async def test_websocket_inside_is_relayed_raw_on_its_upstream(env):
+async def test_websocket_inside_is_relayed_raw_on_its_upstream(env, caplog):
+    """An Upgrade inside the session: relayed raw on its upstream, both ways, closed without a warning."""
+    caplog.set_level(logging.WARNING)
     async with env.gateway(), aiohttp.ClientSession() as client:
         host, port = env.intercept
         async with client.ws_connect(
@@ -256,6 +258,8 @@ async def test_websocket_inside_is_relayed_raw_on_its_upstream(env):
             await ws.send_str("hello")
             reply = await asyncio.wait_for(ws.receive_str(), 10)
             assert reply.endswith(" hello") and reply.split()[0] in ("127.0.0.2", "127.0.0.3")
+        await eventually(lambda: settled(env))
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_bypass_main_port_and_non_tls_bytes_are_never_intercepted(env):
