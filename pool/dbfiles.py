@@ -95,6 +95,7 @@ class ServeLock:
             same = False
         if not same:
             raise ServeLockHeld(f"database {self.database}: this worker's supervisor does not hold its serve lock")
+        os.set_inheritable(fd, False)  # no process this worker starts keeps the pool's lock alive
         self._fd = fd
         self._adopted = True
 

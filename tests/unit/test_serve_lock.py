@@ -63,8 +63,10 @@ def test_a_worker_adopts_its_supervisors_lock_and_nobody_else_can(tmp_path: Path
     supervisor.announce("127.0.0.1", 8898)
     assert supervisor.fd is not None
     inherited = os.dup(supervisor.fd)  # what a child gets through pass_fds
+    os.set_inheritable(inherited, True)
     worker = ServeLock(db)
     worker.adopt(inherited)
+    assert not os.get_inheritable(inherited)  # the worker's own children do not inherit the pool's lock
     other = os.open(sibling(db, ".serve.lock"), os.O_RDWR)
     try:
         with pytest.raises(ServeLockHeld):
