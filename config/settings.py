@@ -522,6 +522,9 @@ class Settings(BaseSettings):
         path = _find_config_file(config_file)
         data: dict[str, Any] = {}
         if path is not None:
+            from config.trust import check_trusted  # here: config.trust imports this module
+
+            check_trusted(path, "config file")
             try:
                 data = tomllib.loads(path.read_text(encoding="utf-8"))
             except FileNotFoundError:

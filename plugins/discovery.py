@@ -13,11 +13,13 @@ import hashlib
 import importlib
 import importlib.util
 import logging
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from config.trust import check_trusted
 from plugins.registry import PluginConflictError, PluginError, PluginInfo, PluginRegistry
 
 if TYPE_CHECKING:
@@ -127,11 +129,25 @@ def _record(registry: PluginRegistry, module: str, error: str, exc: BaseExceptio
     registry.errors.append(PluginInfo("error", "-", module, error=error[:300]))
 
 
+def _check_contrib(root: Path) -> None:
+    """The contrib directory and every module it would import are ours (``config.trust``), else
+    ``ConfigError``: code another user can write would run as the gateway."""
+    if not root.is_dir():
+        return
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = [d for d in subdirectories if d != "__pycache__"]
+        check_trusted(Path(directory), "contrib plugin directory")
+        for name in files:
+            if name.endswith(".py"):
+                check_trusted(Path(directory) / name, "contrib plugin")
+
+
 async def load_all_plugins(settings: Settings, registry: PluginRegistry | None = None) -> PluginRegistry:
     """Built-ins first, then the contrib directory."""
     registry = registry or PluginRegistry()
     await discover_plugins(BUILTIN_DIR, registry, settings)
     contrib = Path(settings.plugins.contrib_dir)
     if contrib.resolve() != BUILTIN_DIR.resolve():
+        _check_contrib(contrib)
         await discover_plugins(contrib, registry, settings)
     return registry

@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DATABASE_SUFFIXES",
     "LeaderLock",
     "ServeLock",
     "ServeLockHeld",
     "database_file",
     "local_database",
+    "make_private",
     "serving_admin",
     "sibling",
 ]
@@ -40,6 +42,27 @@ def local_database(storage: Any) -> Path | None:
     if getattr(storage, "url", None):
         return None
     return database_file(str(storage.path))
+
+
+DATABASE_SUFFIXES = ("", "-wal", "-shm", "-journal")  # SQLite's own files beside the database
+
+
+def make_private(database: Path) -> None:
+    """The database file 0600 before SQLite opens it (SQLite gives ``-wal``, ``-shm`` and ``-journal``
+    the database's mode): it holds upstream passwords and source API keys.  A file of ours left
+    readable by others (by an older version) is tightened; another user's file is left alone."""
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    for suffix in DATABASE_SUFFIXES:
+        path = sibling(database, suffix)
+        try:
+            st = os.stat(path)
+            if st.st_uid == os.geteuid() and st.st_mode & 0o077:
+                os.chmod(path, 0o600)
+        except OSError:
+            continue
 
 
 def sibling(database: Path, suffix: str) -> Path:

@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from config import ConfigError, Settings
+from config.trust import check_trusted
 from pool.dbfiles import local_database, sibling
 
 __all__ = ["NoTokenYet", "ensure_token", "stored_token", "token_file"]
@@ -64,6 +65,7 @@ def ensure_token(settings: Settings) -> tuple[str, Path | None]:
 
 
 def _read(path: Path) -> str | None:
+    check_trusted(path, "admin token file", secret=True)  # a file another user planted opens nothing
     try:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from config import ConfigError, Settings
 from pool.dbfiles import ServeLock, ServeLockHeld, local_database
 from pool.stores import open_store
 
-__all__ = ["run_workers", "worker_argv"]
+__all__ = ["run_workers", "worker_argv", "worker_environment"]
 
 log = logging.getLogger("proxy_pool")
 
@@ -40,9 +41,35 @@ RESTART_DELAY = 1.0
 _OWN = ("--workers", "--replica-name", "--worker-of", "--pool-lock")  # what the supervisor sets per worker
 
 
+def _secret_db(argv: list[str]) -> tuple[int, int] | None:
+    """Where (first index, count) ``--db`` names a database URL holding a password, if it does."""
+    for i, item in enumerate(argv):
+        value, count = (argv[i + 1] if i + 1 < len(argv) else "", 2) if item == "--db" else (item[5:], 1)
+        if (item == "--db" or item.startswith("--db=")) and "://" in value:
+            if "@" in value and ":" in value.split("://", 1)[1].rpartition("@")[0]:
+                return i, count
+    return None
+
+
+def worker_environment(argv: list[str], environ: dict[str, str]) -> dict[str, str]:
+    """The workers' environment: a ``--db`` URL holding a password goes to them here
+    (``PROXY_POOL_STORAGE__URL``, readable by its owner only), never on their command lines, which
+    every local user can read in ``/proc``."""
+    found = _secret_db(argv)
+    if found is None:
+        return dict(environ)
+    i, count = found
+    url = argv[i + 1] if count == 2 else argv[i][5:]
+    return {**environ, "PROXY_POOL_STORAGE__URL": url}
+
+
 def worker_argv(argv: list[str], index: int, base_name: str, pool_lock: int | None = None) -> list[str]:
     """The ``serve`` command line of worker ``index``: without ``--workers``/``--replica-name``, named
-    (``pool_lock``: the inherited descriptor of the SQLite file's serve lock)."""
+    (``pool_lock``: the inherited descriptor of the SQLite file's serve lock), and without a ``--db``
+    URL that holds a password (``worker_environment`` carries it)."""
+    found = _secret_db(argv)
+    if found is not None:
+        argv = argv[: found[0]] + argv[found[0] + found[1] :]
     out: list[str] = []
     skip = False
     for item in argv:
@@ -111,8 +138,9 @@ def run_workers(args: argparse.Namespace, settings: Settings) -> int:
 
     procs: list[subprocess.Popen[bytes]] = []
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    env = worker_environment(argv, dict(os.environ))
     try:
-        procs.extend(subprocess.Popen(command, pass_fds=fds) for command in commands)
+        procs.extend(subprocess.Popen(command, pass_fds=fds, env=env) for command in commands)
         log.info("serving with %d workers on %s:%d", len(procs), host, port)
         while not stopping:
             for i, proc in enumerate(procs):
@@ -121,7 +149,7 @@ def run_workers(args: argparse.Namespace, settings: Settings) -> int:
                     log.error("worker %d exited with %s; starting it again", i, code)
                     time.sleep(RESTART_DELAY)
                     if not stopping:
-                        procs[i] = subprocess.Popen(commands[i], pass_fds=fds)
+                        procs[i] = subprocess.Popen(commands[i], pass_fds=fds, env=env)
             time.sleep(0.2)
         codes = [proc.wait() for proc in procs]
     finally:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiosqlite
 
+from pool.dbfiles import make_private
 from pool.models import Proxy, ProxyStatus, UpstreamURL
 import pool.store.schema as schema
 from pool.store.backend import Lock, Tx
@@ -106,6 +107,7 @@ class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMix
         path = str(path)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_private(Path(path))
         db = await aiosqlite.connect(path)
         try:
             await db.execute("PRAGMA journal_mode=WAL")
