@@ -205,8 +205,9 @@ class ProxyPool:
         if not self.settings.default_sources:  # the ones that will be scraped
             sources = [s for s in sources if s.origin != "default"]
         socks = self.gateway.socks_address
+        intercept = self.gateway.intercept_address
         log.info(
-            "proxy-pool serving: gateway %s, admin %s, event loop %s, pool of %d proxies (%d active), %d sources%s",
+            "proxy-pool serving: gateway %s, admin %s, event loop %s, pool of %d proxies (%d active), %d sources%s%s",
             _netloc(*self.gateway_address),
             _netloc(*self.admin_address),
             type(asyncio.get_running_loop()).__module__.partition(".")[0],
@@ -214,6 +215,7 @@ class ProxyPool:
             self.selector.active_count,
             len(sources),
             f", SOCKS-only port {_netloc(*socks)}" if socks else "",
+            f", HTTPS interception port {_netloc(*intercept)}" if intercept else "",
         )
 
     async def _sync_sources(self) -> None:

@@ -32,6 +32,7 @@ async def test_ca_pem_open_same_as_cli_and_never_the_key(make_pool, tmp_path, ca
     assert b"PRIVATE KEY" in key and key not in done.stdout + done.stderr
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "HTTPS interception CA" in logged and "PRIVATE" not in logged
+    assert "HTTPS interception port 127.0.0.1:%d" % pool.gateway.intercept_address[1] in logged
     body = key.split(b"\n")[1].decode()  # a line of the key's base64: in no log line either
     assert body not in logged
 
