@@ -596,7 +596,7 @@ class ClientConnection(asyncio.Protocol):
         if self.site is not None:  # an Upgrade inside an intercepted session: its head goes first, as sent
             head = request.head
             upgrade = [("Connection", "Upgrade"), ("Upgrade", head.upgrade or "")]
-            early = http1.forward_request_head(head, absolute=False, extra=upgrade, default_port=443)
+            early = http1.forward_request_head(head, absolute=False, extra=upgrade, authority=self.site.authority)
         elif not self._after_200:
             self.write(established)
         started = request.started

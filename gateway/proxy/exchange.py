@@ -383,7 +383,9 @@ class Exchange(_Attempting):
             return http1.forward_request_head(head, absolute=True, extra=extra)
         if self.site is None:
             return head.origin_form or http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE)
-        return head.origin_form or http1.forward_request_head(head, absolute=False, extra=_KEEP_ALIVE, default_port=443)
+        return head.origin_form or http1.forward_request_head(
+            head, absolute=False, extra=_KEEP_ALIVE, authority=self.site.authority
+        )
 
     def _send(self, conn: UpstreamConnection) -> None:
         head = self.head

@@ -49,7 +49,9 @@ class Site:
 
     @property
     def authority(self) -> str:
-        return http1.format_authority(self.host, self.port, default_port=443)
+        """The Host its requests are sent with: the name the client asked for in TLS (a SOCKS client that
+        resolved the name itself connects to an address, yet the site wants its name), else the target."""
+        return http1.format_authority(self.name, self.port, default_port=443)
 
 
 def site_context(verify: bool | str) -> ssl.SSLContext:

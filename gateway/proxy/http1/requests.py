@@ -264,7 +264,7 @@ def request_body_framing(head: RequestHead) -> Framing:
 
 
 def forward_request_head(
-    head: RequestHead, *, absolute: bool, extra: Iterable[tuple[str, str]] = (), default_port: int = 80
+    head: RequestHead, *, absolute: bool, extra: Iterable[tuple[str, str]] = (), authority: str | None = None
 ) -> bytes:
     """The head to send upstream: absolute-form for an HTTP upstream proxy, else origin-form.
 
@@ -276,7 +276,8 @@ def forward_request_head(
         authority = format_authority(head.host, head.port)
         parts = ["CONNECT ", authority, " HTTP/1.1\r\nHost: ", authority, "\r\n"]
     else:
-        authority = format_authority(head.host, head.port, default_port=default_port)  # 443: an intercepted https one
+        if authority is None:  # given: an intercepted https request's (the name the client asked for)
+            authority = format_authority(head.host, head.port, default_port=80)
         if absolute:
             parts = [head.method, " http://", authority, head.path, " HTTP/1.1\r\nHost: ", authority, "\r\n"]
         else:
