@@ -7,8 +7,11 @@ admitted (``gateway.proxy.admission``) and handed to an ``Exchange`` or a ``Conn
 (``gateway.proxy.exchange``), its body streamed from here to the upstream as it arrives (reading
 paused while the upstream's buffer is full), and a pipelined next request waits with reading paused
 until the answer is complete.  A CONNECT ends in ``gateway.proxy.relay.Tunnel``, which takes the
-transport over (``transport.set_protocol``).  ``connection_lost`` aborts whatever the connection holds
-upstream, so no slot, task or upstream connection outlives its client.
+transport over (``transport.set_protocol``).  On the interception port (``gateway.proxy.intercept``) a
+CONNECT is answered at once instead (state ``HELLO``): its ClientHello is read, the TLS handshake run under
+``head_timeout``, and the TLS transport comes back here, whose requests are then served like plain HTTP
+ones towards the session's site.  ``connection_lost`` aborts whatever the connection holds upstream, so no
+slot, task or upstream connection outlives its client.
 """
 
 from __future__ import annotations
