@@ -6,7 +6,7 @@ during the run, stalling into black holes, black holes, resetting a share of con
 share of answers, five behind one exit address, four in one /24), each leaving from its own 127.x
 address; six sites (``site-a.test`` .. ``site-f.test``, resolved by the upstreams) that behave, ban
 some exits with 403 or with a 200 captcha page, and rate-limit exits with 429.  A scraper sends the
-same 1,000 GETs at concurrency 25 through each gateway, all gateways at once (each on its own copy of
+same 1,000 GETs (at most 25 at once, paced at 30 a second) through each gateway, all gateways at once (each on its own copy of
 the world, started together), and counts a success only for status 200 with the exact page.
 
 Gateways: ``proxy-pool serve`` (its checker judges the list first, with its own ``/judge`` on the
@@ -61,12 +61,13 @@ LAYOUT: list[tuple[str, int]] = [
     ("healthy", 14), ("slow", 4), ("turns_slow", 3), ("dies", 4), ("stalls", 2), ("black_hole", 4),
     ("resets", 4), ("truncates", 3), ("shared_exit", 5), ("subnet", 4),
 ]  # fmt: skip
+BASE_LATENCY = (0.05, 0.4)  # every upstream's own time to an answer's first byte, drawn once per upstream
 SHARED_EXIT = (200, 1)
 SUBNET = 201
 ORIGIN = (250, 1)
 
 BEHAVIOURS = {
-    "healthy": "answers at once",
+    "healthy": "answers (after its own 0.05-0.4 s, like every upstream)",
     "slow": "every answer's first byte 1.5-4 s late (so also at the check)",
     "turns_slow": "fast at the check; from 3-10 s into the run every answer 2-5 s late",
     "dies": "dies 2-12 s into the run: live connections reset, new ones refused",
@@ -91,7 +92,8 @@ def build_spec(seed: int, base: int) -> dict[str, Any]:
             listen = (SUBNET, k + 1) if kind == "subnet" else (index, 1)
             exit_ = SHARED_EXIT if kind == "shared_exit" else listen
             up: dict[str, Any] = {"name": f"u{index:02d}-{kind}-{scheme}", "scheme": scheme, "kind": kind,
-                                  "listen": list(listen), "exit": list(exit_)}
+                                  "listen": list(listen), "exit": list(exit_),
+                                  "base": round(rng.uniform(*BASE_LATENCY), 3)}
             if kind == "slow":
                 up["delay"] = round(rng.uniform(1.5, 4.0), 2)
             elif kind == "turns_slow":
@@ -155,10 +157,10 @@ class WorldProcess:
         return json.loads(line)
 
     def go(self, proxy: tuple[str, int], requests: int, concurrency: int, timeout: float, seed: int,
-           label: str) -> None:
+           label: str, rate: float) -> None:
         assert self.proc.stdin is not None
         msg = {"go": {"proxy": list(proxy), "requests": requests, "concurrency": concurrency, "timeout": timeout,
-                      "seed": seed, "label": label}}
+                      "seed": seed, "label": label, "rate": rate}}
         self.proc.stdin.write((json.dumps(msg) + "\n").encode())
         self.proc.stdin.flush()
 
@@ -303,7 +305,7 @@ class Front:
             return {}
         out: dict[str, float] = {}
         for line in text.splitlines():
-            if line.startswith("#") or not any(w in line for w in ("retr", "hedge", "ban", "rest", "attempt")):
+            if line.startswith("#") or not any(w in line for w in ("retr", "hedg", "ban", "rest", "attempt", "site", "exit")):
                 continue
             name = line.split("{")[0].split(" ")[0]
             try:
@@ -343,8 +345,8 @@ def run_round(targets: list[Target], spec: dict[str, Any], work: Path, args: arg
                     "dead_kinds": dict(dead_kinds)}
         seed = args.seed * 100 + round_no
         for front, world in zip(fronts, worlds, strict=True):
-            world.go(front.address, args.requests, args.concurrency, args.timeout, seed, f"r{round_no}")
-        say(f"round {round_no}: {args.requests} GETs at concurrency {args.concurrency} through "
+            world.go(front.address, args.requests, args.concurrency, args.timeout, seed, f"r{round_no}", args.rate)
+        say(f"round {round_no}: {args.requests} GETs at concurrency {args.concurrency}, {args.rate:g}/s, through "
             f"{len(fronts)} gateways at once")
         for front, world in zip(fronts, worlds, strict=True):
             result = world.read(args.requests * args.timeout / args.concurrency + 120)["result"]
@@ -433,7 +435,8 @@ def render(data: dict[str, Any]) -> str:
     env = data["environment"]
     out = [
         f"Free-pool bench, {env['date']}, commit {env['commit']}, {env['machine']}, load {env['load']}",
-        (f"{data['requests']} GETs per gateway at concurrency {data['concurrency']}, client timeout "
+        (f"{data['requests']} GETs per gateway at concurrency {data['concurrency']}, paced at {data['rate']:g}/s, "
+         "client timeout "
          f"{data['timeout']} s, {len(data['rounds'])} round(s), medians (each round's success in brackets)"),
         "",
         "| gateway | success | p50 | p95 | p95 all | wall | failures (all rounds) |",
@@ -469,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=25)
     parser.add_argument("--timeout", type=float, default=10.0, help="the scraper's limit per request, seconds")
+    parser.add_argument("--rate", type=float, default=30.0,
+                        help="requests started per second at most (0: as fast as the gateway answers)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=23)
     parser.add_argument("--base", type=int, default=60, help="worlds live on 127.<base+N>.0.0/16")
@@ -520,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
             "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         },
-        "requests": args.requests, "concurrency": args.concurrency, "timeout": args.timeout,
+        "requests": args.requests, "concurrency": args.concurrency, "timeout": args.timeout, "rate": args.rate,
         "world": {"upstreams": Counter(u["kind"] for u in spec["upstreams"]),
                   "socks5": sum(u["scheme"] == "socks5" for u in spec["upstreams"]),
                   "exits": spec["exits"], "sites": {k: v["what"] for k, v in spec["sites"].items()},

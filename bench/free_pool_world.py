@@ -9,8 +9,9 @@ Everything listens on 127.<base+N>.0.0/16 (ephemeral ports) and stays on loopbac
 
 - upstreams: HTTP proxies (absolute-form GET and CONNECT, keep-alive) and SOCKS5 proxies (no auth,
   names resolved by the proxy), each listening on its own 127.B.X.1 and leaving from its exit address
-  (``local_addr``), so the sites and the judge see which exit carried a request.  Behaviours, as the
-  spec gives them: ``healthy``; ``slow`` (the first byte of every answer ``delay`` seconds late);
+  (``local_addr``), so the sites and the judge see which exit carried a request.  Every answer's first
+  byte is ``base`` seconds late (each proxy's own latency).  Behaviours, as the spec gives them:
+  ``healthy``; ``slow`` (the first byte of every answer ``delay`` seconds later still);
   ``turns_slow`` (the same, from ``at`` seconds after go); ``dies`` (at ``at``: listener closed, live
   connections reset, later ones refused); ``stalls`` (at ``at``: becomes a black hole); ``black_hole``
   (accepts and never answers); ``resets`` (a ``share`` of connections reset before any answer byte);
@@ -19,8 +20,8 @@ Everything listens on 127.<base+N>.0.0/16 (ephemeral ports) and stays on loopbac
 - sites: one origin on 127.B.250.1 answering ``site-*.test`` (the upstreams resolve those names to it;
   no gateway needs to): ``/p/N`` is a page of known content; per site, some exits get a 403, some a 200
   captcha page, and exits over a rate get 429 (limits are per exit address, as a site sees them).
-- the scraper (after ``go``): N GETs at concurrency C through one gateway, a new connection each (the
-  gateway rotates per request), each checked for status 200 and the exact page; which upstreams a
+- the scraper (after ``go``): N GETs at concurrency C, paced at R a second, through one gateway, a new
+  connection each (the gateway rotates per request), each checked for status 200 and the exact page; which upstreams a
   request went through is recorded by the upstreams themselves (the ``rid`` in the URL).
 
 Protocol on stdin/stdout, one JSON object a line: the world prints ``{"ready": ...}``; the bench sends
@@ -134,6 +135,7 @@ class Upstream:
     exit: str
     delay: float = 0.0
     at: float = 0.0
+    base: float = 0.0  # every answer's first byte this late (a free proxy's own latency)
     share: float = 0.0
     port: int = 0
     server: asyncio.base_events.Server | None = None
@@ -153,7 +155,8 @@ class World:
         self.sites: dict[str, dict[str, Any]] = spec["sites"]
         self.upstreams = [
             Upstream(u["name"], u["scheme"], u["kind"], address(base, world, *u["listen"]),
-                     address(base, world, *u["exit"]), u.get("delay", 0.0), u.get("at", 0.0), u.get("share", 0.0))
+                     address(base, world, *u["exit"]), u.get("delay", 0.0), u.get("at", 0.0), u.get("share", 0.0),
+                     base=u.get("base", 0.0))
             for u in spec["upstreams"]
         ]
         self.rng = random.Random(spec["seed"] * 1000 + world)
@@ -213,8 +216,8 @@ class World:
     # behaviour -------------------------------------------------------------------------------
     def delay_of(self, up: Upstream) -> float:
         if up.kind == "slow" or (up.kind == "turns_slow" and up.slow_now):
-            return up.delay
-        return 0.0
+            return up.base + up.delay
+        return up.base
 
     def black(self, up: Upstream) -> bool:
         return up.kind == "black_hole" or (up.kind == "stalls" and up.dead)
@@ -503,7 +506,9 @@ class World:
 
     # the scraper -------------------------------------------------------------------------------
     async def scrape(self, proxy: tuple[str, int], requests: int, concurrency: int, timeout: float,
-                     seed: int, label: str) -> dict[str, Any]:
+                     seed: int, label: str, rate: float) -> dict[str, Any]:
+        """``requests`` GETs, at most ``concurrency`` at once, request i not before i/``rate`` s (a
+        polite scraper's pace, the same timeline through every gateway; 0: as fast as they answer)."""
         rng = random.Random(seed)
         names = sorted(self.sites)
         plan = [(rng.choice(names), rng.randrange(1, 10**6)) for _ in range(requests)]
@@ -520,14 +525,16 @@ class World:
                     return
                 site, n = plan[i]
                 rid = f"{label}-{i}"
+                if rate > 0:
+                    await asyncio.sleep(max(0.0, begun + i / rate - time.perf_counter()))
                 started = time.perf_counter()
                 outcome = await self.fetch(proxy, site, n, rid, timeout)
                 rows[i] = {"i": i, "site": site, "rid": rid, "outcome": outcome,
                            "seconds": time.perf_counter() - started}
 
-        started = time.perf_counter()
+        begun = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
+        wall = time.perf_counter() - begun
         await asyncio.sleep(0.2)  # let the last hedges and retries reach the upstreams' records
         kinds = {u.name: u.kind for u in self.upstreams}
         exit_kinds = {u.exit: u.kind for u in self.upstreams}
@@ -618,7 +625,7 @@ async def main_async(spec: dict[str, Any], world_index: int) -> None:
             go = msg["go"]
             world.go()
             result = await world.scrape((go["proxy"][0], go["proxy"][1]), go["requests"], go["concurrency"],
-                                        go["timeout"], go["seed"], go["label"])
+                                        go["timeout"], go["seed"], go["label"], go.get("rate", 0.0))
             result["connections"] = {u.name: u.connections for u in world.upstreams}
             send({"result": result})
 
