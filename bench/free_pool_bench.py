@@ -61,6 +61,7 @@ LAYOUT: list[tuple[str, int]] = [
     ("healthy", 14), ("slow", 4), ("turns_slow", 3), ("dies", 4), ("stalls", 2), ("black_hole", 4),
     ("resets", 4), ("truncates", 3), ("shared_exit", 5), ("subnet", 4),
 ]  # fmt: skip
+SLOW_S = 1.5  # the goal's p95
 BASE_LATENCY = (0.05, 0.4)  # every upstream's own time to an answer's first byte, drawn once per upstream
 SHARED_EXIT = (200, 1)
 SUBNET = 201
@@ -132,9 +133,10 @@ class WorldProcess:
     def __init__(self, services: Services, spec_path: Path, index: int, work: Path) -> None:
         work.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.log = work / "world.log"
         self.proc = subprocess.Popen(
             [sys.executable, str(WORLD), "--spec", str(spec_path), "--world", str(index)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(work / "world.log", "ab"),  # noqa: SIM115
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "ab"),  # noqa: SIM115
             start_new_session=True, env=env,
         )
         services.services.append(Service(f"world#{index}", "world", "127.0.0.1", 0, "http", self.proc, work))
@@ -153,7 +155,8 @@ class WorldProcess:
             raise TimeoutError(f"the world process said nothing in {timeout} s")
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"the world process exited ({self.proc.poll()})")
+            tail = self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
+            raise RuntimeError(f"the world process exited ({self.proc.wait(5)}):\n{tail}")
         return json.loads(line)
 
     def go(self, proxy: tuple[str, int], requests: int, concurrency: int, timeout: float, seed: int,
@@ -375,6 +378,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         last = r["kinds"][-1] if r["kinds"] else r.get("exit_kind") or "(no upstream saw the request: refused, or reset in the handshake)"
         blame[f"{r['outcome']} <- {last}"] += 1
     attempts = Counter(len(r["upstreams"]) for r in rows)
+    slow_ok = [r for r in ok if r["seconds"] > SLOW_S]
     return {
         "requests": len(rows),
         "ok": len(ok),
@@ -387,7 +391,9 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "failed_by_site": dict(Counter(r["site"] for r in failed).most_common()),
         "blame": dict(blame.most_common()),
         "upstreams_per_request": {str(k): v for k, v in sorted(attempts.items())},
-        "slow_ok_by_kind": dict(Counter(r["kinds"][-1] for r in ok if r["seconds"] > 1.5 and r["kinds"]).most_common()),
+        "tries_per_request": sum(len(r["upstreams"]) for r in rows) / max(1, len(rows)),
+        "slow_ok": len(slow_ok),
+        "slow_ok_by_kind": dict(Counter(r["kinds"][-1] if r["kinds"] else "?" for r in slow_ok).most_common()),
     }
 
 
@@ -411,6 +417,8 @@ def combine(targets: list[Target], rounds: list[dict[str, Any]]) -> list[dict[st
             "p95_s": statistics.median(p["p95_s"] for p in per),
             "p95_all_s": statistics.median(p["p95_all_s"] for p in per),
             "wall_s": statistics.median(p["wall_s"] for p in per),
+            "tries_per_request": statistics.median(p["tries_per_request"] for p in per),
+            "slow_ok": statistics.median(p["slow_ok"] for p in per),
             "rounds_success_pct": [round(p["success_pct"], 1) for p in per],
             "failures_all_rounds": dict(outcomes.most_common()),
             "blame_all_rounds": dict(blame.most_common()),
@@ -439,25 +447,36 @@ def render(data: dict[str, Any]) -> str:
          "client timeout "
          f"{data['timeout']} s, {len(data['rounds'])} round(s), medians (each round's success in brackets)"),
         "",
-        "| gateway | success | p50 | p95 | p95 all | wall | failures (all rounds) |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        f"| gateway | success | p50 | p95 | p95 all | ok > {SLOW_S:g} s | tries/req | wall | failures (all rounds) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in data["table"]:
         if "skipped" in row:
-            out.append(f"| {row['target']} | {row['skipped']} | | | | | |")
+            out.append(f"| {row['target']} | {row['skipped']} | | | | | | | |")
             continue
         rounds = ", ".join(f"{v}" for v in row["rounds_success_pct"])
         fails = ", ".join(f"{k} {v}" for k, v in row["failures_all_rounds"].items()) or "-"
         out.append(f"| {row['target']} | {row['success_pct']:.1f} % ({rounds}) | {row['p50_s']:.2f} s | "
-                   f"{row['p95_s']:.2f} s | {row['p95_all_s']:.2f} s | {row['wall_s']:.0f} s | {fails} |")
+                   f"{row['p95_s']:.2f} s | {row['p95_all_s']:.2f} s | {row['slow_ok']:.0f} | "
+                   f"{row['tries_per_request']:.2f} | {row['wall_s']:.0f} s | {fails} |")
     out.append("")
     out.append("p50/p95: of the successful requests; p95 all: of every request, until its outcome (a timeout "
-               f"counts {data['timeout']} s).")
+               f"counts {data['timeout']} s); ok > {SLOW_S:g} s: successes slower than that (median count); "
+               "tries/req: upstreams that saw a request, on average (retries and hedges; 0 when none did).")
     for row in data["table"]:
         if "skipped" in row:
             continue
         if row["config_notes"]:
             out.append(f"{row['target']}: " + "; ".join(row["config_notes"]))
+    out.append("")
+    out.append(f"Successes over {SLOW_S:g} s by behaviour of the upstream that answered (all rounds):")
+    for row in data["table"]:
+        if "skipped" in row:
+            continue
+        slow: Counter[str] = Counter()
+        for per in row["slow_ok_by_kind"]:
+            slow.update(per)
+        out.append(f"- {row['target']}: " + (", ".join(f"{k} {v}" for k, v in slow.most_common()) or "-"))
     out.append("")
     out.append("Failures by outcome <- behaviour of the last upstream the request reached (all rounds):")
     for row in data["table"]:

@@ -135,8 +135,8 @@ class Upstream:
     exit: str
     delay: float = 0.0
     at: float = 0.0
-    base: float = 0.0  # every answer's first byte this late (a free proxy's own latency)
     share: float = 0.0
+    base: float = 0.0  # every answer's first byte this late (a free proxy's own latency)
     port: int = 0
     server: asyncio.base_events.Server | None = None
     live: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -398,13 +398,17 @@ class World:
 
     async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, o_reader: asyncio.StreamReader,
                     o_writer: asyncio.StreamWriter, up: Upstream, sniff: bool = False) -> None:
-        """Bytes both ways; the first answer byte ``delay`` late, and maybe the answer cut half-way."""
+        """Bytes both ways.  Each answer (the bytes after a request went up) starts ``delay_of`` late and
+        may be cut half-way: a kept-alive tunnel pays the proxy's latency on every round trip."""
+        asked = False  # a request went up and its answer has not started yet
 
         async def upward() -> None:
+            nonlocal asked
             try:
                 while data := await reader.read(65536):
                     if sniff:
                         self.sniff(up, data)
+                    asked = True
                     o_writer.write(data)
                     await o_writer.drain()
             except (ConnectionError, OSError):
@@ -417,16 +421,16 @@ class World:
                         o_writer.close()
 
         async def downward() -> None:
+            nonlocal asked
             first = True
-            cut = self.truncates_now(up)
             try:
                 while data := await o_reader.read(65536):
-                    if first:
+                    if first or asked:
+                        first, asked = False, False
                         delay = self.delay_of(up)
                         if delay:
                             await asyncio.sleep(delay)
-                        first = False
-                        if cut:
+                        if self.truncates_now(up):
                             writer.write(data[: max(1, len(data) // 2)])
                             await writer.drain()
                             rst(writer)
@@ -620,6 +624,8 @@ async def main_async(spec: dict[str, Any], world_index: int) -> None:
     stdin = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     while line := await stdin.readline():
+        if not line.strip():
+            continue
         msg = json.loads(line)
         if "go" in msg:
             go = msg["go"]
