@@ -394,6 +394,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         "tries_per_request": sum(len(r["upstreams"]) for r in rows) / max(1, len(rows)),
         "slow_ok": len(slow_ok),
         "slow_ok_by_kind": dict(Counter(r["kinds"][-1] if r["kinds"] else "?" for r in slow_ok).most_common()),
+        "failed_rows": [{k: r[k] for k in ("rid", "site", "outcome", "seconds", "kinds", "exit")} for r in failed],
     }
 
 
