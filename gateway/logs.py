@@ -5,9 +5,45 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-__all__ = ["setup_logging"]
+__all__ = ["RepeatLimit", "setup_logging"]
+
+
+class RepeatLimit(logging.Filter):
+    """Repeated warnings and errors are rate-limited: the same message template from the same logger
+    passes ``burst`` times per ``window`` seconds; the first one after a window that dropped some says how
+    many were dropped.  Per-request lines (INFO, the access log) are never limited.  Memory is bounded
+    (templates are the code's own format strings; at most ``keys`` are remembered)."""
+
+    def __init__(
+        self, burst: int = 5, window: float = 60.0, keys: int = 1024, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.burst, self.window, self.keys, self.clock = burst, window, keys, clock
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # key -> [window start, passed, dropped]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is None or now - seen[0] >= self.window:
+            dropped = int(seen[2]) if seen is not None else 0
+            if seen is None and len(self._seen) >= self.keys:
+                self._seen.pop(next(iter(self._seen)))
+            self._seen[key] = [now, 1, 0]
+            if dropped:
+                record.msg = f"{record.msg} ({dropped} more like this in the last {self.window:g} s not logged)"
+            return True
+        if seen[1] < self.burst:
+            seen[1] += 1
+            return True
+        seen[2] += 1
+        return False
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,6 +69,7 @@ def setup_logging(level: str = "info", fmt: str = "text", access_log: bool = Fal
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+    handler.addFilter(RepeatLimit())
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("proxy_pool.access").setLevel("INFO" if access_log else "WARNING")

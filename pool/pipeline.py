@@ -5,7 +5,9 @@ the run.  A checker that overruns its timeout is a failed check.  A checker that
 returns something that is no ``CheckResult``) has a bug: that is no verdict on the proxy (the run
 records it as skipped, the proxy keeps its status), it is counted as the plugin's error, and a
 checker that raised on each of its first 20 proxies is disabled (``plugins.health``).  One that
-returns ``skipped`` gives no verdict either.  Every result goes
+returns ``skipped`` gives no verdict either, nor does a check that failed for want of this process's
+own descriptors, socket buffers or memory (``pool.resources``: its error, or the C library's wording of
+it in the detail, which every checker quotes), whatever the proxy.  Every result goes
 to the check log, written behind in batches: the selector learns the new state at once, the
 database a moment later.
 """
@@ -29,6 +31,7 @@ from plugins.protocols import CheckContext, CheckResult, ProxyChecker
 from plugins.registry import PluginRegistry
 from pool.lifecycle import RunVerdict, apply_run
 from pool.models import Proxy, ProxyCheck
+from pool.resources import is_local_shortage, names_local_shortage
 from pool.selector import Selector
 from pool.store import Store
 from pool.tasks import TaskSet, spawn
@@ -76,10 +79,15 @@ async def _run_one(
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # the checker's bug: no verdict on the proxy, never a stop of the pipeline
-        raised = exc
-        if health is not None:
-            health.failed(checker.name, "check", exc)
-        result = CheckResult(False, f"{checker.name} raised {type(exc).__name__}: {exc}"[:300], skipped=True)
+        if is_local_shortage(exc):
+            result = _local_shortage(str(exc))
+        else:
+            raised = exc
+            if health is not None:
+                health.failed(checker.name, "check", exc)
+            result = CheckResult(False, f"{checker.name} raised {type(exc).__name__}: {exc}"[:300], skipped=True)
+    if not result.passed and not result.skipped and names_local_shortage(result.detail):
+        result = _local_shortage(result.detail)
     if health is not None:
         health.checker_ran(checker.name, raised)
     seconds = time.monotonic() - started
@@ -88,6 +96,12 @@ async def _run_one(
     if observe is not None:
         observe(checker.name, "skipped" if result.skipped else "passed" if result.passed else "failed", seconds)
     return result
+
+
+def _local_shortage(detail: str) -> CheckResult:
+    """A check that failed for want of this process's own descriptors, buffers or memory: no verdict."""
+    log.warning("a check gave no verdict: this process is short of resources (%s)", detail[:200])
+    return CheckResult(False, f"no verdict: local resources exhausted ({detail})"[:300], skipped=True)
 
 
 def _skips(checker: ProxyChecker, proxy: Proxy, health: PluginHealth | None) -> bool:

@@ -27,6 +27,7 @@ from gateway.logs import setup_logging
 from pool.errors import InvalidInputError, NotFoundError
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus, UpstreamURL
 from pool.pipeline import CheckRun, Pipeline
+from pool.resources import raise_open_files_limit
 from pool.quality import source_figures, source_view
 from pool.scraper import Scraper
 from pool.sources import add_source
@@ -56,6 +57,9 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
     setup_logging(settings.log.level, settings.log.format, settings.log.access_log)
+    raised = raise_open_files_limit()  # once, before workers start: they inherit it
+    if raised is not None:
+        log.info("open files: soft limit raised from %d to %d (the hard limit)", *raised)
     if args.workers > 1:
         from gateway.cli.workers import run_workers
 

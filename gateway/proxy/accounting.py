@@ -70,9 +70,10 @@ class Accounting:
 
     def report(self, proxy: Proxy | None, ok: bool, exc: UpstreamError | None = None) -> None:
         """Passive health: the upstream's own failure, or (``exc.target``) one about that target;
-        metrics count every failure.  An upstream that refused a CONNECT (``exc.refuses_tunnel``) is not
+        metrics count every failure.  A failure for want of local resources (``LocalShortage``) is no
+        verdict on the upstream.  An upstream that refused a CONNECT (``exc.refuses_tunnel``) is not
         failing: it gets no tunnel again until its next check."""
-        if proxy is not None:
+        if proxy is not None and not (exc is not None and exc.reason == "local_resources"):  # our own shortage
             if exc is not None and getattr(exc, "refuses_tunnel", False):
                 self.selector.refused_tunnel(proxy)
             else:

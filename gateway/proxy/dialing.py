@@ -30,6 +30,7 @@ from gateway.proxy.upstream import (
     UpstreamError,
     UpstreamRefused,
     UpstreamTimeout,
+    local_or,
     open_socks,
     proxy_authorization,
     tls_for,
@@ -186,7 +187,7 @@ class Dialer:
                 raise failed from None
             text = (exc.strerror or str(exc) or type(exc).__name__).lower()
             reason = "reset" if "reset" in text else "refused"
-            raise UpstreamConnectError(f"{what} unreachable: {text}", reason) from None
+            raise local_or(exc, UpstreamConnectError(f"{what} unreachable: {text}", reason)) from None
         return conn
 
     async def _direct(self, plan: Plan, host: str, port: int) -> UpstreamConnection:
@@ -202,5 +203,5 @@ class Dialer:
             raise Refusal(403, f"direct connection to {host} ({address}) is not allowed", "forbidden")
         try:
             return await self._tcp(address, port, plan.key, f"direct connection to {host}")
-        except UpstreamConnectError as exc:
+        except UpstreamConnectError as exc:  # (a LocalShortage goes on as it is)
             raise UpstreamError(exc.message.replace(" unreachable: ", " failed: "), "refused") from None

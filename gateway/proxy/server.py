@@ -11,13 +11,17 @@ log line at INFO.  Up to ``max_connections`` clients are served at once; past th
 clients and clients still in their handshake (half a head, an unfinished SOCKS greeting) are closed,
 oldest first, to make room, and only then does a newcomer wait (a moment, then 503); a newcomer from an
 address (an IPv6 /64) already holding ``max_handshakes_per_address`` handshakes is turned away instead,
-so nobody holds the slots with half-open handshakes.  On shutdown, idle clients are closed at once and busy ones get ``drain_timeout``.
+so nobody holds the slots with half-open handshakes.  Clients never take the last descriptors: one
+whose descriptor falls in the reserve (``pool.resources.descriptor_reserve``, kept for the checker, the
+store and upstream dials) is admitted only by closing an idle or handshaking client, else turned away
+at once.  On shutdown, idle clients are closed at once and busy ones get ``drain_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any
@@ -36,10 +40,13 @@ from gateway.proxy.intercept import Interceptor
 from gateway.proxy.loops import OwnAddresses
 from gateway.proxy.refusals import Refusal
 from gateway.proxy.services import Services
+from pool.resources import descriptor_reserve, open_files_limit
 from pool.selector import Selector
 from pool.tasks import TaskSet
 
 __all__ = ["GatewayServer", "Refusal"]
+
+log = logging.getLogger("proxy_pool.gateway")
 
 
 class GatewayServer(Slots):
@@ -65,6 +72,8 @@ class GatewayServer(Slots):
         self._clients: set[ClientConnection] = set()  # holding a slot
         self.waiting: deque[tuple[ClientConnection, asyncio.TimerHandle]] = deque()
         self._tasks = TaskSet()
+        self._fd_limit = 0
+        self._fd_ceiling: int | None = None  # a client whose descriptor is at or above it is in the reserve
         self._accounts = accounts
         self.intercept_ca = intercept_ca  # gateway.intercept_listen: the CA leaves are minted with
         self.interceptor: Interceptor | None = None
@@ -129,6 +138,10 @@ class GatewayServer(Slots):
             )
             intercept_bound = self._intercept_server.sockets[0].getsockname()
             self.add_own_address(intercept_bound[0], intercept_bound[1])
+        limit = open_files_limit()
+        if limit is not None:  # clients never take the last descriptors (pool.resources)
+            self._fd_limit = limit
+            self._fd_ceiling = limit - descriptor_reserve(limit, self.settings.checker.concurrency)
         self._tasks.spawn(self._prune_loop(), name="gateway-pool-prune")
         return bound[0], bound[1]
 
@@ -207,13 +220,26 @@ class GatewayServer(Slots):
 
     # connection slots ---------------------------------------------------------------------
     def arrived(self, client: ClientConnection) -> None:
-        """A new client: served at once while under ``max_connections`` (making room by closing the
-        oldest idle keep-alive client if need be), else it waits a moment."""
-        if len(self._clients) >= self.gw.max_connections:
+        """A new client: served at once while under ``max_connections`` and outside the descriptor
+        reserve (making room by closing the oldest idle or handshaking client if need be), else it
+        waits a moment; in the reserve, nobody waits (a waiting client holds a descriptor)."""
+        short = self._fd_ceiling is not None and _descriptor(client) >= self._fd_ceiling
+        if short or len(self._clients) >= self.gw.max_connections:
             if self._handshakes_from(client) >= self.gw.max_handshakes_per_address:
                 self._turn_away(client)
                 return
-            self._evict_idle()
+            evicted = self._evict_idle()
+            if short:
+                if evicted:
+                    self._open(client)
+                    return
+                log.warning(
+                    "out of descriptors for clients (limit %d, the last %d kept for checks, the store and "
+                    "upstream dials): new clients turned away until some leave", self._fd_limit,
+                    self._fd_limit - (self._fd_ceiling or 0),
+                )
+                self._turn_away(client)
+                return
         if len(self._clients) < self.gw.max_connections:
             self._open(client)
             return
@@ -227,13 +253,14 @@ class GatewayServer(Slots):
         where = _address_key(client.peer)
         return sum(1 for c in self._clients if c.handshaking and _address_key(c.peer) == where)
 
-    def _evict_idle(self) -> None:
+    def _evict_idle(self) -> bool:
         idle = [c for c in self._clients if c.idle or c.handshaking]
         if not idle:
-            return
+            return False
         oldest = min(idle, key=lambda c: c.idle_since)
         self._release(oldest)  # its slot is free now; the close completes on the transport
         oldest.close()
+        return True
 
     def idle(self, client: ClientConnection) -> None:
         """A client went idle: someone waiting may have its slot."""
@@ -287,3 +314,13 @@ def _address_key(peer: str) -> str:
         return str(ipaddress.IPv6Network((host.partition("%")[0], 64), strict=False))
     except ValueError:
         return host
+
+
+def _descriptor(client: ClientConnection) -> int:
+    """The client's descriptor number.  The kernel hands out the lowest free one, so a number at or
+    above the reserve's ceiling means every one below it is taken."""
+    sock = client.transport.get_extra_info("socket") if client.transport is not None else None
+    try:
+        return sock.fileno() if sock is not None else -1
+    except (OSError, ValueError):
+        return -1

@@ -9,7 +9,8 @@ anything else, for both; a TLS failure is an ``UpstreamConnectError`` with reaso
 
 The socket is closed when a handshake fails (glider's dialers do the same).  Errors leave as
 ``UpstreamError`` subclasses with a ``reason`` for metrics and passive health, and never mention
-credentials.
+credentials; a dial that failed for want of local resources (EMFILE, ENFILE, ENOBUFS, ENOMEM) is a
+``LocalShortage``, which blames nobody.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from python_socks.async_.asyncio import Proxy as SocksProxy
 from config.tls import handshake_failure
 from gateway.proxy.errors import GatewayError
 from pool.models import ProxyProtocol, UpstreamURL
+from pool.resources import is_local_shortage
 
 __all__ = [
+    "LocalShortage",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamRefused",
@@ -33,6 +36,7 @@ __all__ = [
     "open_socks",
     "proxy_authorization",
     "tls_for",
+    "local_or",
     "tls_open_error",
 ]
 
@@ -61,6 +65,22 @@ class UpstreamError(GatewayError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class LocalShortage(UpstreamError):
+    """This process ran out of descriptors, socket buffers or memory while dialing
+    (``pool.resources.is_local_shortage``): no verdict on the upstream, never counted against it."""
+
+    reason = "local_resources"
+    status = 503
+    blames_upstream = False
+
+
+def local_or(exc: BaseException, error: UpstreamError) -> UpstreamError:
+    """``error``, unless ``exc`` was a local shortage: then that, naming it."""
+    if is_local_shortage(exc):
+        return LocalShortage(f"gateway out of local resources: {_os_reason(exc)}")
+    return error
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
@@ -133,7 +153,9 @@ async def open_socks(up: UpstreamURL, host: str, port: int, timeout: float) -> s
     except ProxyTimeoutError:
         raise UpstreamTimeout(f"{up.protocol} upstream timed out") from None
     except ProxyConnectionError as exc:
-        raise UpstreamConnectError(f"{up.protocol} upstream unreachable: {_os_reason(exc)}", _errno_reason(exc)) from None
+        raise local_or(
+            exc, UpstreamConnectError(f"{up.protocol} upstream unreachable: {_os_reason(exc)}", _errno_reason(exc))
+        ) from None
     except ProxyError as exc:
         code = getattr(exc, "error_code", None)
         if up.protocol in (ProxyProtocol.HTTP, ProxyProtocol.HTTPS):
@@ -151,7 +173,9 @@ async def open_socks(up: UpstreamURL, host: str, port: int, timeout: float) -> s
     except TimeoutError:
         raise UpstreamTimeout(f"{up.protocol} upstream timed out") from None
     except OSError as exc:
-        raise UpstreamConnectError(f"{up.protocol} upstream failed: {_os_reason(exc)}", _errno_reason(exc)) from None
+        raise local_or(
+            exc, UpstreamConnectError(f"{up.protocol} upstream failed: {_os_reason(exc)}", _errno_reason(exc))
+        ) from None
     return sock
 
 

@@ -41,7 +41,7 @@ async def test_dead_target_benches_no_healthy_upstream(make_pool, origin, scheme
     """1200 requests to a dead target (plain and CONNECT) through two healthy upstreams, interleaved with
     legitimate ones: every legitimate one gets 200 and no upstream leaves the rotation."""
     async with pproxy_upstreams(2) as ups:
-        pool = await make_pool([u.url(scheme) for u in ups], gateway={"allowed_connect_ports": "*"})
+        pool = await make_pool([u.url(scheme) for u in ups], gateway={"allowed_connect_ports": "*", "allowed_http_ports": "*"})
         await pool.wait_until(lambda: pool.selector.active_count == 2)
         gw_host, gw_port = pool.gateway_address
         gw = f"http://{gw_host}:{gw_port}"

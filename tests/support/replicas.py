@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,15 +141,21 @@ def serve_environ(cwd: Path, env: dict[str, str] | None = None) -> dict[str, str
 
 
 async def start_replica(
-    db_url: str, name: str, cwd: Path, *extra: str, env: dict[str, str] | None = None
+    db_url: str,
+    name: str,
+    cwd: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Replica:
-    """One ``serve`` on free ports, sharing ``db_url``, up (its "serving" line read)."""
+    """One ``serve`` on free ports, sharing ``db_url``, up (its "serving" line read); ``preexec_fn`` runs
+    in the child before it starts (resource limits)."""
     environ = serve_environ(cwd, env)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--no-default-sources", "--log-format", "json",
         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--db", db_url, "--replica-name", name, *extra,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        cwd=cwd, env=environ,
+        cwd=cwd, env=environ, preexec_fn=preexec_fn,
     )
     replica = Replica(name, proc)
     log_task = replica.tasks.spawn(replica.read_log(), name=f"log-{name}")
