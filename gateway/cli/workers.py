@@ -28,6 +28,7 @@ import time
 from types import FrameType
 
 from config import ConfigError, Settings
+from config.settings import parse_host_port
 from pool.dbfiles import ServeLock, ServeLockHeld, local_database
 from pool.stores import open_store
 
@@ -117,8 +118,12 @@ async def _give_back_leases(location: str) -> None:
 
 def run_workers(args: argparse.Namespace, settings: Settings) -> int:
     host, port = settings.gateway.host_port
-    if port == 0 or settings.admin.host_port[1] == 0:
-        raise ConfigError("--workers needs fixed ports for gateway.listen and admin.listen (not 0)")
+    listeners = {"gateway.listen": settings.gateway.listen, "admin.listen": settings.admin.listen,
+                 "gateway.socks_listen": settings.gateway.socks_listen,
+                 "gateway.intercept_listen": settings.gateway.intercept_listen}
+    unfixed = [key for key, value in listeners.items() if value and parse_host_port(value)[1] == 0]
+    if unfixed:
+        raise ConfigError(f"--workers needs fixed ports (not 0) for {', '.join(unfixed)}: the workers share them")
     base = args.replica_name or f"{socket.gethostname()}:{port}"
     argv: list[str] = list(getattr(args, "argv", None) or sys.argv[1:])
     lock = None if settings.storage.shared else _take_sqlite(settings)

@@ -125,7 +125,7 @@ class GatewayServer(Slots):
             socks_host, socks_port = parse_host_port(self.gw.socks_listen)
             self._socks_server = await loop.create_server(
                 lambda: ClientConnection(svc, self, socks_only=True), socks_host, socks_port, backlog=1024,
-                reuse_address=True,
+                reuse_address=True, reuse_port=self.reuse_port or None,
             )
             socks_bound = self._socks_server.sockets[0].getsockname()
             self.add_own_address(socks_bound[0], socks_bound[1])

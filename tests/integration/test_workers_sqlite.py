@@ -23,6 +23,7 @@ import pytest
 from pool.dbfiles import ServeLock
 from tests.integration.test_replicas import basic, get_through, origin, upstreams  # noqa: F401  (origin: fixture)
 from tests.support.replicas import Replica, each_worker, serve_environ, start_workers, worker_pids
+from tests.support.upstreams import free_port
 from tests.support.waiting import across_processes as eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -63,13 +64,18 @@ async def test_two_workers_spend_one_balance_exactly_and_a_second_serve_is_refus
     Meanwhile an unrelated serve on the same file is refused with one line (exit 2).  The pool stops by
     its supervisor's kill -9: the orphaned workers stop by themselves, cleanly, and free the file."""
     db = tmp_path / "pool.db"
-    env = {"PROXY_POOL_GATEWAY__AUTH": "users", "PROXY_POOL_CREDITS__LEASE_BLOCK": str(LEASE)}
+    env = {
+        "PROXY_POOL_GATEWAY__AUTH": "users",
+        "PROXY_POOL_CREDITS__LEASE_BLOCK": str(LEASE),
+        "PROXY_POOL_GATEWAY__SOCKS_LISTEN": f"127.0.0.1:{free_port()}",  # every listener is shared
+    }
     async with upstreams(1) as ups:
         listing = tmp_path / "list.txt"
         listing.write_text(ups[0].url() + "\n")
         pool = await start_workers(str(db), tmp_path, 2, "--proxies", str(listing), env=env)
         try:
             assert len(set(leaders(pool))) == 1, pool.messages()  # one leader of the two
+            assert "starting it again" not in pool.messages()  # no worker died on the way
             status, user = await pool.api("POST", "/api/users", {"name": "alice", "credits": 150})
             assert status == 201, user
             await known_everywhere(pool, "alice", 1)

@@ -21,6 +21,18 @@ def test_workers_on_an_in_memory_database_refused_with_one_line(capsys):
     assert len(err) == 1 and "--workers needs a database file or PostgreSQL" in err[0]
 
 
+def test_workers_want_every_listener_on_a_fixed_port(capsys, tmp_path):
+    """The workers share every listening port: one left at 0 (a SOCKS-only port here) is one line, exit 2."""
+    argv = ["serve", "--workers", "2", "--db", str(tmp_path / "pool.db"), "--no-default-sources",
+            "--listen", "127.0.0.1:1", "--admin-listen", "127.0.0.1:2"]
+    config = tmp_path / "proxy-pool.toml"
+    config.write_text('[gateway]\nsocks_listen = "127.0.0.1:0"\n')
+    assert main([*argv, "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fixed ports" in err[0] and "gateway.socks_listen" in err[0]
+    assert not (tmp_path / "pool.db").exists()  # refused before anything starts
+
+
 def test_workers_auto_is_the_cores_and_nonsense_is_one_line(capsys):
     import os
 
