@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 from gateway.proxy import fasthead, http1
 from gateway.proxy.bans import BAN
@@ -177,6 +177,8 @@ class _Attempting:
         except UpstreamError as exc:
             if gen == self._gen:
                 self._dial_failed(exc)
+            else:  # an abandoned attempt's dial: counted against its upstream, nothing more
+                self.svc.accounting.report(plan.proxy, False, exc)
             return None
         except Refusal as refusal:
             if gen == self._gen:
@@ -215,6 +217,7 @@ class Exchange(_Attempting):
     __slots__ = (
         "_banned",
         "_continued",
+        "_dialing",
         "_fresh_retry",
         "_hedge",
         "_hedge_timer",
@@ -255,6 +258,7 @@ class Exchange(_Attempting):
         self._sniffing: tuple[http1.ResponseHead, http1.FramingKind, tuple[bytes, ...]] | None = None
         self._since = self.started  # when the current attempt began (the site's head times)
         self._hedge: _Hedge | None = None  # a second attempt racing this one
+        self._dialing: asyncio.Future[None] | None = None  # this attempt's dial under way
         self._hedge_timer: asyncio.TimerHandle | None = None
 
     @property
@@ -360,7 +364,7 @@ class Exchange(_Attempting):
 
     def _dial(self, fresh_retry: bool) -> None:
         self._fresh_retry = fresh_retry
-        self.svc.spawn(self._dial_task(), "upstream-dial")
+        self._dialing = cast("asyncio.Future[None]", self.svc.spawn(self._dial_task(), "upstream-dial"))
 
     async def _dial_task(self) -> None:
         plan = self._plan
@@ -451,6 +455,8 @@ class Exchange(_Attempting):
         request's from now on."""
         self._hedge = None
         self._gen += 1
+        _cancel(self._dialing)  # a dial under way stops now (its socket closed), not at its timeout
+        self._dialing = None
         old = self.conn
         if old is not None:
             old.close()
@@ -467,6 +473,7 @@ class Exchange(_Attempting):
         self._hedge = None
         hedge.state = _WON
         self._take_over(hedge)
+        self._dialing = hedge.dialing  # its dial, if still under way, is this request's now
         conn = hedge.conn
         if conn is not None:
             self.conn = conn
@@ -684,11 +691,19 @@ class Exchange(_Attempting):
                 conn.close()
         self._sniffing = None
         self._end_hedge()
+        _cancel(self._dialing)
+        self._dialing = None
         self.conn = None
         self._banned = None
 
 
 _RACING, _WON, _DROPPED = 0, 1, 2
+
+
+def _cancel(dialing: asyncio.Future[None] | None) -> None:
+    """Stop a dial under way (the dialer closes its socket on cancellation)."""
+    if dialing is not None and not dialing.done():
+        dialing.cancel()
 
 
 class _Hedge:
@@ -697,7 +712,7 @@ class _Hedge:
     the exchange from then on), a failure or a ban while racing ends it quietly (the first attempt goes
     on), and when the first attempt fails it carries on as the request's attempt (``_promote``)."""
 
-    __slots__ = ("conn", "exchange", "plan", "proxy", "since", "state")
+    __slots__ = ("conn", "dialing", "exchange", "plan", "proxy", "since", "state")
 
     def __init__(self, exchange: Exchange, proxy: Proxy, plan: Plan) -> None:
         self.exchange = exchange
@@ -706,25 +721,29 @@ class _Hedge:
         self.conn: UpstreamConnection | None = None
         self.since = time.perf_counter()
         self.state = _RACING
+        self.dialing: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         conn = self.exchange.svc.dialer.reuse(self.plan.key)
         if conn is not None:
             self._send(conn)
         else:
-            self.exchange.svc.spawn(self._dial_task(), "upstream-hedge")
+            self.dialing = cast("asyncio.Future[None]", self.exchange.svc.spawn(self._dial_task(), "upstream-hedge"))
 
     async def _dial_task(self) -> None:
         ex = self.exchange
         try:
             conn = await ex.svc.dialer.dial(self.plan, ex.head.host, ex.head.port, tunnel_only=False)
+            self.dialing = None
         except UpstreamError as exc:
+            self.dialing = None
             if self.state == _RACING:
                 self._lost(exc)
             elif self.state == _WON and ex._plan is self.plan:  # promoted while dialing: it was the attempt
                 ex._dial_failed(exc)
             return
         except Refusal as refusal:
+            self.dialing = None
             if self.state == _RACING:
                 self._lost(None)
             elif self.state == _WON and ex._plan is self.plan:
@@ -748,6 +767,8 @@ class _Hedge:
     def drop(self) -> None:
         """The request was answered otherwise (or ended): this attempt's connection closes."""
         self.state = _DROPPED
+        _cancel(self.dialing)
+        self.dialing = None
         if self.conn is not None:
             self.conn.close()
 

@@ -422,7 +422,8 @@ async def test_black_hole_then_good_upstream_succeeds(
     pool = await good_pool(
         make_pool,
         good.url(),
-        gateway={"allowed_connect_ports": "*", "connect_timeout": 1.0},  # roomy for the good one's handshake
+        # roomy for the good one's handshake; no hedging: each dial to the hole must run into its timeout
+        gateway={"allowed_connect_ports": "*", "connect_timeout": 1.0, "hedge_after": "off"},
         pool={"passive_failure_limit": 100},
     )
     pool.selector.on_suspect = None  # count the gateway's dials only, not the re-checks a CONNECT timeout asks for

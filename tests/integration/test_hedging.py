@@ -67,15 +67,17 @@ def hedges(pool) -> tuple[float, float]:
     )
 
 
+def add_upstream(pool, proxy_id: int, url: str) -> None:
+    pool.selector.update(Proxy(id=proxy_id, upstream=UpstreamURL.parse(url), status=ProxyStatus.ACTIVE, last_checked=utcnow()))
+
+
 async def test_hedge_answers_through_the_other_upstream_and_closes_the_stalled_one(make_pool, stalled, origin):
     good = await start_pproxy("127.0.0.2")
     try:
-        pool = await make_pool([good.url()], gateway={"hedge_after": 0.3, "response_timeout": 30.0, "distinct_exit": "off"})
-        await pool.wait_until(lambda: pool.selector.active_count == 1)
+        pool = await make_pool(None, gateway={"hedge_after": 0.3, "response_timeout": 30.0, "distinct_exit": "off"})
         host, port = stalled.server.sockets[0].getsockname()[:2]
-        pool.selector.update(
-            Proxy(id=900, upstream=UpstreamURL.parse(f"http://{host}:{port}"), status=ProxyStatus.ACTIVE, last_checked=utcnow())
-        )
+        add_upstream(pool, 899, good.url())
+        add_upstream(pool, 900, f"http://{host}:{port}")
         gateway = pool.gateway
         tasks_before, clients_before = len(gateway._tasks), len(gateway._clients)
         gw_host, gw_port = pool.gateway_address
@@ -104,12 +106,10 @@ async def test_hedging_off_waits_for_the_first_upstream(make_pool, stalled, orig
     """hedge_after = "off": a request on the stalled upstream waits for its response_timeout, then moves."""
     good = await start_pproxy("127.0.0.2")
     try:
-        pool = await make_pool([good.url()], gateway={"hedge_after": "off", "response_timeout": 1.0, "distinct_exit": "off"})
-        await pool.wait_until(lambda: pool.selector.active_count == 1)
+        pool = await make_pool(None, gateway={"hedge_after": "off", "response_timeout": 1.0, "distinct_exit": "off"})
         host, port = stalled.server.sockets[0].getsockname()[:2]
-        pool.selector.update(
-            Proxy(id=900, upstream=UpstreamURL.parse(f"http://{host}:{port}"), status=ProxyStatus.ACTIVE, last_checked=utcnow())
-        )
+        add_upstream(pool, 899, good.url())
+        add_upstream(pool, 900, f"http://{host}:{port}")
         gw_host, gw_port = pool.gateway_address
         async with aiohttp.ClientSession() as client:
             for _ in range(2):
@@ -119,3 +119,70 @@ async def test_hedging_off_waits_for_the_first_upstream(make_pool, stalled, orig
         assert stalled.accepted >= 1  # a request met it, timed out there and moved on (no second upstream meanwhile)
     finally:
         await good.stop()
+
+
+async def test_hedge_wins_while_the_first_dial_is_stuck(make_pool, stalled, origin):
+    """The first upstream (SOCKS5) never finishes its handshake: the hedge answers, the stuck dial is
+    stopped at once (its socket closed, no task left) and starts nothing (a third upstream is never used)."""
+    good, tripwire = await start_pproxy("127.0.0.2"), await start_pproxy("127.0.0.3")
+    try:
+        pool = await make_pool(
+            None, gateway={"hedge_after": 0.3, "connect_timeout": 30.0, "distinct_exit": "off", "site_ban_seconds": 0}
+        )
+        host, port = stalled.server.sockets[0].getsockname()[:2]
+        add_upstream(pool, 1, f"socks5://{host}:{port}")
+        add_upstream(pool, 2, good.url())
+        add_upstream(pool, 3, tripwire.url())
+        gateway = pool.gateway
+        tasks_before = len(gateway._tasks)
+        gw_host, gw_port = pool.gateway_address
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{origin.port}/echo", proxy=f"http://{gw_host}:{gw_port}") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["peer"] == "127.0.0.2"
+        assert hedges(pool) == (1.0, 1.0)
+        await eventually(lambda: stalled.open == 0 and len(gateway._tasks) == tasks_before, "the stuck dial stopped")
+        assert pool.selector.sites.pair("127.0.0.1", 1).seconds >= 0.3  # remembered as slow there
+        assert not [key for key in gateway.pool._idle if key[0] in (1, 3)]
+    finally:
+        await good.stop()
+        await tripwire.stop()
+
+
+async def test_a_first_attempt_failing_hands_over_to_the_racing_hedge(make_pool, stalled, origin):
+    """The first upstream drops the request while the hedge is under way: the hedge carries on as the
+    request's attempt (no third pick), and its answer goes to the client."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    good, tripwire = await start_pproxy("127.0.0.2"), await start_pproxy("127.0.0.3")
+    served: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        served.append(request.remote or "")
+        for writer in list(stalled.writers):  # the hedge's request arrived: the first upstream drops its own
+            writer.transport.abort()
+        await eventually(lambda: hedges(pool)[1] == 1.0, "the hedge took over")
+        return web.json_response({"peer": request.remote})
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    site = TestServer(app, host="127.0.0.1")
+    await site.start_server()
+    try:
+        pool = await make_pool(None, gateway={"hedge_after": 0.3, "distinct_exit": "off", "site_ban_seconds": 0})
+        host, port = stalled.server.sockets[0].getsockname()[:2]
+        add_upstream(pool, 1, f"http://{host}:{port}")
+        add_upstream(pool, 2, good.url())
+        add_upstream(pool, 3, tripwire.url())
+        gw_host, gw_port = pool.gateway_address
+        async with aiohttp.ClientSession() as client:
+            async with client.get(f"http://127.0.0.1:{site.port}/", proxy=f"http://{gw_host}:{gw_port}") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["peer"] == "127.0.0.2"
+        assert served == ["127.0.0.2"]  # the tripwire upstream never carried it
+        assert hedges(pool) == (1.0, 1.0)
+    finally:
+        await site.close()
+        await good.stop()
+        await tripwire.stop()
