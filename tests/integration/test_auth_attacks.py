@@ -69,7 +69,7 @@ async def test_unknown_names_cost_what_wrong_passwords_cost(tmp_path, make_pool)
         kinds = [("mallory", unknown), ("alice", wrong)]
         for name, into in kinds if i % 2 else kinds[::-1]:
             before = pool.accounts.verifier.slow_verifications
-            status, seconds = await ask(pool, "127.0.0.1:9", basic(name, secrets.token_urlsafe(12)), source)
+            status, seconds = await ask(pool, "127.0.0.1:80", basic(name, secrets.token_urlsafe(12)), source)
             assert status == 407
             assert pool.accounts.verifier.slow_verifications == before + 1  # both kinds paid one scrypt run
             if i:  # the first pair warms up (the dummy hash is made on first use)
