@@ -694,16 +694,27 @@ class ClientConnection(asyncio.Protocol):
         terminate(self._loop, self.transport, self, context, hello, remaining, self._handshake_failed)
 
     def _handshake_failed(self, exc: BaseException) -> None:
-        self._hello_failed("bad_request" if isinstance(exc, ssl.SSLError) else "client_closed")
+        if isinstance(exc, TimeoutError):  # the TLS layer's own handshake timer (head_timeout's rest)
+            self._hello_failed("timeout")
+        else:
+            self._hello_failed("bad_request" if isinstance(exc, ssl.SSLError) else "client_closed")
 
     def _hello_failed(self, outcome: str, lost: bool = False) -> None:
         """No ClientHello, a bad one, or a handshake that failed or timed out: closed, counted once.
         ``lost``: the connection is gone already (``connection_lost``)."""
         if self.state is not _HELLO:
             return
-        self._hello_of = None
+        hello_of, self._hello_of = self._hello_of, None
         self.state = _CLOSED
-        self.svc.accounting.count("CONNECT", outcome, 0.0, _INTERCEPTED)
+        accounting = self.svc.accounting
+        if accounting.access and hello_of is not None:  # a client that does not trust the CA shows up here
+            head, admission, site = hello_of
+            accounting.request_done(
+                "CONNECT", outcome, 0.0, peer=self.peer, user=admission.user,
+                host=http1.format_authority(site.name, head.port), protocol=_INTERCEPTED,
+            )  # fmt: skip
+        else:
+            accounting.count("CONNECT", outcome, 0.0, _INTERCEPTED)
         transport = self.transport
         if lost or transport is None:
             self._lost()

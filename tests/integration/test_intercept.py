@@ -350,10 +350,12 @@ async def closed_by_gateway(reader: asyncio.StreamReader) -> bytes:
         return b""
 
 
-async def test_hostile_client_hellos_end_cleanly(env):
+async def test_hostile_client_hellos_end_cleanly(env, caplog):
     """A 64 KiB SNI, a ClientHello dribbled past head_timeout, a client that never finishes its handshake, a
-    half-closed TLS session, an HTTP/2 preface: each is closed (or answered 400), slots and fds go back."""
-    async with env.gateway(head_timeout=0.5):
+    half-closed TLS session, an HTTP/2 preface: each is closed (or answered 400), slots and fds go back; the
+    failed ClientHellos and handshakes have their access-log lines."""
+    caplog.set_level(logging.INFO, "proxy_pool.access")
+    async with env.gateway(head_timeout=0.5, access_log=True):
         baseline = fds()
         reader, writer = await connect(env)
         writer.write(client_hello(b"a" * 65500))  # a 64 KiB server name: the length fields allow no more
@@ -386,6 +388,9 @@ async def test_hostile_client_hellos_end_cleanly(env):
         writer.close()
 
         await eventually(lambda: settled(env), lambda: repr(env.server._clients))  # noqa: SLF001
+        lines = [r.getMessage() for r in caplog.records if r.name == "proxy_pool.access"]
+        assert any("INTERCEPTED-CONNECT" in line and "bad_request" in line for line in lines), lines
+        assert any(f"INTERCEPTED-CONNECT stuck.example:{env.port}" in line and "timeout" in line for line in lines), lines
         env.server.close_idle_upstreams()  # a kept-alive upstream connection is no leak  # type: ignore[union-attr]
         await eventually(lambda: fds() <= baseline, lambda: f"{fds()} fds, {baseline} before")
 
