@@ -84,7 +84,7 @@ def beats(b: PairHealth | None, a: PairHealth | None) -> bool:
 class PairHealth:
     """One upstream at one site."""
 
-    __slots__ = ("ok", "seconds", "rest_until")
+    __slots__ = ("ok", "rest_until", "seconds")
 
     def __init__(self) -> None:
         self.ok = 1.0  # EWMA of success (1 = every request answered without a ban)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+from itertools import pairwise
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -158,7 +159,7 @@ async def test_two_proxies_sharing_an_exit_never_serve_a_site_back_to_back(make_
                     lambda pool=pool: pool.selector.active_count == 3 and all(p.exit_ip for p in pool.selector.proxies())
                 )
                 peers = [text.split('"peer": "')[1].split('"')[0] for _, text in await get_many(pool, f"http://127.0.0.1:{origin.port}/", 12)]
-                repeated = any(a == b for a, b in zip(peers, peers[1:]))
+                repeated = any(a == b for a, b in pairwise(peers))
                 assert repeated is (mode == "off"), (mode, peers)
                 await pool.stop()
     finally:

@@ -24,7 +24,6 @@ from gateway.proxy.routing import (
 from pool.models import AnonymityLevel, ProxyProtocol
 from pool.selector import Route
 
-
 ROUTING_WORDS = frozenset(PARAMS) | frozenset(ALIASES) | {"zone"}
 
 
