@@ -22,7 +22,8 @@ import heapq
 import ipaddress
 import math
 import time
-from collections import OrderedDict, deque
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ __all__ = ["SITE_FAULT_RUN", "PairHealth", "SiteHealth", "SiteStats", "beats", "
 
 SITE_FAULT_RUN = 3  # distinct upstreams failing in a row at one site: the site's own fault
 EWMA = 0.3  # weight of the newest outcome
-SAMPLES = 128  # head times kept per site for its percentiles
+SAMPLES = 64  # head times kept per site for its percentiles
 P90_EVERY = 8  # answers between two computations of a site's p90
 _HOST_CACHE = 65_536  # host -> site lookups remembered
 
@@ -96,7 +97,7 @@ class SiteStats:
     """One site: counts, recent head times, and who failed there since its last success."""
 
     __slots__ = (
-        "bans", "exits", "failures", "fresh", "p90", "picks", "requests", "rests", "run", "samples", "successes"
+        "bans", "exits", "failures", "fresh", "next", "p90", "picks", "requests", "rests", "run", "samples", "successes"
     )
 
     def __init__(self) -> None:
@@ -104,13 +105,22 @@ class SiteStats:
         self.successes = 0
         self.bans = 0
         self.failures = 0
-        self.samples: deque[float] = deque(maxlen=SAMPLES)
+        self.samples = array("d")  # the latest SAMPLES head times, a ring (8 bytes each)
+        self.next = 0  # where the next one goes once the ring is full
         self.p90: float | None = None  # cached (``SiteHealth.p90``)
         self.fresh = 0  # samples since it was computed
         self.run: set[int] = set()  # upstreams failing here since the last success
         self.rests: dict[int, float] = {}  # upstream id -> end of its rest here (for /api/sites)
         self.picks = 0  # picks for this site (distinct exits count their age in picks)
         self.exits: dict[str, int] = {}  # exit key -> the pick that last used it
+
+    def sample(self, seconds: float) -> None:
+        samples = self.samples
+        if len(samples) < SAMPLES:
+            samples.append(seconds)
+        else:
+            samples[self.next] = seconds
+            self.next = (self.next + 1) % SAMPLES
 
     def exit_age(self, key: str) -> int | None:
         """Picks for this site since ``key`` last served it (0: the latest), None: never (or forgotten)."""
@@ -154,8 +164,8 @@ class SiteHealth:
         self,
         ban_seconds: float = 600.0,
         *,
-        max_sites: int = 10_000,
-        max_pairs: int = 200_000,
+        max_sites: int = 5_000,
+        max_pairs: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ban_seconds = ban_seconds
@@ -224,7 +234,7 @@ class SiteHealth:
         stats.successes += 1
         stats.run.clear()
         if seconds is not None:
-            stats.samples.append(seconds)
+            stats.sample(seconds)
             stats.fresh += 1
         pair = self._pair(site, proxy_id)
         pair.ok = pair.ok * (1 - EWMA) + EWMA
@@ -241,7 +251,8 @@ class SiteHealth:
         stats = self.site(site)
         stats.requests += 1
         stats.bans += 1
-        stats.run.add(proxy_id)
+        if len(stats.run) < SITE_FAULT_RUN:  # (a set of at most that many ids)
+            stats.run.add(proxy_id)
         pair = self._pair(site, proxy_id)
         pair.ok *= 1 - EWMA
         if self.learning:
@@ -260,7 +271,8 @@ class SiteHealth:
         stats = self.site(site)
         stats.requests += 1
         stats.failures += 1
-        stats.run.add(proxy_id)
+        if len(stats.run) < SITE_FAULT_RUN:  # (a set of at most that many ids)
+            stats.run.add(proxy_id)
         if len(stats.run) >= SITE_FAULT_RUN:
             return False  # the site's own: no mark against this upstream here either
         pair = self._pair(site, proxy_id)
