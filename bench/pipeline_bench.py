@@ -68,6 +68,57 @@ async def main(live, holes, liars):
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
 """
 
+# proxybroker2 checking the same list (``--proxybroker PYTHON``: an interpreter that has it; it is not a
+# dependency of this project).  Offline: its external-IP lookup answers 127.0.0.1, a judge's host:port
+# resolves to its address; one try per proxy (max_tries=1, as our checker), types HTTP at any anonymity.
+PEER = r"""
+import asyncio, json, os, resource, sys, time
+from proxybroker2 import Broker
+from proxybroker2.resolver import Resolver
+
+async def ext_ip(self):
+    return "127.0.0.1"
+
+_resolve = Resolver.resolve
+async def resolve(self, host, *args, **kwargs):
+    if host.startswith("127."):
+        return host.split(":")[0]
+    return await _resolve(self, host, *args, **kwargs)
+
+Resolver.get_real_ext_ip = ext_ip
+Resolver.resolve = resolve
+
+async def main(spec):
+    proxies = asyncio.Queue()
+    broker = Broker(proxies, timeout=spec["timeout"], max_conn=spec["concurrency"], max_tries=1,
+                    judges=[spec["judge"]], providers=[])
+    peak_fds = len(os.listdir("/proc/self/fd"))
+    found = 0
+    started = time.perf_counter()
+    cpu0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+    await broker.find(types=["HTTP"], data=[tuple(t) for t in spec["targets"]])
+
+    async def sample():
+        nonlocal peak_fds
+        while True:
+            peak_fds = max(peak_fds, len(os.listdir("/proc/self/fd")))
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.ensure_future(sample())
+    while True:
+        proxy = await proxies.get()
+        if proxy is None:
+            break
+        found += 1
+    wall = time.perf_counter() - started
+    sampler.cancel()
+    return {"wall_s": round(wall, 2), "cpu_s": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu0, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_open_fds": peak_fds, "working": found}
+
+print(json.dumps(asyncio.run(main(json.load(sys.stdin)))))
+"""
+
 try:  # the page every proxy-pool judge serves; older trees (benched for comparison) have none
     from plugins import JUDGE_PAGE
 except ImportError:
@@ -191,6 +242,14 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                     flag = getattr(proxy, "tunnels", None)
                     tunnels["unknown" if flag is None else "yes" if flag else "no"] += 1
             await store.close()
+        peer = None
+        if args.proxybroker:
+            spec = {"targets": [[h, p] for h, p in targets], "judge": f"http://127.0.0.1:{info['judge']}/judge",
+                    "timeout": args.timeout, "concurrency": args.concurrency}
+            ran = subprocess.run([str(args.proxybroker), "-c", PEER], input=json.dumps(spec), capture_output=True,
+                                 text=True, check=False)
+            lines = ran.stdout.strip().splitlines()
+            peer = json.loads(lines[-1]) if ran.returncode == 0 and lines else {"error": ran.stderr[-800:]}
     finally:
         helper.kill()
         helper.wait()
@@ -218,6 +277,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         },
         "liar_verdicts": liar_verdicts,
         "live_failures": live_failures,
+        **({"proxybroker2": peer} if peer is not None else {}),
     }
 
 
@@ -229,6 +289,8 @@ def main() -> None:
     parser.add_argument("--holes", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=10.0)
+    parser.add_argument("--proxybroker", type=Path, default=None,
+                        help="a Python with proxybroker2 installed: it checks the same list after us (HTTP, max_tries=1)")
     parser.add_argument("--loop", choices=("serve", "asyncio", "uvloop"), default="serve",
                         help="event loop of the checking process: serve's (uvloop where installed, the default)")
     parser.add_argument("--format", choices=("table", "json"), default="table")
