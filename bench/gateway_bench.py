@@ -207,23 +207,24 @@ def bulk_downloads(origin: Origin, upstreams: list[Service], fronts: dict[str, t
             raise RuntimeError(f"{path_name}: download left from {peer}, not from a known upstream")
         speeds[upstream.name].setdefault(path_name, []).append(speed / 1e6)
 
-    for upstream in upstreams:
-        for _ in range(reps):
+    for rep in range(reps):  # interleaved, so a busy spell of a shared machine falls on every path alike
+        for upstream in upstreams:
             fetch("straight", (upstream.host, upstream.port), upstream.pid)
-    for name, (address, pid) in fronts.items():
-        # a rotating front picks the upstream: download until each was used `reps` times (bounded)
-        for _ in range(3 * len(upstreams) * reps):
-            if all(len(speeds[u.name].get(name, [])) >= reps for u in upstreams):
-                break
-            fetch(name, address, pid)
+        for name, (address, pid) in fronts.items():
+            # a rotating front picks the upstream: download until each was used rep + 1 times (bounded)
+            for _ in range(3 * len(upstreams)):
+                if all(len(speeds[u.name].get(name, [])) > rep for u in upstreams):
+                    break
+                fetch(name, address, pid)
     out: dict[str, Any] = {}
     for upstream in upstreams:
         row: dict[str, Any] = {"software": upstream.software, "exit": upstream.exit_host}
         for path_name, values in speeds[upstream.name].items():
-            row[path_name] = round(statistics.mean(values), 1)
+            row[path_name] = round(statistics.median(values), 1)  # the median of the downloads
+            row.setdefault("_each", {})[path_name] = [round(v, 1) for v in values]
         out[upstream.name] = row
         say(f"(c) {upstream.name:<12} " + "  ".join(f"{k} {v} MB/s" for k, v in row.items() if isinstance(v, float)))
-    out["_cpu_ms_per_mb"] = {k: round(statistics.mean(v), 2) for k, v in cpu.items()}
+    out["_cpu_ms_per_mb"] = {k: round(statistics.median(v), 2) for k, v in cpu.items()}
     say(f"(c) CPU ms per MB of the relaying process: {out['_cpu_ms_per_mb']}")
     return out
 
@@ -331,6 +332,9 @@ def render_pools(data: dict[str, Any]) -> str:
             lines.append(f"| {name} ({row['software']}) | {straight} | " + " | ".join(cells) + " |")
         lines.append("| CPU ms per MB | " + f"{cpu.get('straight', '-')} (the upstream) | "
                      + " | ".join(str(cpu[f]) for f in fronts) + " |")
+        lines += ["", "Medians; each download in MB/s:", ""]
+        lines += [f"- {name}: " + "; ".join(f"{path} {each}" for path, each in row.get("_each", {}).items())
+                  for name, row in bulk.items() if not name.startswith("_")]
     return "\n".join(lines) + "\n"
 
 
