@@ -106,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-pproxy", action="store_true")
     parser.add_argument("--root", type=Path, action="append", default=[],
                         help="also count another source tree's gateway (git archive REV | tar -x -C DIR); repeatable")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE;KEY=VALUE",
+                        help="also count a gateway with these [gateway] settings, e.g. "
+                             "'routing off=distinct_exit=\"off\";site_ban_seconds=0;hedge_after=\"off\"'; repeatable")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     for tool in ("valgrind", "callgrind_control", "wrk"):
@@ -131,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                              prefix=_valgrind(out))
                 gw.wait_active(len(urls), timeout=600)
                 fronts = [("proxy-pool", gw.proc.pid, gw.address, out)]
+                for n, variant in enumerate(args.variant):
+                    label, _, settings = variant.partition("=")
+                    v_out = work / f"gw-{pool}-v{n}.cg"
+                    v_gw = Gateway(services, work / f"gw-{pool}-v{n}", proxies=urls, db=work / f"gw-{pool}-v{n}.db",
+                                   prefix=_valgrind(v_out), extra_config="".join(f"{kv}\n" for kv in settings.split(";")))
+                    v_gw.wait_active(len(urls), timeout=600)
+                    fronts.append((f"proxy-pool ({label})", v_gw.proc.pid, v_gw.address, v_out))
                 for n, root in enumerate(args.root):
                     other_out = work / f"gw-{pool}-root{n}.cg"
                     other = Gateway(services, work / f"gw-{pool}-root{n}", proxies=urls,

@@ -74,7 +74,7 @@ class Route:
 
 
 class _Bucket:
-    __slots__ = ("items", "where", "cursor", "_fastest")
+    __slots__ = ("_fastest", "cursor", "items", "where")
 
     def __init__(self) -> None:
         self.items: list[Proxy] = []
@@ -404,16 +404,21 @@ class Selector:
         else:
             candidates = (items[self._rng.randrange(n)] for _ in range(DISTINCT_TRIES))
         learning = self.sites.learning
+        exits, picks, keys = stats.exits, stats.picks, self._exit_keys
         for other in candidates:
-            if other is proxy or not self._usable(other, exclude, site, now, tunnel):
+            if other is proxy:
+                continue
+            last = exits.get(keys.get(other.id) or self._exit_key(other))
+            other_age = None if last is None else picks - last
+            if other_age is not None and other_age < window and other_age <= best_age:
+                continue  # could be neither returned nor the best so far: nothing more to ask of it
+            if not self._usable(other, exclude, site, now, tunnel):
                 continue
             if learning and self.sites.better(site, other.id, proxy.id):
                 continue  # clearly worse at this site: a repeated exit beats a failing one
-            other_age = stats.exit_age(self._exit_key(other))
             if other_age is None or other_age >= window:
                 return other
-            if other_age > best_age:
-                best, best_age = other, other_age
+            best, best_age = other, other_age
         return best
 
     def _choose(
