@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_seconds, say
-from bench.upstreams import Services, free_port, wait_port
+from bench.upstreams import Service, Services, free_port, wait_port
 
 SITE = "bench.test"
 BODY = b"<!doctype html><title>proxy-pool bench</title><p>" + b"a" * 160 + b"</p>\n"
@@ -224,6 +224,7 @@ def nginx_tls(services: Services, cert: Path, key: Path) -> tuple[int, int, subp
         "}\n"
     )
     proc = services.spawn([binary, "-p", str(work), "-c", str(work / "nginx.conf"), "-g", "daemon off;"], work)
+    services.services.append(Service(name, "nginx", "127.0.0.1", https, "https", proc, work))  # killed at the end
     wait_port("127.0.0.1", https, 15, proc)
     wait_port("127.0.0.1", http, 15, proc)
     return https, http, proc
@@ -240,6 +241,7 @@ def mitmdump(
         "--set", f"confdir={work}", "--set", f"ssl_verify_upstream_trusted_ca={bundle}",
         "--set", "flow_detail=0", "--set", "termlog_verbosity=error",
     ], work)  # fmt: skip
+    services.services.append(Service(name, "mitmdump", "127.0.0.1", port, "http", proc, work))  # killed at the end
     wait_port("127.0.0.1", port, 60, proc)
     ca = work / "mitmproxy-ca-cert.pem"
     for _ in range(600):
@@ -314,8 +316,9 @@ def main() -> int:
         upstream_url = f"http://{upstream.host}:{upstream.port}"
         gw_port, ic_port = free_port(), free_port()
         config = {"db": str(root / "pool.db"), "port": gw_port, "intercept_port": ic_port, "bundle": str(bundle), "upstream": upstream_url}
-        _, gw_work = services._workdir("gateway")  # noqa: SLF001
+        gw_name, gw_work = services._workdir("gateway")  # noqa: SLF001
         gateway = services.spawn([sys.executable, __file__, "--serve-gateway", json.dumps(config)], gw_work)
+        services.services.append(Service(gw_name, "proxy-pool", "127.0.0.1", ic_port, "http", gateway, gw_work))
         wait_port("127.0.0.1", ic_port, 30, gateway)
         ca_file = root / "pool.db.ca.pem"
         mitm_port, mitm_ca, mitm, mitm_version = mitmdump(services, args.mitmdump, upstream_url, bundle)
