@@ -35,7 +35,7 @@ from gateway.proxy.server import GatewayServer
 from pool.models import Proxy, ProxyStatus, UpstreamURL
 from pool.selector import Selector
 from tests.integration.test_socks_clients import socks5_connect
-from tests.support.upstreams import Upstream, origin_app, start_pproxy
+from tests.support.upstreams import Upstream, closed_port, origin_app, start_pproxy
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -86,7 +86,7 @@ class Env:
         return ssl.create_default_context(cafile=str(self.ca_file))
 
     @contextlib.asynccontextmanager
-    async def gateway(self, access_log: bool = False, **gw: Any) -> AsyncIterator[GatewayServer]:
+    async def gateway(self, access_log: bool = False, dead: str | None = None, **gw: Any) -> AsyncIterator[GatewayServer]:
         settings = Settings(
             storage={"path": str(self.tmp / "pool.db")},
             log={"access_log": access_log},
@@ -96,10 +96,13 @@ class Env:
             },
         )  # fmt: skip
         selector = Selector()
-        selector.load([
+        proxies = [
             Proxy(1, UpstreamURL.parse(self.ups[0].url("http")), status=ProxyStatus.ACTIVE),
             Proxy(2, UpstreamURL.parse(self.ups[1].url("socks5")), status=ProxyStatus.ACTIVE),
-        ])  # fmt: skip
+        ]
+        if dead is not None:  # an upstream nothing listens on
+            proxies.append(Proxy(3, UpstreamURL.parse(dead), status=ProxyStatus.ACTIVE))
+        selector.load(proxies)
         self.metrics = Metrics()
         self.server = server = GatewayServer(settings, selector, metrics=self.metrics, intercept_ca=self.ca)
         await server.start()
@@ -229,6 +232,17 @@ async def test_ban_answer_retried_on_another_upstream(env):
         for _ in range(3):
             status, _, body = await get(reader, writer, "/banned")
             assert status == 200 and peer_of(body) == "127.0.0.3"
+        writer.close()
+
+
+async def test_a_dead_upstream_is_failed_over_inside_the_session(env):
+    """A third upstream refuses connections: requests inside the session that pick it move on to a live one
+    before their first byte; the client sees only answers."""
+    async with env.gateway(dead=f"http://127.0.0.1:{closed_port()}"):
+        reader, writer = await session(env)
+        peers = [peer_of((await get(reader, writer))[2]) for _ in range(6)]
+        assert set(peers) == {"127.0.0.2", "127.0.0.3"}
+        assert env.metrics is not None and env.metrics._failures["refused"]._value.get() >= 1  # noqa: SLF001  (it was tried)
         writer.close()
 
 
