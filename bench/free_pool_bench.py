@@ -294,6 +294,16 @@ class Front:
         proxies = gw.admin("/api/proxies?limit=1000")["proxies"]
         return {"checked_in_s": round(time.monotonic() - start, 1), "proxies": proxies}
 
+    def sites(self) -> list[dict[str, Any]]:
+        """proxy-pool only, where the tree has it: ``GET /api/sites`` (per site requests, bans, upstreams
+        resting now), read right after the scrape."""
+        if self.gateway is None:
+            return []
+        try:
+            return list(self.gateway.admin("/api/sites")["sites"])
+        except (OSError, KeyError, ValueError):
+            return []
+
     def metrics(self) -> dict[str, float]:
         """proxy-pool only: its counters whose names speak of retries, hedges or bans (summed over labels)."""
         gw = self.gateway
@@ -355,10 +365,14 @@ def run_round(targets: list[Target], spec: dict[str, Any], work: Path, args: arg
             result = world.read(args.requests * args.timeout / args.concurrency + 120)["result"]
             summary = summarise(result)
             summary["metrics"] = front.metrics()
+            summary["sites"] = front.sites()
             out.setdefault(front.target.name, {}).update(summary)
             say(f"round {round_no} {front.target.name:<34} {summary['success_pct']:6.2f} % ok  "
                 f"p50 {summary['p50_s']:.2f} s  p95 {summary['p95_s']:.2f} s  p95 all {summary['p95_all_s']:.2f} s  "
                 f"{summary['wall_s']:.0f} s  fails {summary['outcomes_failed']}")
+            if summary["sites"]:
+                say("  /api/sites after the run: " + ", ".join(
+                    f"{row['site']} bans {row['bans']} resting {row['resting']}" for row in summary["sites"]))
     return out
 
 
