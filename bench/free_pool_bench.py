@@ -370,6 +370,10 @@ def run_round(targets: list[Target], spec: dict[str, Any], work: Path, args: arg
             say(f"round {round_no} {front.target.name:<34} {summary['success_pct']:6.2f} % ok  "
                 f"p50 {summary['p50_s']:.2f} s  p95 {summary['p95_s']:.2f} s  p95 all {summary['p95_all_s']:.2f} s  "
                 f"{summary['wall_s']:.0f} s  fails {summary['outcomes_failed']}")
+            d = summary["exit_spread"].get("site-d.test")
+            if d:
+                say(f"  site-d.test (rate-limited per exit) was reached from {d['exits']} exits, at most {d['max']} "
+                    f"requests from one, {d['top5_pct']} % from the busiest five")
             if summary["sites"]:
                 say("  /api/sites after the run: " + ", ".join(
                     f"{row['site']} bans {row['bans']} resting {row['resting']}" for row in summary["sites"]))
@@ -393,8 +397,14 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
         blame[f"{r['outcome']} <- {last}"] += 1
     attempts = Counter(len(r["upstreams"]) for r in rows)
     slow_ok = [r for r in ok if r["seconds"] > SLOW_S]
+    spread = {}
+    for site, counts in sorted(result.get("exit_hits", {}).items()):
+        total = sum(counts) or 1
+        spread[site] = {"exits": len(counts), "max": counts[0] if counts else 0,
+                        "top5_pct": round(100.0 * sum(counts[:5]) / total, 1)}
     return {
         "requests": len(rows),
+        "exit_spread": spread,
         "ok": len(ok),
         "success_pct": 100.0 * len(ok) / max(1, len(rows)),
         "p50_s": pct([r["seconds"] for r in ok], 0.50),
@@ -456,9 +466,10 @@ def commit_of(root: Path) -> str:
 
 def render(data: dict[str, Any]) -> str:
     env = data["environment"]
+    pace = f"paced at {data['rate']:g}/s" if data["rate"] else "unpaced"
     out = [
         f"Free-pool bench, {env['date']}, commit {env['commit']}, {env['machine']}, load {env['load']}",
-        (f"{data['requests']} GETs per gateway at concurrency {data['concurrency']}, paced at {data['rate']:g}/s, "
+        (f"{data['requests']} GETs per gateway at concurrency {data['concurrency']}, {pace}, "
          "client timeout "
          f"{data['timeout']} s, {len(data['rounds'])} round(s), medians (each round's success in brackets)"),
         "",

@@ -164,6 +164,7 @@ class World:
         self.exit_of: dict[str, str] = {}  # rid -> exit address the site saw (last)
         self.windows: dict[tuple[str, str], tuple[float, int]] = {}
         self.site_hits: dict[str, int] = defaultdict(int)
+        self.exit_hits: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # site -> exit -> n
         self.t0: float | None = None
 
     def exit_key(self, ip: str) -> str:
@@ -487,6 +488,7 @@ class World:
             self.exit_of[rid] = peer
         key = self.exit_key(peer)
         self.site_hits[host] += 1
+        self.exit_hits[host][key] += 1
         if key in site.get("ban403", ()):
             return 403, BANNED_PAGE, ""
         if key in site.get("captcha", ()):
@@ -633,6 +635,7 @@ async def main_async(spec: dict[str, Any], world_index: int) -> None:
             result = await world.scrape((go["proxy"][0], go["proxy"][1]), go["requests"], go["concurrency"],
                                         go["timeout"], go["seed"], go["label"], go.get("rate", 0.0))
             result["connections"] = {u.name: u.connections for u in world.upstreams}
+            result["exit_hits"] = {site: sorted(hits.values(), reverse=True) for site, hits in world.exit_hits.items()}
             send({"result": result})
 
 
