@@ -182,7 +182,9 @@ class Admitter:
             raise Refusal(400, exc.message, "bad_request") from None
         if host != head.host:
             head.host, head.origin_form = host, None  # the client's spelling goes nowhere
-        (self._connect_ports if head.is_connect else self._http_ports).check(head.port)
+        rule = self._connect_ports if head.is_connect else self._http_ports
+        if rule.ports is not None and head.port not in rule.ports:  # the set settles the common ports
+            rule.check(head.port)
         if head.port in self.own.ports and self.own.loops(head.host, head.port):
             raise Refusal(403, "request loops back to the gateway itself", "forbidden")
 
@@ -216,17 +218,17 @@ class _PortRule:
     (``allowed_http_ports``): a port outside the list gets 403 before anything is dialed, so an upstream
     never carries HTTP lines to a mail or database server's port."""
 
-    __slots__ = ("_ports", "_ranges", "_what")
+    __slots__ = ("_ranges", "_what", "ports")
 
     def __init__(self, allowed: list[int] | list[int | str] | str, what: str) -> None:
         self._what = what
         ranges = None if allowed == "*" else port_ranges(list(allowed))
-        # single ports in a set (the common lists), wide ranges compared
-        self._ports = None if ranges is None else frozenset(low for low, high in ranges if low == high)
+        # single ports in a set (the common lists; None: every port), wide ranges compared
+        self.ports = None if ranges is None else frozenset(low for low, high in ranges if low == high)
         self._ranges = () if ranges is None else tuple(r for r in ranges if r[0] != r[1])
 
     def check(self, port: int) -> None:
-        if self._ports is None or port in self._ports:
+        if self.ports is None or port in self.ports:
             return
         for low, high in self._ranges:
             if low <= port <= high:

@@ -68,6 +68,7 @@ class ClientConnection(asyncio.Protocol):
     back here once its CONNECT is through, in fixed-target mode (``serve_fixed``, ``gateway.proxy.fixed``)."""
 
     pools_tunnels = False  # an HTTP client's CONNECT is always a fresh tunnel
+    address_key: str | None = None  # its address for per-address limits, once the server needed it
 
     def __init__(
         self, svc: Services, slots: Slots, socks_only: bool = False, interceptor: Interceptor | None = None

@@ -225,10 +225,11 @@ class GatewayServer(Slots):
         waits a moment; in the reserve, nobody waits (a waiting client holds a descriptor)."""
         short = self._fd_ceiling is not None and _descriptor(client) >= self._fd_ceiling
         if short or len(self._clients) >= self.gw.max_connections:
-            if self._handshakes_from(client) >= self.gw.max_handshakes_per_address:
+            handshakes, oldest = self._scan(client)  # one pass over the clients, only when full
+            if handshakes >= self.gw.max_handshakes_per_address:
                 self._turn_away(client)
                 return
-            evicted = self._evict_idle()
+            evicted = self._evict(oldest)
             if short:
                 if evicted:
                     self._open(client)
@@ -248,19 +249,31 @@ class GatewayServer(Slots):
         timer = client.svc.loop.call_later(1.0, self._turn_away, client)
         self.waiting.append((client, timer))
 
-    def _handshakes_from(self, client: ClientConnection) -> int:
-        """How many clients from ``client``'s address (an IPv6 /64) are still in their handshake."""
-        where = _address_key(client.peer)
-        return sum(1 for c in self._clients if c.handshaking and _address_key(c.peer) == where)
+    def _scan(self, client: ClientConnection | None) -> tuple[int, ClientConnection | None]:
+        """How many clients from ``client``'s address (an IPv6 /64) are still in their handshake, and the
+        oldest client that may be closed to make room (idle keep-alive or handshaking), if any."""
+        where = _address_key(client) if client is not None else None
+        handshakes = 0
+        oldest: ClientConnection | None = None
+        for other in self._clients:
+            if other.handshaking:
+                if where is not None and _address_key(other) == where:
+                    handshakes += 1
+            elif not other.idle:
+                continue
+            if oldest is None or other.idle_since < oldest.idle_since:
+                oldest = other
+        return handshakes, oldest
 
-    def _evict_idle(self) -> bool:
-        idle = [c for c in self._clients if c.idle or c.handshaking]
-        if not idle:
+    def _evict(self, oldest: ClientConnection | None) -> bool:
+        if oldest is None:
             return False
-        oldest = min(idle, key=lambda c: c.idle_since)
         self._release(oldest)  # its slot is free now; the close completes on the transport
         oldest.close()
         return True
+
+    def _evict_idle(self) -> bool:
+        return self._evict(self._scan(None)[1])
 
     def idle(self, client: ClientConnection) -> None:
         """A client went idle: someone waiting may have its slot."""
@@ -305,15 +318,22 @@ class GatewayServer(Slots):
                 self._open(waiting)
 
 
-def _address_key(peer: str) -> str:
-    """A client's address for per-address limits: the IPv4 address, or the /64 of an IPv6 one."""
+def _address_key(client: ClientConnection) -> str:
+    """A client's address for per-address limits: the IPv4 address, or the /64 of an IPv6 one (kept on
+    the client once worked out)."""
+    key = client.address_key
+    if key is not None:
+        return key
+    peer = client.peer
     host = peer.rpartition(":")[0] or peer
-    if ":" not in host:
-        return host
-    try:
-        return str(ipaddress.IPv6Network((host.partition("%")[0], 64), strict=False))
-    except ValueError:
-        return host
+    key = host
+    if ":" in host:
+        try:
+            key = str(ipaddress.IPv6Network((host.partition("%")[0], 64), strict=False))
+        except ValueError:
+            pass
+    client.address_key = key
+    return key
 
 
 def _descriptor(client: ClientConnection) -> int:
