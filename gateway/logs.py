@@ -15,8 +15,9 @@ __all__ = ["RepeatLimit", "setup_logging"]
 class RepeatLimit(logging.Filter):
     """Repeated warnings and errors are rate-limited: the same message template from the same logger
     passes ``burst`` times per ``window`` seconds; the first one after a window that dropped some says how
-    many were dropped.  Per-request lines (INFO, the access log) are never limited.  Memory is bounded
-    (templates are the code's own format strings; at most ``keys`` are remembered)."""
+    many were dropped.  Per-request lines (INFO, the access log) are never limited.  A message is known by
+    its template's first line (asyncio's exception handler logs pre-formatted text whose first line says
+    what happened: "socket.accept() out of system resource").  Memory is bounded: at most ``keys``."""
 
     def __init__(
         self, burst: int = 5, window: float = 60.0, keys: int = 1024, clock: Callable[[], float] = time.monotonic
@@ -28,7 +29,7 @@ class RepeatLimit(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
-        key = (record.name, record.levelno, str(record.msg))
+        key = (record.name, record.levelno, str(record.msg).split("\n", 1)[0][:120])
         now = self.clock()
         seen = self._seen.get(key)
         if seen is None or now - seen[0] >= self.window:

@@ -29,3 +29,10 @@ def test_memory_is_bounded() -> None:
     for i in range(100):
         limit.filter(record(f"distinct {i}"))
     assert len(limit._seen) <= 10
+
+
+def test_preformatted_messages_are_known_by_their_first_line() -> None:
+    """asyncio logs accept failures as text naming the socket: one key for all of them."""
+    limit = RepeatLimit(burst=2)
+    lines = [f"socket.accept() out of system resource\nsocket: <socket fd={fd}>" for fd in range(10, 20)]
+    assert [limit.filter(record(line, logging.ERROR)) for line in lines].count(True) == 2
