@@ -60,7 +60,8 @@ class ProxyPool:
     ) -> None:
         self.settings = settings
         self.extra_sources = list(extra_sources or [])
-        # a replica's name: its leases and its ``replica`` metric label (default: host name and port)
+        # a replica's name: its leases and its ``replica`` metric label (default: host name and port,
+        # made unique among live replicas at start: ``_hold_name``)
         self.replica = replica_name or f"{socket.gethostname()}:{settings.gateway.host_port[1]}"
         self._named = replica_name is not None
         self.reuse_port = False  # a worker of ``serve --workers N``
@@ -110,10 +111,34 @@ class ProxyPool:
                 self.intercept_ca = ensure_ca(settings)
                 log.info("HTTPS interception CA: %s (`proxy-pool ca` prints it)", self.intercept_ca.source)
             self.store = await open_store(settings.storage.location, shared=self._leader is not None)
+            await self._hold_name()
             await self._start()
         except BaseException:
             await self.stop()
             raise
+
+    async def _hold_name(self) -> None:
+        """Hold this replica's name in the store while it lives: two live replicas with one name would
+        forfeit each other's credit leases.  A name given (``--replica-name``) that a live replica holds
+        stops the start; the default takes the first free of HOST:PORT, HOST:ADDRESS:PORT, HOST:PORT/PID."""
+        if self._named:
+            if not await self.store.hold_replica_name(self.replica):
+                raise ConfigError(
+                    f"replica name {self.replica!r} is held by a live replica on this database; "
+                    "give each replica its own --replica-name"
+                )
+            return
+        host, port = socket.gethostname(), self.settings.gateway.host_port[1]
+        address = self.settings.gateway.host_port[0]
+        candidates = [self.replica, f"{host}:{address}:{port}", f"{self.replica}/{os.getpid()}"]
+        candidates += [f"{self.replica}/{os.getpid()}.{n}" for n in range(2, 100)]
+        for name in dict.fromkeys(candidates):
+            if await self.store.hold_replica_name(name):
+                if name != self.replica:
+                    log.info("replica name %s is held by a live replica: this one is %s", self.replica, name)
+                self.replica = name
+                return
+        raise ConfigError(f"no free replica name from {self.replica!r}: give this replica a --replica-name")
 
     async def _start(self) -> None:
         settings = self.settings

@@ -34,6 +34,7 @@ __all__ = ["PostgresStore", "is_postgres_url"]
 
 MIGRATION_LOCK = 0x70726F7879  # "proxy": taken by the one replica that migrates
 ACCOUNTS_LOCK = 0x61636374  # "acct": users and ledger writes commit in id order
+REPLICA_NAME_LOCK = 0x726E616D  # "rnam": with hashtext(name), held by the live replica of that name
 
 
 def is_postgres_url(value: str) -> bool:
@@ -100,6 +101,7 @@ class PostgresStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsM
         self.url = url
         self.path = url
         self._announcer = Announcer(url)
+        self._name_holder: asyncpg.Connection | None = None
 
     @classmethod
     async def open(cls, url: str) -> PostgresStore:
@@ -113,8 +115,29 @@ class PostgresStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsM
         return store
 
     async def close(self) -> None:
+        if self._name_holder is not None:
+            await self._name_holder.close()
+            self._name_holder = None
         await self._announcer.close()
         await self._pool.close()
+
+    async def hold_replica_name(self, name: str) -> bool:
+        """Hold ``name`` while this store is open: a session advisory lock on a connection of its own,
+        which PostgreSQL drops when the process dies (``kill -9`` too); False when a live replica
+        holds it.  (Two-key advisory locks never meet the one-key ones above.)"""
+        con = await asyncpg.connect(self.url)
+        try:
+            held = bool(await con.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", REPLICA_NAME_LOCK, name))
+        except BaseException:
+            await con.close()
+            raise
+        if not held:
+            await con.close()
+            return False
+        if self._name_holder is not None:
+            await self._name_holder.close()
+        self._name_holder = con
+        return True
 
     # schema ---------------------------------------------------------------------------------
     async def schema_version(self) -> int:

@@ -32,6 +32,7 @@ class Store(Protocol):
     """The storage seam.  Everything the rest of the program may ask of a database."""
 
     async def close(self) -> None: ...
+    async def hold_replica_name(self, name: str) -> bool: ...
 
     async def add_source(
         self, url: str, *, parser: str | None, schedule: str | None, default_protocol: ProxyProtocol, origin: str

@@ -121,6 +121,10 @@ class SqliteStore(SourcesMixin, ProxiesMixin, UsersMixin, LeasesMixin, ClaimsMix
             raise
         return store
 
+    async def hold_replica_name(self, name: str) -> bool:
+        """Always granted: one pool serves a SQLite file (its serve lock), its workers named apart."""
+        return True
+
     async def close(self) -> None:
         if self._feed is not None:
             await self._feed.close()
