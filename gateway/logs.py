@@ -1,4 +1,8 @@
-"""Log set-up: one line per event that matters, as text or JSON.  No per-request lines unless asked."""
+"""Log set-up: one line per event that matters, as text or JSON.  No per-request lines unless asked.
+
+Every record passes ``config.printable.EscapingFilter``: control characters in what a log call
+interpolates (strings from outside) are written as ``\\xNN``, so no log line carries a terminal escape.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
+
+from config.printable import EscapingFilter, printable
 
 __all__ = ["RepeatLimit", "setup_logging"]
 
@@ -61,16 +68,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """The text format; a traceback's lines keep their breaks, their control characters are escaped."""
+
+    def formatException(self, ei: Any) -> str:
+        return "\n".join(printable(line) for line in super().formatException(ei).split("\n"))
+
+
 def setup_logging(level: str = "info", fmt: str = "text", access_log: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     handler.addFilter(RepeatLimit())
+    handler.addFilter(EscapingFilter())
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("proxy_pool.access").setLevel("INFO" if access_log else "WARNING")

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 
 import aiohttp
 
+from config.printable import printable
 from config.settings import SourcesFetchSettings
 from plugins.protocols import SourceParser
 from plugins.registry import PluginRegistry
@@ -91,7 +92,7 @@ async def _fetch_http(session: aiohttp.ClientSession, url: str, settings: Source
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.timeout, sock_read=settings.timeout),
         ) as resp:
             if resp.status >= 400:
-                raise FetchError(f"HTTP {resp.status} {resp.reason or ''}".strip())
+                raise FetchError(f"HTTP {resp.status} {printable(resp.reason or '')}".strip())
             declared = resp.content_length
             if declared is not None and declared > settings.max_bytes:
                 raise FetchError(f"body of {declared} bytes is larger than the {settings.max_bytes} byte cap")
