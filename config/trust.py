@@ -4,8 +4,10 @@ A token file, a config file (``./proxy-pool.toml``, ``--config``, ``PROXY_POOL_C
 plugin (the directory and every module in it) that another user wrote or could write is refused: it
 is owned by neither the serving user nor root, or it is writable by its group or by others.  A secret
 (the generated admin token) must not be readable by them either.  Files proxy-pool creates itself
-pass (0600 secrets, umask-made code and config files owned by whoever runs it); the refusal is a
-``ConfigError``: one line naming the file and the fix, exit 2.
+pass (0600 secrets, umask-made code and config files owned by whoever runs it), and so does a file
+on a read-only mount (a container's ``./plugins/contrib:/app/plugins-contrib:ro``, owned by the host's
+user): nobody on this side can plant or change anything there.  The refusal is a ``ConfigError``: one
+line naming the file and the fix, exit 2.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def check_trusted(path: Path, what: str, *, secret: bool = False) -> None:
     except OSError as exc:
         raise ConfigError(f"{what} {path}: cannot inspect it: {exc.strerror or exc}") from None
     me = os.geteuid()
+    if not secret and _read_only(path):
+        return
     if st.st_uid not in (me, 0):
         raise ConfigError(
             f"{what} {path} is owned by uid {st.st_uid}, not by the serving user (uid {me}) or root: "
@@ -43,3 +47,10 @@ def check_trusted(path: Path, what: str, *, secret: bool = False) -> None:
         raise ConfigError(
             f"{what} {path} is {kind} by {who} (mode {mode:04o}): refusing to use it; `{fix} {path}` if it is yours"
         )
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
