@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -184,6 +185,7 @@ class Target:
     root: Path = ROOT
     skipped: str = ""  # why it is not measured
     config_notes: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # --variant: [gateway] lines of its own
 
 
 def gateway_keys(root: Path) -> set[str]:
@@ -195,7 +197,9 @@ def gateway_keys(root: Path) -> set[str]:
     return set(json.loads(out.stdout))
 
 
-def pool_config(keys: set[str], without: str | None, admin_port: int) -> tuple[str, list[str]]:
+def pool_config(
+    keys: set[str], without: str | None, admin_port: int, extra: Sequence[str] = ()
+) -> tuple[str, list[str]]:
     """The [gateway] tail and [checker] section of a proxy-pool config: how a scraper would set it up
     (403/429 and captcha pages are bans), with ``without``'s mechanism off; and notes on what this tree
     cannot be told."""
@@ -212,6 +216,9 @@ def pool_config(keys: set[str], without: str | None, admin_port: int) -> tuple[s
         lines.append('distinct_exit = "off"')
     if without == "hedging":
         lines.append('hedge_after = "off"')
+    for line in extra:
+        key = line.split("=", 1)[0].strip()
+        lines = [x for x in lines if x.split("=", 1)[0].strip() != key] + [line]
     judge = f"http://127.0.0.1:{admin_port}/judge"
     checker = f'[checker]\njudges = ["{judge}"]\nintegrity_pages = []\n'
     return "\n".join(lines) + ("\n" if lines else "") + rules + checker, notes
@@ -228,6 +235,17 @@ def plan_targets(args: argparse.Namespace) -> list[Target]:
         if missing:
             target.skipped = f"not measured: gateway.{', gateway.'.join(missing)} not on this tree (the mechanism is absent)"
         targets.append(target)
+    for spec in args.variant:
+        name, _, assignments = spec.partition(":")
+        target = Target(f"proxy-pool, {name.strip()}", "proxy-pool")
+        for item in filter(None, (a.strip() for a in assignments.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise SystemExit(f"--variant {spec!r}: write NAME:KEY=VALUE[,KEY=VALUE] (TOML values)")
+            if key.strip() not in keys:
+                target.skipped = f"not measured: gateway.{key.strip()} not on this tree"
+            target.extra.append(f"{key.strip()} = {value.strip()}")
+        targets.append(target)
     if args.old_root:
         old = Path(args.old_root).resolve()
         targets.append(Target(f"proxy-pool ({args.old_label or old.name})", "proxy-pool", root=old))
@@ -242,7 +260,7 @@ def plan_targets(args: argparse.Namespace) -> list[Target]:
         targets.append(target)
     for target in targets:
         if target.kind == "proxy-pool":
-            _, target.config_notes = pool_config(gateway_keys(target.root), target.without, 0)
+            _, target.config_notes = pool_config(gateway_keys(target.root), target.without, 0, target.extra)
     return targets
 
 
@@ -255,7 +273,7 @@ class Front:
         self.count = len(world.urls)
         if target.kind == "proxy-pool":
             admin_port = free_port()
-            extra, _ = pool_config(gateway_keys(target.root), target.without, admin_port)
+            extra, _ = pool_config(gateway_keys(target.root), target.without, admin_port, target.extra)
             self.gateway = Gateway(services, work, proxies=world.urls, db=work / "pool.db", extra_config=extra,
                                    root=target.root, admin_port=admin_port)
             self.address = self.gateway.address
@@ -373,7 +391,9 @@ def run_round(targets: list[Target], spec: dict[str, Any], work: Path, args: arg
             d = summary["exit_spread"].get("site-d.test")
             if d:
                 say(f"  site-d.test (rate-limited per exit) was reached from {d['exits']} exits, at most {d['max']} "
-                    f"requests from one, {d['top5_pct']} % from the busiest five")
+                    f"requests from one, {d['top5_pct']} % from the busiest five: " + ", ".join(
+                        f"{e['requests']} {e['kind']} ({e['latency_s']:.2f} s)"
+                        for e in summary["busiest_exits"].get("site-d.test", [])))
             if summary["sites"]:
                 say("  /api/sites after the run: " + ", ".join(
                     f"{row['site']} bans {row['bans']} resting {row['resting']}" for row in summary["sites"]))
@@ -405,6 +425,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     return {
         "requests": len(rows),
         "exit_spread": spread,
+        "busiest_exits": result.get("busiest_exits", {}),
         "ok": len(ok),
         "success_pct": 100.0 * len(ok) / max(1, len(rows)),
         "p50_s": pct([r["seconds"] for r in ok], 0.50),
@@ -525,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--without", action="append", default=[],
                         help="also run proxy-pool with this mechanism off: site-health, distinct-exit, hedging, all")
     parser.add_argument("--skip", action="append", default=[], help="pproxy or proxy-chain")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                        help='also run proxy-pool with these [gateway] keys (TOML values), e.g. "short bans:site_ban_seconds=10"')
     parser.add_argument("--old-root", help="also run the proxy-pool in this source tree (git archive REV | tar -x)")
     parser.add_argument("--old-label", help="its name in the table (default: the directory name)")
     parser.add_argument("--check-timeout", type=float, default=90.0)

@@ -636,6 +636,12 @@ async def main_async(spec: dict[str, Any], world_index: int) -> None:
                                         go["timeout"], go["seed"], go["label"], go.get("rate", 0.0))
             result["connections"] = {u.name: u.connections for u in world.upstreams}
             result["exit_hits"] = {site: sorted(hits.values(), reverse=True) for site, hits in world.exit_hits.items()}
+            by_exit = {world.exit_key(u.exit): u for u in world.upstreams}
+            result["busiest_exits"] = {
+                site: [{"exit": key, "requests": n, "kind": by_exit[key].kind, "latency_s": by_exit[key].base}
+                       for key, n in sorted(hits.items(), key=lambda kv: -kv[1])[:5] if key in by_exit]
+                for site, hits in world.exit_hits.items()
+            }
             send({"result": result})
 
 
