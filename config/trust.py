@@ -41,7 +41,13 @@ def check_trusted(path: Path, what: str, *, secret: bool = False) -> None:
     mode = stat.S_IMODE(st.st_mode)
     loose = mode & (0o077 if secret else 0o022)
     if loose:
-        who = "its group or others" if loose & 0o070 and loose & 0o007 else "its group" if loose & 0o070 else "others"
+        who = (
+            "its group or others"
+            if loose & 0o070 and loose & 0o007
+            else "its group"
+            if loose & 0o070
+            else "others"
+        )
         kind = "readable or writable" if secret else "writable"
         fix = "chmod 600" if secret else "chmod go-w"
         raise ConfigError(

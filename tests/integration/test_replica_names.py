@@ -24,7 +24,9 @@ async def test_live_replicas_never_share_a_name(make_pool: PoolFactory, pg_url: 
     second = await make_pool(storage=storage, admin={"token": TOKEN}, gateway={"listen": "127.0.0.2:0"})
     assert first.replica != second.replica
     assert second.replica.endswith(":127.0.0.2:0")
-    taken = ProxyPool(pool_settings(tmp_path, storage=storage, admin={"token": TOKEN}), replica_name=first.replica)
+    taken = ProxyPool(
+        pool_settings(tmp_path, storage=storage, admin={"token": TOKEN}), replica_name=first.replica
+    )
     with pytest.raises(ConfigError, match="is held by a live replica on this database"):
         await taken.start()
     name = first.replica

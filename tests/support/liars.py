@@ -60,14 +60,18 @@ class Liar(GradeProxy):
         raise NotImplementedError
 
 
-async def _carry(host: str, port: int, first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, local: str) -> None:
+async def _carry(
+    host: str, port: int, first: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, local: str
+) -> None:
     """Carry a tunnel honestly to ``host:port``, ``first`` being what was already read of it."""
     from tests.support.grade_proxies import _pump
 
     up_reader, up_writer = await asyncio.open_connection(host.strip("[]"), port, local_addr=(local, 0))
     up_writer.write(first)
     try:
-        await asyncio.gather(_pump(reader, up_writer, close_dst=False), _pump(up_reader, writer, close_dst=True))
+        await asyncio.gather(
+            _pump(reader, up_writer, close_dst=False), _pump(up_reader, writer, close_dst=True)
+        )
     finally:
         await _close(up_writer)
 
@@ -164,7 +168,7 @@ class ManInTheMiddle(Liar):
         loop = asyncio.get_running_loop()
         transport.pause_reading()  # what comes inside the tunnel stays in the socket until peeked at
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        if await _peek(writer, loop) != b"\x16":  # plain HTTP inside: carried honestly, only TLS is intercepted
+        if await _peek(writer, loop) != b"\x16":  # plain HTTP inside: carried honestly; TLS is intercepted
             transport.resume_reading()
             await _carry(host, int(port), b"", reader, writer, self.host)
             return True
@@ -189,7 +193,9 @@ def _inject(answer: bytes) -> tuple[bytes, bool]:
     if b"text/html" not in resp_head.lower():
         return answer, False
     body = body.replace(b"</body>", INJECTED + b"</body>") if b"</body>" in body else body + INJECTED
-    resp_lines = [line for line in resp_head.split(b"\r\n") if not line.lower().startswith(b"content-length:")]
+    resp_lines = [
+        line for line in resp_head.split(b"\r\n") if not line.lower().startswith(b"content-length:")
+    ]
     return b"\r\n".join([*resp_lines, b"Content-Length: %d" % len(body)]) + b"\r\n\r\n" + body, True
 
 
@@ -251,7 +257,8 @@ class TunnelRewriter(HtmlInjector):
         url = f"http://{host}:{port}{path}"
         absolute = f"{method_in} {url} {version}\r\n".encode("latin-1") + rest
         client = writer.get_extra_info("peername")[0]
-        await self._forward_rewritten(absolute, url, writer, [("X-Forwarded-For", client), ("Via", "1.1 rewriter")])
+        added = [("X-Forwarded-For", client), ("Via", "1.1 rewriter")]
+        await self._forward_rewritten(absolute, url, writer, added)
         return True
 
 

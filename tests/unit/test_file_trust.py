@@ -50,7 +50,8 @@ def test_a_database_url_password_stays_off_worker_command_lines() -> None:
     line = worker_argv(argv, 0, "gw")
     assert not any("s3cret" in item for item in line) and "--db" not in line
     assert worker_environment(argv, {"PATH": "/bin"}) == {
-        "PATH": "/bin", "PROXY_POOL_STORAGE__URL": "postgresql://pool:s3cret@127.0.0.1:5432/pool"
+        "PATH": "/bin",
+        "PROXY_POOL_STORAGE__URL": "postgresql://pool:s3cret@127.0.0.1:5432/pool",
     }
     plain = ["serve", "--workers", "2", "--db=postgresql://pool@127.0.0.1/pool"]
     assert "--db=postgresql://pool@127.0.0.1/pool" in worker_argv(plain, 0, "gw")
@@ -74,7 +75,13 @@ def test_a_planted_admin_token_file_is_refused(tmp_path: Path, capsys: pytest.Ca
     _refused(["admin-token", "--db", str(db)], capsys, str(token), f"uid {NOBODY}")
     os.chown(token, os.geteuid(), os.getegid())
     os.chmod(token, 0o644)
-    _refused(["admin-token", "--db", str(db)], capsys, str(token), "readable or writable by its group or others", "chmod 600")
+    _refused(
+        ["admin-token", "--db", str(db)],
+        capsys,
+        str(token),
+        "readable or writable by its group or others",
+        "chmod 600",
+    )
     os.chmod(token, 0o600)
     assert main(["admin-token", "--db", str(db)]) == 0
     assert capsys.readouterr().out.strip() == "planted-token"
@@ -98,7 +105,9 @@ def test_a_config_file_others_can_write_is_refused(
     assert capsys.readouterr().out.strip() == "from-the-config-0123456789"
 
 
-def test_contrib_plugins_others_can_write_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_contrib_plugins_others_can_write_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The contrib directory and each module in it: another user's module, or a directory anyone may
     write into, is refused before anything is imported."""
     contrib = tmp_path / "contrib"
@@ -114,6 +123,11 @@ def test_contrib_plugins_others_can_write_are_refused(tmp_path: Path, capsys: py
         _refused(["plugins", *env], capsys, f"contrib plugin {module}", f"uid {NOBODY}")
         os.chown(module, os.geteuid(), os.getegid())
         os.chmod(contrib, 0o777)
-        _refused(["plugins", *env], capsys, f"contrib plugin directory {contrib}", "writable by its group or others")
+        _refused(
+            ["plugins", *env],
+            capsys,
+            f"contrib plugin directory {contrib}",
+            "writable by its group or others",
+        )
     finally:
         del os.environ["PROXY_POOL_PLUGINS__CONTRIB_DIR"]

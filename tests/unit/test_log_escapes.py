@@ -34,7 +34,11 @@ def hostile_source() -> Iterator[str]:
                 conn, _ = server.accept()
                 with conn:
                     conn.recv(65536)
-                    conn.sendall(f"HTTP/1.1 503 {HOSTILE}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode("latin-1"))
+                    conn.sendall(
+                        f"HTTP/1.1 503 {HOSTILE}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode(
+                            "latin-1"
+                        )
+                    )
         except OSError:
             return
 

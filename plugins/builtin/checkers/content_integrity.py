@@ -111,7 +111,10 @@ class ContentIntegrityChecker:
         own = judge_pages(context.judges)
         candidates = [(p, JUDGE_PAGE) for p in own] + [(p, None) for p in self.pages if p not in own]
         refused: list[str] = []
-        async with Through(proxy, client, self._tls) as via, Through(proxy, client, self._tls, tunnel=True) as inside:
+        async with (
+            Through(proxy, client, self._tls) as via,
+            Through(proxy, client, self._tls, tunnel=True) as inside,
+        ):
             for page, expected in candidates:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -138,7 +141,13 @@ class ContentIntegrityChecker:
         return CheckResult(True, "not checked: no page of known content could be fetched directly")
 
     async def _fetch(
-        self, via: Through, page: str, known: bytes, ours: bool, client: aiohttp.ClientSession, deadline: float
+        self,
+        via: Through,
+        page: str,
+        known: bytes,
+        ours: bool,
+        client: aiohttp.ClientSession,
+        deadline: float,
     ) -> CheckResult | str | _NoTunnel | None:
         """The page through one leg (absolute form, or plain HTTP in a CONNECT tunnel): a verdict, a
         refusal to note (a status from a site that may rate-limit the exit), ``_NO_TUNNEL`` (the proxy
@@ -151,11 +160,12 @@ class ContentIntegrityChecker:
             if via.tunnel and tunnel_refused(exc):
                 return _NO_TUNNEL
             left = deadline - loop.time()
-            if left > 0 and await self.reference(page, JUDGE_PAGE if ours else None, client, left, self.reprobe_after) is None:
+            expected = JUDGE_PAGE if ours else None
+            if left > 0 and await self.reference(page, expected, client, left, self.reprobe_after) is None:
                 return None
             return CheckResult(False, f"{page} through proxy{how}: {describe_failure(exc, self.timeout)}")
         if reply.status != 200:
-            if ours:  # our own judge page refuses no exit: a proxy that will not fetch it has not shown it is honest
+            if ours:  # our judge page refuses no exit: a proxy that will not fetch it has not shown it is honest
                 return CheckResult(
                     False, f"refuses the judge page: {page} answered {reply.status} through the proxy{how}"
                 )

@@ -181,7 +181,10 @@ class HttpAnonymityChecker:
         first: tuple[str, JudgeReply, float] | None = None
         replies: list[JudgeReply] = []  # every answer the proxy carried: graded by the worst
         tunnels: bool | None = None
-        async with Through(proxy, client, self.tls) as via, Through(proxy, client, self.tls, tunnel=True) as inside:
+        async with (
+            Through(proxy, client, self.tls) as via,
+            Through(proxy, client, self.tls, tunnel=True) as inside,
+        ):
             for judge in self._order(judges):
                 remaining = deadline - self.timeout * self.judge_share - loop.time()  # the proxy's share
                 if remaining <= 0:
@@ -214,7 +217,8 @@ class HttpAnonymityChecker:
                     if len(judges) > 1:
                         continue  # a second judge must see the same exit address
                     break
-                disagreement = _disagreement(first[0], first[1], judge, answer[0], self._own(first[0], context))
+                own = self._own(first[0], context)
+                disagreement = _disagreement(first[0], first[1], judge, answer[0], own)
                 if disagreement is not None:
                     return disagreement
                 return self._graded(first[0], replies, first[2], context, tunnels, agreed_by=judge)
@@ -243,9 +247,8 @@ class HttpAnonymityChecker:
             if via.tunnel and tunnel_refused(exc):
                 return _REFUSED  # the gateway falls back to the absolute form for this proxy
             reason = str(exc) if isinstance(exc, JudgeFormatError) else describe_failure(exc, self.timeout)
-            if self.health.is_down(judge) or not await self.judge_is_up(
-                judge, client, max(deadline - loop.time(), self.timeout * self.judge_share), self.reprobe_after
-            ):
+            budget = max(deadline - loop.time(), self.timeout * self.judge_share)  # never the proxy's leftover
+            if self.health.is_down(judge) or not await self.judge_is_up(judge, client, budget, self.reprobe_after):
                 return None
             return CheckResult(False, f"{judge} {how}: {reason}", metadata={"judge": judge})
         if not echoes_token(parsed, token):
@@ -325,7 +328,9 @@ def _disagreement(
     b = ipaddress.ip_address(grade(reply_b, real).exit_ip)
     if a == b or a.version != b.version or a.is_global != b.is_global:
         return None
-    if {str(a), str(b)} & set(real) or str(a) in reported_addresses(reply_b) or str(b) in reported_addresses(reply_a):
+    if {str(a), str(b)} & set(real):
+        return None  # one judge reported a forwarded address of ours: the transparent sign
+    if str(a) in reported_addresses(reply_b) or str(b) in reported_addresses(reply_a):
         return None
     return CheckResult(
         False,
