@@ -23,6 +23,7 @@ import ssl
 import time
 from collections.abc import Sized
 
+from config.printable import printable
 from gateway.proxy import fasthead, http1
 from gateway.proxy.bound import BoundConnections
 from gateway.proxy.connection import UpstreamConnection
@@ -803,15 +804,15 @@ class ClientConnection(asyncio.Protocol):
 
 def _read_so_far(buffer: bytes | bytearray) -> tuple[str, str]:
     """The method and target of a request that never became a head, as far as they were read (for the
-    access log: at most 200 characters of the target, non-ASCII and control bytes as \\xNN)."""
+    access log: at most 200 bytes of the target, control characters escaped by ``config.printable``)."""
     line = bytes(buffer[:512]).split(b"\n", 1)[0].rstrip(b"\r")
     method, _, rest = line.partition(b" ")
     target = rest.split(b" ", 1)[0][:200]
-    return _printable(method[:16]) or "?", _printable(target) or "-"
+    return _text(method[:16]) or "?", _text(target) or "-"
 
 
-def _printable(raw: bytes) -> str:
-    return "".join(chr(b) if 0x21 <= b < 0x7F else f"\\x{b:02x}" for b in raw)
+def _text(raw: bytes) -> str:
+    return printable(raw.decode("utf-8", "surrogateescape"))
 
 
 class Slots:
