@@ -30,7 +30,7 @@ from itertools import product
 from typing import Literal
 
 from pool.models import AnonymityLevel, Proxy, ProxyProtocol, ProxyStatus
-from pool.sites import SiteHealth, SiteStats, beats, site_of
+from pool.sites import WEAK_OK, WEAK_SECONDS, SiteHealth, SiteStats, beats, site_of
 
 __all__ = ["Route", "Selector"]
 
@@ -336,16 +336,18 @@ class Selector:
         (``distinct_exit``).  Written out in one function: it runs on every request with a host."""
         sites = self.sites
         if sites.learning:
-            items = bucket.items
-            n = len(items)
-            if n > 1:
+            a = sites._pairs.get((site, proxy.id))
+            # only a record that another could clearly beat (see pool.sites.beats) is weighed at all
+            if a is not None and (a.ok < WEAK_OK or (a.seconds is not None and a.seconds > WEAK_SECONDS)):
+                items = bucket.items
+                n = len(items)
                 other = items[int(self._random() * n)]
-                if other is not proxy:
-                    pairs = sites._pairs
-                    b = pairs.get((site, other.id))
-                    a = pairs.get((site, proxy.id))
-                    if (a is not None or b is not None) and beats(b, a) and self._usable(other, exclude, site, now, tunnel):
-                        proxy = other
+                if (
+                    other is not proxy
+                    and beats(sites._pairs.get((site, other.id)), a)
+                    and self._usable(other, exclude, site, now, tunnel)
+                ):
+                    proxy = other
         if self.distinct_exit != "off":
             stats = sites._sites.get(site) or sites.site(site)
             key = self._exit_keys.get(proxy.id) or self._exit_key(proxy)
@@ -354,7 +356,11 @@ class Selector:
             if last is not None and stats.picks - last < window:
                 proxy = self._distinct(stats, proxy, bucket, exclude, site, now, tunnel)
                 key = self._exit_key(proxy)
-            stats.saw_exit(key, window)
+            picks = stats.picks = stats.picks + 1  # stats.saw_exit(key, window), written out
+            exits = stats.exits
+            exits[key] = picks
+            if len(exits) > 2 * window:
+                stats.forget_exits(window)
         return proxy
 
     def _exit_key(self, proxy: Proxy) -> str:
@@ -563,8 +569,12 @@ class Selector:
     def served(self, proxy: Proxy, host: str, seconds: float | None) -> None:
         """A request to ``host`` through ``proxy`` was answered (its head after ``seconds``): passive
         health's success, and the site's record of that upstream."""
-        self.report(proxy, True)
-        self.sites.served(site_of(host), proxy.id, seconds)
+        pid = proxy.id
+        if self._passive_failures:  # report(proxy, True), written out: this runs once per request
+            self._passive_failures.pop(pid, None)
+        if self._target_streak:
+            self._target_streak.pop(pid, None)
+        self.sites.served(site_of(host), pid, seconds)
 
     def slow(self, proxy: Proxy, host: str, seconds: float) -> None:
         """``proxy`` had not answered a request to ``host`` after ``seconds`` when another upstream did

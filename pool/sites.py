@@ -29,10 +29,11 @@ from dataclasses import dataclass
 
 from publicsuffixlist import PublicSuffixList
 
-__all__ = ["SITE_FAULT_RUN", "PairHealth", "SiteHealth", "SiteStats", "beats", "site_of"]
+__all__ = ["SITE_FAULT_RUN", "WEAK_OK", "WEAK_SECONDS", "PairHealth", "SiteHealth", "SiteStats", "beats", "site_of"]
 
 SITE_FAULT_RUN = 3  # distinct upstreams failing in a row at one site: the site's own fault
 EWMA = 0.3  # weight of the newest outcome
+_KEEP = 1 - EWMA
 SAMPLES = 64  # head times kept per site for its percentiles
 P90_EVERY = 8  # answers between two computations of a site's p90
 _HOST_CACHE = 65_536  # host -> site lookups remembered
@@ -68,6 +69,12 @@ def site_of(host: str) -> str:
     return site
 
 
+MARGIN_OK = 0.2  # success EWMAs this far apart are clearly different
+MARGIN_SECONDS = 0.2  # head times at least this far apart (and twice as long) are clearly different
+WEAK_OK = 1 - MARGIN_OK  # a record at least this good, and...
+WEAK_SECONDS = MARGIN_SECONDS  # ...at most this slow, cannot be clearly beaten: no need to look further
+
+
 def beats(b: PairHealth | None, a: PairHealth | None) -> bool:
     """Whether the upstream with record ``b`` clearly did better at a site than the one with ``a``
     (more successes, or answers in less than half the time); a tie keeps ``a``."""
@@ -75,11 +82,16 @@ def beats(b: PairHealth | None, a: PairHealth | None) -> bool:
         return a is not None and a.ok < 0.5  # an untried upstream beats one that keeps failing here
     if a is None:
         return False
-    if b.ok - a.ok > 0.2:
+    if b.ok - a.ok > MARGIN_OK:
         return True
-    if a.ok - b.ok > 0.2:
+    if a.ok - b.ok > MARGIN_OK:
         return False
-    return a.seconds is not None and b.seconds is not None and a.seconds > 2 * b.seconds and a.seconds - b.seconds > 0.2
+    return (
+        a.seconds is not None
+        and b.seconds is not None
+        and a.seconds > 2 * b.seconds
+        and a.seconds - b.seconds > MARGIN_SECONDS
+    )
 
 
 class PairHealth:
@@ -133,8 +145,12 @@ class SiteStats:
         self.picks += 1
         self.exits[key] = self.picks
         if len(self.exits) > 2 * window:
-            oldest = self.picks - window
-            self.exits = {k: at for k, at in self.exits.items() if at > oldest}
+            self.forget_exits(window)
+
+    def forget_exits(self, window: int) -> None:
+        """Exits that served this site more than ``window`` picks ago are forgotten."""
+        oldest = self.picks - window
+        self.exits = {k: at for k, at in self.exits.items() if at > oldest}
 
     def percentile(self, q: float) -> float | None:
         if not self.samples:
@@ -228,18 +244,36 @@ class SiteHealth:
         return False
 
     def served(self, site: str, proxy_id: int, seconds: float | None) -> None:
-        """A request to ``site`` through ``proxy_id`` got its answer's head after ``seconds``."""
-        stats = self.site(site)
+        """A request to ``site`` through ``proxy_id`` got its answer's head after ``seconds``.  Runs once
+        per request: the table look-ups and the ring are written out here."""
+        sites = self._sites
+        stats = sites.get(site)
+        if stats is None:
+            stats = self.site(site)
+        else:
+            sites.move_to_end(site)
         stats.requests += 1
         stats.successes += 1
-        stats.run.clear()
+        if stats.run:
+            stats.run.clear()
+        key = (site, proxy_id)
+        pairs = self._pairs
+        pair = pairs.get(key)
+        if pair is None:
+            pair = self._pair(site, proxy_id)
+        else:
+            pairs.move_to_end(key)
+        pair.ok = pair.ok * _KEEP + EWMA
         if seconds is not None:
-            stats.sample(seconds)
+            samples = stats.samples
+            if len(samples) < SAMPLES:
+                samples.append(seconds)
+            else:
+                samples[stats.next] = seconds
+                stats.next = (stats.next + 1) % SAMPLES
             stats.fresh += 1
-        pair = self._pair(site, proxy_id)
-        pair.ok = pair.ok * (1 - EWMA) + EWMA
-        if seconds is not None:
-            pair.seconds = seconds if pair.seconds is None else pair.seconds * (1 - EWMA) + seconds * EWMA
+            old = pair.seconds
+            pair.seconds = seconds if old is None else old * _KEEP + seconds * EWMA
 
     def slow(self, site: str, proxy_id: int, seconds: float) -> None:
         """``proxy_id`` had not answered at ``site`` after ``seconds`` (it lost a hedge)."""
