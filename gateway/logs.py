@@ -27,7 +27,11 @@ class RepeatLimit(logging.Filter):
     what happened: "socket.accept() out of system resource").  Memory is bounded: at most ``keys``."""
 
     def __init__(
-        self, burst: int = 5, window: float = 60.0, keys: int = 1024, clock: Callable[[], float] = time.monotonic
+        self,
+        burst: int = 5,
+        window: float = 60.0,
+        keys: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.burst, self.window, self.keys, self.clock = burst, window, keys, clock
@@ -45,7 +49,8 @@ class RepeatLimit(logging.Filter):
                 self._seen.pop(next(iter(self._seen)))
             self._seen[key] = [now, 1, 0]
             if dropped:
-                record.msg = f"{record.msg} ({dropped} more like this in the last {self.window:g} s not logged)"
+                note = f"{dropped} more like this in the last {self.window:g} s not logged"
+                record.msg = f"{record.msg} ({note})"
             return True
         if seen[1] < self.burst:
             seen[1] += 1

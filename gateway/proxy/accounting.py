@@ -73,7 +73,8 @@ class Accounting:
         metrics count every failure.  A failure for want of local resources (``LocalShortage``) is no
         verdict on the upstream.  An upstream that refused a CONNECT (``exc.refuses_tunnel``) is not
         failing: it gets no tunnel again until its next check."""
-        if proxy is not None and not (exc is not None and exc.reason == "local_resources"):  # our own shortage
+        local = exc is not None and exc.reason == "local_resources"  # our own shortage: nobody's fault
+        if proxy is not None and not local:
             if exc is not None and getattr(exc, "refuses_tunnel", False):
                 self.selector.refused_tunnel(proxy)
             else:

@@ -10,8 +10,9 @@ path the client connection keeps it here (``BoundConnection``) and sends its nex
 target on it, through the same upstream, so a handshake stays on one connection; it is closed when the
 client goes, never pooled.  It belongs to (gateway user, client connection, target): a downstream proxy
 that pools its connections sends several users' requests on one client connection, and a request of
-another user (or to another target) never takes it.  A SOCKS session already holds its one connection (``gateway.proxy.fixed``)
-and relays such a request raw on it, which never returns to the pool either.
+another user (or to another target) never takes it (``BoundConnections``: one per user).  A SOCKS
+session already holds its one connection (``gateway.proxy.fixed``) and relays such a request raw on
+it, which never returns to the pool either.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class BoundConnection:
 
     __slots__ = ("conn", "host", "port", "proxy", "user")
 
-    def __init__(self, conn: UpstreamConnection, proxy: Proxy | None, user: str | None, host: str, port: int) -> None:
+    def __init__(
+        self, conn: UpstreamConnection, proxy: Proxy | None, user: str | None, host: str, port: int
+    ) -> None:
         self.conn: UpstreamConnection | None = conn
         self.proxy = proxy
         self.user = user  # the gateway user whose request bound it (None without auth)
@@ -42,7 +45,8 @@ class BoundConnection:
         conn.holder = self
 
     def __repr__(self) -> str:
-        return f"<BoundConnection {self.host}:{self.port} via {self.proxy.id if self.proxy else 'direct'} {self.conn!r}>"
+        via = self.proxy.id if self.proxy else "direct"
+        return f"<BoundConnection {self.user or '-'} {self.host}:{self.port} via {via} {self.conn!r}>"
 
     def take(self, user: str | None, host: str, port: int) -> UpstreamConnection | None:
         """The connection for the client's next request to ``host:port`` as ``user``, if it is still open."""
@@ -83,7 +87,9 @@ class BoundConnections:
             return None
         return bound
 
-    def bind(self, conn: UpstreamConnection, proxy: Proxy | None, user: str | None, host: str, port: int) -> None:
+    def bind(
+        self, conn: UpstreamConnection, proxy: Proxy | None, user: str | None, host: str, port: int
+    ) -> None:
         """``conn`` is ``user``'s from now on (the one it held before, to another target, closes)."""
         held = self._by_user.pop(user, None)
         if held is not None:

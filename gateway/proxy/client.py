@@ -432,7 +432,8 @@ class ClientConnection(asyncio.Protocol):
         method, target = _read_so_far(self.buffer if raw is None else raw)
         self.state = _BUSY
         self.write(http1.simple_response(exc.status, exc.message, close=True))
-        self._count(method, "headers_too_large" if exc.status == 431 else "bad_request", status=exc.status, target=target)
+        outcome = "headers_too_large" if exc.status == 431 else "bad_request"
+        self._count(method, outcome, status=exc.status, target=target)
         self.close()
 
     def write(self, data: bytes) -> None:

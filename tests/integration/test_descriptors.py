@@ -27,14 +27,17 @@ def few_descriptors() -> None:
 async def get_through(gateway: tuple[str, int], target: str) -> bytes:
     reader, writer = await asyncio.open_connection(*gateway)
     try:
-        writer.write(f"GET http://{target}/echo HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n".encode())
+        head = f"GET http://{target}/echo HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n"
+        writer.write(head.encode())
         async with asyncio.timeout(20):
             return await reader.read()
     finally:
         writer.close()
 
 
-async def test_a_flood_of_idle_clients_leaves_descriptors_for_the_checker_and_dials(tmp_path, origin: TestServer):
+async def test_a_flood_of_idle_clients_leaves_descriptors_for_the_checker_and_dials(
+    tmp_path, origin: TestServer
+) -> None:
     upstream = await start_grade_proxy(Grade.ELITE)
     listing = tmp_path / "list.txt"
     listing.write_text(upstream.url() + "\n")
@@ -54,7 +57,8 @@ async def test_a_flood_of_idle_clients_leaves_descriptors_for_the_checker_and_di
         proxy_id = body["proxies"][0]["id"]
         for _ in range(FLOOD):  # more idle clients (from another address) than the process has descriptors
             with contextlib.suppress(OSError):
-                flood.append((await asyncio.open_connection(*replica.gateway, local_addr=("127.0.0.3", 0)))[1])
+                _, writer = await asyncio.open_connection(*replica.gateway, local_addr=("127.0.0.3", 0))
+                flood.append(writer)
         target = f"127.0.0.1:{origin.port}"
         for _ in range(3):  # dials through the upstream still work (an idle client makes room)
             answer = await get_through(replica.gateway, target)
@@ -149,5 +153,9 @@ async def test_a_local_shortage_is_no_verdict_on_a_proxy(tmp_path):
     assert proc.returncode == 0, err.decode()[-2000:]
     found = json.loads(out.decode().strip().splitlines()[-1])
     assert found == {
-        "verdict": None, "skipped": [True], "status": "active", "failures": ["local_resources"] * 2, "reports": []
+        "verdict": None,
+        "skipped": [True],
+        "status": "active",
+        "failures": ["local_resources"] * 2,
+        "reports": [],
     }, found

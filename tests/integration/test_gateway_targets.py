@@ -116,7 +116,9 @@ def own_names_here() -> list[str]:
         for line in hosts:
             address, *aliases = line.partition("#")[0].split() or [""]
             if address.startswith("127.") or address == "::1":
-                names += [a for a in aliases if a not in names and "localhost" not in a and not a.startswith("ip6-")]
+                names += [
+                    a for a in aliases if a not in names and "localhost" not in a and not a.startswith("ip6-")
+                ]
     return names
 
 

@@ -1,4 +1,4 @@
-"""Repeated warnings are rate-limited per message template (gateway.logs.RepeatLimit); INFO lines never are."""
+"""Repeated warnings are rate-limited per message template (gateway.logs.RepeatLimit); INFO never is."""
 
 from __future__ import annotations
 

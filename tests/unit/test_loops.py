@@ -46,7 +46,9 @@ def test_names_from_etc_hosts_for_our_addresses_are_own_names_on_every_listen_ad
     from gateway.proxy.loops import own_names
 
     hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.1.1 Build-Box.example build-box # comment\n192.0.2.7 lan-name\n10.0.0.5 db\n# 127.0.0.1 gone\n")
+    hosts.write_text(
+        "127.0.1.1 Build-Box.example build-box # comment\n192.0.2.7 lan-name\n10.0.0.5 db\n# 127.0.0.1 gone\n"
+    )
     names = own_names(frozenset({"192.0.2.7"}), hosts)
     assert {"build-box.example", "build-box", "lan-name", socket.gethostname().lower()} <= names
     assert "db" not in names and "gone" not in names
