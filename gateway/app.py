@@ -143,6 +143,7 @@ class ProxyPool:
     async def _start(self) -> None:
         settings = self.settings
         self.events = EventBus()
+        self.events.marks = self.store  # notifiers hear each event once per pool (workers, replicas)
         self.registry = await open_registry(settings, self.events)
         self.selector = Selector(
             settings.gateway.strategy,
@@ -170,7 +171,7 @@ class ProxyPool:
         self.watchdog.start()
         self.pool_low = PoolLowWatch(
             settings.pool.low_threshold,
-            lambda type_, payload: self.registry.emit_event(type_, **payload) if self.leading() else None,
+            lambda event: self.registry.emit_nowait(event) if self.leading() else None,
             self.selector.active_count,
         )
         self.selector.on_change = self._pool_changed

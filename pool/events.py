@@ -12,6 +12,17 @@
 
 Delivery never blocks the caller: each notifier call runs in its own task with a timeout, and a
 notifier that raises is logged and counted, like mitmproxy's ``safecall``.
+
+Once per pool: several processes on one database (SQLite workers, PostgreSQL replicas) may each see
+the same event (every worker charges the same users).  With ``marks`` set (the store), the task that
+delivers first claims the event's occasion (``occasion``) as a ``pool_marks`` row; only the process
+whose claim lands calls the notifiers.  A credit event's occasion is the user and the user's latest
+top-up (ledger row id), so the next exhaustion after a top-up is a new one; an emitter may name the
+occasion itself (``Event.once``).  Events with neither (``proxy.new_batch``, ``source.failed``,
+``source.quarantined``: one process already decides them by a claim) are delivered unclaimed.  The
+caller never waits on the database; a claim that cannot reach it is logged and the event is
+delivered by this process (a duplicate is better than a loss).  Listeners (metrics, logs) are this
+process's own and always hear it.
 """
 
 from __future__ import annotations
@@ -20,15 +31,17 @@ import asyncio
 import fnmatch
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from pool.models import Event
+from pool.models import Event, Occasion
 from pool.tasks import TaskSet
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from plugins.protocols import Notifier
 
-__all__ = ["EVENT_TYPES", "EventBus", "matches"]
+__all__ = ["CREDIT_EVENTS", "EVENT_TYPES", "EventBus", "Marks", "credit_occasion", "delivers", "matches", "occasion"]
 
 log = logging.getLogger("proxy_pool.events")
 
@@ -43,8 +56,41 @@ EVENT_TYPES = (
 )
 
 
+CREDIT_EVENTS = ("credits.low_balance", "credits.exhausted")
+
+
 def matches(event_type: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(event_type, pattern) for pattern in patterns)
+
+
+class Marks(Protocol):
+    """The store's side of "once per pool"."""
+
+    async def get_mark(self, name: str) -> datetime | None: ...
+    async def claim_mark(self, name: str, last: datetime | None, at: datetime) -> bool: ...
+    async def last_top_up(self, user_id: int) -> int: ...
+
+
+def credit_occasion(event_type: str, user_id: int, top_up: int) -> Occasion:
+    """A credit event of one user between two top-ups (``top_up``: the id of the latest one) is one
+    occasion, whichever process saw it."""
+    return Occasion(f"event:{event_type}:user-{user_id}:top-up-{top_up}")
+
+
+async def occasion(event: Event, marks: Marks) -> Occasion | None:
+    """The event's occasion: its own, a credit event's, or None (delivered unclaimed)."""
+    if event.once is not None:
+        return event.once
+    if event.type in CREDIT_EVENTS:
+        user_id = int(event.payload["user_id"])
+        return credit_occasion(event.type, user_id, await marks.last_top_up(user_id))
+    return None
+
+
+def delivers(last: datetime | None, since: datetime | None) -> bool:
+    """Whether an occasion whose mark says ``last`` is still to be delivered: never claimed, or (with
+    ``since``) claimed before ``since``."""
+    return last is None or (since is not None and last < since)
 
 
 Listener = Callable[[Event], None]
@@ -59,6 +105,7 @@ class EventBus:
         self.delivery_failures: dict[str, int] = {}
         self.last_error: dict[str, str] = {}
         self.on_plugin_error: Callable[[str, str, BaseException], None] | None = None  # plugin, hook, exc
+        self.marks: Marks | None = None  # the store: notifiers hear an event once per pool
 
     def add_notifier(self, notifier: Notifier) -> None:
         self._notifiers.append(notifier)
@@ -73,9 +120,42 @@ class EventBus:
                 listener(event)
             except Exception:  # a broken observer must not break the caller
                 log.exception("event listener failed on %s", event.type)
-        for notifier in self._notifiers:
-            if matches(event.type, list(notifier.subscribes_to)):
-                self._tasks.spawn(self._deliver(notifier, event), name=f"notify-{notifier.name}-{event.type}")
+        notifiers = [n for n in self._notifiers if matches(event.type, list(n.subscribes_to))]
+        if not notifiers:
+            return
+        if self.marks is None:
+            self._deliver_all(notifiers, event)
+        else:
+            self._tasks.spawn(self._claim_and_deliver(notifiers, event), name=f"notify-claim-{event.type}")
+
+    def _deliver_all(self, notifiers: list[Notifier], event: Event) -> None:
+        for notifier in notifiers:
+            self._tasks.spawn(self._deliver(notifier, event), name=f"notify-{notifier.name}-{event.type}")
+
+    async def _claim_and_deliver(self, notifiers: list[Notifier], event: Event) -> None:
+        if await self._claim(event):  # delivered in this task: ``drain`` waits for it, claim and all
+            await asyncio.gather(*(self._deliver(notifier, event) for notifier in notifiers))
+
+    async def _claim(self, event: Event) -> bool:
+        """Whether this process delivers the event: it claimed the occasion, or nobody can (see above)."""
+        marks = self.marks
+        assert marks is not None
+        try:
+            once = await occasion(event, marks)
+            if once is None:
+                return True
+            last = await marks.get_mark(once.name)
+            if not delivers(last, once.since):
+                log.info("event %s: already delivered by another process (%s)", event.type, once.name)
+                return False
+            return await marks.claim_mark(once.name, last, event.at)
+        except Exception as exc:
+            log.warning(
+                "event %s: could not claim it for the pool (%s: %s); delivered from this process, another "
+                "process may deliver it too",
+                event.type, type(exc).__name__, str(exc)[:200],
+            )
+            return True
 
     async def emit(self, event: Event) -> None:
         self.emit_nowait(event)

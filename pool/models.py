@@ -23,6 +23,7 @@ __all__ = [
     "AnonymityLevel",
     "DiscoveredProxy",
     "Event",
+    "Occasion",
     "Proxy",
     "ProxyCheck",
     "ProxyProtocol",
@@ -406,12 +407,24 @@ class ProxyCheck:
 
 
 @dataclass(frozen=True, slots=True)
+class Occasion:
+    """What makes two sightings of an event the same one for the whole pool (``pool/events.py``):
+    the ``pool_marks`` row ``name``; delivered again only once that mark is older than ``since``
+    (None: never again under this name, so the name itself carries the occasion)."""
+
+    name: str
+    since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
-    """The wire shape every notifier receives: ``{"type", "payload", "at"}``."""
+    """The wire shape every notifier receives: ``{"type", "payload", "at"}`` (``once``, when the
+    emitter knows it, is the event's occasion; never sent)."""
 
     type: str
     payload: dict[str, Any] = field(default_factory=dict)
     at: datetime = field(default_factory=utcnow)
+    once: Occasion | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "payload": self.payload, "at": self.at.isoformat()}

@@ -30,7 +30,7 @@ from plugins.health import PluginHealth
 from plugins.protocols import CheckContext, CheckResult, ProxyChecker
 from plugins.registry import PluginRegistry
 from pool.lifecycle import RunVerdict, apply_run
-from pool.models import Proxy, ProxyCheck
+from pool.models import Event, Occasion, Proxy, ProxyCheck
 from pool.resources import is_local_shortage, names_local_shortage
 from pool.selector import Selector
 from pool.store import Store
@@ -162,26 +162,37 @@ def _is_loopback(host: str) -> bool:
 
 
 class PoolLowWatch:
-    """Emits ``proxy.pool_low`` once per downward crossing of the threshold."""
+    """Emits ``proxy.pool_low`` once per downward crossing of the threshold.  Its occasion (once per
+    pool, ``pool/events.py``) is the crossing after the recovery this process saw last (or its start):
+    a replica whose pool crosses when another already told this crossing stays silent."""
 
-    def __init__(self, threshold: int, emit: Callable[[str, dict[str, object]], None], initial: int) -> None:
+    MARK = "event:proxy.pool_low"
+
+    def __init__(self, threshold: int, emit: Callable[[Event], None], initial: int) -> None:
         self.threshold = threshold
         self._emit = emit
         self._low = initial < threshold  # a pool that starts low has not "fallen"; it must recover first
         self._first_told = False  # ... but it is told once after the first round (first_round_over)
+        self._armed_at = datetime.now(UTC)  # when this process last saw the pool at or above the threshold
 
     def first_round_over(self, active: int) -> None:
         """The first scrape and check round is over: a pool that started low and is still low says so now."""
         if active < self.threshold and self._low and not self._first_told:
             self._first_told = True
-            self._emit("proxy.pool_low", {"active_count": active, "threshold": self.threshold})
+            self._tell(active)
 
     def observe(self, active: int) -> None:
         if active >= self.threshold:
+            if self._low:
+                self._armed_at = datetime.now(UTC)
             self._low = False
         elif not self._low:
             self._low = True
-            self._emit("proxy.pool_low", {"active_count": active, "threshold": self.threshold})
+            self._tell(active)
+
+    def _tell(self, active: int) -> None:
+        payload: dict[str, object] = {"active_count": active, "threshold": self.threshold}
+        self._emit(Event("proxy.pool_low", payload, once=Occasion(self.MARK, since=self._armed_at)))
 
 
 @dataclass(eq=False, repr=False)

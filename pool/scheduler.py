@@ -18,7 +18,7 @@ from config import Settings
 from plugins.registry import PluginRegistry, UnknownParserError
 from pool.errors import NotFoundError
 from pool.lifecycle import is_due, should_remove
-from pool.models import Event, ProxySource
+from pool.models import Event, Occasion, ProxySource
 from pool.pipeline import Pipeline
 from pool.quality import (
     QUALITY_EVERY,
@@ -231,10 +231,12 @@ class Scheduler:
                 self._stale_announced.discard(source.id)
             elif source.id not in self._stale_announced:
                 self._stale_announced.add(source.id)
+                since = source.last_success_at or source.created_at  # one occasion per success: once per pool
                 self.registry.emit_nowait(
                     Event(
                         "source.stale",
                         {"source_id": source.id, "source": source.display_url, "hours_since_success": round(hours, 1)},
+                        once=Occasion(f"event:source.stale:source-{source.id}:since-{since.timestamp():.3f}"),
                     )
                 )
 

@@ -37,8 +37,9 @@ on a shared store the figures shown are every replica's sum (the others' up to o
 
 Events: ``credits.low_balance`` once when a balance drops below the threshold, ``credits.exhausted``
 once when it can no longer pay a request (zero with the default cost 1); both are re-armed only by a
-top-up.  Payloads carry the numeric user id, never the name: names and passwords appear in no log
-and no metric.
+top-up.  Each worker or replica that sees one emits it; the notifiers get it once per pool (the
+event bus claims its occasion, ``pool/events.py``).  Payloads carry the numeric user id, never the
+name: names and passwords appear in no log and no metric.
 """
 
 from __future__ import annotations

@@ -63,6 +63,15 @@ class UsersMixin(StoreBackend):
             raise DuplicateError(f"user {name!r} already exists") from None
         return await self.get_user(name)
 
+    async def last_top_up(self, user_id: int) -> int:
+        """The id of the user's latest top-up (``credit`` ledger row), 0 if none: what tells one
+        occasion of a credit event from the next (``pool/events.py``)."""
+        async with self._read() as tx:
+            found = await tx.fetchval(
+                "SELECT MAX(id) FROM credit_ledger WHERE user_id = ? AND kind = 'credit'", user_id
+            )
+        return int(found or 0)
+
     async def get_user(self, name: str) -> UserRecord:
         async with self._read() as tx:
             row = await tx.fetchrow(f"{USER_SELECT} WHERE u.name = ? AND u.removed_at IS NULL", ALL_ROWS, name)

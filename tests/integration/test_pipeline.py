@@ -140,7 +140,7 @@ async def test_real_pipeline_grades_and_logs(tmp_path):
 def test_pool_low_fires_once_per_crossing():
     """proxy.pool_low once when falling below, again only after recovering."""
     fired: list[dict] = []
-    watch = PoolLowWatch(3, lambda t, p: fired.append(p), initial=5)
+    watch = PoolLowWatch(3, lambda e: fired.append(e.payload), initial=5)
     for count in (4, 3, 2, 1, 0, 2):
         watch.observe(count)
     assert fired == [{"active_count": 2, "threshold": 3}]
