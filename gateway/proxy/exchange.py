@@ -15,8 +15,8 @@ ends in a tunnel.  Failures move to the next upstream while that is safe:
   back while another upstream tries; the last one held goes to the client when nobody does better;
 * hedging (``gateway.hedge_after``): an idempotent request without a body whose upstream has not
   answered by then is also sent through a second upstream (``_Hedge``); the first head wins, the other
-  connection is closed (never pooled mid-answer), a pending dial is closed when it lands; at most one
-  hedge per request, charged once;
+  connection is closed (never pooled mid-answer), a pending dial cancelled; at most one hedge per
+  request (it counts as one of ``max_retries``), charged once;
 * a connection-bound handshake (NTLM, Negotiate) binds its connection to the client
   (``gateway.proxy.bound``): that user's next requests on that client connection to the target ride it,
   nobody else's.
@@ -451,10 +451,11 @@ class Exchange(_Attempting):
 
     def _adopt(self, hedge: _Hedge) -> None:
         """The hedge's head came first: the first attempt is abandoned (its connection closed, never
-        pooled mid-answer; a dial under way closes when it lands) and the hedge's connection is this
-        request's from now on."""
+        pooled mid-answer; a dial under way cancelled, and closed should it land anyway) and the hedge's
+        connection is this request's from now on."""
         self._hedge = None
         self._gen += 1
+        self._sniffing = None  # (an answer the first attempt was reading whole goes with it)
         _cancel(self._dialing)  # a dial under way stops now (its socket closed), not at its timeout
         self._dialing = None
         old = self.conn
