@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import math
 import os
 import tomllib
 import typing
@@ -235,12 +236,18 @@ class GatewaySettings(_Section):
                 raise ValueError(f"status {status} is not an HTTP status code")
         return v
 
-    @field_validator("hedge_after")
+    @field_validator("hedge_after", mode="before")
     @classmethod
-    def _hedge(cls, v: str | float) -> str | float:
-        if isinstance(v, float) and not 0 < v <= 3600:
-            raise ValueError("hedge_after: expected \"auto\", \"off\" or seconds (more than 0, at most 3600)")
-        return v
+    def _hedge(cls, v: object) -> object:
+        if v in ("auto", "off"):
+            return v
+        try:
+            seconds = float(v)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            seconds = math.nan
+        if isinstance(v, bool) or not 0 < seconds <= 3600:
+            raise ValueError(f'expected "auto", "off" or seconds (more than 0, at most 3600), got {v!r}')
+        return seconds
 
     @field_validator("direct_allow")
     @classmethod

@@ -349,3 +349,10 @@ def test_gateway_rules_take_an_action_or_routing_keys():
     ):
         with pytest.raises(ValidationError):
             Settings(gateway={"rules": [bad]})
+
+
+@pytest.mark.parametrize("value", [0, -1, "soon", True, "nan", 7200])
+def test_hedge_after_is_auto_off_or_seconds(value):
+    assert Settings(gateway={"hedge_after": "2.5"}).gateway.hedge_after == 2.5
+    with pytest.raises(ValidationError, match="seconds"):
+        Settings(gateway={"hedge_after": value})
