@@ -276,9 +276,11 @@ class SiteHealth:
             pair.seconds = seconds if old is None else old * _KEEP + seconds * EWMA
 
     def slow(self, site: str, proxy_id: int, seconds: float) -> None:
-        """``proxy_id`` had not answered at ``site`` after ``seconds`` (it lost a hedge)."""
+        """``proxy_id`` had not answered at ``site`` after ``seconds`` (it lost a hedge): its head time is at
+        least that, so the record jumps to it at once (a blend would keep a slow upstream looking nearly as
+        good as the rest, and picked first, since the hedge hides its real 2-5 s); answers blend it back."""
         pair = self._pair(site, proxy_id)
-        pair.seconds = seconds if pair.seconds is None else max(pair.seconds, pair.seconds * (1 - EWMA) + seconds * EWMA)
+        pair.seconds = seconds if pair.seconds is None else max(pair.seconds, seconds)
 
     def banned(self, site: str, proxy_id: int) -> None:
         """``site`` banned ``proxy_id`` (a status or a ban rule): it rests there for ``ban_seconds``."""

@@ -15,8 +15,9 @@ ends in a tunnel.  Failures move to the next upstream while that is safe:
   back while another upstream tries; the last one held goes to the client when nobody does better;
 * hedging (``gateway.hedge_after``): an idempotent request without a body whose upstream has not
   answered by then is also sent through a second upstream (``_Hedge``); the first head wins, the other
-  connection is closed (never pooled mid-answer), a pending dial cancelled; at most one hedge per
-  request (it counts as one of ``max_retries``), charged once;
+  connection is closed (never pooled mid-answer), a pending dial cancelled; one hedge races at a time
+  (each counts as one of ``max_retries``), charged once; a hedge that fails or is banned while the first
+  attempt still has no answer is followed at once by the next upstream's (``_rehedge``);
 * a connection-bound handshake (NTLM, Negotiate) binds its connection to the client
   (``gateway.proxy.bound``): that user's next requests on that client connection to the target ride it,
   nobody else's.
@@ -449,6 +450,12 @@ class Exchange(_Attempting):
         svc.accounting.hedged(False)
         hedge.start()
 
+    def _rehedge(self, first: Proxy | None) -> None:
+        """A hedge failed or was banned while racing: while the same first attempt still has no answer,
+        the next upstream races it at once (not after the stall's response_timeout), within max_retries."""
+        if self.proxy is first and self._hedge_timer is None:
+            self._hedge_now()
+
     def _adopt(self, hedge: _Hedge) -> None:
         """The hedge's head came first: the first attempt is abandoned (its connection closed, never
         pooled mid-answer; a dial under way cancelled, and closed should it land anyway) and the hedge's
@@ -778,6 +785,8 @@ class _Hedge:
         ex = self.exchange
         if ex._hedge is self:
             ex._hedge = None
+            if not ex.finished and not ex.responded:  # the first attempt still has no answer: next upstream
+                ex.svc.loop.call_soon(ex._rehedge, ex.proxy)
         self.drop()
         if exc is not None:
             ex.svc.accounting.report(self.proxy, False, exc)

@@ -186,3 +186,55 @@ async def test_a_first_attempt_failing_hands_over_to_the_racing_hedge(make_pool,
         await site.close()
         await good.stop()
         await tripwire.stop()
+
+
+async def test_a_banned_hedge_moves_on_to_a_third_upstream_while_the_first_stalls(make_pool, stalled):
+    """The first upstream stalls, the hedge's exit is banned by the site (403): the ban is not passed on
+    and the request does not wait on the stall either: another hedge goes out at once through a third
+    upstream (within max_retries), whose answer the client gets long before response_timeout."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    banned, good = await start_pproxy("127.0.0.3"), await start_pproxy("127.0.0.2")
+    served: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        served.append(request.remote or "")
+        if request.remote == "127.0.0.3":
+            return web.Response(status=403, text="banned")
+        return web.json_response({"peer": request.remote})
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    site = TestServer(app, host="127.0.0.1")
+    await site.start_server()
+    try:
+        pool = await make_pool(
+            None,
+            gateway={
+                "hedge_after": 0.3, "response_timeout": 30.0, "connect_timeout": 30.0, "distinct_exit": "off",
+                "retry_on_status": [403],
+            },
+        )
+        host, port = stalled.server.sockets[0].getsockname()[:2]
+        add_upstream(pool, 1, f"http://{host}:{port}")  # picked first (round robin), then 2 hedges, then 3
+        add_upstream(pool, 2, banned.url())
+        add_upstream(pool, 3, good.url())
+        gw_host, gw_port = pool.gateway_address
+        async with aiohttp.ClientSession() as client:
+            async with client.get(
+                f"http://127.0.0.1:{site.port}/", proxy=f"http://{gw_host}:{gw_port}",
+                timeout=aiohttp.ClientTimeout(total=15),  # the stall would hold it for 30 s
+            ) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["peer"] == "127.0.0.2"
+        sent, won = hedges(pool)
+        assert served == ["127.0.0.3", "127.0.0.2"]
+        assert stalled.accepted == 1
+        assert (sent, won) == (2.0, 1.0)
+        assert pool.selector.sites.resting("127.0.0.1", 2, pool.selector._clock())  # the ban was learnt
+        await eventually(lambda: stalled.open == 0, "the stalled attempt is closed once the hedge won")
+    finally:
+        await site.close()
+        await banned.stop()
+        await good.stop()

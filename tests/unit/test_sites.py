@@ -52,3 +52,21 @@ def test_a_lost_hedge_teaches_the_site_that_upstream_is_slow():
     table.served("a.example", 2, 0.05)
     table.slow("a.example", 1, 3.0)
     assert table.better("a.example", 1, 2) and not table.better("a.example", 2, 1)
+
+
+def test_one_lost_hedge_at_the_hedge_delay_marks_a_usually_fast_upstream_as_beaten():
+    """The loser is recorded at no less than its elapsed time (a hedge at 0.5 s won at 0.75 s), not
+    blended towards its old record: one loss is enough for the picks to prefer a 0.25 s upstream, and
+    its next real answers bring it back."""
+    table = SiteHealth()
+    for _ in range(3):
+        table.served("a.example", 1, 0.25)
+        table.served("a.example", 2, 0.25)
+    table.slow("a.example", 1, 0.75)
+    assert table.pair("a.example", 1).seconds >= 0.75
+    assert table.better("a.example", 1, 2)  # the second, 2, clearly did better than 1
+    table.slow("a.example", 1, 0.6)  # a shorter loss never lowers what is known
+    assert table.pair("a.example", 1).seconds >= 0.75
+    for _ in range(5):
+        table.served("a.example", 1, 0.25)
+    assert not table.better("a.example", 1, 2)
