@@ -221,13 +221,12 @@ async def test_a_banned_hedge_moves_on_to_a_third_upstream_while_the_first_stall
         add_upstream(pool, 2, banned.url())
         add_upstream(pool, 3, good.url())
         gw_host, gw_port = pool.gateway_address
-        async with aiohttp.ClientSession() as client:
-            async with client.get(
-                f"http://127.0.0.1:{site.port}/", proxy=f"http://{gw_host}:{gw_port}",
-                timeout=aiohttp.ClientTimeout(total=15),  # the stall would hold it for 30 s
-            ) as resp:
-                assert resp.status == 200
-                assert (await resp.json())["peer"] == "127.0.0.2"
+        async with aiohttp.ClientSession() as client, client.get(
+            f"http://127.0.0.1:{site.port}/", proxy=f"http://{gw_host}:{gw_port}",
+            timeout=aiohttp.ClientTimeout(total=15),  # the stall would hold it for 30 s
+        ) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["peer"] == "127.0.0.2"
         sent, won = hedges(pool)
         assert served == ["127.0.0.3", "127.0.0.2"]
         assert stalled.accepted == 1
