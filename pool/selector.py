@@ -336,18 +336,21 @@ class Selector:
         (``distinct_exit``).  Written out in one function: it runs on every request with a host."""
         sites = self.sites
         if sites.learning:
-            a = sites._pairs.get((site, proxy.id))
+            pairs = sites._pairs
+            a = pairs.get((site, proxy.id))
+            if a is None:  # untried here: what it did elsewhere, or its checked latency
+                a = sites.prior(proxy.id, proxy.latency_ms)
             # only a record that another could clearly beat (see pool.sites.beats) is weighed at all
             if a is not None and (a.ok < WEAK_OK or (a.seconds is not None and a.seconds > WEAK_SECONDS)):
                 items = bucket.items
                 n = len(items)
                 other = items[int(self._random() * n)]
-                if (
-                    other is not proxy
-                    and beats(sites._pairs.get((site, other.id)), a)
-                    and self._usable(other, exclude, site, now, tunnel)
-                ):
-                    proxy = other
+                if other is not proxy:
+                    b = pairs.get((site, other.id))
+                    if b is None:
+                        b = sites.prior(other.id, other.latency_ms)
+                    if beats(b, a) and self._usable(other, exclude, site, now, tunnel):
+                        proxy = other
         if self.distinct_exit != "off":
             stats = sites._sites.get(site) or sites.site(site)
             key = self._exit_keys.get(proxy.id) or self._exit_key(proxy)

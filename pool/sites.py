@@ -191,6 +191,9 @@ class SiteHealth:
         self._clock = clock
         self._pairs: OrderedDict[tuple[str, int], PairHealth] = OrderedDict()
         self._sites: OrderedDict[str, SiteStats] = OrderedDict()
+        # upstream id -> its head times at every site (an EWMA): what an untried (site, upstream) pair is
+        # expected to do (``prior``); bounded like the pairs
+        self._upstreams: dict[int, PairHealth] = {}
         self.resting_count = 0  # rests recorded and not yet found expired (an upper bound)
         _suffixes()  # parsed now, at start-up, not on the first request's time
 
@@ -274,13 +277,39 @@ class SiteHealth:
             stats.fresh += 1
             old = pair.seconds
             pair.seconds = seconds if old is None else old * _KEEP + seconds * EWMA
+            whole = self._upstreams.get(proxy_id)
+            if whole is None:
+                whole = self._upstream(proxy_id)
+            old = whole.seconds
+            whole.seconds = seconds if old is None else old * _KEEP + seconds * EWMA
 
     def slow(self, site: str, proxy_id: int, seconds: float) -> None:
         """``proxy_id`` had not answered at ``site`` after ``seconds`` (it lost a hedge): its head time is at
         least that, so the record jumps to it at once (a blend would keep a slow upstream looking nearly as
         good as the rest, and picked first, since the hedge hides its real 2-5 s); answers blend it back."""
-        pair = self._pair(site, proxy_id)
-        pair.seconds = seconds if pair.seconds is None else max(pair.seconds, seconds)
+        for pair in (self._pair(site, proxy_id), self._upstream(proxy_id)):
+            pair.seconds = seconds if pair.seconds is None else max(pair.seconds, seconds)
+
+    def _upstream(self, proxy_id: int) -> PairHealth:
+        whole = self._upstreams.get(proxy_id)
+        if whole is None:
+            whole = self._upstreams[proxy_id] = PairHealth()
+            if len(self._upstreams) > self.max_pairs:
+                del self._upstreams[next(iter(self._upstreams))]
+        return whole
+
+    def prior(self, proxy_id: int, latency_ms: float | None) -> PairHealth | None:
+        """What an untried (site, upstream) pair is expected to do: the upstream's head times at the
+        other sites, else its checked latency (``latency_ms``), else nothing known (None).  Never a ban or
+        a failure: those are a site's own."""
+        whole = self._upstreams.get(proxy_id)
+        if whole is not None and whole.seconds is not None:
+            return whole
+        if latency_ms is None:
+            return None
+        guess = PairHealth()  # (not kept: the next check's latency is used as it comes)
+        guess.seconds = latency_ms / 1000
+        return guess
 
     def banned(self, site: str, proxy_id: int) -> None:
         """``site`` banned ``proxy_id`` (a status or a ban rule): it rests there for ``ban_seconds``."""

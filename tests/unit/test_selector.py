@@ -774,3 +774,19 @@ def test_distinct_exits_yield_to_an_upstream_failing_at_the_site():
         sel.served(good, "s.example", 0.05)
         sel.report(bad, False, target="s.example:80")
     assert Counter(sel.pick(host="s.example").id for _ in range(100))[good.id] > 75
+
+
+def test_an_untried_site_is_not_sent_first_to_an_upstream_known_to_be_slow():
+    """At a site no request has met yet, an upstream that is slow everywhere else (or, never used, slow
+    at its check) is weighed like a slow record there: the two-choices pick sends most first requests to
+    the fast one, where an untried pair counting as good would send them half and half."""
+    fast, slow, never_used = make_proxy(latency_ms=200), make_proxy(latency_ms=300), make_proxy(latency_ms=3000)
+    sel = selector(fast, slow)
+    for i in range(5):  # both answered elsewhere: fast in 0.2 s, slow in 3 s
+        sel.served(fast, f"seen{i}.example", 0.2)
+        sel.served(slow, f"seen{i}.example", 3.0)
+    firsts = Counter(sel.pick(host=f"new{i}.example").id for i in range(200))
+    assert firsts[slow.id] < 70, firsts  # (about 50 of 200 with a seeded rng; 100 before)
+    sel = selector(make_proxy(latency_ms=200), never_used)
+    firsts = Counter(sel.pick(host=f"new{i}.example").id for i in range(200))
+    assert firsts[never_used.id] < 70, firsts
