@@ -161,6 +161,8 @@ class Selector:
         self.distinct_exit = distinct_exit
         self.distinct_window = distinct_window
         self._exit_keys: dict[int, str] = {}  # proxy id -> its exit key (distinct_exit)
+        self._exit_of: dict[int, str] = {}  # proxy id -> its exit address, when known
+        self._behind: dict[str, set[int]] = {}  # exit address -> the proxies leaving from it (bans rest them all)
         self._counts: Counter[tuple[str, str]] = Counter()
         self._counted: dict[int, tuple[str, str]] = {}
         self.on_bench: Callable[[Proxy], None] | None = None
@@ -184,6 +186,11 @@ class Selector:
         if previous is not None and previous is not proxy:
             self._unindex(previous)  # a fresh object for a known id (e.g. reloaded from the store)
         self._exit_keys.pop(proxy.id, None)  # its exit may have changed
+        if self._exit_of.get(proxy.id) != proxy.exit_ip:
+            self._leaves(proxy.id)
+            if proxy.exit_ip:
+                self._exit_of[proxy.id] = proxy.exit_ip
+                self._behind.setdefault(proxy.exit_ip, set()).add(proxy.id)
         new_key = (proxy.status.value, proxy.protocol.value)
         self._counts[new_key] += 1
         self._counted[proxy.id] = new_key
@@ -213,6 +220,7 @@ class Selector:
         self._target_streak.pop(proxy_id, None)
         self._suspected.pop(proxy_id, None)
         self._exit_keys.pop(proxy_id, None)
+        self._leaves(proxy_id)
         if self.on_change:
             self.on_change()
 
@@ -586,8 +594,26 @@ class Selector:
 
     def ban(self, proxy: Proxy, host: str) -> None:
         """``proxy`` was banned by ``host``'s site: it rests for that site only (``site_ban_seconds``);
-        other sites still use it, and it benches nothing."""
-        self.sites.banned(site_of(host), proxy.id)
+        other sites still use it, and it benches nothing.  The site banned the address it saw: every
+        proxy known to leave from the same exit address rests there too (else a shared exit, one proxy at
+        a time, keeps meeting the same ban or rate limit)."""
+        site = site_of(host)
+        self.sites.banned(site, proxy.id)
+        address = self._exit_of.get(proxy.id)
+        if address is not None:
+            for other in self._behind.get(address, ()):
+                if other != proxy.id:
+                    self.sites.rest(site, other)
+
+    def _leaves(self, proxy_id: int) -> None:
+        """Forget which exit address ``proxy_id`` leaves from (it changed, or the proxy went)."""
+        address = self._exit_of.pop(proxy_id, None)
+        if address is not None:
+            sharing = self._behind.get(address)
+            if sharing is not None:
+                sharing.discard(proxy_id)
+                if not sharing:
+                    del self._behind[address]
 
     @property
     def cooldown_count(self) -> int:

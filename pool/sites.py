@@ -318,6 +318,13 @@ class SiteHealth:
         stats.bans += 1
         if len(stats.run) < SITE_FAULT_RUN:  # (a set of at most that many ids)
             stats.run.add(proxy_id)
+        self.rest(site, proxy_id, stats)
+
+    def rest(self, site: str, proxy_id: int, stats: SiteStats | None = None) -> None:
+        """``proxy_id`` rests for ``site`` for ``ban_seconds`` (a ban of its own, or of the exit address
+        it shares with a banned one); its success EWMA there drops as for a failure."""
+        if stats is None:
+            stats = self.site(site)
         pair = self._pair(site, proxy_id)
         pair.ok *= 1 - EWMA
         if self.learning:

@@ -200,3 +200,38 @@ async def test_api_sites_lists_what_the_gateway_learnt(make_pool, upstreams):
     assert (first["requests"], first["bans"], first["resting"]) == (7, 1, 1)  # six answers and one ban
     assert first["success_rate"] == round(6 / 7, 4) and first["p50_ms"] > 0 and first["p95_ms"] >= first["p50_ms"]
     assert (second["requests"], second["bans"], second["resting"]) == (4, 1, 1)  # that exit is banned here too
+
+
+async def test_a_ban_rests_every_upstream_leaving_from_that_exit_address(make_pool):
+    """Two upstreams leave from one exit address (127.0.0.3), which the site bans: once one of them met
+    the ban, the other rests at that site too (the site banned the address), so no request is sent
+    through it there; at another site it does not rest."""
+    from pool.models import Proxy, ProxyStatus, UpstreamURL, utcnow
+    from tests.support.upstreams import start_pproxy
+
+    shared = [await start_pproxy("127.0.0.3"), await start_pproxy("127.0.0.3")]
+    good = await start_pproxy("127.0.0.2")
+    hits: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        hits.append(request.remote or "")
+        if request.remote == "127.0.0.3":
+            return web.Response(status=403, text="banned")
+        return web.json_response({"peer": request.remote})
+
+    try:
+        async with site(handler) as origin:
+            pool = await make_pool(None, gateway={"distinct_exit": "off", "retry_on_status": [403]})
+            for pid, up in ((1, shared[0]), (2, shared[1]), (3, good)):  # round robin: 1 first, then 2
+                proxy = Proxy(id=pid, upstream=UpstreamURL.parse(up.url()), status=ProxyStatus.ACTIVE, last_checked=utcnow())
+                proxy.exit_ip = up.host
+                pool.selector.update(proxy)
+            results = await get_many(pool, f"http://127.0.0.1:{origin.port}/", 2)
+            assert [status for status, _ in results] == [200, 200]
+            assert hits == ["127.0.0.3", "127.0.0.2", "127.0.0.2"]  # 2 never carried it there
+            now = pool.selector._clock()
+            assert pool.selector.sites.resting("127.0.0.1", 1, now) and pool.selector.sites.resting("127.0.0.1", 2, now)
+            assert not pool.selector.sites.resting("localhost", 2, now)  # another site: still usable
+    finally:
+        for up in (*shared, good):
+            await up.stop()

@@ -790,3 +790,19 @@ def test_an_untried_site_is_not_sent_first_to_an_upstream_known_to_be_slow():
     sel = selector(make_proxy(latency_ms=200), never_used)
     firsts = Counter(sel.pick(host=f"new{i}.example").id for i in range(200))
     assert firsts[never_used.id] < 70, firsts
+
+
+def test_a_ban_rests_the_proxies_sharing_the_exit_address_until_one_moves():
+    ps = exits("203.0.113.5", "203.0.113.5", "198.51.100.7")
+    clock = Clock()
+    sel = selector(*ps, clock=clock, distinct_exit="off")
+    sel.ban(ps[0], "shop.example")
+    resting = [sel.sites.resting("shop.example", p.id, clock()) for p in ps]
+    assert resting == [True, True, False]
+    assert not sel.sites.resting("other.example", ps[1].id, clock())
+    ps[1].exit_ip = "198.51.100.9"  # a re-check found it leaving elsewhere now
+    sel.update(ps[1])
+    sel.remove(ps[2].id)
+    sel.ban(ps[0], "news.example")
+    assert [sel.sites.resting("news.example", p.id, clock()) for p in ps] == [True, False, False]
+    assert sel._behind == {"203.0.113.5": {ps[0].id}, "198.51.100.9": {ps[1].id}}
