@@ -40,6 +40,7 @@ BucketKey = tuple[str | None, str | None, str | None]
 FASTEST_SPREAD = 5  # "fastest" spreads load over this many of the quickest
 DISTINCT_SCAN = 64  # a bucket up to this size is looked through for a distinct exit; a larger one...
 DISTINCT_TRIES = 8  # ...is sampled this many times (never a scan of a large pool per request)
+TWO_CHOICE_DRAWS = 8  # draws for a usable second choice (where most upstreams rest, one draw rarely is)
 SUSPECT_RECHECK_EVERY = 30.0  # seconds between two re-checks asked for by target failures of one upstream
 
 
@@ -352,13 +353,16 @@ class Selector:
             if a is not None and (a.ok < WEAK_OK or (a.seconds is not None and a.seconds > WEAK_SECONDS)):
                 items = bucket.items
                 n = len(items)
-                other = items[int(self._random() * n)]
-                if other is not proxy:
+                for _ in range(TWO_CHOICE_DRAWS):
+                    other = items[int(self._random() * n)]
+                    if other is proxy or not self._usable(other, exclude, site, now, tunnel):
+                        continue  # no second choice drawn: draw again (most may rest at a strict site)
                     b = pairs.get((site, other.id))
                     if b is None:
                         b = sites.prior(other.id, other.latency_ms)
-                    if beats(b, a) and self._usable(other, exclude, site, now, tunnel):
+                    if beats(b, a):
                         proxy = other
+                    break
         if self.distinct_exit != "off":
             stats = sites._sites.get(site) or sites.site(site)
             key = self._exit_keys.get(proxy.id) or self._exit_key(proxy)

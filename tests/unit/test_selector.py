@@ -806,3 +806,20 @@ def test_a_ban_rests_the_proxies_sharing_the_exit_address_until_one_moves():
     sel.ban(ps[0], "news.example")
     assert [sel.sites.resting("news.example", p.id, clock()) for p in ps] == [True, False, False]
     assert sel._behind == {"203.0.113.5": {ps[0].id}, "198.51.100.9": {ps[1].id}}
+
+
+def test_where_most_upstreams_rest_a_slow_one_still_meets_a_second_choice():
+    """At a site that rests most of the pool (a rate limit), the two-choices pick draws again when its
+    random second choice rests there: the slow upstream, whose hedges keep losing, does not keep
+    being sent first (one draw found the one usable fast upstream a tenth of the time)."""
+    ps = [make_proxy() for _ in range(10)]
+    slow, fast = ps[0], ps[1]
+    sel = selector(*ps)
+    for p in ps[2:]:
+        sel.ban(p, "limited.example")
+    sel.served(fast, "limited.example", 0.2)
+    sel.served(slow, "limited.example", 0.2)
+    sel.slow(slow, "limited.example", 3.0)  # lost a hedge after 3 s
+    firsts = Counter(sel.pick(host="limited.example").id for _ in range(200))
+    assert set(firsts) == {slow.id, fast.id}
+    assert firsts[slow.id] < 70, firsts  # (about 45 of 200 with a seeded rng; 85 with one draw)
