@@ -326,6 +326,8 @@ class Selector:
             # which would show the gateway's own address to the site that banned the pool)
             bucket.cursor = cursor
             proxy = self._choose(bucket, exclude, None, now, tunnel)
+            if proxy is not None and route.session is None:  # weighed and kept to distinct exits as ever
+                proxy = self._for_site(site, proxy, bucket, exclude, now, tunnel, resting=True)
         if proxy is not None and route.session is not None:
             self._remember(route, proxy, now)
         return proxy
@@ -338,11 +340,19 @@ class Selector:
         return site is None or not self.sites.resting_count or not self.sites.resting(site, proxy.id, now)
 
     def _for_site(
-        self, site: str, proxy: Proxy, bucket: _Bucket, exclude: frozenset[int] | set[int], now: float, tunnel: bool
+        self,
+        site: str,
+        proxy: Proxy,
+        bucket: _Bucket,
+        exclude: frozenset[int] | set[int],
+        now: float,
+        tunnel: bool,
+        resting: bool = False,
     ) -> Proxy:
         """The strategy's pick for a request to ``site``, weighed by the site's record against one random
         other match (power of two choices), then kept off the exits that served the site lately
-        (``distinct_exit``).  Written out in one function: it runs on every request with a host."""
+        (``distinct_exit``).  Written out in one function: it runs on every request with a host.
+        ``resting``: every match rests for the site, so resting ones are weighed and varied among."""
         sites = self.sites
         if sites.learning:
             pairs = sites._pairs
@@ -355,7 +365,7 @@ class Selector:
                 n = len(items)
                 for _ in range(TWO_CHOICE_DRAWS):
                     other = items[int(self._random() * n)]
-                    if other is proxy or not self._usable(other, exclude, site, now, tunnel):
+                    if other is proxy or not self._usable(other, exclude, None if resting else site, now, tunnel):
                         continue  # no second choice drawn: draw again (most may rest at a strict site)
                     b = pairs.get((site, other.id))
                     if b is None:
@@ -369,7 +379,7 @@ class Selector:
             last = stats.exits.get(key)
             window = self.distinct_window
             if last is not None and stats.picks - last < window:
-                proxy = self._distinct(stats, proxy, bucket, exclude, site, now, tunnel)
+                proxy = self._distinct(stats, proxy, bucket, exclude, site, now, tunnel, resting)
                 key = self._exit_key(proxy)
             picks = stats.picks = stats.picks + 1  # stats.saw_exit(key, window), written out
             exits = stats.exits
@@ -407,6 +417,7 @@ class Selector:
         site: str,
         now: float,
         tunnel: bool,
+        resting: bool = False,
     ) -> Proxy:
         """``proxy``, unless its exit served ``site`` within the last ``distinct_window`` picks: then
         another usable match whose exit did not (the next in turn; in a large pool, one of a few random
@@ -433,7 +444,7 @@ class Selector:
             other_age = None if last is None else picks - last
             if other_age is not None and other_age < window and other_age <= best_age:
                 continue  # could be neither returned nor the best so far: nothing more to ask of it
-            if not self._usable(other, exclude, site, now, tunnel):
+            if not self._usable(other, exclude, None if resting else site, now, tunnel):
                 continue
             if learning and self.sites.better(site, other.id, proxy.id):
                 continue  # clearly worse at this site: a repeated exit beats a failing one

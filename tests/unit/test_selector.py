@@ -823,3 +823,15 @@ def test_where_most_upstreams_rest_a_slow_one_still_meets_a_second_choice():
     firsts = Counter(sel.pick(host="limited.example").id for _ in range(200))
     assert set(firsts) == {slow.id, fast.id}
     assert firsts[slow.id] < 70, firsts  # (about 45 of 200 with a seeded rng; 85 with one draw)
+
+
+def test_when_every_match_rests_for_a_site_picks_still_vary_the_exit():
+    """A rate-limited site has rested the whole pool: the fallback to resting upstreams still keeps to
+    distinct exits, so the exit three proxies share does not carry three turns in five."""
+    ps = exits("203.0.113.5", "203.0.113.5", "203.0.113.5", "198.51.100.7", "198.51.100.8")
+    sel = selector(*ps)
+    for p in (ps[0], ps[3], ps[4]):  # (the first rests its exit's three)
+        sel.ban(p, "limited.example")
+    seen = [sel.pick(host="limited.example").exit_ip for _ in range(30)]
+    assert all(a != b for a, b in pairwise(seen)), seen
+    assert seen.count("203.0.113.5") <= 10, seen

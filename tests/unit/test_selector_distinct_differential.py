@@ -28,8 +28,10 @@ def _distinct_as_it_was(
     site: str,
     now: float,
     tunnel: bool,
+    resting: bool = False,
 ) -> Proxy:
-    """The scan before the change, verbatim: every candidate asked everything, in order."""
+    """The scan before the change, verbatim: every candidate asked everything, in order (``resting``:
+    the fallback when every match rests for the site, whose rests are then not asked about)."""
     window = self.distinct_window
     age = stats.exit_age(self._exit_key(proxy))
     if age is None or age >= window:
@@ -44,7 +46,7 @@ def _distinct_as_it_was(
         candidates = (items[self._rng.randrange(n)] for _ in range(DISTINCT_TRIES))
     learning = self.sites.learning
     for other in candidates:
-        if other is proxy or not self._usable(other, exclude, site, now, tunnel):
+        if other is proxy or not self._usable(other, exclude, None if resting else site, now, tunnel):
             continue
         if learning and self.sites.better(site, other.id, proxy.id):
             continue
