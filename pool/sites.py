@@ -284,11 +284,16 @@ class SiteHealth:
             whole.seconds = seconds if old is None else old * _KEEP + seconds * EWMA
 
     def slow(self, site: str, proxy_id: int, seconds: float) -> None:
-        """``proxy_id`` had not answered at ``site`` after ``seconds`` (it lost a hedge): its head time is at
-        least that, so the record jumps to it at once (a blend would keep a slow upstream looking nearly as
-        good as the rest, and picked first, since the hedge hides its real 2-5 s); answers blend it back."""
+        """``proxy_id`` had not answered at ``site`` after ``seconds`` (it lost a hedge): a failure to answer
+        in time.  Its head time is at least that, so the record jumps to it at once (a blend would keep a
+        slow upstream looking nearly as good as the rest, and picked first, since the hedge hides its real
+        2-5 s); answers blend it back."""
         for pair in (self._pair(site, proxy_id), self._upstream(proxy_id)):
             pair.seconds = seconds if pair.seconds is None else max(pair.seconds, seconds)
+        # and it counts as a failure there: what the site answered through it is never read (a late ban or
+        # 429 is never seen), so its success record would otherwise stay perfect and beat, on successes
+        # alone, every upstream whose bans were seen (the two-choices pick would send the site to it)
+        self._pairs[(site, proxy_id)].ok *= 1 - EWMA
 
     def _upstream(self, proxy_id: int) -> PairHealth:
         whole = self._upstreams.get(proxy_id)

@@ -70,3 +70,17 @@ def test_one_lost_hedge_at_the_hedge_delay_marks_a_usually_fast_upstream_as_beat
     for _ in range(5):
         table.served("a.example", 1, 0.25)
     assert not table.better("a.example", 1, 2)
+
+
+def test_an_upstream_whose_hedges_lose_never_beats_one_whose_ban_was_seen_on_successes_alone():
+    """A lost hedge is a failure to answer in time: the loser's success record drops as for a failure.
+    Its own answers are never read (a late 429 is never seen), so otherwise it would keep a perfect
+    record and the two-choices pick would move requests from an upstream banned once onto it."""
+    table = SiteHealth()
+    table.served("a.example", 1, 0.25)
+    table.served("a.example", 2, 0.25)
+    table.banned("a.example", 2)  # a 429 seen through 2
+    for _ in range(2):
+        table.slow("a.example", 1, 0.75)  # 1 lost two hedges: whatever the site said was never read
+    assert not table.better("a.example", 2, 1)
+    assert table.pair("a.example", 1).ok < table.pair("a.example", 2).ok
