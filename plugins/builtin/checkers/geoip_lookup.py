@@ -101,7 +101,7 @@ class GeoipLookupChecker:
 def create_plugin(settings: Settings) -> GeoipLookupChecker | None:
     path = settings.checker.geoip_db
     if not path:
-        log.info("geoip_lookup off: checker.geoip_db is not set (GeoLite2 Country: see README)")
+        log.info("geoip_lookup off: checker.geoip_db is not set (GeoLite2 Country: see docs/operate/checking.md#geoip)")
         return None
     try:
         reader = open_reader(path)
