@@ -75,12 +75,13 @@ class Route:
 
 
 class _Bucket:
-    __slots__ = ("_fastest", "cursor", "items", "where")
+    __slots__ = ("_fastest", "cursor", "items", "version", "where")
 
     def __init__(self) -> None:
         self.items: list[Proxy] = []
         self.where: dict[int, int] = {}
         self.cursor = 0
+        self.version = 0  # bumped whenever its members or their exits may have changed
         self._fastest: list[Proxy] | None = None
 
     def add(self, proxy: Proxy) -> None:
@@ -89,6 +90,7 @@ class _Bucket:
         self.where[proxy.id] = len(self.items)
         self.items.append(proxy)
         self._fastest = None
+        self.version += 1
 
     def remove(self, proxy: Proxy) -> None:
         index = self.where.pop(proxy.id, None)
@@ -99,6 +101,7 @@ class _Bucket:
             self.items[index] = last
             self.where[last.id] = index
         self._fastest = None
+        self.version += 1
 
     def fastest(self) -> list[Proxy]:
         if self._fastest is None:
@@ -229,8 +232,10 @@ class Selector:
         keys = _bucket_keys(proxy)
         current = self._indexed.get(proxy.id)
         if current is keys:
-            for key in keys:  # same buckets; cached orderings may have changed
-                self._buckets[key]._fastest = None
+            for key in keys:  # same buckets; cached orderings (and its exit) may have changed
+                same = self._buckets[key]
+                same._fastest = None
+                same.version += 1
             return
         if current is not None:
             self._unindex(proxy)
@@ -376,13 +381,31 @@ class Selector:
         if self.distinct_exit != "off":
             stats = sites._sites.get(site) or sites.site(site)
             key = self._exit_keys.get(proxy.id) or self._exit_key(proxy)
-            last = stats.exits.get(key)
-            window = self.distinct_window
-            if last is not None and stats.picks - last < window:
-                proxy = self._distinct(stats, proxy, bucket, exclude, site, now, tunnel, resting)
-                key = self._exit_key(proxy)
-            picks = stats.picks = stats.picks + 1  # stats.saw_exit(key, window), written out
             exits = stats.exits
+            last = exits.get(key)
+            window = self.distinct_window
+            if last is not None:
+                # every exit served the site lately (fewer exits than the window): the pick's served it
+                # longest ago when it leads ``exits`` (kept in order of use), and when every exit of the
+                # bucket is in there the scan would keep it anyway, so it is not run
+                covered = stats.covered
+                if stats.picks - last < window and not (
+                    next(iter(exits)) == key
+                    and len(bucket.items) <= DISTINCT_SCAN
+                    and (
+                        (
+                            covered is not None
+                            and covered[0] is bucket
+                            and covered[1] == bucket.version
+                            and covered[2] is exits
+                        )
+                        or self._covers(stats, bucket)
+                    )
+                ):
+                    proxy = self._distinct(stats, proxy, bucket, exclude, site, now, tunnel, resting)
+                    key = self._exit_key(proxy)
+                exits.pop(key, None)  # re-inserted last: ``exits`` stays in order of use
+            picks = stats.picks = stats.picks + 1  # stats.saw_exit(key, window), written out
             exits[key] = picks
             if len(exits) > 2 * window:
                 stats.forget_exits(window)
@@ -407,6 +430,16 @@ class Selector:
                         key = str(address)
             self._exit_keys[proxy.id] = key
         return key
+
+    def _covers(self, stats: SiteStats, bucket: _Bucket) -> bool:
+        """Whether the exit of every upstream in ``bucket`` is in ``stats.exits``; remembered until the
+        bucket or the exits forgotten change (a look through the bucket per change, not per request)."""
+        exits, keys = stats.exits, self._exit_keys
+        for other in bucket.items:
+            if (keys.get(other.id) or self._exit_key(other)) not in exits:
+                return False
+        stats.covered = (bucket, bucket.version, exits)
+        return True
 
     def _distinct(
         self,

@@ -109,7 +109,8 @@ class SiteStats:
     """One site: counts, recent head times, and who failed there since its last success."""
 
     __slots__ = (
-        "bans", "exits", "failures", "fresh", "next", "p90", "picks", "requests", "rests", "run", "samples", "successes"
+        "bans", "covered", "exits", "failures", "fresh", "next", "p90", "picks", "requests", "rests", "run",
+        "samples", "successes",
     )
 
     def __init__(self) -> None:
@@ -124,7 +125,9 @@ class SiteStats:
         self.run: set[int] = set()  # upstreams failing here since the last success
         self.rests: dict[int, float] = {}  # upstream id -> end of its rest here (for /api/sites)
         self.picks = 0  # picks for this site (distinct exits count their age in picks)
-        self.exits: dict[str, int] = {}  # exit key -> the pick that last used it
+        self.exits: dict[str, int] = {}  # exit key -> the pick that last used it, least recent first
+        # (bucket, its version, exits) when every exit of that bucket was last seen in ``exits``
+        self.covered: tuple[object, int, dict[str, int]] | None = None
 
     def sample(self, seconds: float) -> None:
         samples = self.samples
@@ -143,12 +146,13 @@ class SiteStats:
         """A pick for this site went out through exit ``key``; exits older than ``window`` are forgotten
         now and then (the table stays within twice the window)."""
         self.picks += 1
+        self.exits.pop(key, None)  # re-inserted last: the dict stays in order of use
         self.exits[key] = self.picks
         if len(self.exits) > 2 * window:
             self.forget_exits(window)
 
     def forget_exits(self, window: int) -> None:
-        """Exits that served this site more than ``window`` picks ago are forgotten."""
+        """Exits that served this site more than ``window`` picks ago are forgotten (order kept)."""
         oldest = self.picks - window
         self.exits = {k: at for k, at in self.exits.items() if at > oldest}
 

@@ -120,3 +120,80 @@ def test_distinct_picks_what_the_full_scan_picked(exits, tunnels, mode, window, 
                 clock.now += 5 * index
         runs.append(picks)
     assert runs[0] == runs[1]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    exits=st.one_of(
+        st.lists(st.sampled_from(["203.0.113.5", "203.0.113.9", "198.51.100.7", "192.0.2.1", None]),
+                 min_size=1, max_size=6),
+        st.lists(st.sampled_from(["203.0.113.5", "203.0.113.9", None]), min_size=1,
+                 max_size=DISTINCT_SCAN + 12),
+    ),
+    mode=st.sampled_from(["ip", "subnet"]),
+    window=st.integers(1, 40),
+    ban=st.sampled_from([0.0, 60.0]),
+    seed=st.integers(0, 2**16),
+    script=st.lists(
+        st.tuples(
+            st.sampled_from(["pick", "pick", "pick", "pick", "exit", "remove", "served", "ban"]),
+            st.integers(0, 2),  # site
+            st.integers(0, 80),  # proxy index (modulo the pool) / new exit
+            st.booleans(),  # tunnel / exclude
+        ),
+        min_size=1,
+        max_size=100,
+    ),
+)
+def test_kept_pick_when_its_exit_leads_is_what_the_scan_keeps(exits, mode, window, ban, seed, script):
+    """The pick is kept without a scan when its exit served the site longest ago and every exit of the
+    bucket is known to the site; the memo of the latter must follow exits changing, proxies leaving and
+    coming back.  Against a selector that always scans."""
+    addresses = ["203.0.113.5", "203.0.113.9", "198.51.100.7", "192.0.2.1", "192.0.2.77", None]
+    runs = []
+    for always_scan in (False, True):
+        proxies = [make_proxy(id=i + 1) for i in range(len(exits))]
+        for proxy, address in zip(proxies, exits, strict=True):
+            proxy.exit_ip = address
+        clock = Clock()
+        sel = Selector(rng=random.Random(seed), clock=clock, distinct_exit=mode, distinct_window=window,
+                       sites=SiteHealth(clock=clock, ban_seconds=ban))
+        sel.load(proxies)
+        if always_scan:
+            sel._covers = lambda stats, bucket: False  # type: ignore[method-assign]
+        picks: list[int | None] = []
+        for kind, s, index, flag in script:
+            site = f"site{s}.example"
+            proxy = proxies[index % len(proxies)]
+            if kind == "pick":
+                exclude = {proxy.id} if flag and len(proxies) > 1 else set()
+                got = sel.pick(Route(), host=site, exclude=exclude)
+                picks.append(None if got is None else got.id)
+            elif kind == "exit":
+                proxy.exit_ip = addresses[(index // 7) % len(addresses)]
+                sel.update(proxy)
+            elif kind == "remove":
+                if sel.get(proxy.id) is not None:
+                    sel.remove(proxy.id)
+                else:
+                    sel.update(proxy)
+            elif kind == "served":
+                sel.served(proxy, site, 0.05 + index / 100)
+            else:
+                sel.ban(proxy, site)
+        runs.append(picks)
+    assert runs[0] == runs[1]
+
+
+def test_an_exit_new_to_the_site_goes_before_the_one_that_served_it_longest_ago():
+    proxies = [make_proxy(id=i + 1) for i in range(3)]
+    for proxy, address in zip(proxies, ["203.0.113.5", "203.0.113.9", "198.51.100.7"], strict=True):
+        proxy.exit_ip = address
+    sel = Selector(distinct_window=32)
+    sel.load(proxies)
+    picked = [sel.pick(Route(), host="a.example") for _ in range(4)]
+    assert [p.id for p in picked if p] == [1, 2, 3, 1]  # 1 served the site longest ago: kept
+    proxies[2].exit_ip = "192.0.2.1"  # 3 now leaves from an exit the site has not seen
+    sel.update(proxies[2])
+    got = sel.pick(Route(), host="a.example")
+    assert got is not None and got.id == 3
