@@ -80,6 +80,7 @@ async def _serve(
 ) -> int:
     """One serving process; ``worker``: one of ``serve --workers N`` (``pool_lock``: on a SQLite file,
     the supervisor's serve lock it inherited)."""
+    parent = os.getppid()  # the supervisor, read before start-up: it may die while this worker starts
     pool = ProxyPool(settings, extra_sources=extra_sources, replica_name=replica_name)
     pool.reuse_port = worker
     pool.pool_lock = pool_lock
@@ -94,7 +95,7 @@ async def _serve(
         raise CommandFailed(f"cannot start: {exc.strerror or exc}") from None
     orphan = TaskSet()
     if worker:
-        orphan.spawn(_stop_when_orphaned(os.getppid(), stop), name="supervisor-watch")
+        orphan.spawn(_stop_when_orphaned(parent, stop), name="supervisor-watch")
     try:
         await stop.wait()
         log.info("stopping: draining connections and flushing state")

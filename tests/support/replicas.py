@@ -111,10 +111,37 @@ class Replica:
         return int(self.proc.returncode or 0)
 
     async def kill(self) -> None:
+        """SIGKILL: no flush, no lease given back.  On Python 3.11 ``wait()`` also waits until every
+        holder of the process's stderr pipe has closed it, a ``serve --workers`` pool's orphaned workers
+        among them: bounded, so a worker that outlives its supervisor fails the test with its log instead
+        of hanging it."""
         if self.proc.returncode is None:
-            self.proc.kill()  # SIGKILL: no flush, no lease given back
-            await self.proc.wait()
+            children = _children(self.proc.pid)
+            self.proc.kill()
+            try:
+                async with asyncio.timeout(KILL_BOUND):
+                    await self.proc.wait()
+            except TimeoutError:
+                alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+                for pid in alive:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                await self.tasks.close()
+                raise AssertionError(
+                    f"workers {alive} outlived their killed supervisor by {KILL_BOUND:g}s:\n"
+                    + self.messages()[-4000:]
+                ) from None
         await self.tasks.close()
+
+
+KILL_BOUND = 45.0  # seconds a killed pool's pipe may stay open (its orphaned workers stopping by themselves)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -202,8 +229,7 @@ async def start_workers(
 
 def worker_pids(pool: Replica) -> list[int]:
     """The live workers of a ``serve --workers`` pool: its supervisor's children."""
-    pid = pool.proc.pid
-    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return _children(pool.proc.pid)
 
 
 async def each_worker(pool: Replica, path: str, check: Any, workers: int = 2) -> dict[str, Any]:
