@@ -31,6 +31,9 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
+from config.errors import ConfigError
+from config.trust import check_trusted
+
 __all__ = [
     "AdminSettings",
     "CheckerSettings",
@@ -50,10 +53,6 @@ __all__ = [
 ]
 
 ProtocolName = Literal["http", "https", "socks4", "socks5"]
-
-
-class ConfigError(Exception):
-    """A configuration mistake: reported as one line, exit code 2."""
 
 
 def parse_host_port(value: str) -> tuple[str, int]:
@@ -529,8 +528,6 @@ class Settings(BaseSettings):
         path = _find_config_file(config_file)
         data: dict[str, Any] = {}
         if path is not None:
-            from config.trust import check_trusted  # here: config.trust imports this module
-
             check_trusted(path, "config file")
             try:
                 data = tomllib.loads(path.read_text(encoding="utf-8"))

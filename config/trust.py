@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from config.settings import ConfigError
+from config.errors import ConfigError
 
 __all__ = ["check_trusted"]
 
